@@ -1,0 +1,295 @@
+"""Settings: the models, where the file is found, and ``${env:NAME}`` interpolation.
+
+The file is validated once, here, into frozen pydantic models; everything else reads those. A bad file raises one
+:class:`~mcp_bridge.errors.ConfigError` whose message names the file, the key path and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mcp_bridge.errors import ConfigError
+
+ENV_CONFIG = "MCP_BRIDGE_CONFIG"
+ENV_HOME = "MCP_BRIDGE_HOME"
+APP_NAME = "mcp-bridge"
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoAuth(_Model):
+    """The server needs no credentials."""
+
+    type: Literal["none"]
+
+
+class ApiKeyAuth(_Model):
+    """A static credential sent in one header on every request (normally ``${env:...}``)."""
+
+    type: Literal["api_key"]
+    header: str = "Authorization"
+    value: str = Field(min_length=1, repr=False)
+
+    @field_validator("header")
+    @classmethod
+    def _header_token(cls, v: str) -> str:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", v):
+            raise ValueError(f"{v!r} is not a valid HTTP header name")
+        return v
+
+
+class OAuthAuth(_Model):
+    """OAuth 2.1 through discovery; ``client_id`` (and its secret) for a manually registered client."""
+
+    type: Literal["oauth"]
+    client_id: str | None = None
+    client_secret: str | None = Field(default=None, repr=False)
+    scopes: list[str] | None = None
+    resource: bool = True
+    """Send the RFC 8707 ``resource`` parameter (Entra ID rejects it: set false there)."""
+    redirect_port: int | None = Field(default=None, ge=1, le=65535)
+    """A fixed loopback callback port, for clients registered with a fixed redirect URI."""
+
+
+AuthConfig = Annotated[NoAuth | ApiKeyAuth | OAuthAuth, Field(discriminator="type")]
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and any loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServerConfig(_Model):
+    """One remote MCP server reached over streamable HTTP."""
+
+    url: str
+    allowed_tools: list[str] | None = None
+    """Original tool names this server may expose; ``["*"]`` allows all; missing allows none."""
+    auth: AuthConfig = Field(default_factory=lambda: NoAuth(type="none"))
+    allow_insecure_http: bool = False
+    """Allow plain ``http://`` to a host that is not loopback (refused by default)."""
+    title: str | None = None
+    description: str | None = None
+    """When to use this server; goes into the ``instructions`` the bridge returns from ``initialize``."""
+
+    @model_validator(mode="after")
+    def _check_url(self) -> ServerConfig:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {self.url!r} is not an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("url must not carry credentials; use `auth` instead")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not self.allow_insecure_http:
+            raise ValueError(
+                f"url {self.url!r} uses plain http to a host that is not loopback; "
+                "use https, or set `allow_insecure_http: true` for this server if you accept that risk"
+            )
+        return self
+
+    def allows(self, tool: str) -> bool:
+        """Whether the allowlist admits this original tool name."""
+        allowed = self.allowed_tools or []
+        return "*" in allowed or tool in allowed
+
+
+class NamingConfig(_Model):
+    separator: str = "__"
+    max_length: int = Field(default=64, ge=16, le=128)
+
+    @field_validator("separator")
+    @classmethod
+    def _separator_safe(cls, v: str) -> str:
+        if not _SAFE_NAME.match(v):
+            raise ValueError("separator may only use A-Z, a-z, 0-9, '_' and '-'")
+        return v
+
+
+class TimeoutsConfig(_Model):
+    connect: float = Field(default=10, gt=0)
+    call: float = Field(default=120, gt=0)
+    startup_wait: float = Field(default=3, ge=0, le=30)
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    file: str | None = None
+    """Also write JSON log lines to this file (appended)."""
+
+
+class Settings(_Model):
+    """The whole configuration file."""
+
+    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    disabled_tools: list[str] = Field(default_factory=list)
+    """Exposed names (or ``fnmatch`` patterns) the user turns off; never widens the allowlist."""
+    naming: NamingConfig = Field(default_factory=NamingConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("servers")
+    @classmethod
+    def _server_names(cls, v: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
+        for name in v:
+            if not name or not _SAFE_NAME.match(name):
+                raise ValueError(f"server name {name!r} may only use A-Z, a-z, 0-9, '_' and '-'")
+        return v
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Validated settings plus where they came from and which strings are secret."""
+
+    settings: Settings
+    path: Path | None
+    secrets: frozenset[str] = field(default=frozenset())
+    """Every value substituted from the environment and every credential: redacted wherever it would appear."""
+
+
+def default_config_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "config.yaml"
+
+
+def home_dir() -> Path:
+    """``$MCP_BRIDGE_HOME`` or the platform's user data dir; created (mode 0700) on first use."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        path = Path(env).expanduser()
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """``--config``, then ``$MCP_BRIDGE_CONFIG``, then the user config dir."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env).expanduser()
+    return default_config_path()
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Find, read, interpolate and validate the config file."""
+    path = resolve_config_path(explicit)
+    if not path.is_file():
+        how = (
+            "given with --config"
+            if explicit
+            else (f"from ${ENV_CONFIG}" if os.environ.get(ENV_CONFIG) else "the default location")
+        )
+        raise ConfigError(
+            f"{path}: no config file there ({how}); create one from config.example.yaml "
+            f"or point --config / ${ENV_CONFIG} at it"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_config(text, path=path, environ=os.environ if environ is None else environ)
+
+
+def parse_config(text: str, *, path: Path | None = None, environ: Mapping[str, str]) -> LoadedConfig:
+    """Parse YAML text into settings; ``path`` only labels messages."""
+    where = str(path) if path else "<config>"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of keys, not {type(raw).__name__}")
+    secrets: set[str] = set()
+    raw = _interpolate(raw, environ, secrets, where, ())
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(where, exc)) from None
+    for server in settings.servers.values():
+        if isinstance(server.auth, ApiKeyAuth):
+            secrets.add(server.auth.value)
+        elif isinstance(server.auth, OAuthAuth) and server.auth.client_secret:
+            secrets.add(server.auth.client_secret)
+    return LoadedConfig(settings=settings, path=path, secrets=frozenset(s for s in secrets if s))
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], secrets: set[str], where: str, loc: tuple[Any, ...]) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError(
+                    f"{where}: {_path(loc)}: environment variable {name} is not set (referenced as ${{env:{name}}})"
+                )
+            secrets.add(environ[name])
+            return environ[name]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, environ, secrets, where, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, environ, secrets, where, (*loc, i)) for i, v in enumerate(value)]
+    return value
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format_validation(where: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        # Drop pydantic's discriminator tags ("api_key") and function names from the key path.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in _AUTH_TAGS or "[" in p)))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            reason = "unknown key"
+        elif kind == "missing":
+            reason = "required key is missing"
+        elif kind == "union_tag_invalid":
+            reason = f"unknown type; expected one of {', '.join(sorted(_AUTH_TAGS))}"
+        elif kind == "union_tag_not_found":
+            reason = f"`type` is required (one of {', '.join(sorted(_AUTH_TAGS))})"
+        else:
+            reason = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {_path(loc)}: {reason}")
+    return "\n".join(lines)
+
+
+_AUTH_TAGS = frozenset({"none", "api_key", "oauth"})

@@ -1,0 +1,68 @@
+"""The errors mcp-bridge raises on purpose.
+
+Every error a user can meet is a ``BridgeError``; the CLI maps them to exit codes (and nothing else does)::
+
+    BridgeError                 base; exit code 1 unless a subclass says otherwise
+    ├── ConfigError             the config file or the environment it names is wrong (exit 2)
+    ├── PolicyDenied            the allowlist or the user's ``disabled_tools`` does not allow this name
+    ├── UnknownName             no exposed tool, prompt or resource has this name
+    └── UpstreamError           something went wrong talking to one remote server (carries ``server``)
+        ├── UpstreamUnavailable not connected (connecting, reconnecting, or failed); the call never left
+        ├── UpstreamTimeout     the server accepted the call but did not answer in ``timeouts.call``
+        └── AuthRequired        the server needs a login before it can be used
+
+Messages name what the user needs (which file and key, which server) and never carry a secret: upstream
+messages are cleaned by :func:`mcp_bridge.redact.clean` before they get here.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error mcp-bridge raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(BridgeError):
+    """The configuration is invalid: the message names the file, the key path and the reason."""
+
+    exit_code = 2
+
+
+class PolicyDenied(BridgeError):
+    """A name exists upstream but the allowlist (or the user's ``disabled_tools``) does not allow it."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name!r} is not allowed: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class UnknownName(BridgeError):
+    """No exposed tool, prompt or resource is known by this name."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"unknown {kind} {name!r}")
+        self.kind = kind
+        self.name = name
+
+
+class UpstreamError(BridgeError):
+    """A failure talking to one upstream server."""
+
+    def __init__(self, server: str, message: str) -> None:
+        super().__init__(f"server {server!r}: {message}")
+        self.server = server
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The server is not connected; the request was not sent."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The server did not answer in time; the request may have had effects."""
+
+
+class AuthRequired(UpstreamError):
+    """The server needs a login (``mcp-bridge login SERVER``)."""
