@@ -161,7 +161,7 @@ class LoadedConfig:
 
     settings: Settings
     path: Path | None
-    secrets: frozenset[str] = field(default=frozenset())
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
     """Every value substituted from the environment and every credential: redacted wherever it would appear."""
 
 
@@ -194,7 +194,9 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
     return default_config_path()
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+def load_config(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
     """Find, read, interpolate and validate the config file."""
     path = resolve_config_path(explicit)
     if not path.is_file():
@@ -233,7 +235,7 @@ def parse_config(text: str, *, path: Path | None = None, environ: Mapping[str, s
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(where, exc)) from None
+        raise ConfigError(_format_validation(where, exc, secrets)) from None
     for server in settings.servers.values():
         if isinstance(server.auth, ApiKeyAuth):
             secrets.add(server.auth.value)
@@ -272,11 +274,17 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _format_validation(where: str, exc: ValidationError) -> str:
+def _format_validation(where: str, exc: ValidationError, secrets: set[str]) -> str:
     lines = []
     for err in exc.errors(include_url=False, include_input=False):
-        # Drop pydantic's discriminator tags ("api_key") and function names from the key path.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in _AUTH_TAGS or "[" in p)))
+        # Drop pydantic's discriminator tags ("api_key", only right after `auth`, so a server named "oauth" keeps
+        # its name) and function names from the key path.
+        raw_loc = err["loc"]
+        loc = tuple(
+            p
+            for i, p in enumerate(raw_loc)
+            if not (isinstance(p, str) and ((p in _AUTH_TAGS and i > 0 and raw_loc[i - 1] == "auth") or "[" in p))
+        )
         kind = err["type"]
         if kind == "extra_forbidden":
             reason = "unknown key"
@@ -289,7 +297,12 @@ def _format_validation(where: str, exc: ValidationError) -> str:
         else:
             reason = str(err["msg"]).removeprefix("Value error, ")
         lines.append(f"{where}: {_path(loc)}: {reason}")
-    return "\n".join(lines)
+    message = "\n".join(lines)
+    # Validator messages may quote a value (a URL, a header name) that came from the environment: never echo it.
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            message = message.replace(secret, "[redacted]")
+    return message
 
 
 _AUTH_TAGS = frozenset({"none", "api_key", "oauth"})

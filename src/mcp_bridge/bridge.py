@@ -1,0 +1,245 @@
+"""The running bridge: the allowlist, one :class:`~mcp_bridge.upstream.Upstream` per approved server, the catalog.
+
+:class:`Bridge` is what ``serve`` puts behind the stdio front, and what the debug commands (``status``, ``tools``,
+``call``) run in-process. It owns one task group; each upstream's supervisor is a task in it and never raises, so
+one server's failure stays with that server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from mcp_bridge.audit import AuditSink, CallEvent, LogSink, Status, digest
+from mcp_bridge.catalog import Catalog, CatalogCache
+from mcp_bridge.config import LoadedConfig, ServerConfig
+from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
+from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource
+from mcp_bridge.upstream import Listing, ProgressFn, Upstream, describe_error
+
+log = get_logger(__name__)
+
+CACHE_FILE = "catalog.json"
+
+
+class Bridge:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        home: Path,
+        *,
+        source: AllowlistSource | None = None,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.settings = loaded.settings
+        self.home = home
+        self._source: AllowlistSource = source or LocalSource(loaded.settings)
+        self.audit: AuditSink = audit or LogSink()
+        self.catalog = Catalog(self.settings.naming, Allowlist())
+        self.cache = CatalogCache(home / CACHE_FILE)
+        self._cached: dict[str, tuple[str, Listing]] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._changes_send: MemoryObjectSendStream[set[str]]
+        self._changes_recv: MemoryObjectReceiveStream[set[str]]
+        self._changes_send, self._changes_recv = anyio.create_memory_object_stream[set[str]](64)
+        self.client_name: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Bridge]:
+        """Start every upstream's supervisor; stop them all on exit."""
+        allowlist = await self._source.load()
+        self._cached = self.cache.load()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self.apply_allowlist(allowlist)
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+                    self._tg = None
+        except ExceptionGroup as group:
+            # Supervisors never raise, so a group here wraps the caller's own exception: hand it back unwrapped.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            self._changes_send.close()
+
+    def apply_allowlist(self, allowlist: Allowlist) -> None:
+        """Connect new servers, drop removed ones (their tools are denied at once), re-filter the rest."""
+        assert self._tg is not None, "apply_allowlist needs a running bridge"
+        old = self.catalog.allowlist
+        changed = self.catalog.set_allowlist(allowlist)
+        gone = [n for n in self.upstreams if not _same_connection(allowlist.servers.get(n), old.servers.get(n))]
+        for name in gone:
+            self._scopes.pop(name).cancel()
+            del self.upstreams[name]
+            changed |= self.catalog.remove(name)
+            log.info("bridge.server_removed", server=name)
+        for name, server in sorted(allowlist.servers.items()):
+            if name in self.upstreams:
+                continue
+            cached = self._cached.get(name)
+            if cached is not None and cached[0] == server.url:
+                changed |= self.catalog.set_listing(name, cached[1], cached=True)
+            upstream = Upstream(name, server, self.settings.timeouts, self._on_listing)
+            self.upstreams[name] = upstream
+            scope = anyio.CancelScope()
+            self._scopes[name] = scope
+            self._tg.start_soon(self._supervise, upstream, scope)
+        self._publish(changed)
+
+    @staticmethod
+    async def _supervise(upstream: Upstream, scope: anyio.CancelScope) -> None:
+        with scope:
+            await upstream.run()
+
+    def _on_listing(self, server: str, listing: Listing) -> None:
+        if server not in self.upstreams:
+            return  # removed while listing
+        changed = self.catalog.set_listing(server, listing)
+        self._cached[server] = (self.upstreams[server].config.url, listing)
+        try:
+            self.cache.save({k: v for k, v in self._cached.items() if k in self.upstreams})
+        except OSError as exc:
+            log.warning("catalog_cache.write_failed", path=str(self.cache.path), error=str(exc))
+        self._publish(changed)
+
+    def _publish(self, changed: set[str]) -> None:
+        if changed:
+            try:
+                self._changes_send.send_nowait(changed)
+            except anyio.WouldBlock:
+                log.warning("bridge.change_queue_full")
+
+    @property
+    def changes(self) -> MemoryObjectReceiveStream[set[str]]:
+        """Which IDE-visible lists changed (``tools``, ``prompts``, ``resources``), in order."""
+        return self._changes_recv
+
+    async def wait_settled(self, within: float, servers: list[str] | None = None) -> None:
+        """Wait until each upstream (or those named) has a first outcome, at most ``within`` seconds."""
+        with anyio.move_on_after(within):
+            for name in servers or list(self.upstreams):
+                upstream = self.upstreams.get(name)
+                if upstream is not None:
+                    await upstream.settled.wait()
+
+    # ------------------------------------------------------------------ requests
+
+    async def call_tool(
+        self,
+        exposed: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """Route, check, forward, and audit one tool call; returns the upstream's raw result."""
+        asked = time.time()
+        server: str | None = None
+        original: str | None = None
+        status: Status = "Failed"
+        error: str | None = None
+        try:
+            try:
+                entry = self.catalog.route_tool(exposed)
+            except (UnknownName, PolicyDenied) as exc:
+                status, error = "Denied", str(exc)
+                log.warning("bridge.call_denied", tool=exposed, reason=error)
+                raise
+            server, original = entry.server, entry.original
+            upstream = self.upstreams.get(server)
+            if upstream is None:
+                raise UpstreamUnavailable(server, "not connected")
+            params: dict[str, Any] = {"name": original}
+            if arguments is not None:
+                params["arguments"] = dict(arguments)
+            if meta:
+                params["_meta"] = dict(meta)
+            request = types.CallToolRequest.model_validate({"method": "tools/call", "params": params})
+            result = await upstream.request(request, progress=progress)
+            status = "Failed" if result.get("isError") else "Completed"
+            return result
+        except BridgeError as exc:
+            error = error or str(exc)
+            raise
+        except Exception as exc:
+            error = describe_error(exc)
+            raise
+        except BaseException:
+            error = "cancelled"
+            raise
+        finally:
+            event = CallEvent(
+                asked_at=asked,
+                replied_at=time.time(),
+                server=server,
+                tool=original,
+                exposed_name=exposed,
+                status=status,
+                error=clean(error) if error else None,
+                arguments_digest=digest(arguments or {}),
+                client=self.client_name,
+            )
+            with anyio.CancelScope(shield=True):
+                await self.audit.record(event)
+
+    async def get_prompt(self, exposed: str, arguments: Mapping[str, str] | None) -> dict[str, Any]:
+        server, original = self.catalog.route_prompt(exposed)
+        params: dict[str, Any] = {"name": original}
+        if arguments is not None:
+            params["arguments"] = dict(arguments)
+        request = types.GetPromptRequest.model_validate({"method": "prompts/get", "params": params})
+        return await self._upstream(server).request(request)
+
+    async def read_resource(self, uri: str) -> dict[str, Any]:
+        server = self.catalog.route_resource(uri)
+        request = types.ReadResourceRequest.model_validate({"method": "resources/read", "params": {"uri": uri}})
+        return await self._upstream(server).request(request)
+
+    def _upstream(self, server: str) -> Upstream:
+        upstream = self.upstreams.get(server)
+        if upstream is None:
+            raise UpstreamUnavailable(server, "not connected")
+        return upstream
+
+    # ------------------------------------------------------------------ reporting
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = []
+        for name, upstream in sorted(self.upstreams.items()):
+            allowed, offered = self.catalog.counts(name)
+            row = upstream.status()
+            row["tools_allowed"], row["tools_offered"] = allowed, offered
+            row["tools_listed_from_cache"] = upstream.listing is None and name in self._cached
+            rows.append(row)
+        return rows
+
+
+def _same_connection(new: ServerConfig | None, old: ServerConfig | None) -> bool:
+    """Whether a server can keep its session across an allowlist change (only its tool filter changed)."""
+    if new is None or old is None:
+        return False
+    return (new.url, new.auth, new.allow_insecure_http) == (old.url, old.auth, old.allow_insecure_http)
+
+
+def error_text(exc: BaseException) -> str:
+    """A user-facing, secret-free message for any failure of a request."""
+    if isinstance(exc, UpstreamError | BridgeError):
+        return clean(str(exc))
+    return describe_error(exc)

@@ -1,0 +1,252 @@
+"""The merged catalog: every server's tools, prompts and resources under exposed names, and the routing tables.
+
+Names come from :mod:`mcp_bridge.naming` over the whole set, so they are unique across servers and stable across
+restarts. Every tool gets a route (so a denied call can say *why*), but only allowed ones are listed. The last
+listing of each server is kept on disk (:class:`CatalogCache`) so that a restarted bridge can answer ``tools/list``
+before its upstreams are back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+
+from mcp_bridge.config import NamingConfig
+from mcp_bridge.errors import PolicyDenied, UnknownName
+from mcp_bridge.logs import get_logger
+from mcp_bridge.naming import assign_names
+from mcp_bridge.policy import Allowlist
+from mcp_bridge.upstream import Listing
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ToolEntry:
+    exposed: str
+    server: str
+    original: str
+    definition: dict[str, Any]
+    denial: str | None
+    cached: bool
+    """Known only from the disk cache: the server has not connected in this run yet."""
+
+    @property
+    def description(self) -> str:
+        text = self.definition.get("description") or ""
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+
+class Catalog:
+    """Merged view over the servers' listings, filtered by the allowlist."""
+
+    def __init__(self, naming: NamingConfig, allowlist: Allowlist) -> None:
+        self._naming = naming
+        self._allowlist = allowlist
+        self._listings: dict[str, Listing] = {}
+        self._cached: set[str] = set()
+        self._tools: dict[str, ToolEntry] = {}
+        self._prompts: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self._resources: dict[str, str] = {}
+        self._templates: list[tuple[str, UriTemplate, dict[str, Any]]] = []
+        self._visible_tools: list[dict[str, Any]] = []
+        self._visible_prompts: list[dict[str, Any]] = []
+        self._visible_resources: list[dict[str, Any]] = []
+        self._visible_templates: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ updates
+
+    @property
+    def allowlist(self) -> Allowlist:
+        return self._allowlist
+
+    def set_listing(self, server: str, listing: Listing, *, cached: bool = False) -> set[str]:
+        """Replace one server's listing; return which lists the IDE sees changed (tools, prompts, resources)."""
+        self._listings[server] = listing
+        if cached:
+            self._cached.add(server)
+        else:
+            self._cached.discard(server)
+        return self._rebuild()
+
+    def remove(self, server: str) -> set[str]:
+        self._listings.pop(server, None)
+        self._cached.discard(server)
+        return self._rebuild()
+
+    def set_allowlist(self, allowlist: Allowlist) -> set[str]:
+        self._allowlist = allowlist
+        for server in [s for s in self._listings if s not in allowlist.servers]:
+            del self._listings[server]
+            self._cached.discard(server)
+        return self._rebuild()
+
+    def _rebuild(self) -> set[str]:
+        before = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
+        sep, max_len = self._naming.separator, self._naming.max_length
+        servers = sorted(self._listings)
+
+        tool_keys = [(s, t["name"]) for s in servers for t in self._listings[s].tools if isinstance(t.get("name"), str)]
+        tool_names = assign_names(tool_keys, separator=sep, max_length=max_len)
+        tools: dict[str, ToolEntry] = {}
+        for server in servers:
+            for tool in self._listings[server].tools:
+                original = tool.get("name")
+                if not isinstance(original, str):
+                    continue
+                exposed = tool_names[(server, original)]
+                tools[exposed] = ToolEntry(
+                    exposed=exposed,
+                    server=server,
+                    original=original,
+                    definition={**tool, "name": exposed},
+                    denial=self._allowlist.denial(server, original, exposed),
+                    cached=server in self._cached,
+                )
+        self._tools = tools
+        self._visible_tools = [e.definition for e in tools.values() if e.denial is None]
+
+        prompt_keys = [
+            (s, p["name"]) for s in servers for p in self._listings[s].prompts if isinstance(p.get("name"), str)
+        ]
+        prompt_names = assign_names(prompt_keys, separator=sep, max_length=max_len)
+        self._prompts = {}
+        for server in servers:
+            for prompt in self._listings[server].prompts:
+                if isinstance(prompt.get("name"), str):
+                    exposed = prompt_names[(server, prompt["name"])]
+                    self._prompts[exposed] = (server, prompt["name"], {**prompt, "name": exposed})
+        self._visible_prompts = [p for _, _, p in self._prompts.values()]
+
+        self._resources = {}
+        self._visible_resources = []
+        self._templates = []
+        self._visible_templates = []
+        for server in servers:
+            for resource in self._listings[server].resources:
+                uri = resource.get("uri")
+                if not isinstance(uri, str):
+                    continue
+                if uri in self._resources:
+                    log.warning("catalog.resource_conflict", uri=uri, kept=self._resources[uri], dropped=server)
+                    continue
+                self._resources[uri] = server
+                self._visible_resources.append(resource)
+            for template in self._listings[server].templates:
+                text = template.get("uriTemplate")
+                if not isinstance(text, str):
+                    continue
+                try:
+                    parsed = UriTemplate.parse(text)
+                except InvalidUriTemplate:
+                    log.warning("catalog.bad_uri_template", server=server, template=text)
+                    continue
+                self._templates.append((server, parsed, template))
+                self._visible_templates.append(template)
+
+        after = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
+        return {
+            kind
+            for kind, b, a in zip(("tools", "prompts", "resources", "resources"), before, after, strict=True)
+            if b != a
+        }
+
+    # ------------------------------------------------------------------ reads
+
+    def tools(self) -> list[dict[str, Any]]:
+        """The tool definitions the IDE sees: allowed ones, under exposed names."""
+        return self._visible_tools
+
+    def entries(self) -> list[ToolEntry]:
+        """Every known tool, allowed or not (for ``tools`` and ``status``)."""
+        return list(self._tools.values())
+
+    def route_tool(self, exposed: str) -> ToolEntry:
+        """The entry for an exposed name, checked against the allowlist now (not only when listed)."""
+        entry = self._tools.get(exposed)
+        if entry is None:
+            raise UnknownName("tool", exposed)
+        denial = self._allowlist.denial(entry.server, entry.original, exposed)
+        if denial is not None:
+            raise PolicyDenied(exposed, denial)
+        return entry
+
+    def prompts(self) -> list[dict[str, Any]]:
+        return self._visible_prompts
+
+    def route_prompt(self, exposed: str) -> tuple[str, str]:
+        found = self._prompts.get(exposed)
+        if found is None:
+            raise UnknownName("prompt", exposed)
+        return found[0], found[1]
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self._visible_resources
+
+    def templates(self) -> list[dict[str, Any]]:
+        return self._visible_templates
+
+    def route_resource(self, uri: str) -> str:
+        """The server that serves ``uri``: a listed resource first, then the first template that matches."""
+        server = self._resources.get(uri)
+        if server is not None:
+            return server
+        for server, template, _ in self._templates:
+            if template.match(uri) is not None:
+                return server
+        raise UnknownName("resource", uri)
+
+    def counts(self, server: str) -> tuple[int, int]:
+        """(allowed, offered) tool counts for one server."""
+        mine = [e for e in self._tools.values() if e.server == server]
+        return sum(1 for e in mine if e.denial is None), len(mine)
+
+
+class CatalogCache:
+    """The last listing of each server, on disk (one JSON file, atomic replace, mode 0600)."""
+
+    VERSION = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, tuple[str, Listing]]:
+        """server → (url it was listed from, listing). A missing or unreadable file is an empty cache."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("catalog_cache.unreadable", path=str(self.path), error=str(exc))
+            return {}
+        if not isinstance(data, dict) or data.get("version") != self.VERSION:
+            return {}
+        out: dict[str, tuple[str, Listing]] = {}
+        for server, entry in (data.get("servers") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("url"), str):
+                out[server] = (entry["url"], Listing.from_json(entry))
+        return out
+
+    def save(self, entries: dict[str, tuple[str, Listing]]) -> None:
+        payload = {
+            "version": self.VERSION,
+            "servers": {s: {"url": url, **listing.to_json()} for s, (url, listing) in sorted(entries.items())},
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".catalog.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(payload, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,192 @@
+"""The ``mcp-bridge`` command. Errors become exit codes here and only here: 0 ok, 1 runtime failure, 2 usage/config.
+
+``serve`` (the default) is what an IDE runs: stdout is the protocol, so it prints nothing. The other commands are
+for people: they print to stdout and report problems on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from mcp_bridge import __version__
+from mcp_bridge.config import LoadedConfig, home_dir, load_config
+from mcp_bridge.errors import BridgeError, ConfigError
+from mcp_bridge.logs import clean, configure, get_logger, register_secrets
+
+log = get_logger("mcp_bridge.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="config file (default: $MCP_BRIDGE_CONFIG, then the user dir)")
+    common.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (default: config `log.level`)"
+    )
+    common.add_argument("--log-file", metavar="PATH", help="also write JSON logs to this file")
+
+    parser = argparse.ArgumentParser(
+        prog="mcp-bridge",
+        description="A local MCP gateway: the approved remote MCP servers' tools behind one stdio entry.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"mcp-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="serve MCP on stdio (what the IDE runs; the default)")
+    p = sub.add_parser("status", parents=[common], help="each server's connection state and tool counts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("tools", parents=[common], help="the merged tool list as the IDE sees it")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="also show tools the allowlist hides, with the reason")
+    p = sub.add_parser("call", parents=[common], help="call one tool by its exposed name and print the result")
+    p.add_argument("name", help="exposed tool name, e.g. docs__search")
+    p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage; keep its code (2 for usage errors)
+        return int(exc.code or 0)
+    command = args.command or "serve"
+    try:
+        loaded = load_config(args.config)
+        register_secrets(loaded.secrets)
+        level = args.log_level or loaded.settings.log.level
+        if command != "serve" and not args.log_level:
+            level = "error" if level == "info" else level  # hand-run commands: stderr keeps to real errors
+        configure(level=level, file=args.log_file or loaded.settings.log.file)
+        handler: Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]] = _COMMANDS[command]
+        return anyio.run(handler, args, loaded)
+    except BridgeError as exc:
+        _err(f"mcp-bridge: {clean(str(exc))}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+async def _serve(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+    from mcp_bridge.front import serve_stdio
+
+    bridge = Bridge(loaded, home_dir())
+    log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
+    async with bridge.running(), anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        await serve_stdio(bridge)
+        tg.cancel_scope.cancel()
+    log.info("serve.stop")
+    return 0
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("serve.signal", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+
+    bridge = Bridge(loaded, home_dir())
+    async with bridge.running():
+        await bridge.wait_settled(loaded.settings.timeouts.connect)
+        rows = bridge.status()
+    if args.json:
+        print(json.dumps({"servers": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no servers configured (add some under `servers:` in the config)")
+        return 0
+    table = [["SERVER", "STATE", "TOOLS", "URL", "LAST ERROR"]]
+    for r in rows:
+        tools = f"{r['tools_allowed']} of {r['tools_offered']}"
+        table.append([r["server"], r["state"], tools, r["url"], r["last_error"] or ""])
+    _print_table(table)
+    return 0
+
+
+async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+
+    bridge = Bridge(loaded, home_dir())
+    async with bridge.running():
+        await bridge.wait_settled(loaded.settings.timeouts.connect)
+        entries = sorted(bridge.catalog.entries(), key=lambda e: e.exposed)
+    shown = [e for e in entries if args.all or e.denial is None]
+    if args.json:
+        out = [
+            {
+                "name": e.exposed,
+                "server": e.server,
+                "tool": e.original,
+                "description": e.description,
+                "allowed": e.denial is None,
+                **({"denied_because": e.denial} if e.denial else {}),
+            }
+            for e in shown
+        ]
+        print(json.dumps({"tools": out}, indent=2, ensure_ascii=False))
+        return 0
+    table = [["NAME", "SERVER", "TOOL", "DESCRIPTION"]]
+    for e in shown:
+        desc = e.description if e.denial is None else f"[hidden: {e.denial}]"
+        table.append([e.exposed, e.server, e.original, desc[:80]])
+    _print_table(table)
+    return 0
+
+
+async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+
+    try:
+        arguments = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise _UsageError(f"--args is not valid JSON: {exc.msg} (at position {exc.pos})") from None
+    if not isinstance(arguments, dict):
+        raise _UsageError('--args must be a JSON object, e.g. \'{"query": "x"}\'')
+    bridge = Bridge(loaded, home_dir())
+    async with bridge.running():
+        await bridge.wait_settled(loaded.settings.timeouts.connect)
+        try:
+            result: dict[str, Any] = await bridge.call_tool(args.name, arguments)
+        except Exception as exc:
+            from mcp.shared.exceptions import MCPError
+
+            if isinstance(exc, MCPError):
+                raise BridgeError(f"{args.name}: error {exc.error.code}: {exc.error.message}") from None
+            raise
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 1 if result.get("isError") else 0
+
+
+class _UsageError(ConfigError):
+    """Bad command-line input (exit 2)."""
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]]] = {
+    "serve": _serve,
+    "status": _status,
+    "tools": _tools,
+    "call": _call,
+}

@@ -1,0 +1,228 @@
+"""Local MCP servers for the tests and the offline demo: real SDK streamable-HTTP servers on 127.0.0.1.
+
+``python -m mcp_bridge.localservers --port N [--name NAME] [--api-key KEY] [--weird-names]`` runs one. Its tools
+cover what a bridge must pass through untouched: plain text, ``structuredContent`` with an output schema,
+``isError``, ``_meta``, progress, cancellation (recorded, and reported by the ``stats`` tool), a call that never
+ends, and a tool that adds another tool at runtime and announces it with ``tools/list_changed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+WEIRD_NAMES = [
+    "dots.in.name",
+    "slash/name",
+    "space name",
+    "ünïcødé-tool",
+    "very_long_" + "x" * 100,
+    "dots_in_name",
+]
+
+
+@dataclass
+class _State:
+    name: str
+    calls: int = 0
+    cancelled: list[str] = field(default_factory=list)
+    extra_tools: list[str] = field(default_factory=list)
+
+
+def _text(text: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": text}]
+
+
+def build_server(name: str, *, weird_names: bool = False) -> Server[Any]:
+    """A low-level SDK server with the tools, one prompt and resources described in the module docstring."""
+    state = _State(name)
+    obj: dict[str, Any] = {"type": "object"}
+
+    def tool(tool_name: str, description: str, props: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        schema = {**obj, "properties": props or {}}
+        return {"name": tool_name, "description": description, "inputSchema": schema, **extra}
+
+    base_tools = [
+        tool("echo", f"Echo the text back (server {name}).", {"text": {"type": "string"}}),
+        tool(
+            "add",
+            "Add two numbers; structured result.",
+            {"a": {"type": "number"}, "b": {"type": "number"}},
+            outputSchema={**obj, "properties": {"sum": {"type": "number"}}, "required": ["sum"]},
+        ),
+        tool("fail", "Always answers with isError.", {"message": {"type": "string"}}),
+        tool("meta", "Answers with a _meta block.", annotations={"readOnlyHint": True}),
+        tool("slow", "Reports progress for each step.", {"steps": {"type": "integer"}, "delay": {"type": "number"}}),
+        tool("wait_forever", "Never answers (until cancelled)."),
+        tool("stats", "How many calls this server saw, and which were cancelled."),
+        tool("add_tool", "Adds a tool at runtime and sends tools/list_changed.", {"tool": {"type": "string"}}),
+        tool("delete_everything", "A tool nobody should allow."),
+    ]
+    weird = [tool(n, f"A tool named {n!r}.") for n in WEIRD_NAMES] if weird_names else []
+
+    async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
+        dynamic = [tool(t, "Added at runtime; echoes its arguments.") for t in state.extra_tools]
+        return {"tools": base_tools + weird + dynamic}
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
+        state.calls += 1
+        args = params.arguments or {}
+        handler = handlers.get(params.name)
+        if handler is None:
+            if params.name in state.extra_tools or params.name in WEIRD_NAMES:
+                return {"content": _text(json.dumps({"tool": params.name, "arguments": args}))}
+            raise ValueError(f"no tool {params.name!r}")
+        return await handler(ctx, args)
+
+    async def echo(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        return {"content": _text(f"{name}: {args.get('text', '')}")}
+
+    async def add(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        total = args.get("a", 0) + args.get("b", 0)
+        return {"content": _text(json.dumps({"sum": total})), "structuredContent": {"sum": total}}
+
+    async def fail(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        return {"content": _text(f"failed: {args.get('message', 'no reason')}"), "isError": True}
+
+    async def meta(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        return {"content": _text("with meta"), "_meta": {"example.com/origin": name, "n": 1}}
+
+    async def slow(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        steps, delay = int(args.get("steps", 3)), float(args.get("delay", 0.05))
+        try:
+            for i in range(1, steps + 1):
+                await anyio.sleep(delay)
+                await ctx.session.report_progress(i, steps, f"step {i} of {steps}")
+        except anyio.get_cancelled_exc_class():
+            state.cancelled.append("slow")
+            raise
+        return {"content": _text(f"done after {steps} steps")}
+
+    async def wait_forever(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            state.cancelled.append("wait_forever")
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stats(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        data = {"server": name, "calls": state.calls, "cancelled": list(state.cancelled)}
+        return {"content": _text(json.dumps(data)), "structuredContent": data}
+
+    async def add_tool(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        new = str(args.get("tool") or f"dynamic_{len(state.extra_tools) + 1}")
+        state.extra_tools.append(new)
+        await ctx.session.send_tool_list_changed()
+        return {"content": _text(f"added {new}")}
+
+    async def delete_everything(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        return {"content": _text("deleted everything (this should never be reachable through the bridge)")}
+
+    handlers: dict[str, Callable[[ServerRequestContext[Any], dict[str, Any]], Awaitable[Any]]] = {
+        "echo": echo,
+        "add": add,
+        "fail": fail,
+        "meta": meta,
+        "slow": slow,
+        "wait_forever": wait_forever,
+        "stats": stats,
+        "add_tool": add_tool,
+        "delete_everything": delete_everything,
+    }
+
+    async def list_prompts(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
+        return {"prompts": [{"name": "greet", "description": "Greets someone.", "arguments": [{"name": "who"}]}]}
+
+    async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
+        who = (params.arguments or {}).get("who", "you")
+        return {"messages": [{"role": "user", "content": {"type": "text", "text": f"Hello {who}, from {name}."}}]}
+
+    readme = f"mem://{name}/readme"
+
+    async def list_resources(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
+        return {"resources": [{"uri": readme, "name": f"{name} readme", "mimeType": "text/plain"}]}
+
+    async def list_templates(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
+        return {"resourceTemplates": [{"uriTemplate": f"mem://{name}/items/{{id}}", "name": "item"}]}
+
+    async def read_resource(ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
+        uri = str(params.uri)
+        if uri == readme:
+            text = f"This is {name}."
+        elif uri.startswith(f"mem://{name}/items/"):
+            text = f"item {uri.rsplit('/', 1)[-1]} of {name}"
+        else:
+            raise ValueError(f"no resource {uri}")
+        return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+
+    return Server(
+        name,
+        version="1.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+    )
+
+
+class RequireHeader:
+    """ASGI middleware: 401 unless the request carries ``header: value`` (an API-key protected server)."""
+
+    def __init__(self, app: ASGIApp, header: str, value: str) -> None:
+        self.app, self.header, self.value = app, header.lower().encode(), value.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and dict(scope["headers"]).get(self.header) != self.value:
+            body = b'{"error":"invalid_token","error_description":"missing or wrong API key"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def build_app(name: str, *, api_key: str | None = None, weird_names: bool = False) -> ASGIApp:
+    app: ASGIApp = build_server(name, weird_names=weird_names).streamable_http_app(host="127.0.0.1")
+    if api_key:
+        app = RequireHeader(app, "authorization", f"Bearer {api_key}")
+    return app
+
+
+async def serve(app: ASGIApp, port: int, host: str = "127.0.0.1") -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one local MCP test server on 127.0.0.1.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="local")
+    parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
+    parser.add_argument("--weird-names", action="store_true", help="add tools with awkward names")
+    args = parser.parse_args(argv)
+    app = build_app(args.name, api_key=args.api_key, weird_names=args.weird_names)
+    anyio.run(serve, app, args.port)
+
+
+if __name__ == "__main__":
+    main()

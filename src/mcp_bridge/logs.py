@@ -1,0 +1,133 @@
+"""Logging: structlog to stderr (console on a TTY, JSON otherwise) and optionally a JSON file; secrets redacted.
+
+stdout carries only the protocol, so no handler here ever writes to it. Every string that reaches a log line or an
+error message passes :func:`clean`, which masks the secrets registered with :func:`register_secrets` (credentials
+and every value the config took from the environment) and bearer-like tokens in free text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+MASK = "***"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_MIN_SECRET_LEN = 4
+_TOKENISH = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
+    re.compile(r"(?i)((?:access_token|refresh_token|id_token|client_secret|api_key|apikey|token|code)=)[^&\s\"']+"),
+    re.compile(r"(?i)(://)[^/@\s:]+:[^/@\s]+@"),
+]
+
+_lock = threading.Lock()
+_secrets: tuple[str, ...] = ()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Add strings that must never appear in logs or messages (longest first, so substrings do not leak)."""
+    global _secrets
+    with _lock:
+        merged = set(_secrets) | {v for v in values if v and len(v) >= _MIN_SECRET_LEN}
+        _secrets = tuple(sorted(merged, key=len, reverse=True))
+
+
+def clean(text: str) -> str:
+    """``text`` with every registered secret and bearer-like token masked."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    for pattern in _TOKENISH:
+        text = pattern.sub(lambda m: m.group(1) + MASK + ("@" if m.group(1) == "://" else ""), text)
+    return text
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {k: _clean_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_value(v) for v in value]
+    if isinstance(value, BaseException):
+        return clean(f"{type(value).__name__}: {value}")
+    return value
+
+
+def _redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _clean_value(value)
+    return event_dict
+
+
+class _RedactingFilter(logging.Filter):
+    """Applies :func:`clean` to records from other libraries (the SDK, httpx2) before any handler sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, dict):
+            return True  # from structlog: already redacted by its processor chain
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not kill logging
+            message = str(record.msg)
+        record.msg = clean(message)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = clean(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def configure(level: str = "info", file: str | None = None, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging to stderr (and ``file``), with redaction. Safe to call again."""
+    stream = stream or sys.stderr
+    numeric = _LEVELS.get(level, logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        cache_logger_on_first_use=False,
+    )
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    console = structlog.stdlib.ProcessorFormatter(
+        processor=structlog.dev.ConsoleRenderer(colors=tty) if tty else structlog.processors.JSONRenderer(),
+        foreign_pre_chain=shared,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_mcp_bridge", False):
+            root.removeHandler(handler)
+            handler.close()
+    handlers: list[logging.Handler] = []
+    err = logging.StreamHandler(stream)
+    err.setFormatter(console)
+    handlers.append(err)
+    if file:
+        fh = logging.FileHandler(file, encoding="utf-8")
+        fh.setFormatter(
+            structlog.stdlib.ProcessorFormatter(processor=structlog.processors.JSONRenderer(), foreign_pre_chain=shared)
+        )
+        handlers.append(fh)
+    for handler in handlers:
+        handler.addFilter(_RedactingFilter())
+        handler._mcp_bridge = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(numeric)
+    # Libraries are chatty below WARNING (httpx2 logs every request line); let them through only when debugging.
+    for name in ("httpx2", "httpcore", "mcp", "uvicorn", "sse_starlette"):
+        logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

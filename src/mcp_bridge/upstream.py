@@ -1,0 +1,402 @@
+"""One remote MCP server: its supervisor task, its session, reconnects, and the requests sent to it.
+
+Each :class:`Upstream` owns a failure domain. Its supervisor (:meth:`Upstream.run`) connects over streamable HTTP,
+runs the handshake, lists what the server offers, and keeps the session until it breaks; then it reconnects with
+exponential backoff and jitter. The SDK's transport cancels the task that entered it when a POST fails, so only the
+supervisor ever enters it: request senders borrow the session and see errors, never cancellation.
+
+A request is retried only when it certainly never reached the server: the TCP connection could not be made
+(:class:`_GuardedTransport` turns that into a JSON-RPC error instead of a crash), or the server rejected the session
+before looking at the request ("session not found"). A request lost in flight is reported, not repeated: a tool may
+not be idempotent.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import httpx2
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from pydantic import RootModel
+
+from mcp_bridge import __version__
+from mcp_bridge.auth import auth_for
+from mcp_bridge.config import ServerConfig, TimeoutsConfig
+from mcp_bridge.errors import AuthRequired, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_bridge.logs import clean, get_logger
+
+log = get_logger(__name__)
+
+State = Literal["connecting", "connected", "needs_auth", "error", "stopped"]
+ProgressFn = ProgressFnT
+
+
+class _Raw(RootModel[dict[str, Any]]):
+    """A result kept as the raw dict the server sent (pass-through: no re-validation against output schemas)."""
+
+
+async def _send(session: ClientSession, request: Any, **kwargs: Any) -> dict[str, Any]:
+    return (await session.send_request(request, _Raw, **kwargs)).root
+
+
+NOT_SENT = -32099
+"""Internal JSON-RPC code: the request never left this machine (the TCP connection could not be made)."""
+_MAX_PAGES = 100
+_KEEPALIVE_SECONDS = 30.0
+_RECYCLE, _TOOLS, _PROMPTS, _RESOURCES = "recycle", "tools", "prompts", "resources"
+
+
+@dataclass
+class Listing:
+    """What one server offers, as the raw (camelCase) dicts it sent."""
+
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    templates: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tools": self.tools, "prompts": self.prompts, "resources": self.resources, "templates": self.templates}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Listing:
+        return cls(**{k: list(data.get(k) or []) for k in ("tools", "prompts", "resources", "templates")})
+
+
+class Backoff:
+    """Exponential backoff with full jitter: a random delay in [base/2, base], base doubling up to ``cap``."""
+
+    def __init__(self, initial: float = 0.5, cap: float = 30.0) -> None:
+        self.initial, self.cap, self.attempt = initial, cap, 0
+
+    def next(self) -> float:
+        base = min(self.cap, self.initial * 2.0**self.attempt)
+        self.attempt += 1
+        return base / 2 + random.random() * base / 2  # noqa: S311 - jitter, not cryptography
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _GuardedTransport(httpx2.AsyncBaseTransport):
+    """Turns "could not connect" on a POST into a JSON-RPC error response instead of a transport crash.
+
+    Without this the SDK raises inside its task group and cancels whichever task entered the transport; with it the
+    one request gets a clean, typed error (``NOT_SENT``) and the supervisor decides what to do.
+    """
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
+            if request.method != "POST":
+                raise
+            message = f"could not connect: {type(exc).__name__}: {exc}"
+            body = {"jsonrpc": "2.0", "id": None, "error": {"code": NOT_SENT, "message": message}}
+            return httpx2.Response(503, json=body, request=request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _session_gone(exc: MCPError) -> bool:
+    """The server no longer knows our session (it restarted): it rejected the request without running it."""
+    msg = exc.error.message.lower()
+    return exc.error.code == types.INVALID_REQUEST and ("session not found" in msg or "session terminated" in msg)
+
+
+class Upstream:
+    """One remote server under its own supervisor."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ServerConfig,
+        timeouts: TimeoutsConfig,
+        on_listing: Callable[[str, Listing], None],
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.timeouts = timeouts
+        self._on_listing = on_listing
+        self.state: State = "connecting"
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        self.server_info: dict[str, Any] | None = None
+        self.listing: Listing | None = None
+        self.settled = anyio.Event()
+        """Set once the first connection attempt has an outcome (connected, error or needs_auth)."""
+        self._session: ClientSession | None = None
+        self._connected = anyio.Event()
+        self._dropped = anyio.Event()
+        """Set (and replaced) each time the current session is dropped."""
+        self._signals_send, self._signals_recv = anyio.create_memory_object_stream[str](16)
+        self._stopped = False
+
+    # ----------------------------------------------------------------- supervisor
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect; forever, until cancelled. Never raises (one server's failure stays local)."""
+        backoff = Backoff()
+        try:
+            while True:
+                self._set_state("connecting")
+                try:
+                    await self._connect_and_serve(backoff)
+                    delay = 0.0  # recycled on purpose: reconnect at once
+                except AuthRequired as exc:
+                    self._fail("needs_auth", exc)
+                    return  # nothing to retry until someone logs in
+                except Exception as exc:  # supervisor boundary: anything from the transport or the server
+                    self._fail("error", exc)
+                    delay = backoff.next()
+                finally:
+                    self._session = None
+                    if self._connected.is_set():
+                        self._connected = anyio.Event()
+                    self._dropped.set()
+                    self._dropped = anyio.Event()
+                if delay:
+                    log.info("upstream.reconnect_scheduled", server=self.name, in_seconds=round(delay, 2))
+                    await anyio.sleep(delay)
+        finally:
+            self._stopped = True
+            self._set_state("stopped")
+            self._signals_send.close()
+            self._signals_recv.close()
+
+    async def _connect_and_serve(self, backoff: Backoff) -> None:
+        auth = auth_for(self.name, self.config)
+        t = self.timeouts
+        timeout = httpx2.Timeout(t.connect, read=t.call + 5, write=t.connect, pool=t.connect)
+        transport = _GuardedTransport(httpx2.AsyncHTTPTransport())
+        async with (
+            httpx2.AsyncClient(auth=auth, timeout=timeout, transport=transport) as http,
+            streamable_http_client(self.config.url, http_client=http) as (read, write),
+            ClientSession(
+                read,
+                write,
+                message_handler=self._on_message,
+                client_info=types.Implementation(name="mcp-bridge", version=__version__),
+            ) as session,
+        ):
+            with anyio.fail_after(t.connect):
+                init = await session.initialize()
+                listing = await self._fetch_listing(session, _TOOLS, _PROMPTS, _RESOURCES, current=None)
+            self.server_info = init.server_info.model_dump(mode="json", exclude_none=True)
+            self._session = session
+            self.listing = listing
+            self.connected_since = time.time()
+            backoff.reset()
+            self._set_state("connected")
+            self._connected.set()
+            self._on_listing(self.name, listing)
+            await self._serve(session)
+
+    async def _serve(self, session: ClientSession) -> None:
+        """Wait for signals: re-list on upstream ``list_changed``, return on recycle; ping when idle."""
+        while True:
+            with anyio.move_on_after(_KEEPALIVE_SECONDS) as idle:
+                signal = await self._signals_recv.receive()
+            if idle.cancelled_caught:
+                await self._keepalive(session)
+                continue
+            kinds = {signal}
+            while True:  # coalesce a burst of notifications into one re-list
+                try:
+                    kinds.add(self._signals_recv.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            if _RECYCLE in kinds:
+                log.info("upstream.recycle", server=self.name)
+                return
+            assert self.listing is not None
+            with anyio.fail_after(self.timeouts.connect):
+                self.listing = await self._fetch_listing(session, *kinds, current=self.listing)
+            log.info("upstream.relisted", server=self.name, kinds=sorted(kinds), tools=len(self.listing.tools))
+            self._on_listing(self.name, self.listing)
+
+    async def _keepalive(self, session: ClientSession) -> None:
+        try:
+            with anyio.fail_after(self.timeouts.connect):
+                await _send(session, types.PingRequest())
+        except MCPError as exc:
+            if exc.error.code in (NOT_SENT, types.CONNECTION_CLOSED) or _session_gone(exc):
+                raise UpstreamUnavailable(self.name, f"keepalive failed: {exc.error.message}") from None
+            # Any other JSON-RPC error (say, ping not implemented) still proves the server is alive.
+        except TimeoutError:
+            raise UpstreamUnavailable(self.name, "keepalive ping timed out") from None
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            log.debug("upstream.transport_event", server=self.name, error=f"{type(message).__name__}: {message}")
+            return
+        root = getattr(message, "root", message)
+        if isinstance(root, types.ToolListChangedNotification):
+            self._signal(_TOOLS)
+        elif isinstance(root, types.PromptListChangedNotification):
+            self._signal(_PROMPTS)
+        elif isinstance(root, types.ResourceListChangedNotification):
+            self._signal(_RESOURCES)
+
+    def _signal(self, kind: str) -> None:
+        try:
+            self._signals_send.send_nowait(kind)
+        except anyio.WouldBlock:
+            pass  # a re-list is already queued; it will see the latest state
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # stopped
+
+    async def _fetch_listing(self, session: ClientSession, *kinds: str, current: Listing | None) -> Listing:
+        caps = session.server_capabilities
+        out = Listing(**current.__dict__) if current else Listing()
+        if _TOOLS in kinds:
+            out.tools = await self._paged(session, "tools/list", "tools") if caps and caps.tools else []
+        if _PROMPTS in kinds:
+            out.prompts = await self._paged(session, "prompts/list", "prompts") if caps and caps.prompts else []
+        if _RESOURCES in kinds:
+            has = bool(caps and caps.resources)
+            out.resources = await self._paged(session, "resources/list", "resources") if has else []
+            out.templates = await self._paged(session, "resources/templates/list", "resourceTemplates") if has else []
+        return out
+
+    async def _paged(self, session: ClientSession, method: str, key: str) -> list[dict[str, Any]]:
+        request_type: Any = {
+            "tools/list": types.ListToolsRequest,
+            "prompts/list": types.ListPromptsRequest,
+            "resources/list": types.ListResourcesRequest,
+            "resources/templates/list": types.ListResourceTemplatesRequest,
+        }[method]
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(_MAX_PAGES):
+            params = {"cursor": cursor} if cursor else None
+            raw = await _send(session, request_type.model_validate({"method": method, "params": params}))
+            items.extend(x for x in raw.get(key) or [] if isinstance(x, dict))
+            cursor = raw.get("nextCursor")
+            if not cursor:
+                return items
+        log.warning("upstream.pagination_capped", server=self.name, method=method, pages=_MAX_PAGES)
+        return items
+
+    def _set_state(self, state: State) -> None:
+        if state != self.state:
+            log.info("upstream.state", server=self.name, state=state)
+        self.state = state
+        if state == "connected":
+            self.last_error = None
+            self.settled.set()
+
+    def _fail(self, state: State, exc: BaseException) -> None:
+        self.last_error = describe_error(exc)
+        self.state = state
+        self.connected_since = None
+        log.warning("upstream.failed", server=self.name, state=state, error=self.last_error)
+        self.settled.set()
+
+    # ----------------------------------------------------------------- requests
+
+    def request_recycle(self, session: ClientSession | None = None) -> None:
+        """Ask the supervisor to drop the session and reconnect (only if ``session`` is still the current one)."""
+        if session is None or session is self._session:
+            self._signal(_RECYCLE)
+
+    async def _wait_session(self) -> ClientSession:
+        if self.state == "needs_auth":
+            raise AuthRequired(self.name, f"needs a login: {self.last_error}; run `mcp-bridge login {self.name}`")
+        if self._stopped:
+            raise UpstreamUnavailable(self.name, "not connected: the server was removed or the bridge is stopping")
+        session = self._session
+        if session is not None and self._connected.is_set():
+            return session
+        wait = self.timeouts.connect
+        with anyio.move_on_after(wait):
+            await self._connected.wait()
+        session = self._session
+        if session is None:
+            why = f" (last error: {self.last_error})" if self.last_error else ""
+            raise UpstreamUnavailable(self.name, f"not connected; timed out after {wait:g}s waiting{why}")
+        return session
+
+    async def request(
+        self,
+        request: Any,
+        *,
+        call_timeout: float | None = None,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and return the raw result dict.
+
+        Raises ``MCPError`` for the server's own JSON-RPC errors, :class:`UpstreamUnavailable` when the request could
+        not be delivered (or was lost in flight), and :class:`UpstreamTimeout` when no answer came in ``timeout``.
+        """
+        timeout = self.timeouts.call if call_timeout is None else call_timeout
+        for attempt in range(3):
+            session = await self._wait_session()
+            try:
+                return await _send(session, request, request_read_timeout_seconds=timeout, progress_callback=progress)
+            except MCPError as exc:
+                code = exc.error.code
+                if code == NOT_SENT or _session_gone(exc):
+                    # Never reached the server (no connection), or the server rejected the session before running
+                    # the request: reconnect and try again.
+                    log.info("upstream.retry_unsent", server=self.name, attempt=attempt + 1, reason=exc.error.message)
+                    self.request_recycle(session)
+                    await self._await_new_session(session)
+                    continue
+                if code == types.REQUEST_TIMEOUT:
+                    raise UpstreamTimeout(self.name, f"timed out: no answer within {timeout:g}s") from None
+                if code == types.CONNECTION_CLOSED:
+                    self.request_recycle(session)
+                    raise UpstreamUnavailable(
+                        self.name, "connection lost while the request was in flight (it may have run; not retried)"
+                    ) from None
+                raise
+        raise UpstreamUnavailable(self.name, f"not reachable: {self.last_error or 'could not connect'}")
+
+    async def _await_new_session(self, old: ClientSession) -> None:
+        """Wait (bounded) until the supervisor has replaced ``old``, so a retry does not reuse a dead session."""
+        dropped = self._dropped
+        if self._session is old and not self._stopped:
+            with anyio.move_on_after(self.timeouts.connect):
+                await dropped.wait()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "server": self.name,
+            "url": self.config.url,
+            "state": self.state,
+            "last_error": self.last_error,
+            "connected_since": self.connected_since,
+            "server_info": self.server_info,
+        }
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, secret-free description of an exception (unwrapping exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, UpstreamError):
+        text = str(exc).split(": ", 1)[-1]
+    elif isinstance(exc, MCPError):
+        text = f"server error {exc.error.code}: {exc.error.message}"
+    elif isinstance(exc, TimeoutError):
+        text = "timed out"
+    elif isinstance(exc, httpx2.HTTPStatusError):
+        text = f"HTTP {exc.response.status_code} from {exc.request.url.copy_with(query=None)}"
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return clean(text)
