@@ -19,7 +19,7 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mcp_bridge.audit import AuditSink, CallEvent, LogSink, Status, digest
-from mcp_bridge.catalog import Catalog, CatalogCache
+from mcp_bridge.catalog import Catalog, CatalogCache, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
@@ -157,7 +157,7 @@ class Bridge:
         error: str | None = None
         try:
             try:
-                entry = self.catalog.route_tool(exposed)
+                entry = await self._route_tool(exposed)
             except (UnknownName, PolicyDenied) as exc:
                 status, error = "Denied", str(exc)
                 log.warning("bridge.call_denied", tool=exposed, reason=error)
@@ -198,6 +198,17 @@ class Bridge:
             )
             with anyio.CancelScope(shield=True):
                 await self.audit.record(event)
+
+    async def _route_tool(self, exposed: str) -> ToolEntry:
+        """Route a name; a name not (yet) known waits, bounded, for servers that are still connecting."""
+        try:
+            return self.catalog.route_tool(exposed)
+        except UnknownName:
+            pending = [n for n, u in self.upstreams.items() if not u.settled.is_set()]
+            if not pending:
+                raise
+            await self.wait_settled(self.settings.timeouts.connect, pending)
+            return self.catalog.route_tool(exposed)
 
     async def get_prompt(self, exposed: str, arguments: Mapping[str, str] | None) -> dict[str, Any]:
         server, original = self.catalog.route_prompt(exposed)

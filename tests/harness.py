@@ -1,0 +1,191 @@
+"""Test plumbing: local upstream servers as subprocesses, config files, and a bridge spawned over stdio.
+
+The bridge is always a real ``python -m mcp_bridge serve`` subprocess driven by the SDK's stdio client, the way an
+IDE drives it. Upstreams are real SDK streamable-HTTP servers (``mcp_bridge.localservers``) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import yaml
+from mcp import Client, StdioServerParameters
+from mcp.shared.dispatcher import ProgressFnT
+from pydantic import RootModel
+
+
+class Raw(RootModel[dict[str, Any]]):
+    """A result as the raw camelCase dict on the wire."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class LocalUpstream:
+    """One ``mcp_bridge.localservers`` process; can be killed and restarted on the same port."""
+
+    def __init__(
+        self, name: str, log_dir: Path, *, api_key: str | None = None, weird_names: bool = False, port: int = 0
+    ) -> None:
+        self.name = name
+        self.api_key = api_key
+        self.weird_names = weird_names
+        self.port = port or free_port()
+        self.log_path = log_dir / f"upstream-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> LocalUpstream:
+        cmd = [sys.executable, "-m", "mcp_bridge.localservers", "--port", str(self.port), "--name", self.name]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        if self.weird_names:
+            cmd.append("--weird-names")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        wait_port(self.port)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def server_config(self, allowed: list[str] | None = None) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"url": self.url, "allowed_tools": allowed if allowed is not None else ["*"]}
+        if self.api_key:
+            cfg["auth"] = {"type": "api_key", "value": "Bearer ${env:TEST_UPSTREAM_KEY_" + self.name.upper() + "}"}
+        return cfg
+
+    def env(self) -> dict[str, str]:
+        return {f"TEST_UPSTREAM_KEY_{self.name.upper()}": self.api_key} if self.api_key else {}
+
+
+def write_config(path: Path, servers: dict[str, Any], **extra: Any) -> Path:
+    path.write_text(yaml.safe_dump({"servers": servers, **extra}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def bridge_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCP_BRIDGE_", "TEST_UPSTREAM_KEY_"))}
+    env.update({"MCP_BRIDGE_HOME": str(home), "HOME": str(home / "user-home"), "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+class Notifications:
+    """Collects what the bridge sends the IDE unprompted; ``tools_changed`` fires on each tools/list_changed."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+        self.tools_changed = anyio.Event()
+
+    async def __call__(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            return
+        root = getattr(message, "root", message)
+        self.received.append(root)
+        if isinstance(root, types.ToolListChangedNotification):
+            self.tools_changed.set()
+
+    def rearm(self) -> None:
+        self.tools_changed = anyio.Event()
+
+
+@asynccontextmanager
+async def bridge_client(
+    config: Path,
+    home: Path,
+    *,
+    env: dict[str, str] | None = None,
+    notifications: Notifications | None = None,
+    stderr_path: Path | None = None,
+) -> AsyncIterator[Client]:
+    """Spawn ``mcp-bridge serve`` and connect to it as an IDE would (handshake era, over stdio)."""
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_bridge", "serve", "--config", str(config)],
+        env=bridge_env(home, env),
+    )
+    errlog_path = stderr_path or home / "bridge-stderr.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with open(errlog_path, "a", encoding="utf-8") as errlog:
+        client = Client(
+            params,
+            mode="legacy",
+            message_handler=notifications,
+            client_info=types.Implementation(name="pytest-ide", version="1.0"),
+        )
+        client._connect = _stdio_connector(params, errlog)
+        async with client:
+            yield client
+
+
+def _stdio_connector(params: StdioServerParameters, errlog: Any) -> Any:
+    from mcp.client.stdio import stdio_client
+    from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+
+    async def connect(exit_stack: Any, _mode: Any, _raise: bool) -> Any:
+        read, write = await exit_stack.enter_async_context(stdio_client(params, errlog=errlog))
+        return JSONRPCDispatcher(read, write)
+
+    return connect
+
+
+async def raw_call(
+    client: Client, name: str, arguments: dict[str, Any] | None = None, progress: ProgressFnT | None = None
+) -> dict[str, Any]:
+    """tools/call without the SDK's implicit tools/list or output-schema validation: the raw result."""
+    request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments or {}))
+    result = await client.session.send_request(request, Raw, progress_callback=progress)
+    return result.root
+
+
+async def tool_names(client: Client) -> list[str]:
+    result = await client.session.send_request(types.ListToolsRequest(), Raw)
+    return [t["name"] for t in result.root["tools"]]
+
+
+@asynccontextmanager
+async def direct_client(upstream: LocalUpstream) -> AsyncIterator[Client]:
+    """The SDK client talking straight to an upstream (the "direct" side of differential tests)."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with Client(streamable_http_client(upstream.url, http_client=http), mode="legacy") as client:
+            yield client
