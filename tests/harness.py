@@ -186,6 +186,8 @@ async def direct_client(upstream: LocalUpstream) -> AsyncIterator[Client]:
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-        async with Client(streamable_http_client(upstream.url, http_client=http), mode="legacy") as client:
-            yield client
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        Client(streamable_http_client(upstream.url, http_client=http), mode="legacy") as client,
+    ):
+        yield client
