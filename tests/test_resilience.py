@@ -1,0 +1,159 @@
+"""One failure stays local: dead, restarted, silent and slow upstreams, and startup before upstreams are back."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from harness import LocalUpstream, Notifications, SilentServer, bridge_client, raw_call, tool_names, write_config
+from mcp.shared.exceptions import MCPError
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_killed_upstream_does_not_affect_the_other_and_recovers_after_restart(tmp_path: Path) -> None:
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    beta = LocalUpstream("beta", tmp_path).start()
+    try:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {"alpha": alpha.server_config(), "beta": beta.server_config()},
+            timeouts={"connect": 2, "call": 10},
+        )
+        async with bridge_client(config, tmp_path / "home") as client:
+            assert (await raw_call(client, "alpha__echo", {"text": "1"}))["content"][0]["text"] == "alpha: 1"
+            assert (await raw_call(client, "beta__echo", {"text": "1"}))["content"][0]["text"] == "beta: 1"
+
+            alpha.kill()
+            # The other server is untouched.
+            for i in range(5):
+                got = await raw_call(client, "beta__echo", {"text": str(i)})
+                assert got["content"][0]["text"] == f"beta: {i}"
+            # The dead one fails with an error that names it, in bounded time.
+            started = time.monotonic()
+            with pytest.raises(MCPError) as err:
+                await raw_call(client, "alpha__echo", {"text": "dead"})
+            assert "alpha" in err.value.error.message
+            assert time.monotonic() - started < 8
+
+            alpha.start()  # same port: the bridge must recover without the IDE restarting
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        got = await raw_call(client, "alpha__echo", {"text": "back"})
+                        break
+                    except MCPError:
+                        await anyio.sleep(0.2)
+            assert got["content"][0]["text"] == "alpha: back"
+            assert (await raw_call(client, "beta__echo", {"text": "2"}))["content"][0]["text"] == "beta: 2"
+    finally:
+        alpha.kill()
+        beta.kill()
+
+
+async def test_restarted_upstream_session_is_renewed_transparently(tmp_path: Path) -> None:
+    """After a restart the old session id is unknown ("session not found"); the call is re-sent on a new session."""
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    try:
+        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()})
+        async with bridge_client(config, tmp_path / "home") as client:
+            await raw_call(client, "alpha__echo", {"text": "before"})
+            alpha.restart()
+            got = await raw_call(client, "alpha__echo", {"text": "after"})
+        assert got["content"][0]["text"] == "alpha: after"
+    finally:
+        alpha.kill()
+
+
+async def test_silent_upstream_leaves_others_alone_and_its_calls_time_out_naming_it(tmp_path: Path) -> None:
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        with SilentServer() as silent:
+            # A previous run saw the silent server's tool: the IDE gets it from the disk cache.
+            cache = {
+                "version": 1,
+                "servers": {"silent": {"url": silent.url, "tools": [{"name": "x", "inputSchema": {"type": "object"}}]}},
+            }
+            (home / "catalog.json").write_text(json.dumps(cache))
+            config = write_config(
+                tmp_path / "config.yaml",
+                {"alpha": alpha.server_config(), "silent": {"url": silent.url, "allowed_tools": ["*"]}},
+                timeouts={"connect": 1.5, "call": 5, "startup_wait": 1},
+            )
+            async with bridge_client(config, home) as client:
+                started = time.monotonic()
+                names = await tool_names(client)
+                assert time.monotonic() - started < 5
+                assert "alpha__echo" in names and "silent__x" in names
+                assert (await raw_call(client, "alpha__echo", {"text": "ok"}))["content"][0]["text"] == "alpha: ok"
+                with pytest.raises(MCPError) as err:
+                    await raw_call(client, "silent__x")
+                assert "silent" in err.value.error.message and "timed out" in err.value.error.message
+                # Still fine afterwards.
+                assert (await raw_call(client, "alpha__echo", {"text": "ok"}))["content"][0]["text"] == "alpha: ok"
+    finally:
+        alpha.kill()
+
+
+async def test_call_that_never_answers_times_out_with_the_server_named_and_is_cancelled_upstream(
+    tmp_path: Path,
+) -> None:
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    try:
+        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, timeouts={"call": 1.5})
+        async with bridge_client(config, tmp_path / "home") as client:
+            with pytest.raises(MCPError) as err:
+                await raw_call(client, "alpha__wait_forever")
+            assert "alpha" in err.value.error.message and "timed out" in err.value.error.message
+            with anyio.fail_after(10):
+                while "wait_forever" not in (await raw_call(client, "alpha__stats"))["structuredContent"]["cancelled"]:
+                    await anyio.sleep(0.05)
+    finally:
+        alpha.kill()
+
+
+async def test_tools_list_does_not_wait_for_a_down_server_and_announces_it_when_it_arrives(tmp_path: Path) -> None:
+    alpha = LocalUpstream("alpha", tmp_path)  # not started yet: its port is reserved in the config
+    beta = LocalUpstream("beta", tmp_path).start()
+    try:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {"alpha": alpha.server_config(), "beta": beta.server_config()},
+            timeouts={"startup_wait": 1, "connect": 2},
+        )
+        notes = Notifications()
+        async with bridge_client(config, tmp_path / "home", notifications=notes) as client:
+            started = time.monotonic()
+            names = await tool_names(client)
+            assert time.monotonic() - started < 4
+            assert "beta__echo" in names and not any(n.startswith("alpha__") for n in names)
+            notes.rearm()
+            alpha.start()
+            with anyio.fail_after(30):
+                while not any(n.startswith("alpha__") for n in await tool_names(client)):
+                    await notes.tools_changed.wait()
+                    notes.rearm()
+            assert (await raw_call(client, "alpha__echo", {"text": "late"}))["content"][0]["text"] == "alpha: late"
+    finally:
+        alpha.kill()
+        beta.kill()
+
+
+async def test_a_restarted_bridge_lists_cached_tools_before_its_servers_are_back(tmp_path: Path) -> None:
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    home = tmp_path / "home"
+    config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, timeouts={"startup_wait": 0.5})
+    try:
+        async with bridge_client(config, home) as client:
+            first = await tool_names(client)
+        alpha.kill()
+        async with bridge_client(config, home) as client:
+            cached = await tool_names(client)
+        assert cached == first and "alpha__echo" in cached
+    finally:
+        alpha.kill()
