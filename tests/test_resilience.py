@@ -8,8 +8,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from harness import LocalUpstream, Notifications, SilentServer, bridge_client, raw_call, tool_names, write_config
 from mcp.shared.exceptions import MCPError
+
+from harness import LocalUpstream, Notifications, SilentServer, bridge_client, raw_call, tool_names, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -93,6 +93,12 @@ class Bridge:
         for name, server in sorted(allowlist.servers.items()):
             if name in self.upstreams:
                 continue
+            if not server.allowed_tools:
+                log.warning(
+                    "bridge.no_tools_allowed",
+                    server=name,
+                    hint='set `allowed_tools` (a list of tool names, or ["*"] for all); missing means none',
+                )
             cached = self._cached.get(name)
             if cached is not None and cached[0] == server.url:
                 changed |= self.catalog.set_listing(name, cached[1], cached=True)

@@ -1,0 +1,130 @@
+"""The debug commands people run by hand, and exit codes: 0 ok, 1 runtime failure, 2 usage or config error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import LocalUpstream, bridge_env, write_config
+
+
+@pytest.fixture(scope="module")
+def alpha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalUpstream]:
+    up = LocalUpstream("alpha", tmp_path_factory.mktemp("logs"), api_key="alpha-key-0001").start()
+    yield up
+    up.kill()
+
+
+@pytest.fixture
+def config(tmp_path: Path, alpha: LocalUpstream) -> Path:
+    return write_config(
+        tmp_path / "config.yaml",
+        {"alpha": alpha.server_config(["echo", "add", "fail", "slow", "meta", "stats", "add_tool", "wait_forever"])},
+    )
+
+
+def run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        env=bridge_env(tmp_path / "home", env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_tools_json_lists_exposed_names_with_their_server_and_original(
+    tmp_path: Path, config: Path, alpha: LocalUpstream
+) -> None:
+    done = run(tmp_path, "tools", "--json", "--config", str(config), env=alpha.env())
+    assert done.returncode == 0, done.stderr
+    tools = {t["name"]: t for t in json.loads(done.stdout)["tools"]}
+    assert tools["alpha__echo"]["server"] == "alpha" and tools["alpha__echo"]["tool"] == "echo"
+    assert tools["alpha__echo"]["description"].startswith("Echo the text back")
+    assert "alpha__delete_everything" not in tools
+    everything = run(tmp_path, "tools", "--all", "--config", str(config), env=alpha.env())
+    assert "alpha__delete_everything" in everything.stdout and "hidden" in everything.stdout
+
+
+def test_status_shows_state_and_allowed_of_offered(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    done = run(tmp_path, "status", "--json", "--config", str(config), env=alpha.env())
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["servers"]
+    assert row["server"] == "alpha" and row["state"] == "connected"
+    assert (row["tools_allowed"], row["tools_offered"]) == (8, 9)
+    table = run(tmp_path, "status", "--config", str(config), env=alpha.env())
+    assert "8 of 9" in table.stdout and "connected" in table.stdout
+
+
+def test_status_reports_an_unreachable_server_with_its_error(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"gone": {"url": "http://127.0.0.1:9/mcp", "allowed_tools": ["*"]}},
+        timeouts={"connect": 1},
+    )
+    done = run(tmp_path, "status", "--json", "--config", str(config))
+    (row,) = json.loads(done.stdout)["servers"]
+    assert row["state"] in ("error", "connecting") and row["last_error"]
+
+
+def test_call_prints_the_result_and_exits_by_is_error(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    ok = run(tmp_path, "call", "alpha__add", "--args", '{"a": 1, "b": 2}', "--config", str(config), env=alpha.env())
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["structuredContent"] == {"sum": 3}
+    failed = run(tmp_path, "call", "alpha__fail", "--config", str(config), env=alpha.env())
+    assert failed.returncode == 1 and json.loads(failed.stdout)["isError"] is True
+
+
+def test_call_of_a_denied_or_unknown_tool_exits_1_with_a_reason(
+    tmp_path: Path, config: Path, alpha: LocalUpstream
+) -> None:
+    denied = run(tmp_path, "call", "alpha__delete_everything", "--config", str(config), env=alpha.env())
+    assert denied.returncode == 1 and "not allowed" in denied.stderr and denied.stdout == ""
+    unknown = run(tmp_path, "call", "nope__nope", "--config", str(config), env=alpha.env())
+    assert unknown.returncode == 1 and "unknown tool" in unknown.stderr
+
+
+@pytest.mark.parametrize("bad", ["[1", '"text"', "[1, 2]"])
+def test_call_with_bad_args_is_a_usage_error(tmp_path: Path, config: Path, alpha: LocalUpstream, bad: str) -> None:
+    done = run(tmp_path, "call", "alpha__echo", "--args", bad, "--config", str(config), env=alpha.env())
+    assert done.returncode == 2 and "--args" in done.stderr
+
+
+def test_bad_config_exits_2_with_one_message_naming_file_key_and_reason(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("servers:\n  docs:\n    url: https://x.example/mcp\n    alowed_tools: [a]\n")
+    for command in ("serve", "status", "tools"):
+        done = run(tmp_path, command, "--config", str(config))
+        assert done.returncode == 2
+        assert done.stdout == ""  # in serve mode stdout is the protocol: nothing else goes there
+        assert f"{config}: servers.docs.alowed_tools: unknown key" in done.stderr
+
+
+def test_missing_environment_variable_is_named(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"d": {"url": "https://x.example/mcp", "auth": {"type": "api_key", "value": "${env:NOT_SET_ANYWHERE}"}}},
+    )
+    done = run(tmp_path, "status", "--config", str(config))
+    assert done.returncode == 2 and "NOT_SET_ANYWHERE" in done.stderr and "servers.d.auth.value" in done.stderr
+
+
+def test_missing_config_file_and_bad_usage(tmp_path: Path) -> None:
+    missing = run(tmp_path, "status", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+    usage = run(tmp_path, "frobnicate")
+    assert usage.returncode == 2
+    version = run(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("mcp-bridge ")
+
+
+def test_console_script_and_module_entry_point_are_the_same_command(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("mcp-bridge")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False, timeout=30)
+    assert done.returncode == 0 and "serve" in done.stdout and "status" in done.stdout

@@ -1,0 +1,28 @@
+"""Redaction: secrets and bearer-like tokens never reach a log line or a message."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from mcp_bridge.logs import clean, configure, get_logger, register_secrets
+
+
+def test_registered_secrets_and_token_shapes_are_masked() -> None:
+    register_secrets(["s3cr3t-value-xyz"])
+    text = clean("key s3cr3t-value-xyz; Authorization: Bearer abc.def-123; url https://u:pw@host/x?access_token=zz&a=1")
+    assert "s3cr3t-value-xyz" not in text and "abc.def-123" not in text and "pw@" not in text and "zz" not in text
+    assert "a=1" in text and "https://***@host/x" in text
+
+
+def test_structlog_and_library_records_are_redacted_and_go_to_the_given_stream() -> None:
+    register_secrets(["another-secret-42"])
+    stream = io.StringIO()
+    configure("info", stream=stream)
+    get_logger("t").info("event", detail="token another-secret-42 inside", nested={"v": ["another-secret-42"]})
+    logging.getLogger("mcp_bridge.lib").warning("library says %s", "another-secret-42")
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert len(lines) == 2
+    assert "another-secret-42" not in stream.getvalue()
+    assert lines[0]["event"] == "event" and lines[0]["detail"] == "token *** inside"
