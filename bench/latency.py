@@ -404,7 +404,16 @@ def git_commit() -> str:
     return f"{commit} (uncommitted changes in tracked files)" if dirty else commit
 
 
-def render(lat: LatencyResult, start: StartupResult, imports: dict[str, float], started: dt.datetime) -> str:
+def load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def render(
+    lat: LatencyResult, start: StartupResult, imports: dict[str, float], started: dt.datetime, load_start: str
+) -> str:
     med = statistics.median
     d50, d99 = med(lat.direct_p50), med(lat.direct_p99)
     b50, b99 = med(lat.bridge_p50), med(lat.bridge_p99)
@@ -449,7 +458,8 @@ def render(lat: LatencyResult, start: StartupResult, imports: dict[str, float], 
     header = [
         f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}",
         "",
-        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"1-min load average {load_start} at start, {load_average()} at end (other work on the machine skews numbers)",
         f"- latency: {lat.calls} sequential `echo` calls per path per round, {lat.rounds} rounds alternating paths, "
         f"{WARMUP_CALLS} warm-up calls per path; values are the median across rounds of each round's p50/p99",
         f"- startup: median of {STARTUP_SPAWNS} spawns each; cold = fresh `MCP_BRIDGE_HOME` per spawn, "
@@ -480,6 +490,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, on_sigterm)
     started = dt.datetime.now(dt.UTC)
+    load_start = load_average()
     t_start = time.perf_counter()
     with _workdir(args.keep) as work:
         procs = Processes(work)
@@ -497,7 +508,7 @@ def main() -> int:
             return 130
         finally:
             procs.kill_all()
-    table = render(latency, startup, imports, started)
+    table = render(latency, startup, imports, started, load_start)
     print(table)
     if not args.no_write:
         if not RESULTS.exists():

@@ -94,3 +94,30 @@ async def test_raw_stdout_holds_only_json_rpc_and_bad_input_gets_errors(tmp_path
     assert by_id[7]["result"] == {}
     stderr = stderr_path.read_text()
     assert "bridge.no_tools_allowed" in stderr and "dead" in stderr  # the warnings went to stderr, not stdout
+
+
+async def test_sigterm_stops_the_bridge_promptly_while_the_ide_keeps_stdin_open(tmp_path: Path) -> None:
+    import signal
+
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    try:
+        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()})
+        stderr_path = tmp_path / "stderr.log"
+        with open(stderr_path, "wb") as errlog:
+            async with await anyio.open_process(
+                [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(config)],
+                env=bridge_env(tmp_path / "home"),
+                stderr=errlog,
+            ) as proc:
+                assert proc.stdin is not None and proc.stdout is not None
+                await proc.stdin.send((json.dumps(INIT) + "\n").encode())
+                with anyio.fail_after(20):
+                    assert b'"id":1' in await proc.stdout.receive()
+                proc.send_signal(signal.SIGTERM)  # stdin stays open, as an IDE's pipe does
+                with anyio.fail_after(5):
+                    code = await proc.wait()
+    finally:
+        alpha.kill()
+    assert code == 0
+    stderr = stderr_path.read_text()
+    assert "serve.stop" in stderr and "Fatal" not in stderr and "Traceback" not in stderr

@@ -78,6 +78,7 @@ class Bridge:
             raise
         finally:
             self._changes_send.close()
+            self._changes_recv.close()
 
     def apply_allowlist(self, allowlist: Allowlist) -> None:
         """Connect new servers, drop removed ones (their tools are denied at once), re-filter the rest."""

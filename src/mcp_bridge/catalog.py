@@ -243,8 +243,7 @@ class CatalogCache:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(payload, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
+            # No fsync: this runs on the event loop, and a cache lost to a power cut is only a slower start.
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
         except BaseException:

@@ -143,7 +143,9 @@ class Upstream:
         self._connected = anyio.Event()
         self._dropped = anyio.Event()
         """Set (and replaced) each time the current session is dropped."""
-        self._signals_send, self._signals_recv = anyio.create_memory_object_stream[str](16)
+        self._pending: set[str] = set()
+        """Work for the supervisor: re-list tools/prompts/resources, or recycle the session. Never dropped."""
+        self._wake = anyio.Event()
         self._stopped = False
 
     # ----------------------------------------------------------------- supervisor
@@ -175,8 +177,6 @@ class Upstream:
         finally:
             self._stopped = True
             self._set_state("stopped")
-            self._signals_send.close()
-            self._signals_recv.close()
 
     async def _connect_and_serve(self, backoff: Backoff) -> None:
         auth = auth_for(self.name, self.config)
@@ -208,18 +208,16 @@ class Upstream:
 
     async def _serve(self, session: ClientSession) -> None:
         """Wait for signals: re-list on upstream ``list_changed``, return on recycle; ping when idle."""
+        self._pending.discard(_RECYCLE)  # a recycle asked of an earlier session is done
         while True:
-            with anyio.move_on_after(_KEEPALIVE_SECONDS) as idle:
-                signal = await self._signals_recv.receive()
-            if idle.cancelled_caught:
-                await self._keepalive(session)
-                continue
-            kinds = {signal}
-            while True:  # coalesce a burst of notifications into one re-list
-                try:
-                    kinds.add(self._signals_recv.receive_nowait())
-                except anyio.WouldBlock:
-                    break
+            if not self._pending:
+                with anyio.move_on_after(_KEEPALIVE_SECONDS) as idle:
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                if idle.cancelled_caught:
+                    await self._keepalive(session)
+                    continue
+            kinds, self._pending = self._pending, set()  # a burst of notifications becomes one re-list
             if _RECYCLE in kinds:
                 log.info("upstream.recycle", server=self.name)
                 return
@@ -253,12 +251,8 @@ class Upstream:
             self._signal(_RESOURCES)
 
     def _signal(self, kind: str) -> None:
-        try:
-            self._signals_send.send_nowait(kind)
-        except anyio.WouldBlock:
-            pass  # a re-list is already queued; it will see the latest state
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # stopped
+        self._pending.add(kind)
+        self._wake.set()
 
     async def _fetch_listing(self, session: ClientSession, *kinds: str, current: Listing | None) -> Listing:
         caps = session.server_capabilities
