@@ -126,6 +126,17 @@ class Notifications:
 
 
 @asynccontextmanager
+async def bridge_process(config: Path, home: Path, stderr_path: Path) -> AsyncIterator[Any]:
+    """``mcp-bridge serve`` as a bare subprocess with raw pipes (for byte-level protocol tests); stderr to a file."""
+    with open(stderr_path, "wb") as errlog:
+        async with await anyio.open_process(
+            [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(config)], env=bridge_env(home), stderr=errlog
+        ) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            yield proc
+
+
+@asynccontextmanager
 async def bridge_client(
     config: Path,
     home: Path,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from harness import LocalUpstream, bridge_env, free_port, write_config
+from harness import LocalUpstream, bridge_process, free_port, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -53,28 +52,22 @@ async def test_raw_stdout_holds_only_json_rpc_and_bad_input_gets_errors(tmp_path
             {"jsonrpc": "2.0", "id": 7, "method": "ping"},
         ]
         stderr_path = tmp_path / "stderr.log"
-        with open(stderr_path, "wb") as errlog:
-            async with await anyio.open_process(
-                [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(config)],
-                env=bridge_env(tmp_path / "home"),
-                stderr=errlog,
-            ) as proc:
-                assert proc.stdin is not None and proc.stdout is not None
-                for line in lines:
-                    text = line if isinstance(line, str) else json.dumps(line)
-                    await proc.stdin.send((text + "\n").encode())
-                out = b""
-                with anyio.fail_after(30):
-                    while True:
-                        out += await proc.stdout.receive()
-                        got = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
-                        if {m.get("id") for m in got} >= {1, 2, 3, 4, 5, 6, 7}:
-                            break
-                await proc.stdin.aclose()
-                with anyio.fail_after(15):
-                    async for chunk in proc.stdout:
-                        out += chunk
-                    assert await proc.wait() == 0
+        async with bridge_process(config, tmp_path / "home", stderr_path) as proc:
+            for line in lines:
+                text = line if isinstance(line, str) else json.dumps(line)
+                await proc.stdin.send((text + "\n").encode())
+            out = b""
+            with anyio.fail_after(30):
+                while True:
+                    out += await proc.stdout.receive()
+                    got = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+                    if {m.get("id") for m in got} >= {1, 2, 3, 4, 5, 6, 7}:
+                        break
+            await proc.stdin.aclose()
+            with anyio.fail_after(15):
+                async for chunk in proc.stdout:
+                    out += chunk
+                assert await proc.wait() == 0
     finally:
         alpha.kill()
 
@@ -103,19 +96,13 @@ async def test_sigterm_stops_the_bridge_promptly_while_the_ide_keeps_stdin_open(
     try:
         config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()})
         stderr_path = tmp_path / "stderr.log"
-        with open(stderr_path, "wb") as errlog:
-            async with await anyio.open_process(
-                [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(config)],
-                env=bridge_env(tmp_path / "home"),
-                stderr=errlog,
-            ) as proc:
-                assert proc.stdin is not None and proc.stdout is not None
-                await proc.stdin.send((json.dumps(INIT) + "\n").encode())
-                with anyio.fail_after(20):
-                    assert b'"id":1' in await proc.stdout.receive()
-                proc.send_signal(signal.SIGTERM)  # stdin stays open, as an IDE's pipe does
-                with anyio.fail_after(5):
-                    code = await proc.wait()
+        async with bridge_process(config, tmp_path / "home", stderr_path) as proc:
+            await proc.stdin.send((json.dumps(INIT) + "\n").encode())
+            with anyio.fail_after(20):
+                assert b'"id":1' in await proc.stdout.receive()
+            proc.send_signal(signal.SIGTERM)  # stdin stays open, as an IDE's pipe does
+            with anyio.fail_after(5):
+                code = await proc.wait()
     finally:
         alpha.kill()
     assert code == 0
