@@ -13,6 +13,7 @@ not be idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -256,7 +257,7 @@ class Upstream:
 
     async def _fetch_listing(self, session: ClientSession, *kinds: str, current: Listing | None) -> Listing:
         caps = session.server_capabilities
-        out = Listing(**current.__dict__) if current else Listing()
+        out = dataclasses.replace(current) if current else Listing()
         if _TOOLS in kinds:
             out.tools = await self._paged(session, "tools/list", "tools") if caps and caps.tools else []
         if _PROMPTS in kinds:
