@@ -459,11 +459,12 @@ def render(
         f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}",
         "",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"1-min load average {load_start} at start, {load_average()} at end (other work on the machine skews numbers)",
+        f"1-min load average {load_start} before the run, {load_average()} at its end (includes this run's own load)",
         f"- latency: {lat.calls} sequential `echo` calls per path per round, {lat.rounds} rounds alternating paths, "
         f"{WARMUP_CALLS} warm-up calls per path; values are the median across rounds of each round's p50/p99",
-        f"- startup: median of {STARTUP_SPAWNS} spawns each; cold = fresh `MCP_BRIDGE_HOME` per spawn, "
-        f"warm = one home reused after a first (uncounted) run; {N_UPSTREAMS} local upstreams, `allowed_tools: ['*']`",
+        f"- startup: median of {STARTUP_SPAWNS} spawns each; cold = fresh `MCP_BRIDGE_HOME` (no `catalog.json`) "
+        f"per spawn, warm = one home reused after a first (uncounted) run; "
+        f"{N_UPSTREAMS} local upstreams, `allowed_tools: ['*']`",
         "",
         "| metric | value | notes |",
         "|---|---:|---|",
