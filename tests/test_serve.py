@@ -201,3 +201,20 @@ async def test_api_key_never_appears_in_logs_or_stdout(
     for path in home.rglob("*"):
         if path.is_file():
             assert key not in path.read_text(errors="replace"), path
+
+
+async def test_calls_reuse_the_upstream_connection(tmp_path: Path) -> None:
+    """The SDK drops each POST's connection after its event stream; the bridge keeps it (no socket per call)."""
+    from harness import LocalUpstream as Upstream
+
+    gamma = Upstream("gamma", tmp_path).start()
+    try:
+        config = write_config(tmp_path / "config.yaml", {"gamma": gamma.server_config()})
+        async with bridge_client(config, tmp_path / "home") as client:
+            for i in range(50):
+                await raw_call(client, "gamma__echo", {"text": str(i)})
+            stats = (await raw_call(client, "gamma__stats"))["structuredContent"]
+    finally:
+        gamma.kill()
+    assert stats["calls"] == 51
+    assert stats["connections"] <= 5, stats  # handshake, listing and GET stream may use a few; not one per call

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from harness import LocalUpstream, bridge_process, free_port, write_config
+from harness import LocalUpstream, bridge_env, bridge_process, free_port, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +109,35 @@ async def test_sigterm_stops_the_bridge_promptly_while_the_ide_keeps_stdin_open(
     assert code == 0
     stderr = stderr_path.read_text()
     assert "serve.stop" in stderr and "Fatal" not in stderr and "Traceback" not in stderr
+
+
+async def test_stdin_that_is_not_a_pipe_is_read_too(tmp_path: Path) -> None:
+    """A file (or a terminal) on stdin cannot be read on the event loop: the reader thread takes over."""
+    import subprocess
+
+    config = write_config(tmp_path / "config.yaml", {})
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        "\n".join(
+            json.dumps(m)
+            for m in [
+                INIT,
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+            ]
+        )
+        + "\n"
+    )
+    with open(requests, "rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(config)],
+            stdin=stdin,
+            capture_output=True,
+            env=bridge_env(tmp_path / "home"),
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    replies = {m["id"]: m for m in map(json.loads, done.stdout.decode().splitlines())}
+    assert replies[1]["result"]["serverInfo"]["name"] == "mcp-bridge"
+    assert replies[2]["result"] == {"tools": []}

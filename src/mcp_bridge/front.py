@@ -8,17 +8,11 @@ crash, and nothing else is ever written there.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import threading
 from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.from_thread
-import anyio.lowlevel
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
@@ -33,6 +27,7 @@ from mcp_bridge import __version__
 from mcp_bridge.bridge import Bridge, error_text
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
 from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.stdio import ide_pipes
 from mcp_bridge.upstream import ProgressFn
 
 log = get_logger(__name__)
@@ -58,7 +53,9 @@ class Front:
             on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource,
         )
-        self.server.middleware.append(self._remember_session)
+        # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
+        # the span costs time on every call. Ours only remembers the IDE's session.
+        self.server.middleware[:] = [self._remember_session]
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(
@@ -154,57 +151,10 @@ async def _guard(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         raise MCPError(types.INTERNAL_ERROR, f"the server sent an invalid result ({problems} problem(s))") from None
 
 
-class _StdinLines:
-    """stdin as an async iterator of lines, read from the raw descriptor by a daemon thread.
-
-    The SDK's default reader blocks one of anyio's worker threads, which neither cancellation nor interpreter exit can
-    interrupt: a SIGTERM while the IDE keeps stdin open would hang the process. A daemon thread blocked in ``os.read``
-    is simply left behind (no buffered-reader lock is held, so interpreter shutdown does not trip over it).
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._send, self._recv = anyio.create_memory_object_stream[bytes](16)
-        self._thread: threading.Thread | None = None
-
-    def _read(self, token: anyio.lowlevel.EventLoopToken) -> None:
-        pending = b""
-        try:
-            while chunk := os.read(self._fd, 1 << 16):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    anyio.from_thread.run(self._send.send, line, token=token)
-            if pending:
-                anyio.from_thread.run(self._send.send, pending, token=token)
-        except (OSError, RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            # stdin broke, or the loop is gone because we are exiting: either way there is no more input.
-            log.debug("front.stdin_reader_stopped", error=type(exc).__name__)
-        finally:
-            with contextlib.suppress(RuntimeError):
-                anyio.from_thread.run_sync(self._send.close, token=token)
-
-    def __aiter__(self) -> _StdinLines:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._thread is None:
-            token = anyio.lowlevel.current_token()
-            self._thread = threading.Thread(target=self._read, args=(token,), name="stdin-reader", daemon=True)
-            self._thread.start()
-        try:
-            line = await self._recv.receive()
-        except anyio.EndOfStream:
-            self._recv.close()
-            raise StopAsyncIteration from None
-        return line.decode("utf-8", errors="replace")
-
-
 async def serve_stdio(bridge: Bridge) -> None:
     """Serve the bridge on this process's stdin/stdout until the IDE closes stdin (or the task is cancelled)."""
     front = Front(bridge)
-    stdin = cast(Any, _StdinLines(sys.stdin.fileno()))
-    async with stdio_server(stdin=stdin) as (read, write):
+    async with ide_pipes() as (stdin, stdout), stdio_server(stdin=stdin, stdout=stdout) as (read, write):
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
 
         async def pump() -> None:

@@ -36,15 +36,17 @@ class _State:
     calls: int = 0
     cancelled: list[str] = field(default_factory=list)
     extra_tools: list[str] = field(default_factory=list)
+    clients: set[tuple[str, int]] = field(default_factory=set)
+    """The (address, port) of every TCP connection that sent a request: how many connections clients opened."""
 
 
 def _text(text: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text}]
 
 
-def build_server(name: str, *, weird_names: bool = False) -> Server[Any]:
+def build_server(name: str, *, weird_names: bool = False, state: _State | None = None) -> Server[Any]:
     """A low-level SDK server with the tools, one prompt and resources described in the module docstring."""
-    state = _State(name)
+    state = state or _State(name)
     obj: dict[str, Any] = {"type": "object"}
 
     def tool(tool_name: str, description: str, props: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -116,7 +118,12 @@ def build_server(name: str, *, weird_names: bool = False) -> Server[Any]:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def stats(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
-        data = {"server": name, "calls": state.calls, "cancelled": list(state.cancelled)}
+        data = {
+            "server": name,
+            "calls": state.calls,
+            "cancelled": list(state.cancelled),
+            "connections": len(state.clients),
+        }
         return {"content": _text(json.dumps(data)), "structuredContent": data}
 
     async def add_tool(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
@@ -199,8 +206,23 @@ class RequireHeader:
         await self.app(scope, receive, send)
 
 
+class CountConnections:
+    """ASGI middleware: records each request's client (address, port) in the server's state."""
+
+    def __init__(self, app: ASGIApp, state: _State) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("client"):
+            host, port = scope["client"]
+            self.state.clients.add((host, port))
+        await self.app(scope, receive, send)
+
+
 def build_app(name: str, *, api_key: str | None = None, weird_names: bool = False) -> ASGIApp:
-    app: ASGIApp = build_server(name, weird_names=weird_names).streamable_http_app(host="127.0.0.1")
+    state = _State(name)
+    app: ASGIApp = build_server(name, weird_names=weird_names, state=state).streamable_http_app(host="127.0.0.1")
+    app = CountConnections(app, state)
     if api_key:
         app = RequireHeader(app, "authorization", f"Bearer {api_key}")
     return app

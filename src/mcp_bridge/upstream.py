@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +53,8 @@ async def _send(session: ClientSession, request: Any, **kwargs: Any) -> dict[str
 NOT_SENT = -32099
 """Internal JSON-RPC code: the request never left this machine (the TCP connection could not be made)."""
 _MAX_PAGES = 100
+_DRAIN_SECONDS = 0.05
+_DRAIN_BYTES = 1 << 16
 _KEEPALIVE_SECONDS = 30.0
 _RECYCLE, _TOOLS, _PROMPTS, _RESOURCES = "recycle", "tools", "prompts", "resources"
 
@@ -101,16 +103,49 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         try:
-            return await self._inner.handle_async_request(request)
+            response = await self._inner.handle_async_request(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
             if request.method != "POST":
                 raise
             message = f"could not connect: {type(exc).__name__}: {exc}"
             body = {"jsonrpc": "2.0", "id": None, "error": {"code": NOT_SENT, "message": message}}
             return httpx2.Response(503, json=body, request=request)
+        if request.method == "POST" and response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.stream = _DrainOnClose(response.stream)
+        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class _DrainOnClose(httpx2.AsyncByteStream):
+    """Reads what is left of a finished POST's event stream before closing it, so the connection is kept.
+
+    The SDK closes a POST's SSE response as soon as the JSON-RPC response has arrived, a few bytes before the end of
+    the stream; an unfinished response cannot go back to the pool, so every call would open a new TCP connection
+    (and leave a TIME_WAIT socket behind). The server ends the stream right after the response, so the tail is
+    tiny and arrives at once; a stream that goes on longer than ``_DRAIN_SECONDS`` is closed as before.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            with anyio.move_on_after(_DRAIN_SECONDS):
+                drained = 0
+                async for chunk in self._inner:
+                    drained += len(chunk)
+                    if drained > _DRAIN_BYTES:
+                        break
+        except (httpx2.HTTPError, anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError):
+            pass  # already broken or closed: nothing to keep
+        finally:
+            await self._inner.aclose()
 
 
 def _session_gone(exc: MCPError) -> bool:
