@@ -158,3 +158,28 @@ async def test_a_restarted_bridge_lists_cached_tools_before_its_servers_are_back
         assert cached == first and "alpha__echo" in cached
     finally:
         alpha.kill()
+
+
+async def test_a_call_to_a_dead_server_fails_fast_instead_of_waiting_out_the_backoff(tmp_path: Path) -> None:
+    from harness import free_port
+
+    home = tmp_path / "home"
+    home.mkdir()
+    url = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens: connections are refused at once
+    cache = {
+        "version": 1,
+        "servers": {"dead": {"url": url, "tools": [{"name": "x", "inputSchema": {"type": "object"}}]}},
+    }
+    (home / "catalog.json").write_text(json.dumps(cache))
+    config = write_config(
+        tmp_path / "config.yaml", {"dead": {"url": url, "allowed_tools": ["*"]}}, timeouts={"connect": 10}
+    )
+    async with bridge_client(config, home) as client:
+        assert "dead__x" in await tool_names(client)
+        await anyio.sleep(2.5)  # let the supervisor's backoff grow past a second
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(MCPError) as err:
+                await raw_call(client, "dead__x")
+            assert time.monotonic() - started < 1.5
+            assert "dead" in err.value.error.message and "not reachable" in err.value.error.message

@@ -195,6 +195,11 @@ class Upstream:
         self._connected = anyio.Event()
         self._dropped = anyio.Event()
         """Set (and replaced) each time the current session is dropped."""
+        self._attempts_ended = 0
+        self._attempt_ended = anyio.Event()
+        """Set (and replaced) each time a connection attempt ends, connected or failed."""
+        self._retry_now = anyio.Event()
+        """Set to cut a backoff wait short: someone wants the server now."""
         self._pending: set[str] = set()
         """Work for the supervisor: re-list tools/prompts/resources, or recycle the session. Never dropped."""
         self._wake = anyio.Event()
@@ -213,9 +218,11 @@ class Upstream:
                     delay = 0.0  # recycled on purpose: reconnect at once
                 except AuthRequired as exc:
                     self._fail("needs_auth", exc)
+                    self._end_attempt()
                     return  # nothing to retry until someone logs in
                 except Exception as exc:  # supervisor boundary: anything from the transport or the server
                     self._fail("error", exc)
+                    self._end_attempt()
                     delay = backoff.next()
                 finally:
                     self._session = None
@@ -225,7 +232,9 @@ class Upstream:
                     self._dropped = anyio.Event()
                 if delay:
                     log.info("upstream.reconnect_scheduled", server=self.name, in_seconds=round(delay, 2))
-                    await anyio.sleep(delay)
+                    with anyio.move_on_after(delay):
+                        await self._retry_now.wait()  # a caller who needs the server now cuts the wait short
+                self._retry_now = anyio.Event()
         finally:
             self._stopped = True
             self._set_state("stopped")
@@ -255,6 +264,7 @@ class Upstream:
             backoff.reset()
             self._set_state("connected")
             self._connected.set()
+            self._end_attempt()
             self._on_listing(self.name, listing)
             await self._serve(session)
 
@@ -346,6 +356,14 @@ class Upstream:
             self.last_error = None
             self.settled.set()
 
+    def _needs_auth(self) -> bool:
+        return self.state == "needs_auth"
+
+    def _end_attempt(self) -> None:
+        self._attempts_ended += 1
+        self._attempt_ended.set()
+        self._attempt_ended = anyio.Event()
+
     def _fail(self, state: State, exc: BaseException) -> None:
         self.last_error = describe_error(exc)
         self.state = state
@@ -361,21 +379,31 @@ class Upstream:
             self._signal(_RECYCLE)
 
     async def _wait_session(self) -> ClientSession:
-        if self.state == "needs_auth":
+        """The live session; if there is none, the outcome of the next connection attempt (bounded)."""
+        if self._needs_auth():
             raise AuthRequired(self.name, f"needs a login: {self.last_error}; run `mcp-bridge login {self.name}`")
         if self._stopped:
             raise UpstreamUnavailable(self.name, "not connected: the server was removed or the bridge is stopping")
         session = self._session
         if session is not None and self._connected.is_set():
             return session
+        # Connecting now: wait for that attempt. Waiting out a backoff: try again at once instead, and report that
+        # attempt's outcome rather than making the caller sit through the whole delay.
+        seen = self._attempts_ended
+        if self.state == "error":
+            self._retry_now.set()
         wait = self.timeouts.connect
         with anyio.move_on_after(wait):
-            await self._connected.wait()
+            while self._attempts_ended == seen and not self._stopped:
+                await self._attempt_ended.wait()
         session = self._session
-        if session is None:
-            why = f" (last error: {self.last_error})" if self.last_error else ""
-            raise UpstreamUnavailable(self.name, f"not connected; timed out after {wait:g}s waiting{why}")
-        return session
+        if session is not None:
+            return session
+        if self._needs_auth():
+            raise AuthRequired(self.name, f"needs a login: {self.last_error}; run `mcp-bridge login {self.name}`")
+        if self._attempts_ended == seen:
+            raise UpstreamUnavailable(self.name, f"not connected; timed out after {wait:g}s waiting for a connection")
+        raise UpstreamUnavailable(self.name, f"not reachable: {self.last_error or 'could not connect'}")
 
     async def request(
         self,
