@@ -20,6 +20,9 @@ from mcp_bridge.config import (
     NamingConfig,
     NoAuth,
     OAuthAuth,
+    PortApproval,
+    PortConfig,
+    PortFields,
     ServerConfig,
     Settings,
     TimeoutsConfig,
@@ -347,12 +350,20 @@ def test_server_without_url_is_refused(tmp_path: Path) -> None:
     assert "servers.docs.url: required key is missing" in config_error(tmp_path, "servers:\n  docs: {}\n")
 
 
-@pytest.mark.parametrize("name", ["a.b", "has space", "ünï"])
+@pytest.mark.parametrize("name", ["has space", "comma,name", "..", "semi;colon"])
 def test_server_name_with_unsafe_characters_is_refused(tmp_path: Path, name: str) -> None:
     message = config_error(tmp_path, f"servers:\n  '{name}':\n    url: https://x.example.com/mcp\n")
 
     assert name in message
     assert "servers:" in message
+
+
+@pytest.mark.parametrize("name", ["notion.so", "ünï", "team/docs", "a@b"])
+def test_server_names_may_use_port_identifier_characters(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"servers:\n  '{name}':\n    url: https://x.example.com/mcp\n", encoding="utf-8")
+
+    assert name in load_config(path, environ={}).settings.servers
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
@@ -699,8 +710,37 @@ def test_example_oauth_block_parses_when_uncommented() -> None:
     assert servers["notion"].auth.client_secret == "example-value-for-NOTION_SECRET"
 
 
+def test_example_port_block_parses_when_uncommented() -> None:
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if "# --- port example start ---" in line)
+    end = next(i for i, line in enumerate(lines) if "# --- port example end ---" in line)
+    for i in range(start + 1, end):
+        lines[i] = re.sub(r"^(\s*)# ?", r"\1", lines[i], count=1)
+    text = "".join(lines)
+
+    port = parse_config(text, environ=example_environ(text)).settings.port
+
+    assert port is not None
+    assert port.api_url == "https://api.port.io"
+    assert port.effective_blueprint == "_mcp_server"
+    assert port.effective_approval.property == "exposed" and port.effective_approval.equals is True
+
+
 @pytest.mark.parametrize(
-    "model", [Settings, ServerConfig, NoAuth, ApiKeyAuth, OAuthAuth, NamingConfig, TimeoutsConfig, LogConfig]
+    "model",
+    [
+        Settings,
+        ServerConfig,
+        NoAuth,
+        ApiKeyAuth,
+        OAuthAuth,
+        NamingConfig,
+        TimeoutsConfig,
+        LogConfig,
+        PortConfig,
+        PortFields,
+        PortApproval,
+    ],
 )
 def test_example_documents_every_key(model: type[BaseModel]) -> None:
     text = EXAMPLE.read_text(encoding="utf-8")

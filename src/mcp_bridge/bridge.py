@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ from mcp_bridge.catalog import Catalog, CatalogCache, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
-from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource
-from mcp_bridge.upstream import Listing, ProgressFn, Upstream, describe_error
+from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes
+from mcp_bridge.upstream import Backoff, Listing, ProgressFn, Upstream, describe_error
 
 log = get_logger(__name__)
 
@@ -42,7 +42,8 @@ class Bridge:
     ) -> None:
         self.settings = loaded.settings
         self.home = home
-        self._source: AllowlistSource = source or LocalSource(loaded.settings)
+        self._given_source = source
+        self.source: AllowlistSource | None = None
         self.audit: AuditSink = audit or LogSink()
         self.catalog = Catalog(self.settings.naming, Allowlist())
         self.cache = CatalogCache(home / CACHE_FILE)
@@ -54,18 +55,28 @@ class Bridge:
         self._changes_recv: MemoryObjectReceiveStream[set[str]]
         self._changes_send, self._changes_recv = anyio.create_memory_object_stream[set[str]](64)
         self.client_name: str | None = None
+        self._first_load = anyio.Event()
+        self._refresh_now = anyio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Bridge]:
-        """Start every upstream's supervisor; stop them all on exit."""
-        allowlist = await self._source.load()
+        """Serve the allowlist known now (the disk cache, for Port), keep it fresh, run every upstream's supervisor;
+        stop them all on exit."""
         self._cached = self.cache.load()
         try:
-            async with anyio.create_task_group() as tg:
+            async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
                 self._tg = tg
-                self.apply_allowlist(allowlist)
+                self.source = source = self._given_source or await self._open_source(stack)
+                initial = source.initial()
+                if initial is None:
+                    initial = Allowlist(source="Port", note="the allowlist is being loaded from Port")
+                self.apply_allowlist(initial)
+                if source.refresh_interval is None:
+                    self._first_load.set()
+                else:
+                    tg.start_soon(self._refresh_loop, source, source.refresh_interval)
                 try:
                     yield self
                 finally:
@@ -80,12 +91,46 @@ class Bridge:
             self._changes_send.close()
             self._changes_recv.close()
 
+    async def _open_source(self, stack: AsyncExitStack) -> AllowlistSource:
+        if self.settings.port is None:
+            return LocalSource(self.settings)
+        from mcp_bridge.port import PortClient
+
+        client = await stack.enter_async_context(PortClient(self.settings.port))
+        return PortSource(self.settings, client, self.home)
+
+    async def _refresh_loop(self, source: AllowlistSource, interval: float) -> None:
+        """Ask the source now, then every ``interval`` (sooner after a failure, at once on :meth:`refresh_now`)."""
+        retry = Backoff(initial=2.0, cap=interval)
+        while True:
+            self.apply_allowlist(await source.load())
+            self._first_load.set()
+            if source.fresh():
+                retry.reset()
+                wait = interval
+            else:
+                wait = min(interval, retry.next())
+            with anyio.move_on_after(wait):
+                await self._refresh_now.wait()
+            self._refresh_now = anyio.Event()
+
+    def refresh_now(self) -> None:
+        """Ask the allowlist source again at once (SIGHUP)."""
+        self._refresh_now.set()
+
     def apply_allowlist(self, allowlist: Allowlist) -> None:
         """Connect new servers, drop removed ones (their tools are denied at once), re-filter the rest."""
         assert self._tg is not None, "apply_allowlist needs a running bridge"
         old = self.catalog.allowlist
+        for change in changes(old, allowlist):
+            log.info("allowlist.change", change=change, source=allowlist.source)
         changed = self.catalog.set_allowlist(allowlist)
-        gone = [n for n in self.upstreams if not _same_connection(allowlist.servers.get(n), old.servers.get(n))]
+        gone = [
+            n
+            for n in self.upstreams
+            if not _same_connection(allowlist.servers.get(n), old.servers.get(n))
+            or allowlist.problems.get(n) != old.problems.get(n)
+        ]
         for name in gone:
             self._scopes.pop(name).cancel()
             del self.upstreams[name]
@@ -103,7 +148,9 @@ class Bridge:
             cached = self._cached.get(name)
             if cached is not None and cached[0] == server.url:
                 changed |= self.catalog.set_listing(name, cached[1], cached=True)
-            upstream = Upstream(name, server, self.settings.timeouts, self._on_listing)
+            upstream = Upstream(
+                name, server, self.settings.timeouts, self._on_listing, problem=allowlist.problems.get(name)
+            )
             self.upstreams[name] = upstream
             scope = anyio.CancelScope()
             self._scopes[name] = scope
@@ -119,7 +166,7 @@ class Bridge:
         if server not in self.upstreams:
             return  # removed while listing
         changed = self.catalog.set_listing(server, listing)
-        self._cached[server] = (self.upstreams[server].config.url, listing)
+        self._cached[server] = (self.upstreams[server].config.endpoint, listing)
         try:
             self.cache.save({k: v for k, v in self._cached.items() if k in self.upstreams})
         except OSError as exc:
@@ -138,9 +185,16 @@ class Bridge:
         """Which IDE-visible lists changed (``tools``, ``prompts``, ``resources``), in order."""
         return self._changes_recv
 
-    async def wait_settled(self, within: float, servers: list[str] | None = None) -> None:
-        """Wait until each upstream (or those named) has a first outcome, at most ``within`` seconds."""
+    async def wait_allowlist(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) until the allowlist source has answered once."""
         with anyio.move_on_after(within):
+            await self._first_load.wait()
+
+    async def wait_settled(self, within: float, servers: list[str] | None = None) -> None:
+        """Wait until the allowlist has loaded and each upstream (or those named) has a first outcome, at most
+        ``within`` seconds."""
+        with anyio.move_on_after(within):
+            await self._first_load.wait()
             for name in servers or list(self.upstreams):
                 upstream = self.upstreams.get(name)
                 if upstream is not None:

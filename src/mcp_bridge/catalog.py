@@ -9,8 +9,6 @@ before its upstreams are back.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from mcp_bridge.config import NamingConfig
 from mcp_bridge.errors import PolicyDenied, UnknownName
 from mcp_bridge.logs import get_logger
 from mcp_bridge.naming import assign_names
-from mcp_bridge.policy import Allowlist
+from mcp_bridge.policy import Allowlist, write_private_json
 from mcp_bridge.upstream import Listing
 
 log = get_logger(__name__)
@@ -238,14 +236,4 @@ class CatalogCache:
             "version": self.VERSION,
             "servers": {s: {"url": url, **listing.to_json()} for s, (url, listing) in sorted(entries.items())},
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".catalog.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, separators=(",", ":"))
-            # No fsync: this runs on the event loop, and a cache lost to a power cut is only a slower start.
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private_json(self.path, payload)

@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -84,17 +85,21 @@ async def _serve(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     bridge = Bridge(loaded, home_dir())
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
         await serve_stdio(bridge)
         tg.cancel_scope.cancel()
     log.info("serve.stop")
     return 0
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
+    """SIGTERM/SIGINT stop serving; SIGHUP asks the allowlist source again at once."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("serve.signal", signal=signal.Signals(signum).name)
+            if signum == signal.SIGHUP:
+                bridge.refresh_now()
+                continue
             scope.cancel()
             return
 
@@ -104,13 +109,17 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
     bridge = Bridge(loaded, home_dir())
     async with bridge.running():
-        await bridge.wait_settled(loaded.settings.timeouts.connect)
+        await _settle(bridge, loaded)
         rows = bridge.status()
+        allowlist = bridge.catalog.allowlist.describe()
     if args.json:
-        print(json.dumps({"servers": rows}, indent=2))
+        print(json.dumps({"allowlist": allowlist, "servers": rows}, indent=2))
         return 0
+    print(_allowlist_line(allowlist))
     if not rows:
-        print("no servers configured (add some under `servers:` in the config)")
+        if not allowlist["failed_closed"]:
+            where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
+            print(f"no servers approved for you ({where})")
         return 0
     table = [["SERVER", "STATE", "TOOLS", "URL", "LAST ERROR"]]
     for r in rows:
@@ -125,7 +134,7 @@ async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
     bridge = Bridge(loaded, home_dir())
     async with bridge.running():
-        await bridge.wait_settled(loaded.settings.timeouts.connect)
+        await _settle(bridge, loaded)
         entries = sorted(bridge.catalog.entries(), key=lambda e: e.exposed)
     shown = [e for e in entries if args.all or e.denial is None]
     if args.json:
@@ -161,7 +170,7 @@ async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         raise _UsageError('--args must be a JSON object, e.g. \'{"query": "x"}\'')
     bridge = Bridge(loaded, home_dir())
     async with bridge.running():
-        await bridge.wait_settled(loaded.settings.timeouts.connect)
+        await _settle(bridge, loaded)
         try:
             result: dict[str, Any] = await bridge.call_tool(args.name, arguments)
         except Exception as exc:
@@ -172,6 +181,26 @@ async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             raise
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 1 if result.get("isError") else 0
+
+
+async def _settle(bridge: Any, loaded: LoadedConfig) -> None:
+    """For hand-run commands: the allowlist's first answer (Port gets its full retry budget), then the servers."""
+    port = loaded.settings.port
+    if port is not None:
+        await bridge.wait_allowlist(port.timeout * 4 + 15)
+    await bridge.wait_settled(loaded.settings.timeouts.connect)
+
+
+def _allowlist_line(allowlist: dict[str, Any]) -> str:
+    line = f"allowlist: {allowlist['source']}"
+    if allowlist["fetched_at"]:
+        age = max(0.0, time.time() - allowlist["fetched_at"])
+        line += f", fetched {age:.0f}s ago" if age < 120 else f", fetched {age / 60:.0f} min ago"
+    if allowlist["failed_closed"]:
+        line += " — FAILED CLOSED, no tools are allowed"
+    if allowlist["note"]:
+        line += f"\n  {allowlist['note']}"
+    return line
 
 
 class _UsageError(ConfigError):

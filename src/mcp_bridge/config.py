@@ -26,6 +26,8 @@ APP_NAME = "mcp-bridge"
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_SERVER_NAME = re.compile(r"^(?!\.{1,2}$)[\w@.+:\\/=-]+$")
+"""A server's name is its namespace: Port's entity identifier alphabet (exposed names are sanitized anyway)."""
 
 
 class _Model(BaseModel):
@@ -82,7 +84,8 @@ def is_loopback_host(host: str) -> bool:
 class ServerConfig(_Model):
     """One remote MCP server reached over streamable HTTP."""
 
-    url: str
+    url: str | None = None
+    """Required without ``port:``; with ``port:`` the URL comes from Port and this key is ignored."""
     allowed_tools: list[str] | None = None
     """Original tool names this server may expose; ``["*"]`` allows all; missing allows none."""
     auth: AuthConfig = Field(default_factory=lambda: NoAuth(type="none"))
@@ -94,6 +97,8 @@ class ServerConfig(_Model):
 
     @model_validator(mode="after")
     def _check_url(self) -> ServerConfig:
+        if self.url is None:
+            return self
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url {self.url!r} is not an http(s) URL")
@@ -105,6 +110,13 @@ class ServerConfig(_Model):
                 "use https, or set `allow_insecure_http: true` for this server if you accept that risk"
             )
         return self
+
+    @property
+    def endpoint(self) -> str:
+        """The URL to connect to (always set on servers the allowlist approved)."""
+        if self.url is None:
+            raise ConfigError("a server without a url cannot be connected")
+        return self.url
 
     def allows(self, tool: str) -> bool:
         """Whether the allowlist admits this original tool name."""
@@ -136,10 +148,92 @@ class LogConfig(_Model):
     """Also write JSON log lines to this file (appended)."""
 
 
+class PortFields(_Model):
+    """Which entity properties hold what the bridge needs (property identifiers of the blueprint)."""
+
+    url: str = "url"
+    allowed_tools: str = "allowed_tools"
+    auth_type: str = "auth_type"
+    oauth_config: str = "oauth_config"
+    description: str = "description"
+    tool_pins: str = "tool_pins"
+
+
+class PortApproval(_Model):
+    """The rule an entity must match to be on the allowlist: ``properties[property] == equals``."""
+
+    property: str
+    equals: str | bool | int
+
+
+PORT_PRESETS: dict[str, tuple[str, PortFields, PortApproval]] = {
+    # Port's built-in blueprint of MCP connectors.
+    "mcp_server": ("_mcp_server", PortFields(), PortApproval(property="exposed", equals=True)),
+    # The blueprint of Port's "Manage MCP server registry" guide.
+    "mcp_registry": (
+        "mcpRegistry",
+        PortFields(url="endpoint", allowed_tools="tools"),
+        PortApproval(property="status", equals="approved"),
+    ),
+}
+
+PORT_REGIONS = {"eu": "https://api.port.io", "us": "https://api.us.port.io"}
+
+
+class PortConfig(_Model):
+    """Port as the source of the allowlist."""
+
+    region: Literal["eu", "us"] = "eu"
+    base_url: str | None = None
+    """Overrides ``region`` (tests point it at a local double)."""
+    client_id: str = Field(min_length=1)
+    client_secret: str = Field(min_length=1, repr=False)
+    preset: Literal["mcp_server", "mcp_registry"] = "mcp_server"
+    blueprint: str | None = None
+    """Default: the preset's blueprint (``_mcp_server`` or ``mcpRegistry``)."""
+    fields: PortFields | None = None
+    """Default: the preset's property names."""
+    approved_when: PortApproval | None = None
+    """Default: the preset's rule (``exposed == true`` or ``status == approved``)."""
+    refresh_interval: float = Field(default=300, ge=1)
+    max_stale: float = Field(default=86400, ge=0)
+    audit_blueprint: str | None = "mcp_tool_invocation"
+    timeout: float = Field(default=10, gt=0)
+    """Seconds for one request to Port."""
+
+    @model_validator(mode="after")
+    def _check_base_url(self) -> PortConfig:
+        if self.base_url is not None:
+            parts = urlsplit(self.base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL")
+            if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+                raise ValueError(f"base_url {self.base_url!r}: plain http is allowed only to loopback")
+        return self
+
+    @property
+    def api_url(self) -> str:
+        return (self.base_url or PORT_REGIONS[self.region]).rstrip("/")
+
+    @property
+    def effective_blueprint(self) -> str:
+        return self.blueprint or PORT_PRESETS[self.preset][0]
+
+    @property
+    def effective_fields(self) -> PortFields:
+        return self.fields or PORT_PRESETS[self.preset][1]
+
+    @property
+    def effective_approval(self) -> PortApproval:
+        return self.approved_when or PORT_PRESETS[self.preset][2]
+
+
 class Settings(_Model):
     """The whole configuration file."""
 
+    port: PortConfig | None = None
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
+
     disabled_tools: list[str] = Field(default_factory=list)
     """Exposed names (or ``fnmatch`` patterns) the user turns off; never widens the allowlist."""
     naming: NamingConfig = Field(default_factory=NamingConfig)
@@ -150,9 +244,19 @@ class Settings(_Model):
     @classmethod
     def _server_names(cls, v: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
         for name in v:
-            if not name or not _SAFE_NAME.match(name):
-                raise ValueError(f"server name {name!r} may only use A-Z, a-z, 0-9, '_' and '-'")
+            if not _SERVER_NAME.match(name or ""):
+                raise ValueError(
+                    f"server name {name!r} may only use letters, digits and @ _ . + : \\ / = - (no spaces)"
+                )
         return v
+
+    @model_validator(mode="after")
+    def _urls_without_port(self) -> Settings:
+        if self.port is None:
+            missing = [name for name, server in self.servers.items() if server.url is None]
+            if missing:
+                raise _MissingUrl(missing)
+        return self
 
 
 @dataclass(frozen=True)
@@ -163,6 +267,11 @@ class LoadedConfig:
     path: Path | None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     """Every value substituted from the environment and every credential: redacted wherever it would appear."""
+
+
+def server_name_ok(name: str) -> bool:
+    """Whether ``name`` can be a server's name (its namespace): Port's entity identifier alphabet."""
+    return bool(_SERVER_NAME.match(name))
 
 
 def default_config_path() -> Path:
@@ -236,6 +345,8 @@ def parse_config(text: str, *, path: Path | None = None, environ: Mapping[str, s
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(where, exc, secrets)) from None
+    if settings.port is not None:
+        secrets.add(settings.port.client_secret)
     for server in settings.servers.values():
         if isinstance(server.auth, ApiKeyAuth):
             secrets.add(server.auth.value)
@@ -274,8 +385,21 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+class _MissingUrl(ValueError):
+    def __init__(self, servers: list[str]) -> None:
+        super().__init__("url")
+        self.servers = servers
+
+
 def _format_validation(where: str, exc: ValidationError, secrets: set[str]) -> str:
     lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _MissingUrl):
+            for server in cause.servers:
+                lines.append(f"{where}: servers.{server}.url: required key is missing (needed unless `port:` is set)")
+    if lines:
+        return "\n".join(lines)
     for err in exc.errors(include_url=False, include_input=False):
         # Drop pydantic's discriminator tags ("api_key", only right after `auth`, so a server named "oauth" keeps
         # its name) and function names from the key path.

@@ -1,18 +1,41 @@
 """The allowlist: which servers are approved, which of their tools may be used, and what the user turned off.
 
-:class:`AllowlistSource` is the seam for where the allowlist comes from. Today it is the config's ``servers:``
-section (:class:`LocalSource`); Port's catalog plugs in beside it. The check is made when listing **and** when
-calling, so a tool that leaves the allowlist is denied at once.
+:class:`AllowlistSource` is the seam for where it comes from: the config's ``servers:`` (:class:`LocalSource`) or
+Port (:class:`PortSource`: entities of a blueprint, cached on disk as the last known good, failing closed once that
+is older than ``max_stale``). The check is made when listing **and** when calling, so a tool that leaves the
+allowlist is denied at once.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
+import os
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from mcp_bridge.config import ServerConfig, Settings
+from pydantic import ValidationError
+
+from mcp_bridge.config import (
+    ApiKeyAuth,
+    AuthConfig,
+    NoAuth,
+    OAuthAuth,
+    PortConfig,
+    ServerConfig,
+    Settings,
+    server_name_ok,
+)
+from mcp_bridge.logs import clean, get_logger
+
+log = get_logger(__name__)
+
+ALLOWLIST_CACHE = "allowlist.json"
 
 
 @dataclass(frozen=True)
@@ -22,9 +45,19 @@ class Allowlist:
     servers: Mapping[str, ServerConfig] = field(default_factory=dict)
     disabled_tools: tuple[str, ...] = ()
     source: str = "local config"
+    problems: Mapping[str, str] = field(default_factory=dict)
+    """Servers that are approved but cannot be used yet, and why (e.g. a missing API key)."""
+    fetched_at: float | None = None
+    """When the source answered (wall clock); ``None`` for the local config."""
+    note: str | None = None
+    """Something the user should know about this allowlist (served from cache, or why it is empty)."""
+    failed_closed: bool = False
+    """No allowlist could be trusted (Port unreachable and no fresh enough cache): nothing is allowed."""
 
     def denial(self, server: str, tool: str, exposed: str) -> str | None:
         """Why this tool may not be listed or called, or ``None`` when it may."""
+        if self.failed_closed:
+            return f"no trusted allowlist: {self.note}"
         config = self.servers.get(server)
         if config is None:
             return f"server {server!r} is not on the allowlist"
@@ -37,29 +70,79 @@ class Allowlist:
 
     def instructions(self, separator: str = "__") -> str:
         """What the model should know about the servers behind this bridge (returned from ``initialize``)."""
+        if self.failed_closed:
+            return f"mcp-bridge offers no tools right now: {self.note}"
         lines = [
             f"Tools are named `<server>{separator}<tool>`; each server below is a remote MCP server approved for you."
         ]
         for name, server in sorted(self.servers.items()):
             about = server.description or server.title
             lines.append(f"- {name}: {about}" if about else f"- {name}")
+        if self.note:
+            lines.append(f"Note: {self.note}")
         return "\n".join(lines)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "servers": len(self.servers),
+            "fetched_at": self.fetched_at,
+            "note": self.note,
+            "failed_closed": self.failed_closed,
+        }
+
+
+def changes(old: Allowlist, new: Allowlist) -> list[str]:
+    """Human-readable differences between two allowlists (for the log, later the audit trail)."""
+    out = []
+    for name in sorted(set(old.servers) | set(new.servers)):
+        a, b = old.servers.get(name), new.servers.get(name)
+        if a is None and b is not None:
+            out.append(f"server {name} added ({b.url}, tools {b.allowed_tools or []})")
+        elif b is None and a is not None:
+            out.append(f"server {name} removed")
+        elif a is not None and b is not None:
+            if a.url != b.url or a.auth != b.auth:
+                out.append(f"server {name} changed its connection settings")
+            if sorted(a.allowed_tools or []) != sorted(b.allowed_tools or []):
+                out.append(f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}")
+    if old.failed_closed != new.failed_closed:
+        out.append("allowlist failed closed" if new.failed_closed else "allowlist trusted again")
+    return out
 
 
 class AllowlistSource(Protocol):
     """Where the allowlist comes from."""
 
-    async def load(self) -> Allowlist: ...
+    refresh_interval: float | None
+    """Seconds between :meth:`load` calls; ``None`` when the source never changes while running."""
+
+    def initial(self) -> Allowlist | None:
+        """What to serve at once, before :meth:`load` has answered (``None``: nothing yet)."""
+
+    async def load(self) -> Allowlist:
+        """The current allowlist. Never raises: a failing source answers with a cached or failed-closed one."""
+
+    def fresh(self) -> bool:
+        """Whether the last :meth:`load` came from the source itself (not a fallback)."""
 
 
 class LocalSource:
     """The config file's ``servers:`` section is the allowlist."""
 
+    refresh_interval: float | None = None
+
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
+    def initial(self) -> Allowlist:
+        return from_settings(self._settings)
+
     async def load(self) -> Allowlist:
         return from_settings(self._settings)
+
+    def fresh(self) -> bool:
+        return True
 
 
 def from_settings(settings: Settings) -> Allowlist:
@@ -68,3 +151,270 @@ def from_settings(settings: Settings) -> Allowlist:
         disabled_tools=tuple(settings.disabled_tools),
         source="local config",
     )
+
+
+class PortSearch(Protocol):
+    async def search_entities(self, blueprint: str, query: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+
+class PortSource:
+    """Port's entities are the allowlist; the last good answer is kept on disk and served while Port is away."""
+
+    def __init__(self, settings: Settings, client: PortSearch, home: Path) -> None:
+        assert settings.port is not None
+        self._settings = settings
+        self._port: PortConfig = settings.port
+        self._client = client
+        self.cache = AllowlistCache(home / ALLOWLIST_CACHE, cache_key(self._port))
+        self.refresh_interval: float | None = self._port.refresh_interval
+        self._fresh = False
+        self.last_error: str | None = None
+
+    def query(self) -> dict[str, Any]:
+        rule = self._port.effective_approval
+        return {"combinator": "and", "rules": [{"property": rule.property, "operator": "=", "value": rule.equals}]}
+
+    def initial(self) -> Allowlist | None:
+        cached = self.cache.load()
+        if cached is None:
+            return None
+        entities, fetched_at = cached
+        return self._from_cache(entities, fetched_at, why="Port not asked yet")
+
+    async def load(self) -> Allowlist:
+        from mcp_bridge.port import PortError
+
+        blueprint = self._port.effective_blueprint
+        try:
+            entities = await self._client.search_entities(blueprint, self.query())
+        except PortError as exc:
+            self._fresh = False
+            self.last_error = str(exc)
+            log.warning("allowlist.port_failed", error=self.last_error)
+            cached = self.cache.load()
+            if cached is None:
+                return self._failed_closed(f"Port is unavailable ({self.last_error}) and no allowlist is cached")
+            return self._from_cache(*cached, why=self.last_error)
+        self._fresh = True
+        self.last_error = None
+        now = time.time()
+        try:
+            self.cache.save(entities, now)
+        except OSError as exc:
+            log.warning("allowlist.cache_write_failed", path=str(self.cache.path), error=str(exc))
+        return self._map(entities, fetched_at=now, note=None)
+
+    def fresh(self) -> bool:
+        return self._fresh
+
+    def _from_cache(self, entities: list[dict[str, Any]], fetched_at: float, *, why: str) -> Allowlist:
+        age = time.time() - fetched_at
+        if age > self._port.max_stale:
+            return self._failed_closed(
+                f"Port is unavailable ({why}) and the cached allowlist is {_age(age)} old, "
+                f"past port.max_stale ({_age(self._port.max_stale)})"
+            )
+        return self._map(entities, fetched_at=fetched_at, note=f"served from the cache of {_age(age)} ago ({why})")
+
+    def _failed_closed(self, reason: str) -> Allowlist:
+        fix = "check the network and port.client_id / port.client_secret, then run `mcp-bridge status`"
+        return Allowlist(
+            source="Port",
+            disabled_tools=tuple(self._settings.disabled_tools),
+            note=f"{reason}; {fix}",
+            failed_closed=True,
+        )
+
+    def _map(self, entities: list[dict[str, Any]], *, fetched_at: float, note: str | None) -> Allowlist:
+        servers, problems = map_entities(entities, self._settings)
+        return Allowlist(
+            servers=servers,
+            disabled_tools=tuple(self._settings.disabled_tools),
+            source="Port",
+            problems=problems,
+            fetched_at=fetched_at,
+            note=note,
+        )
+
+
+def map_entities(entities: list[dict[str, Any]], settings: Settings) -> tuple[dict[str, ServerConfig], dict[str, str]]:
+    """Port entities → approved servers (with the local settings merged in), and per-server problems.
+
+    An invalid entity (no or bad URL, unknown auth type, malformed tool list) is skipped with a warning naming it;
+    the rest still load. A local ``servers:`` entry that Port does not list is ignored with a warning.
+    """
+    assert settings.port is not None
+    rule = settings.port.effective_approval
+    servers: dict[str, ServerConfig] = {}
+    problems: dict[str, str] = {}
+    for entity in entities:
+        ident = entity.get("identifier")
+        if not isinstance(ident, str) or not server_name_ok(ident):
+            log.warning("allowlist.entity_skipped", entity=str(ident), reason="identifier unusable as a server name")
+            continue
+        props = entity.get("properties") or {}
+        if not isinstance(props, dict) or props.get(rule.property) != rule.equals:
+            continue  # not approved (Port's query should not have returned it)
+        try:
+            server, problem = _server_from_entity(ident, entity, props, settings)
+        except _Skip as skip:
+            log.warning("allowlist.entity_skipped", entity=ident, reason=str(skip))
+            continue
+        servers[ident] = server
+        if problem:
+            problems[ident] = problem
+    for name in settings.servers:
+        if name not in servers:
+            log.warning("allowlist.local_entry_ignored", server=name, reason="Port does not list this server for you")
+    return servers, problems
+
+
+class _Skip(Exception):
+    pass
+
+
+def _server_from_entity(
+    ident: str, entity: dict[str, Any], props: dict[str, Any], settings: Settings
+) -> tuple[ServerConfig, str | None]:
+    assert settings.port is not None
+    fields = settings.port.effective_fields
+    url = props.get(fields.url)
+    if not isinstance(url, str) or not url:
+        raise _Skip(f"property {fields.url!r} (the server URL) is missing")
+    tools = props.get(fields.allowed_tools)
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, str) for t in tools)):
+        raise _Skip(f"property {fields.allowed_tools!r} is not a list of tool names")
+    auth_type = props.get(fields.auth_type) or "oauth"
+    if auth_type not in ("oauth", "api_key", "none"):
+        raise _Skip(f"unknown auth type {auth_type!r} (expected oauth, api_key or none)")
+    oauth_config = props.get(fields.oauth_config)
+    local = settings.servers.get(ident)
+    auth, problem = _merge_auth(ident, auth_type, oauth_config if isinstance(oauth_config, dict) else {}, local)
+    description = props.get(fields.description)
+    title = entity.get("title")
+    data = {
+        "url": url,
+        "allowed_tools": tools,
+        "auth": auth,
+        "allow_insecure_http": bool(local and local.allow_insecure_http),
+        "title": title if isinstance(title, str) else None,
+        "description": description if isinstance(description, str) else None,
+    }
+    try:
+        return ServerConfig.model_validate(data), problem
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        raise _Skip(clean(reasons)) from None
+
+
+def _merge_auth(
+    ident: str, auth_type: str, oauth_config: dict[str, Any], local: ServerConfig | None
+) -> tuple[AuthConfig, str | None]:
+    local_auth = local.auth if local else None
+    if auth_type == "none":
+        if local_auth is not None and not isinstance(local_auth, NoAuth):
+            log.warning("allowlist.local_auth_ignored", server=ident, reason="Port says this server needs no auth")
+        return NoAuth(type="none"), None
+    if auth_type == "api_key":
+        if isinstance(local_auth, ApiKeyAuth):
+            return local_auth, None
+        hint = (
+            f'needs an API key: add `auth: {{type: api_key, header: Authorization, value: "Bearer ${{env:...}}"}}` '
+            f"under servers.{ident} in your config"
+        )
+        return NoAuth(type="none"), hint
+    # OAuth: client id and scopes from the local config or Port's oauth_config; the secret only from local config.
+    mine = local_auth if isinstance(local_auth, OAuthAuth) else None
+    client_id = (mine.client_id if mine else None) or _str(oauth_config.get("client_id"))
+    scopes = (mine.scopes if mine else None) or _strings(oauth_config.get("scopes"))
+    return (
+        OAuthAuth(
+            type="oauth",
+            client_id=client_id,
+            client_secret=mine.client_secret if mine else None,
+            scopes=scopes,
+            resource=mine.resource if mine else True,
+            redirect_port=mine.redirect_port if mine else None,
+        ),
+        None,
+    )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _strings(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def cache_key(port: PortConfig) -> str:
+    """Which Port answer a cache file holds: endpoint, credentials' id, blueprint and rule (RBAC differs per user)."""
+    material = json.dumps(
+        [
+            port.api_url,
+            port.client_id,
+            port.effective_blueprint,
+            port.effective_fields.model_dump(),
+            port.effective_approval.model_dump(),
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+class AllowlistCache:
+    """The last allowlist Port sent (raw entities), on disk: atomic replace, mode 0600, no secrets."""
+
+    VERSION = 1
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.key = key
+
+    def load(self) -> tuple[list[dict[str, Any]], float] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("allowlist.cache_unreadable", path=str(self.path), error=str(exc))
+            return None
+        if not isinstance(data, dict) or data.get("version") != self.VERSION or data.get("key") != self.key:
+            return None  # another Port, blueprint or user: not ours to serve
+        entities, fetched_at = data.get("entities"), data.get("fetched_at")
+        if not isinstance(entities, list) or not isinstance(fetched_at, int | float):
+            return None
+        return [e for e in entities if isinstance(e, dict)], float(fetched_at)
+
+    def save(self, entities: list[dict[str, Any]], fetched_at: float) -> None:
+        payload = {"version": self.VERSION, "key": self.key, "fetched_at": fetched_at, "entities": entities}
+        write_private_json(self.path, payload)
+
+
+def write_private_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file + rename) with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, separators=(",", ":"))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -179,8 +179,12 @@ class Upstream:
         config: ServerConfig,
         timeouts: TimeoutsConfig,
         on_listing: Callable[[str, Listing], None],
+        *,
+        problem: str | None = None,
     ) -> None:
         self.name = name
+        self.problem = problem
+        """Why this approved server cannot be used yet (say, a missing API key): it goes to ``needs_auth``."""
         self.config = config
         self.timeouts = timeouts
         self._on_listing = on_listing
@@ -240,13 +244,15 @@ class Upstream:
             self._set_state("stopped")
 
     async def _connect_and_serve(self, backoff: Backoff) -> None:
+        if self.problem:
+            raise AuthRequired(self.name, self.problem)
         auth = auth_for(self.name, self.config)
         t = self.timeouts
         timeout = httpx2.Timeout(t.connect, read=t.call + 5, write=t.connect, pool=t.connect)
         transport = _GuardedTransport(httpx2.AsyncHTTPTransport(verify=await _ssl_context()))
         async with (
             httpx2.AsyncClient(auth=auth, timeout=timeout, transport=transport) as http,
-            streamable_http_client(self.config.url, http_client=http) as (read, write),
+            streamable_http_client(self.config.endpoint, http_client=http) as (read, write),
             ClientSession(
                 read,
                 write,

@@ -1,0 +1,348 @@
+"""Port as the allowlist source: the API client against the Port double, entity mapping, and the bridge end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from harness import (
+    LocalUpstream,
+    Notifications,
+    bridge_client,
+    bridge_env,
+    raw_call,
+    tool_names,
+    write_config,
+)
+from mcp_bridge.config import PortConfig, Settings, parse_config
+from mcp_bridge.policy import ALLOWLIST_CACHE, PortSource, map_entities
+from mcp_bridge.port import PortClient, PortError
+from port_double import PortDouble, mcp_server_entity, registry_entity
+
+SECRET = "port-secret-value-0001"
+
+
+def port_section(double: PortDouble, client_id: str = "dev", **extra: Any) -> dict[str, Any]:
+    return {
+        "base_url": double.base_url,
+        "client_id": client_id,
+        "client_secret": "${env:TEST_PORT_SECRET}",
+        **extra,
+    }
+
+
+def port_config(double: PortDouble, client_id: str = "dev", **extra: Any) -> PortConfig:
+    return PortConfig.model_validate({**port_section(double, client_id, **extra), "client_secret": SECRET})
+
+
+@pytest.fixture
+def double() -> Iterator[PortDouble]:
+    with PortDouble() as d:
+        d.add_client("dev", SECRET)
+        yield d
+
+
+# ---------------------------------------------------------------------------------------------------------- the client
+
+
+@pytest.mark.anyio
+async def test_token_is_reused_then_renewed_before_it_expires(double: PortDouble) -> None:
+    double.expires_in = 1.0
+    async with PortClient(port_config(double)) as client:
+        for _ in range(3):
+            await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+        assert len(double.requests_to("token")) == 1  # reused
+        await anyio.sleep(1.0)  # the token's whole lifetime: the client must renew before using it again
+        await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+    assert len(double.requests_to("token")) == 2
+    assert all(r.status == 200 for r in double.requests_to("search"))  # renewed ahead: no 401 was needed
+
+
+@pytest.mark.anyio
+async def test_a_401_mid_run_renews_the_token_once_and_succeeds(double: PortDouble) -> None:
+    double.upsert_entity("_mcp_server", mcp_server_entity("docs", "https://docs.example.com/mcp", ["*"]))
+    async with PortClient(port_config(double)) as client:
+        await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+        double.expire_all_tokens()
+        found = await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+    assert [e["identifier"] for e in found] == ["docs"]
+    assert [r.status for r in double.requests_to("search")] == [200, 401, 200]
+    assert len(double.requests_to("token")) == 2
+
+
+@pytest.mark.anyio
+async def test_429_waits_for_the_rate_limit_reset_and_5xx_is_retried(double: PortDouble) -> None:
+    async with PortClient(port_config(double)) as client:
+        double.fail_next("search", status=429, reset=1)
+        started = time.monotonic()
+        await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+        assert time.monotonic() - started >= 0.95  # x-ratelimit-reset honoured
+        double.fail_next("search", status=500, times=2)
+        await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+    assert [r.status for r in double.requests_to("search")] == [429, 200, 500, 500, 200]
+
+
+@pytest.mark.anyio
+async def test_persistent_failures_surface_ports_error_without_secrets(double: PortDouble) -> None:
+    async with PortClient(port_config(double)) as client:
+        double.fail_next("search", status=503, times=10)
+        with pytest.raises(PortError) as err:
+            await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+        assert "503" in str(err.value)
+    bad = port_config(double).model_copy(update={"client_secret": "wrong-secret-value-42"})
+    async with PortClient(bad) as client:
+        with pytest.raises(PortError) as err:
+            await client.search_entities("_mcp_server", {"combinator": "and", "rules": []})
+    assert "401" in str(err.value) and "client_secret" in str(err.value)
+    assert "wrong-secret-value-42" not in str(err.value) and SECRET not in str(err.value)
+
+
+@pytest.mark.anyio
+async def test_search_follows_next_across_pages(double: PortDouble) -> None:
+    for i in range(450):
+        double.upsert_entity("_mcp_server", mcp_server_entity(f"s{i:03d}", "https://x.example.com/mcp", ["a"]))
+    async with PortClient(port_config(double)) as client:
+        found = await client.search_entities(
+            "_mcp_server", {"combinator": "and", "rules": [{"property": "exposed", "operator": "=", "value": True}]}
+        )
+    assert sorted(e["identifier"] for e in found) == [f"s{i:03d}" for i in range(450)]
+    assert len(double.requests_to("search")) == 3
+
+
+@pytest.mark.anyio
+async def test_two_credentials_see_different_servers(double: PortDouble, tmp_path: Path) -> None:
+    double.upsert_entity("_mcp_server", mcp_server_entity("docs", "https://docs.example.com/mcp", ["*"]))
+    double.upsert_entity("_mcp_server", mcp_server_entity("billing", "https://billing.example.com/mcp", ["*"]))
+    double.add_client("finance", SECRET, visible={"docs", "billing"})
+    double.add_client("intern", SECRET, visible={"docs"})
+    seen = {}
+    for who in ("finance", "intern"):
+        settings = Settings(port=port_config(double, who))
+        async with PortClient(settings.port) as client:  # type: ignore[arg-type]
+            allowlist = await PortSource(settings, client, tmp_path / who).load()
+        seen[who] = sorted(allowlist.servers)
+    assert seen == {"finance": ["billing", "docs"], "intern": ["docs"]}
+
+
+# ---------------------------------------------------------------------------------------------------------- mapping
+
+
+def settings_with(port: dict[str, Any], servers: dict[str, Any] | None = None) -> Settings:
+    text = json.dumps({"port": {"client_id": "x", "client_secret": "y", **port}, "servers": servers or {}})
+    return parse_config(text, environ={}).settings
+
+
+def test_entities_map_to_servers_and_bad_ones_are_skipped() -> None:
+    settings = settings_with({}, {"docs": {"auth": {"type": "api_key", "value": "Bearer k"}}, "stray": {}})
+    entities = [
+        mcp_server_entity("docs", "https://docs.example.com/mcp", ["search"], auth_type="api_key", description="D"),
+        mcp_server_entity("notion", "https://mcp.notion.com/mcp", ["*"], oauth_config={"client_id": "c1"}),
+        mcp_server_entity("nokey", "https://nokey.example.com/mcp", ["*"], auth_type="api_key"),
+        mcp_server_entity("bad-url", "ftp://nope", ["*"], auth_type="none"),
+        mcp_server_entity("plain-http", "http://10.1.2.3/mcp", ["*"], auth_type="none"),
+        mcp_server_entity("weird-auth", "https://w.example.com/mcp", ["*"], auth_type="kerberos"),
+        {"identifier": "no-url", "properties": {"exposed": True, "allowed_tools": ["a"]}},
+        mcp_server_entity("hidden", "https://h.example.com/mcp", ["*"], exposed=False),
+    ]
+    servers, problems = map_entities(entities, settings)
+    assert sorted(servers) == ["docs", "nokey", "notion"]
+    assert servers["docs"].auth.type == "api_key" and servers["docs"].description == "D"
+    assert servers["docs"].allows("search") and not servers["docs"].allows("delete")
+    notion = servers["notion"].auth
+    assert notion.type == "oauth" and notion.client_id == "c1"  # auth_type absent means oauth
+    assert "needs an API key" in problems["nokey"] and "servers.nokey" in problems["nokey"]
+
+
+def test_the_registry_preset_reads_endpoint_tools_and_status() -> None:
+    settings = settings_with({"preset": "mcp_registry"})
+    entities = [
+        registry_entity("approved-one", "https://a.example.com/mcp", ["x", "y"], status="approved"),
+        registry_entity("pending-one", "https://p.example.com/mcp", ["x"], status="pending"),
+    ]
+    servers, _ = map_entities(entities, settings)
+    assert list(servers) == ["approved-one"]
+    assert servers["approved-one"].url == "https://a.example.com/mcp"
+    assert servers["approved-one"].allows("y") and not servers["approved-one"].allows("z")
+
+
+# ---------------------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture
+def upstreams(tmp_path: Path) -> Iterator[dict[str, LocalUpstream]]:
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    beta = LocalUpstream("beta", tmp_path, api_key="beta-key-from-local-config").start()
+    try:
+        yield {"alpha": alpha, "beta": beta}
+    finally:
+        alpha.kill()
+        beta.kill()
+
+
+def bridge_config(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream], **port: Any
+) -> tuple[Path, dict[str, str]]:
+    beta = upstreams["beta"]
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"beta": {"auth": beta.server_config()["auth"]}},  # local config adds only the credential
+        port=port_section(double, **port),
+        timeouts={"startup_wait": 5, "connect": 3},
+    )
+    return config, {"TEST_PORT_SECRET": SECRET, **beta.env()}
+
+
+def publish(double: PortDouble, upstreams: dict[str, LocalUpstream], alpha_tools: list[str]) -> None:
+    double.upsert_entity(
+        "_mcp_server",
+        mcp_server_entity(
+            "alpha", upstreams["alpha"].url, alpha_tools, auth_type="none", description="Alpha does alpha things."
+        ),
+    )
+    double.upsert_entity(
+        "_mcp_server", mcp_server_entity("beta", upstreams["beta"].url, ["echo", "add"], auth_type="api_key")
+    )
+
+
+@pytest.mark.anyio
+async def test_the_allowlist_from_port_drives_the_merged_tool_list(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream]
+) -> None:
+    publish(double, upstreams, ["echo", "slow"])
+    config, env = bridge_config(tmp_path, double, upstreams)
+    async with bridge_client(config, tmp_path / "home", env=env) as client:
+        names = sorted(await tool_names(client))
+        assert names == ["alpha__echo", "alpha__slow", "beta__add", "beta__echo"]
+        got = await raw_call(client, "beta__add", {"a": 1, "b": 2})
+        assert got["structuredContent"] == {"sum": 3}
+        with pytest.raises(MCPError):
+            await raw_call(client, "alpha__delete_everything")
+    stderr = (tmp_path / "home" / "bridge-stderr.log").read_text()
+    assert SECRET not in stderr and "beta-key-from-local-config" not in stderr
+
+
+@pytest.mark.anyio
+async def test_an_entity_change_reaches_the_ide_within_one_refresh_interval(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream]
+) -> None:
+    publish(double, upstreams, ["echo", "slow"])
+    double.delete_entity("_mcp_server", "beta")
+    config, env = bridge_config(tmp_path, double, upstreams, refresh_interval=1)
+    notes = Notifications()
+    async with bridge_client(config, tmp_path / "home", env=env, notifications=notes) as client:
+        assert sorted(await tool_names(client)) == ["alpha__echo", "alpha__slow"]
+        # Port changes: alpha loses `slow`, beta is approved.
+        notes.rearm()
+        publish(double, upstreams, ["echo"])
+        with anyio.fail_after(10):
+            while True:
+                await notes.tools_changed.wait()
+                notes.rearm()
+                names = sorted(await tool_names(client))
+                if names == ["alpha__echo", "beta__add", "beta__echo"]:
+                    break
+        with pytest.raises(MCPError) as err:
+            await raw_call(client, "alpha__slow", {"steps": 1})
+        assert "not allowed" in err.value.error.message
+        assert (await raw_call(client, "beta__echo", {"text": "new"}))["content"][0]["text"] == "beta: new"
+
+
+@pytest.mark.anyio
+async def test_sighup_refreshes_at_once(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream]
+) -> None:
+    publish(double, upstreams, ["echo"])
+    config, env = bridge_config(tmp_path, double, upstreams, refresh_interval=3600)
+    notes = Notifications()
+    async with bridge_client(config, tmp_path / "home", env=env, notifications=notes) as client:
+        assert "alpha__slow" not in await tool_names(client)
+        publish(double, upstreams, ["echo", "slow"])
+        notes.rearm()
+        pid = int(subprocess.check_output(["pgrep", "-f", f"mcp_bridge serve --config {config}"]).split()[0])
+        os.kill(pid, signal.SIGHUP)
+        with anyio.fail_after(10):
+            while "alpha__slow" not in await tool_names(client):
+                await notes.tools_changed.wait()
+                notes.rearm()
+
+
+@pytest.mark.anyio
+async def test_port_down_at_startup_with_a_cache_gives_full_service(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream]
+) -> None:
+    publish(double, upstreams, ["echo"])
+    config, env = bridge_config(tmp_path, double, upstreams)
+    home = tmp_path / "home"
+    async with bridge_client(config, home, env=env) as client:
+        first = sorted(await tool_names(client))
+    assert (home / ALLOWLIST_CACHE).stat().st_mode & 0o777 == 0o600
+    double.stop()
+    async with bridge_client(config, home, env=env) as client:
+        assert "alpha: Alpha does alpha things." in (client.instructions or "")  # descriptions, from the cache
+        assert sorted(await tool_names(client)) == first
+        assert (await raw_call(client, "alpha__echo", {"text": "cached"}))["content"][0]["text"] == "alpha: cached"
+
+
+def run_status(config: Path, home: Path, env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", "status", "--json", "--config", str(config)],
+        env=bridge_env(home, env),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.anyio
+async def test_port_down_without_a_cache_serves_no_tools_and_says_why(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream]
+) -> None:
+    publish(double, upstreams, ["echo"])
+    double.stop()
+    config, env = bridge_config(tmp_path, double, upstreams)
+    async with bridge_client(config, tmp_path / "home", env=env) as client:
+        assert await tool_names(client) == []
+        assert "being loaded from Port" in (client.instructions or "")
+        with pytest.raises(MCPError):
+            await raw_call(client, "alpha__echo", {"text": "x"})
+    status = run_status(config, tmp_path / "home", env)
+    assert status["allowlist"]["failed_closed"] is True
+    assert (
+        "Port is unavailable" in status["allowlist"]["note"] and "no allowlist is cached" in status["allowlist"]["note"]
+    )
+    assert status["servers"] == []
+
+
+@pytest.mark.anyio
+async def test_past_max_stale_the_bridge_fails_closed(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream]
+) -> None:
+    publish(double, upstreams, ["echo"])
+    config, env = bridge_config(tmp_path, double, upstreams, max_stale=60)
+    home = tmp_path / "home"
+    async with bridge_client(config, home, env=env) as client:
+        assert await tool_names(client)
+    cache = json.loads((home / ALLOWLIST_CACHE).read_text())
+    cache["fetched_at"] -= 3600  # an hour old, past max_stale
+    (home / ALLOWLIST_CACHE).write_text(json.dumps(cache))
+    double.stop()
+    async with bridge_client(config, home, env=env) as client:
+        assert await tool_names(client) == []
+        with pytest.raises(MCPError):
+            await raw_call(client, "alpha__echo", {"text": "x"})
+    status = run_status(config, home, env)
+    assert status["allowlist"]["failed_closed"] is True and "max_stale" in status["allowlist"]["note"]
