@@ -67,10 +67,15 @@ MAX_BODY_BYTES = 1024 * 1024  # "Request body is too large (limit is 1MiB)"
 DEFAULT_EXPIRES_IN = 10800  # Port's access tokens live 3 h
 
 
+VENDORED_SPEC = Path(__file__).resolve().parent / "port-openapi.json"
+"""A copy of Port's published spec, so the suite runs from any clone (``test_port_double`` checks it for drift)."""
+SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "port-openapi.json"
+
+
 def spec_path() -> Path:
-    """``$PORT_OPENAPI_SPEC``, else ``shared/port-openapi.json`` beside the repository (where CI puts ``shared/``)."""
+    """``$PORT_OPENAPI_SPEC``, else the copy vendored beside this file."""
     explicit = os.environ.get(SPEC_ENV)
-    path = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "shared" / "port-openapi.json"
+    path = Path(explicit) if explicit else VENDORED_SPEC
     if not path.is_file():
         raise FileNotFoundError(f"Port's OpenAPI spec not found at {path} (set ${SPEC_ENV} to its path)")
     return path

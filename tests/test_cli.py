@@ -60,6 +60,7 @@ def test_status_shows_state_and_allowed_of_offered(tmp_path: Path, config: Path,
     assert (row["tools_allowed"], row["tools_offered"]) == (8, 9)
     table = run(tmp_path, "status", "--config", str(config), env=alpha.env())
     assert "8 of 9" in table.stdout and "connected" in table.stdout
+    assert table.stdout.startswith("allowlist: local config")
 
 
 def test_status_reports_an_unreachable_server_with_its_error(tmp_path: Path) -> None:

@@ -873,3 +873,12 @@ def test_registry_entity_follows_ports_guide(double: PortDouble, http: httpx2.Cl
         double.upsert_entity(MCP_REGISTRY_BLUEPRINT, registry_entity("x", None, status="maybe"))
     approved = search(http, login(http), {"query": _and(_rule("status", "=", "approved"))}, bp=MCP_REGISTRY_BLUEPRINT)
     assert ids(approved) == ["filesystem-mcp"]
+
+
+def test_the_vendored_spec_matches_the_published_one() -> None:
+    """The copy in tests/ is Port's published spec; where the team's shared/ copy is present, they must agree."""
+    from port_double import SHARED_SPEC, VENDORED_SPEC
+
+    if not SHARED_SPEC.is_file():
+        pytest.skip(f"no shared copy of the spec at {SHARED_SPEC} to compare with")
+    assert VENDORED_SPEC.read_bytes() == SHARED_SPEC.read_bytes(), "tests/port-openapi.json drifted from shared/"
