@@ -12,8 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +243,15 @@ class SilentServer:
         for conn in self._held:
             conn.close()
         self.sock.close()
+
+
+@contextmanager
+def upstream_pair(log_dir: Path, beta_key: str) -> Iterator[dict[str, LocalUpstream]]:
+    """Two running upstreams: ``alpha`` (no auth) and ``beta`` (API key ``beta_key``)."""
+    alpha = LocalUpstream("alpha", log_dir).start()
+    beta = LocalUpstream("beta", log_dir, api_key=beta_key).start()
+    try:
+        yield {"alpha": alpha, "beta": beta}
+    finally:
+        alpha.kill()
+        beta.kill()

@@ -23,6 +23,7 @@ from harness import (
     bridge_env,
     raw_call,
     tool_names,
+    upstream_pair,
     write_config,
 )
 from mcp_bridge.config import PortConfig, Settings, parse_config
@@ -181,13 +182,8 @@ def test_the_registry_preset_reads_endpoint_tools_and_status() -> None:
 
 @pytest.fixture
 def upstreams(tmp_path: Path) -> Iterator[dict[str, LocalUpstream]]:
-    alpha = LocalUpstream("alpha", tmp_path).start()
-    beta = LocalUpstream("beta", tmp_path, api_key="beta-key-from-local-config").start()
-    try:
-        yield {"alpha": alpha, "beta": beta}
-    finally:
-        alpha.kill()
-        beta.kill()
+    with upstream_pair(tmp_path, "beta-key-from-local-config") as pair:
+        yield pair
 
 
 def bridge_config(

@@ -11,7 +11,16 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from harness import LocalUpstream, Notifications, bridge_client, direct_client, raw_call, tool_names, write_config
+from harness import (
+    LocalUpstream,
+    Notifications,
+    bridge_client,
+    direct_client,
+    raw_call,
+    tool_names,
+    upstream_pair,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -20,14 +29,8 @@ BETA_ALLOWED = ["echo", "add", "fail", "meta", "slow"]
 
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LocalUpstream]]:
-    logs = tmp_path_factory.mktemp("upstream-logs")
-    alpha = LocalUpstream("alpha", logs).start()
-    beta = LocalUpstream("beta", logs, api_key="beta-secret-key-123").start()
-    try:
-        yield {"alpha": alpha, "beta": beta}
-    finally:
-        alpha.kill()
-        beta.kill()
+    with upstream_pair(tmp_path_factory.mktemp("upstream-logs"), "beta-secret-key-123") as pair:
+        yield pair
 
 
 @pytest.fixture

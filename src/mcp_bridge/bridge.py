@@ -103,7 +103,10 @@ class Bridge:
         """Ask the source now, then every ``interval`` (sooner after a failure, at once on :meth:`refresh_now`)."""
         retry = Backoff(initial=2.0, cap=interval)
         while True:
-            self.apply_allowlist(await source.load())
+            try:
+                self.apply_allowlist(await source.load())
+            except Exception as exc:  # supervisor boundary: keep serving the allowlist we have, try again later
+                log.error("allowlist.refresh_crashed", error=describe_error(exc), exc_info=True)
             self._first_load.set()
             if source.fresh():
                 retry.reset()
