@@ -19,8 +19,9 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mcp_bridge.audit import AuditSink, CallEvent, LogSink, Status, digest
+from mcp_bridge.auth import AuthEnv
 from mcp_bridge.catalog import Catalog, CatalogCache, ToolEntry
-from mcp_bridge.config import LoadedConfig, ServerConfig
+from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes
@@ -39,6 +40,7 @@ class Bridge:
         *,
         source: AllowlistSource | None = None,
         audit: AuditSink | None = None,
+        auth_env: AuthEnv | None = None,
     ) -> None:
         self.settings = loaded.settings
         self.home = home
@@ -57,6 +59,7 @@ class Bridge:
         self.client_name: str | None = None
         self._first_load = anyio.Event()
         self._refresh_now = anyio.Event()
+        self.auth_env = auth_env or AuthEnv.for_serve(self.settings, home)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,7 +155,12 @@ class Bridge:
             if cached is not None and cached[0] == server.url:
                 changed |= self.catalog.set_listing(name, cached[1], cached=True)
             upstream = Upstream(
-                name, server, self.settings.timeouts, self._on_listing, problem=allowlist.problems.get(name)
+                name,
+                server,
+                self.settings.timeouts,
+                self._on_listing,
+                problem=allowlist.problems.get(name),
+                auth_env=self.auth_env,
             )
             self.upstreams[name] = upstream
             scope = anyio.CancelScope()
@@ -318,3 +326,13 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, UpstreamError | BridgeError):
         return clean(str(exc))
     return describe_error(exc)
+
+
+async def load_allowlist(settings: Settings, home: Path) -> Allowlist:
+    """The allowlist as ``serve`` would see it now (for commands that act on one server)."""
+    if settings.port is None:
+        return await LocalSource(settings).load()
+    from mcp_bridge.port import PortClient
+
+    async with PortClient(settings.port) as client:
+        return await PortSource(settings, client, home).load()

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tools", parents=[common], help="the merged tool list as the IDE sees it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="also show tools the allowlist hides, with the reason")
+    p = sub.add_parser("login", parents=[common], help="log in to an OAuth server (opens a browser)")
+    p.add_argument("server", help="the server's name (its namespace)")
+    p = sub.add_parser("logout", parents=[common], help="revoke and delete a server's stored OAuth tokens")
+    p.add_argument("server", help="the server's name (its namespace)")
     p = sub.add_parser("call", parents=[common], help="call one tool by its exposed name and print the result")
     p.add_argument("name", help="exposed tool name, e.g. docs__search")
     p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
@@ -107,7 +111,7 @@ async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
 async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
 
-    bridge = Bridge(loaded, home_dir())
+    bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
     async with bridge.running():
         await _settle(bridge, loaded)
         rows = bridge.status()
@@ -121,10 +125,14 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
             print(f"no servers approved for you ({where})")
         return 0
-    table = [["SERVER", "STATE", "TOOLS", "URL", "LAST ERROR"]]
+    table = [["SERVER", "STATE", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
     for r in rows:
         tools = f"{r['tools_allowed']} of {r['tools_offered']}"
-        table.append([r["server"], r["state"], tools, r["url"], r["last_error"] or ""])
+        token = ""
+        if r.get("token_expires_at"):
+            left = r["token_expires_at"] - time.time()
+            token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
+        table.append([r["server"], r["state"], tools, r["url"], token, r["last_error"] or ""])
     _print_table(table)
     return 0
 
@@ -132,7 +140,7 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
 
-    bridge = Bridge(loaded, home_dir())
+    bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
     async with bridge.running():
         await _settle(bridge, loaded)
         entries = sorted(bridge.catalog.entries(), key=lambda e: e.exposed)
@@ -168,7 +176,7 @@ async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         raise _UsageError(f"--args is not valid JSON: {exc.msg} (at position {exc.pos})") from None
     if not isinstance(arguments, dict):
         raise _UsageError('--args must be a JSON object, e.g. \'{"query": "x"}\'')
-    bridge = Bridge(loaded, home_dir())
+    bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
     async with bridge.running():
         await _settle(bridge, loaded)
         try:
@@ -213,9 +221,84 @@ def _print_table(rows: list[list[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _no_browser(loaded: LoadedConfig) -> Any:
+    """Hand-run commands other than ``login`` never open a browser: a server that needs one shows ``needs_auth``."""
+    from mcp_bridge.auth import AuthEnv
+    from mcp_bridge.auth.oauth import LoginPolicy
+
+    policy = LoginPolicy(interactive=False, cooldown=0, timeout=loaded.settings.timeouts.login)
+    return AuthEnv(home_dir(), loaded.settings.token_store, policy)
+
+
+async def _oauth_server(loaded: LoadedConfig, name: str) -> Any:
+    """The approved server ``name`` (from Port or the config); a usage error when it is unknown or not OAuth."""
+    from mcp_bridge.bridge import load_allowlist
+    from mcp_bridge.config import OAuthAuth
+
+    allowlist = await load_allowlist(loaded.settings, home_dir())
+    server = allowlist.servers.get(name)
+    if server is None:
+        known = ", ".join(sorted(allowlist.servers)) or "none"
+        extra = f" ({allowlist.note})" if allowlist.note else ""
+        raise _UsageError(f"{name!r} is not an approved server (approved: {known}){extra}")
+    if not isinstance(server.auth, OAuthAuth):
+        raise _UsageError(f"{name!r} does not use OAuth (auth: {server.auth.type}); there is nothing to log in to")
+    return server
+
+
+async def _login(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.auth import AuthEnv
+    from mcp_bridge.auth.oauth import LoginPolicy
+    from mcp_bridge.upstream import Upstream
+
+    server = await _oauth_server(loaded, args.server)
+    opened: list[str] = []
+
+    def announce(name: str, url: str) -> None:
+        opened.append(url)
+        _err(f"Opening a browser to log in to {name}. If it does not open, visit:\n  {url}")
+        _err(f"Waiting for the login to finish (up to {loaded.settings.timeouts.login:g} s; Ctrl-C to cancel)...")
+
+    policy = LoginPolicy(interactive=True, cooldown=0, timeout=loaded.settings.timeouts.login, announce=announce)
+    env = AuthEnv(home_dir(), loaded.settings.token_store, policy)
+    upstream = Upstream(args.server, server, loaded.settings.timeouts, lambda *_: None, auth_env=env)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(upstream.run)
+        await upstream.settled.wait()
+        state, error, listing = upstream.state, upstream.last_error, upstream.listing  # before stopping it
+        tg.cancel_scope.cancel()
+    if state != "connected":
+        raise BridgeError(f"login to {args.server!r} failed: {error}")
+    tools = len(listing.tools) if listing else 0
+    how = "logged in" if opened else "already logged in (stored tokens work)"
+    expires = upstream.token_expires_at()
+    left = f"; the access token is valid for {max(0, expires - time.time()) / 60:.0f} more min" if expires else ""
+    print(f"{args.server}: {how}; {tools} tools offered{left}")
+    return 0
+
+
+async def _logout(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.auth import AuthEnv
+    from mcp_bridge.auth.oauth import revoke_tokens
+    from mcp_bridge.auth.store import KeyringUnavailable
+
+    server = await _oauth_server(loaded, args.server)
+    env = AuthEnv.for_serve(loaded.settings, home_dir())
+    try:
+        storage = env.storage(server.endpoint)
+    except KeyringUnavailable as exc:
+        raise BridgeError(str(exc)) from None
+    revoked = await revoke_tokens(storage, server.auth)
+    storage.clear_all()
+    print(f"{args.server}: logged out; stored tokens deleted" + ("; the server revoked them" if revoked else ""))
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]]] = {
     "serve": _serve,
     "status": _status,
     "tools": _tools,
     "call": _call,
+    "login": _login,
+    "logout": _logout,
 }

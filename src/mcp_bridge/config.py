@@ -140,6 +140,8 @@ class TimeoutsConfig(_Model):
     connect: float = Field(default=10, gt=0)
     call: float = Field(default=120, gt=0)
     startup_wait: float = Field(default=3, ge=0, le=30)
+    login: float = Field(default=300, gt=0)
+    """Seconds to wait for a person to finish an OAuth login in the browser."""
 
 
 class LogConfig(_Model):
@@ -239,6 +241,10 @@ class Settings(_Model):
     naming: NamingConfig = Field(default_factory=NamingConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    auto_login: bool = True
+    """``serve`` opens the browser once for a server that needs an OAuth login (then waits for ``login``)."""
+    token_store: Literal["keyring", "file"] = "keyring"  # noqa: S105 - a store name, not a password
+    """Where OAuth tokens live: the OS keyring, or (explicit, weaker) one 0600 file under $MCP_BRIDGE_HOME."""
 
     @field_validator("servers")
     @classmethod

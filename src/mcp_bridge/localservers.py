@@ -1,6 +1,7 @@
 """Local MCP servers for the tests and the offline demo: real SDK streamable-HTTP servers on 127.0.0.1.
 
-``python -m mcp_bridge.localservers --port N [--name NAME] [--api-key KEY] [--weird-names]`` runs one. Its tools
+``python -m mcp_bridge.localservers --port N [--name NAME] [--api-key KEY] [--weird-names]`` runs one (``--oauth``
+runs the OAuth-protected variant of ``mcp_bridge.oauth_server``). Its tools
 cover what a bridge must pass through untouched: plain text, ``structuredContent`` with an output schema,
 ``isError``, ``_meta``, progress, cancellation (recorded, and reported by the ``stats`` tool), a call that never
 ends, and a tool that adds another tool at runtime and announces it with ``tools/list_changed``.
@@ -241,8 +242,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="local")
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
     parser.add_argument("--weird-names", action="store_true", help="add tools with awkward names")
+    oauth = parser.add_argument_group("OAuth", "run the OAuth-protected variant (see mcp_bridge.oauth_server)")
+    oauth.add_argument("--oauth", action="store_true", help="be an auto-approving OAuth server protecting /mcp")
+    oauth.add_argument("--token-lifetime", type=int, default=3600, metavar="SECONDS", help="access token lifetime")
+    oauth.add_argument(
+        "--no-auth-method-in-registration",
+        action="store_true",
+        help="registration responses issue a client_secret but omit token_endpoint_auth_method",
+    )
+    oauth.add_argument("--no-refresh-rotation", action="store_true", help="keep the refresh token on refresh")
     args = parser.parse_args(argv)
-    app = build_app(args.name, api_key=args.api_key, weird_names=args.weird_names)
+    app: ASGIApp
+    if args.oauth:
+        if args.api_key:
+            parser.error("--oauth and --api-key are exclusive")
+        from mcp_bridge.oauth_server import build_oauth_app
+
+        app = build_oauth_app(
+            args.name,
+            issuer_url=f"http://127.0.0.1:{args.port}",
+            access_token_lifetime=args.token_lifetime,
+            rotate_refresh_tokens=not args.no_refresh_rotation,
+            issue_secret_without_auth_method=args.no_auth_method_in_registration,
+            weird_names=args.weird_names,
+        )
+    else:
+        app = build_app(args.name, api_key=args.api_key, weird_names=args.weird_names)
     anyio.run(serve, app, args.port)
 
 

@@ -127,6 +127,8 @@ def configure(level: str = "info", file: str | None = None, stream: TextIO | Non
     # Libraries are chatty below WARNING (httpx2 logs every request line); let them through only when debugging.
     for name in ("httpx2", "httpcore", "mcp", "uvicorn", "sse_starlette"):
         logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+    # The SDK logs a traceback for every ended OAuth flow, also for "needs a login", which the bridge reports itself.
+    logging.getLogger("mcp.client.auth").setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.CRITICAL)
 
 
 def get_logger(name: str) -> Any:

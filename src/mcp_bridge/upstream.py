@@ -19,7 +19,8 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -33,9 +34,10 @@ from mcp.shared.exceptions import MCPError
 from pydantic import RootModel
 
 from mcp_bridge import __version__
-from mcp_bridge.auth import auth_for
-from mcp_bridge.config import ServerConfig, TimeoutsConfig
-from mcp_bridge.errors import AuthRequired, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_bridge.auth import AuthEnv, auth_for
+from mcp_bridge.auth.oauth import LoginCompletedElsewhere
+from mcp_bridge.config import OAuthAuth, ServerConfig, TimeoutsConfig
+from mcp_bridge.errors import AuthRequired, BridgeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
 
 log = get_logger(__name__)
@@ -55,6 +57,8 @@ async def _send(session: ClientSession, request: Any, **kwargs: Any) -> dict[str
 NOT_SENT = -32099
 """Internal JSON-RPC code: the request never left this machine (the TCP connection could not be made)."""
 _MAX_PAGES = 100
+_LOGIN_POLL_SECONDS = 2.0
+_E = TypeVar("_E", bound=BaseException)
 _DRAIN_SECONDS = 0.05
 _DRAIN_BYTES = 1 << 16
 _KEEPALIVE_SECONDS = 30.0
@@ -181,9 +185,11 @@ class Upstream:
         on_listing: Callable[[str, Listing], None],
         *,
         problem: str | None = None,
+        auth_env: AuthEnv | None = None,
     ) -> None:
         self.name = name
         self.problem = problem
+        self.auth_env = auth_env
         """Why this approved server cannot be used yet (say, a missing API key): it goes to ``needs_auth``."""
         self.config = config
         self.timeouts = timeouts
@@ -220,14 +226,21 @@ class Upstream:
                 try:
                     await self._connect_and_serve(backoff)
                     delay = 0.0  # recycled on purpose: reconnect at once
-                except AuthRequired as exc:
-                    self._fail("needs_auth", exc)
-                    self._end_attempt()
-                    return  # nothing to retry until someone logs in
                 except Exception as exc:  # supervisor boundary: anything from the transport or the server
-                    self._fail("error", exc)
-                    self._end_attempt()
-                    delay = backoff.next()
+                    if _find(exc, LoginCompletedElsewhere) is not None:
+                        log.info("upstream.login_completed_elsewhere", server=self.name)
+                        delay = 0.0
+                    elif (needs := _find(exc, AuthRequired)) is not None:
+                        self._fail("needs_auth", needs)
+                        self._end_attempt()
+                        if not isinstance(self.config.auth, OAuthAuth) or self.auth_env is None:
+                            return  # nothing to retry until the config changes
+                        await self._wait_for_login_elsewhere()
+                        delay = 0.0
+                    else:
+                        self._fail("error", exc)
+                        self._end_attempt()
+                        delay = backoff.next()
                 finally:
                     self._session = None
                     if self._connected.is_set():
@@ -246,7 +259,25 @@ class Upstream:
     async def _connect_and_serve(self, backoff: Backoff) -> None:
         if self.problem:
             raise AuthRequired(self.name, self.problem)
-        auth = auth_for(self.name, self.config)
+        t = self.timeouts
+        connect_scope = anyio.CancelScope(deadline=anyio.current_time() + t.connect)
+        policy = None
+        if self.auth_env is not None:
+
+            def on_waiting(seconds: float) -> None:  # a person is logging in: give them the login's time
+                connect_scope.deadline = anyio.current_time() + seconds
+                self.state, self.last_error = "needs_auth", "waiting for the browser login"
+
+            policy = dataclasses.replace(self.auth_env.policy, on_waiting=on_waiting)
+        auth = auth_for(self.name, self.config, self.auth_env, policy)
+        try:
+            await self._connect_with(auth, connect_scope, backoff)
+        finally:
+            login = getattr(auth, "login", None)
+            if login is not None:
+                login.finished()
+
+    async def _connect_with(self, auth: httpx2.Auth | None, connect_scope: anyio.CancelScope, backoff: Backoff) -> None:
         t = self.timeouts
         timeout = httpx2.Timeout(t.connect, read=t.call + 5, write=t.connect, pool=t.connect)
         transport = _GuardedTransport(httpx2.AsyncHTTPTransport(verify=await _ssl_context()))
@@ -260,9 +291,11 @@ class Upstream:
                 client_info=types.Implementation(name="mcp-bridge", version=__version__),
             ) as session,
         ):
-            with anyio.fail_after(t.connect):
+            with connect_scope:
                 init = await session.initialize()
                 listing = await self._fetch_listing(session, _TOOLS, _PROMPTS, _RESOURCES, current=None)
+            if connect_scope.cancelled_caught:
+                raise TimeoutError
             self.server_info = init.server_info.model_dump(mode="json", exclude_none=True)
             self._session = session
             self.listing = listing
@@ -361,6 +394,26 @@ class Upstream:
         if state == "connected":
             self.last_error = None
             self.settled.set()
+
+    async def _wait_for_login_elsewhere(self) -> None:
+        """In ``needs_auth``: wait until a login (``mcp-bridge login``, another window) stores new tokens."""
+        assert self.auth_env is not None
+        state_path = self.auth_env.storage_path(self.config.endpoint)
+        seen = _mtime(state_path)
+        while _mtime(state_path) == seen:
+            with anyio.move_on_after(_LOGIN_POLL_SECONDS):
+                await self._retry_now.wait()
+            if self._retry_now.is_set():
+                self._retry_now = anyio.Event()
+                return
+
+    def token_expires_at(self) -> float | None:
+        if self.auth_env is None or not isinstance(self.config.auth, OAuthAuth):
+            return None
+        try:
+            return self.auth_env.storage(self.config.endpoint).load_state().expires_at
+        except Exception:  # no keyring backend: there are no tokens to report
+            return None
 
     def _needs_auth(self) -> bool:
         return self.state == "needs_auth"
@@ -462,13 +515,32 @@ class Upstream:
             "last_error": self.last_error,
             "connected_since": self.connected_since,
             "server_info": self.server_info,
+            "token_expires_at": self.token_expires_at(),
         }
+
+
+def _find(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first ``kind`` inside ``exc`` (exception groups from the transport's task group are searched)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def describe_error(exc: BaseException) -> str:
     """A one-line, secret-free description of an exception (unwrapping exception groups)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+        exc = _find(exc, BridgeError) or exc.exceptions[0]
     if isinstance(exc, UpstreamError):
         text = str(exc).split(": ", 1)[-1]
     elif isinstance(exc, MCPError):

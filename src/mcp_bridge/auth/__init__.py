@@ -1,18 +1,28 @@
 """How each upstream authenticates: one ``httpx2.Auth`` per server, chosen from its config.
 
-This is the seam the OAuth flow plugs into: :func:`auth_for` returns the ``httpx2.Auth`` that the upstream's HTTP
-client uses for every request, or raises :class:`~mcp_bridge.errors.AuthRequired` when the server cannot be used
-until someone logs in.
+:func:`auth_for` returns the ``httpx2.Auth`` the upstream's HTTP client uses for every request (``None`` for no
+auth), or raises :class:`~mcp_bridge.errors.AuthRequired` when the server cannot be used until someone acts. OAuth
+lives in :mod:`mcp_bridge.auth.oauth`, its storage in :mod:`mcp_bridge.auth.store`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx2
 
-from mcp_bridge.config import ApiKeyAuth, NoAuth, OAuthAuth, ServerConfig
+from mcp_bridge.config import ApiKeyAuth, NoAuth, OAuthAuth, ServerConfig, Settings
 from mcp_bridge.errors import AuthRequired
+
+if TYPE_CHECKING:
+    from mcp_bridge.auth.oauth import LoginPolicy
+    from mcp_bridge.auth.store import ServerTokenStorage
+
+LOGIN_COOLDOWN = 600.0
+"""Seconds during which ``serve`` does not reopen a browser on its own for the same server."""
 
 
 class HeaderAuth(httpx2.Auth):
@@ -30,7 +40,37 @@ class HeaderAuth(httpx2.Auth):
         return f"HeaderAuth(header={self._header!r}, value=***)"
 
 
-def auth_for(name: str, server: ServerConfig) -> httpx2.Auth | None:
+@dataclass(frozen=True)
+class AuthEnv:
+    """What OAuth needs from the process: where state lives, where secrets go, and how logins may happen."""
+
+    home: Path
+    token_store: str
+    policy: LoginPolicy
+
+    @classmethod
+    def for_serve(cls, settings: Settings, home: Path) -> AuthEnv:
+        from mcp_bridge.auth.oauth import LoginPolicy
+
+        policy = LoginPolicy(interactive=settings.auto_login, cooldown=LOGIN_COOLDOWN, timeout=settings.timeouts.login)
+        return cls(home, settings.token_store, policy)
+
+    def storage_path(self, server_url: str) -> Path:
+        """The non-secret state file of one server (it changes whenever tokens are stored)."""
+        from mcp_bridge.auth.store import state_path
+
+        return state_path(self.home, server_url)
+
+    def storage(self, server_url: str) -> ServerTokenStorage:
+        """The token storage of one server (raises ``KeyringUnavailable`` when no keyring backend exists)."""
+        from mcp_bridge.auth.store import ServerTokenStorage, secret_backend
+
+        return ServerTokenStorage(server_url, secret_backend(self.token_store, self.home), self.home)
+
+
+def auth_for(
+    name: str, server: ServerConfig, env: AuthEnv | None, policy: LoginPolicy | None = None
+) -> httpx2.Auth | None:
     """The auth to use for ``server``; ``None`` when it needs none."""
     auth = server.auth
     if isinstance(auth, NoAuth):
@@ -38,5 +78,14 @@ def auth_for(name: str, server: ServerConfig) -> httpx2.Auth | None:
     if isinstance(auth, ApiKeyAuth):
         return HeaderAuth(auth.header, auth.value)
     if isinstance(auth, OAuthAuth):
-        raise AuthRequired(name, "OAuth login is not available in this version of mcp-bridge yet")
+        if env is None:
+            raise AuthRequired(name, "OAuth is not available here (no token store configured)")
+        from mcp_bridge.auth.oauth import build_provider
+        from mcp_bridge.auth.store import KeyringUnavailable
+
+        try:
+            storage = env.storage(server.endpoint)
+        except KeyringUnavailable as exc:
+            raise AuthRequired(name, str(exc)) from None
+        return build_provider(name, server.endpoint, auth, storage, env.home, policy or env.policy)
     raise AssertionError(f"unhandled auth type {auth!r}")  # pragma: no cover - the config model is a closed union
