@@ -236,3 +236,68 @@ def test_login_of_an_unknown_or_non_oauth_server_is_a_usage_error(tmp_path: Path
         check=False,
     )
     assert done.returncode == 2 and "does not use OAuth" in done.stderr
+
+
+def test_a_manually_registered_client_logs_in_without_registering(tmp_path: Path) -> None:
+    import urllib.request
+
+    from harness import free_port
+
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        port = free_port()
+        body = {
+            "redirect_uris": [f"http://127.0.0.1:{port}/callback"],
+            "token_endpoint_auth_method": "client_secret_post",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "client_name": "registered by an admin",
+        }
+        headers = {"content-type": "application/json"}
+        request = urllib.request.Request(f"{upstream.issuer}/register", data=json.dumps(body).encode(), headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback test server
+            client = json.loads(response.read())
+        s = Setup(tmp_path, upstream)
+        oauth = {"type": "oauth", "client_id": client["client_id"], "client_secret": "${env:TEST_OAUTH_SECRET}"}
+        s.config = write_config(
+            tmp_path / "manual.yaml",
+            {"secure": {"url": upstream.url, "allowed_tools": ["*"], "auth": {**oauth, "redirect_port": port}}},
+            timeouts={"login": 20},
+        )
+        login = s.run("login", "secure", TEST_OAUTH_SECRET=client["client_secret"])
+        call = s.run("call", "secure__echo", "--args", "{}", TEST_OAUTH_SECRET=client["client_secret"])
+        stats = upstream.stats()
+    assert login.returncode == 0, login.stderr
+    assert call.returncode == 0, call.stderr
+    assert stats["register"] == 1 and stats["authorize"] == 1  # only the admin's registration
+    assert client["client_secret"] not in login.stdout + login.stderr + call.stderr
+
+
+@pytest.mark.anyio
+async def test_serve_does_not_reopen_the_browser_within_the_cooldown(tmp_path: Path) -> None:
+    # A "browser" that opens (and is logged) but never logs in: the person walked away.
+    idle = tmp_path / "idle_browser.py"
+    idle.write_text(
+        "import json, os, sys\n"
+        "with open(os.environ['FAKE_BROWSER_LOG'], 'a') as f:\n"
+        "    f.write(json.dumps({'url': sys.argv[1]}) + '\\n')\n"
+    )
+    idle_browser = f"{sys.executable} {idle} %s"
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        s = Setup(tmp_path, upstream)
+        s.config = write_config(
+            tmp_path / "config.yaml",
+            {"secure": {"url": upstream.url, "allowed_tools": ["*"], "auth": {"type": "oauth"}}},
+            timeouts={"login": 2, "startup_wait": 1},
+        )
+        env = s.env(BROWSER=idle_browser)
+        for _ in range(2):  # two IDE sessions, one after the other
+            async with bridge_client(s.config, s.home, env=env) as client:
+                assert "secure__echo" not in await tool_names(client)
+                with anyio.fail_after(15):
+                    while s.opens() == 0:
+                        await anyio.sleep(0.1)
+                await anyio.sleep(3)  # the login window passes
+        status = json.loads(s.run("status", "--json").stdout)
+    assert s.opens() == 1  # the second session did not open another browser
+    (row,) = status["servers"]
+    assert row["state"] == "needs_auth" and "mcp-bridge login secure" in row["last_error"]
