@@ -97,7 +97,10 @@ async def _serve(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
-    """SIGTERM/SIGINT stop serving; SIGHUP asks the allowlist source again at once."""
+    """SIGTERM/SIGINT stop serving; SIGHUP asks the allowlist source again at once (POSIX; on Windows the IDE
+    closing stdin is what stops the bridge)."""
+    if sys.platform == "win32":
+        return
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("serve.signal", signal=signal.Signals(signum).name)

@@ -13,9 +13,9 @@ on exit. Cancelling the serving task stops promptly even while the IDE keeps std
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import stat
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -32,12 +32,17 @@ _CHUNK = 1 << 16
 
 
 def _is_pipe(fd: int) -> bool:
+    """A pipe or socket we can read and write non-blocking on the loop (POSIX only; Windows uses the thread)."""
+    if sys.platform == "win32":
+        return False
     mode = os.fstat(fd).st_mode
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 @contextlib.contextmanager
 def _nonblocking(fd: int) -> Iterator[None]:
+    import fcntl  # POSIX only: _is_pipe() is False on Windows, so this is never reached there
+
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
     try:

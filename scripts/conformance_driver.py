@@ -1,0 +1,228 @@
+"""The client under test for the official MCP conformance suite: ``mcp-bridge serve`` driven as an IDE drives it.
+
+``scripts/conformance`` passes this program to ``conformance client --command``; the suite appends the scenario
+server's URL as the last argument and sets ``$MCP_CONFORMANCE_SCENARIO`` (and, for scenarios with pre-registered
+credentials, ``$MCP_CONFORMANCE_CONTEXT``, a JSON object). For each run the driver:
+
+1. writes a private config with one server, ``scenario``, at that URL: ``allowed_tools: ["*"]``,
+   ``auth: {type: oauth}`` (with the context's ``client_id``/``client_secret`` when it has them), ``token_store:
+   file`` and ``auto_login: true``, in a fresh ``$MCP_BRIDGE_HOME`` (nothing touches the user's keyring or home);
+2. sets ``$BROWSER`` to tests/fake_browser.py, which GETs the authorization URL and follows loopback redirects (the
+   scenarios' authorization servers approve at once and redirect to the bridge's 127.0.0.1 callback);
+3. starts ``python -m mcp_bridge serve`` over stdio with the SDK's stdio client, waits until the server's tools appear
+   (re-listing on ``notifications/tools/list_changed``, which the bridge sends once the login finished), and calls
+   one of them with arguments made up from its input schema.
+
+Exit status: 0 when the call succeeded (or, for a scenario whose server offers no tools, when the bridge came up),
+1 when the tool never appeared or the call failed, 2 on a usage error. The bridge's stderr, the fake browser's log and
+what the driver saw go to this program's stderr, which the suite stores as ``stderr.txt`` next to ``checks.json``.
+
+Environment: ``CONFORMANCE_DRIVER_TIMEOUT`` (seconds for the whole run, default 40; keep it below the suite's
+``--timeout``), ``CONFORMANCE_KEEP`` (keep the temporary directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import yaml
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from pydantic import RootModel
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_BROWSER = ROOT / "tests" / "fake_browser.py"
+SERVER = "scenario"
+SEPARATOR = "__"
+
+NO_TOOLS = {"initialize"}
+"""Scenarios whose server lists no tools: success is the bridge connecting (the checks are on its handshake)."""
+
+
+class Raw(RootModel[dict[str, Any]]):
+    """A result as the raw dict on the wire (no client-side validation of tool results)."""
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"driver: {message}\n")
+    sys.stderr.flush()
+
+
+def example_value(schema: dict[str, Any]) -> Any:
+    """A plausible value for one JSON-schema property (only what the suite's tools need)."""
+    if "default" in schema:
+        return schema["default"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    return {
+        "number": 2,
+        "integer": 2,
+        "boolean": True,
+        "array": [],
+        "object": {},
+        "null": None,
+    }.get(kind, "conformance")
+
+
+def example_arguments(tool: dict[str, Any]) -> dict[str, Any]:
+    schema = tool.get("inputSchema") or {}
+    properties = schema.get("properties") or {}
+    return {name: example_value(properties.get(name) or {}) for name in schema.get("required") or []}
+
+
+def write_config(work: Path, url: str, context: dict[str, Any]) -> Path:
+    auth: dict[str, Any] = {"type": "oauth"}
+    if context.get("client_id") and "private_key_pem" not in context:
+        auth["client_id"] = context["client_id"]
+        if context.get("client_secret"):
+            auth["client_secret"] = context["client_secret"]
+    config = {
+        "servers": {SERVER: {"url": url, "allowed_tools": ["*"], "auth": auth}},
+        "auto_login": True,
+        "token_store": "file",
+        "timeouts": {"connect": 10, "call": 15, "startup_wait": 5, "login": 15},
+        "log": {"level": "debug"},
+    }
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def bridge_env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCP_BRIDGE_", "MCP_CONFORMANCE_"))}
+    env.update(
+        {
+            "MCP_BRIDGE_HOME": str(work / "bridge-home"),
+            "HOME": str(work / "home"),
+            "XDG_DATA_HOME": str(work / "xdg-data"),
+            "XDG_CONFIG_HOME": str(work / "xdg-config"),
+            "BROWSER": f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_BROWSER))} %s",
+            "FAKE_BROWSER_LOG": str(work / "browser.jsonl"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class ToolsChanged:
+    """The IDE side's message handler: counts ``notifications/tools/list_changed``."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    async def __call__(self, message: Any) -> None:
+        root = getattr(message, "root", message)
+        if isinstance(root, types.ToolListChangedNotification):
+            self.event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self.event.wait()
+        self.event = anyio.Event()
+
+
+async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, deadline: float) -> int:
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "mcp_bridge", "serve", "--config", str(config)], env=env
+    )
+    changed = ToolsChanged()
+    prefix = f"{SERVER}{SEPARATOR}"
+    async with Client(
+        stdio_client(params, errlog=errlog),
+        mode="legacy",
+        message_handler=changed,
+        client_info=types.Implementation(name="conformance-driver", version="1.0"),
+    ) as client:
+        say("bridge initialized")
+        tools: list[dict[str, Any]] = []
+        while True:
+            listed = await client.session.send_request(types.ListToolsRequest(), Raw)
+            tools = [t for t in listed.root.get("tools", []) if t["name"].startswith(prefix)]
+            if tools or scenario in NO_TOOLS:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                say(f"no {prefix}* tool appeared in time; tools/list gave {[t['name'] for t in listed.root['tools']]}")
+                return 1
+            await changed.wait(min(1.0, remaining))
+        say(f"tools: {[t['name'] for t in tools]}")
+        if not tools:
+            return 0
+        tool = tools[0]
+        arguments = example_arguments(tool)
+        say(f"calling {tool['name']} with {json.dumps(arguments)}")
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool["name"], arguments=arguments))
+        try:
+            with anyio.fail_after(max(1.0, deadline - time.monotonic())):
+                result = (await client.session.send_request(request, Raw)).root
+        except TimeoutError:
+            say("the tool call did not finish in time")
+            return 1
+        except Exception as exc:  # a JSON-RPC error from the bridge
+            say(f"the tool call failed: {type(exc).__name__}: {exc}")
+            return 1
+        print(json.dumps(result), flush=True)
+        if result.get("isError"):
+            say("the tool call returned isError")
+            return 1
+        return 0
+
+
+async def bounded(config: Path, env: dict[str, str], errlog: Any, scenario: str, deadline: float) -> int:
+    try:
+        with anyio.fail_after(max(1.0, deadline - time.monotonic()) + 5):
+            return await drive(config, env, errlog, scenario, deadline)
+    except TimeoutError:
+        say("gave up: the bridge did not answer in time")
+        return 1
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or not argv[-1].startswith(("http://", "https://")):
+        say("usage: conformance_driver.py SERVER_URL (the suite appends the URL)")
+        return 2
+    url = argv[-1]
+    scenario = os.environ.get("MCP_CONFORMANCE_SCENARIO", "")
+    context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
+    timeout = float(os.environ.get("CONFORMANCE_DRIVER_TIMEOUT", "40"))
+    deadline = time.monotonic() + timeout
+    work = Path(tempfile.mkdtemp(prefix="mcp-bridge-conformance-"))
+    say(f"scenario {scenario or '(unnamed)'} at {url}; work dir {work}")
+    status = 1
+    try:
+        config = write_config(work, url, context)
+        bridge_log = work / "bridge-stderr.log"
+        with open(bridge_log, "w", encoding="utf-8") as errlog:
+            try:
+                status = anyio.run(bounded, config, bridge_env(work), errlog, scenario, deadline)
+            except Exception as exc:
+                say(f"driver error: {type(exc).__name__}: {exc}")
+                status = 1
+        sys.stderr.write("----- bridge stderr -----\n" + bridge_log.read_text(encoding="utf-8", errors="replace"))
+        browser_log = work / "browser.jsonl"
+        if browser_log.exists():
+            sys.stderr.write("----- fake browser -----\n" + browser_log.read_text(encoding="utf-8"))
+    finally:
+        if os.environ.get("CONFORMANCE_KEEP"):
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    say(f"exit {status}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
