@@ -13,12 +13,15 @@ credentials, ``$MCP_CONFORMANCE_CONTEXT``, a JSON object). For each run the driv
    (re-listing on ``notifications/tools/list_changed``, which the bridge sends once the login finished), and calls
    one of them with arguments made up from its input schema.
 
-Exit status: 0 when the call succeeded (or, for a scenario whose server offers no tools, when the bridge came up),
-1 when the tool never appeared or the call failed, 2 on a usage error. The bridge's stderr, the fake browser's log and
-what the driver saw go to this program's stderr, which the suite stores as ``stderr.txt`` next to ``checks.json``.
+Exit status: 0 when the call succeeded (or, for a scenario whose server offers no tools, when the bridge logged the
+server connected), 1 when the tool never appeared or the call failed, 2 on a usage error. The bridge's stderr, the fake
+browser's log and what the driver saw go to this program's stderr, which the suite stores as ``stderr.txt`` next to
+``checks.json``.
 
-Environment: ``CONFORMANCE_DRIVER_TIMEOUT`` (seconds for the whole run, default 40; keep it below the suite's
-``--timeout``), ``CONFORMANCE_KEEP`` (keep the temporary directory).
+Environment: ``CONFORMANCE_DRIVER_WAIT`` (seconds to wait for the tool to appear and the call to finish, counted from
+the bridge's answer to ``initialize``, default 30: starting many bridges at once on a small machine takes a while),
+``CONFORMANCE_DRIVER_TIMEOUT`` (a hard limit for the whole run, default 55; keep it below the suite's ``--timeout``),
+``CONFORMANCE_DRIVER_KEEP`` (keep the temporary directory with the config, the bridge's home and its logs).
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ SERVER = "scenario"
 SEPARATOR = "__"
 
 NO_TOOLS = {"initialize"}
-"""Scenarios whose server lists no tools: success is the bridge connecting (the checks are on its handshake)."""
+"""Scenarios whose server lists no tools: success is the bridge reporting the server connected (the checks are on the
+bridge's handshake with it)."""
 
 
 class Raw(RootModel[dict[str, Any]]):
@@ -67,6 +71,8 @@ def example_value(schema: dict[str, Any]) -> Any:
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
+    if not isinstance(kind, str):
+        kind = "string"
     return {
         "number": 2,
         "integer": 2,
@@ -118,7 +124,7 @@ def bridge_env(work: Path) -> dict[str, str]:
 
 
 class ToolsChanged:
-    """The IDE side's message handler: counts ``notifications/tools/list_changed``."""
+    """The IDE side's message handler: notes each ``notifications/tools/list_changed``."""
 
     def __init__(self) -> None:
         self.event = anyio.Event()
@@ -128,13 +134,27 @@ class ToolsChanged:
         if isinstance(root, types.ToolListChangedNotification):
             self.event.set()
 
-    async def wait(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
+    async def wait(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
             await self.event.wait()
         self.event = anyio.Event()
 
 
-async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, deadline: float) -> int:
+def bridge_says_connected(bridge_log: Path) -> bool:
+    """Whether the bridge logged (JSON lines on stderr) that the scenario's server is connected."""
+    for line in bridge_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("event") != "upstream.state":
+            continue
+        if record.get("server") == SERVER and record.get("state") == "connected":
+            return True
+    return False
+
+
+async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, wait: float) -> int:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "mcp_bridge", "serve", "--config", str(config)], env=env
     )
@@ -147,6 +167,7 @@ async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, d
         client_info=types.Implementation(name="conformance-driver", version="1.0"),
     ) as client:
         say("bridge initialized")
+        deadline = time.monotonic() + wait
         tools: list[dict[str, Any]] = []
         while True:
             listed = await client.session.send_request(types.ListToolsRequest(), Raw)
@@ -159,7 +180,14 @@ async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, d
                 return 1
             await changed.wait(min(1.0, remaining))
         say(f"tools: {[t['name'] for t in tools]}")
-        if not tools:
+        if not tools:  # a scenario without tools: wait for the bridge to say it connected to the server
+            errlog.flush()
+            while not bridge_says_connected(Path(errlog.name)):
+                if time.monotonic() > deadline:
+                    say("the bridge never reported the server connected")
+                    return 1
+                await anyio.sleep(0.2)
+            say("the bridge reports the server connected")
             return 0
         tool = tools[0]
         arguments = example_arguments(tool)
@@ -174,19 +202,20 @@ async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, d
         except Exception as exc:  # a JSON-RPC error from the bridge
             say(f"the tool call failed: {type(exc).__name__}: {exc}")
             return 1
-        print(json.dumps(result), flush=True)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
         if result.get("isError"):
             say("the tool call returned isError")
             return 1
         return 0
 
 
-async def bounded(config: Path, env: dict[str, str], errlog: Any, scenario: str, deadline: float) -> int:
+async def bounded(config: Path, env: dict[str, str], errlog: Any, scenario: str, wait: float, limit: float) -> int:
     try:
-        with anyio.fail_after(max(1.0, deadline - time.monotonic()) + 5):
-            return await drive(config, env, errlog, scenario, deadline)
+        with anyio.fail_after(limit):
+            return await drive(config, env, errlog, scenario, wait)
     except TimeoutError:
-        say("gave up: the bridge did not answer in time")
+        say(f"gave up after {limit:g}s")
         return 1
 
 
@@ -197,8 +226,8 @@ def main(argv: list[str]) -> int:
     url = argv[-1]
     scenario = os.environ.get("MCP_CONFORMANCE_SCENARIO", "")
     context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
-    timeout = float(os.environ.get("CONFORMANCE_DRIVER_TIMEOUT", "40"))
-    deadline = time.monotonic() + timeout
+    wait = float(os.environ.get("CONFORMANCE_DRIVER_WAIT", "30"))
+    limit = float(os.environ.get("CONFORMANCE_DRIVER_TIMEOUT", "55"))
     work = Path(tempfile.mkdtemp(prefix="mcp-bridge-conformance-"))
     say(f"scenario {scenario or '(unnamed)'} at {url}; work dir {work}")
     status = 1
@@ -207,7 +236,7 @@ def main(argv: list[str]) -> int:
         bridge_log = work / "bridge-stderr.log"
         with open(bridge_log, "w", encoding="utf-8") as errlog:
             try:
-                status = anyio.run(bounded, config, bridge_env(work), errlog, scenario, deadline)
+                status = anyio.run(bounded, config, bridge_env(work), errlog, scenario, wait, limit)
             except Exception as exc:
                 say(f"driver error: {type(exc).__name__}: {exc}")
                 status = 1
@@ -216,7 +245,7 @@ def main(argv: list[str]) -> int:
         if browser_log.exists():
             sys.stderr.write("----- fake browser -----\n" + browser_log.read_text(encoding="utf-8"))
     finally:
-        if os.environ.get("CONFORMANCE_KEEP"):
+        if os.environ.get("CONFORMANCE_DRIVER_KEEP"):
             say(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)

@@ -32,6 +32,8 @@ from mcp_bridge.upstream import ProgressFn
 
 log = get_logger(__name__)
 
+_DRAIN_ON_EOF_SECONDS = 2.0
+
 
 class Front:
     """Handlers of the IDE-facing server, bound to one :class:`Bridge`."""
@@ -156,19 +158,40 @@ async def serve_stdio(bridge: Bridge) -> None:
     front = Front(bridge)
     async with ide_pipes() as (stdin, stdout), stdio_server(stdin=stdin, stdout=stdout) as (read, write):
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](0)
+        pending: set[Any] = set()
+        answered = anyio.Event()
 
-        async def pump() -> None:
+        async def pump_in() -> None:
+            nonlocal answered
             async with send:
                 async for item in read:
                     if isinstance(item, Exception):
                         await write.send(SessionMessage(_bad_line_error(item)))
                         continue
+                    if isinstance(item.message, types.JSONRPCRequest):
+                        pending.add(item.message.id)
                     await send.send(item)
+                # stdin ended: answer what is already being handled before the server sees EOF (it would cancel it).
+                with anyio.move_on_after(_DRAIN_ON_EOF_SECONDS):
+                    while pending:
+                        await answered.wait()
+                        answered = anyio.Event()
+
+        async def pump_out() -> None:
+            async with out_recv, write:  # the server writes through this relay now: it closes the wire when done
+                async for message in out_recv:
+                    if isinstance(message.message, types.JSONRPCResponse | types.JSONRPCError):
+                        pending.discard(message.message.id)
+                        answered.set()
+                    await write.send(message)
 
         async with receive, anyio.create_task_group() as tg:
-            tg.start_soon(pump)
+            tg.start_soon(pump_in)
+            tg.start_soon(pump_out)
             tg.start_soon(front.relay_changes)
-            await front.server.run(receive, write, front.initialization_options())
+            async with out_send:
+                await front.server.run(receive, out_send, front.initialization_options())
             tg.cancel_scope.cancel()
 
 
