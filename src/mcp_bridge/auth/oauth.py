@@ -80,9 +80,18 @@ class _BridgeContext(OAuthContext):
     ) -> tuple[dict[str, str], dict[str, str]]:
         info = self.client_info
         if info is not None and info.client_secret and info.token_endpoint_auth_method is None:
-            # A registration that issued a secret but named no method: RFC 7591 says client_secret_basic, but
-            # servers that omit it expect the secret in the body (the observed case). Send it there.
-            return {**data, "client_id": info.client_id, "client_secret": info.client_secret}, dict(headers or {})
+            # A secret with no method named: a registration response that omitted it, or a client configured by
+            # hand. Use what the authorization server advertises; with no preference stated, client_secret_post
+            # (what servers that omit the method in registration responses expect).
+            asm = self.oauth_metadata
+            supported = (asm.token_endpoint_auth_methods_supported if asm else None) or []
+            basic_only = "client_secret_basic" in supported and "client_secret_post" not in supported
+            method = "client_secret_basic" if basic_only else "client_secret_post"
+            self.client_info = info.model_copy(update={"token_endpoint_auth_method": method})
+            try:
+                return super().prepare_token_auth(data, headers)
+            finally:
+                self.client_info = info
         return super().prepare_token_auth(data, headers)
 
     def should_include_resource_param(self, protocol_version: str | None = None) -> bool:
@@ -179,6 +188,8 @@ class BridgeOAuthProvider(OAuthClientProvider):
             self._forget_client("the code exchange")
         await super()._handle_token_response(response)
         self._save_state()
+        tokens = self.context.current_tokens
+        self.login.started_with(tokens.access_token if tokens else None)  # our own login: not "someone else's"
         self.login.finished()
 
     async def _handle_refresh_response(self, response: httpx2.Response) -> bool:
@@ -240,6 +251,8 @@ class Login:
             raise AuthRequired(self.name, "the authorization URL is not https; refusing to open it")
         if not self.policy.interactive:
             raise AuthRequired(self.name, f"needs a login: run `mcp-bridge login {self.name}`")
+        self._result, self._error, self._got_result = None, "no reason given", anyio.Event()  # a fresh flow
+        scope = parse_qs(parts.query).get("scope", [""])[0]
         await self._acquire_lock()
         try:
             tokens = await self.storage.get_tokens()
@@ -247,10 +260,12 @@ class Login:
                 raise LoginCompletedElsewhere()
             state = self.storage.load_state()
             now = time.time()
+            same_scope = state.extra.get("last_scope", "") == scope  # a step-up to more scopes is a new question
             if (
                 self.policy.cooldown
                 and state.last_browser_open
                 and now - state.last_browser_open < self.policy.cooldown
+                and same_scope
             ):
                 raise AuthRequired(
                     self.name,
@@ -259,6 +274,7 @@ class Login:
                 )
             await self._listen()
             state.last_browser_open = now
+            state.extra["last_scope"] = scope
             state.redirect_port = self.port
             self.storage.save_state(state)
         except BaseException:
@@ -406,7 +422,7 @@ def build_provider(
             client_id=auth.client_id,
             client_secret=auth.client_secret,
             redirect_uris=[redirect],  # type: ignore[list-item]
-            token_endpoint_auth_method="client_secret_post" if auth.client_secret else "none",
+            token_endpoint_auth_method=None if auth.client_secret else "none",  # with a secret: chosen per the AS
         )
     metadata = OAuthClientMetadata(
         client_name=f"mcp-bridge ({name})",
