@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import mcp_types as types
@@ -63,12 +63,16 @@ class LocalUpstream:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
-    def start(self) -> LocalUpstream:
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "mcp_bridge.localservers", "--port", str(self.port), "--name", self.name]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         if self.weird_names:
             cmd.append("--weird-names")
+        return cmd
+
+    def start(self) -> Self:
+        cmd = self.command()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         wait_port(self.port)
@@ -83,6 +87,12 @@ class LocalUpstream:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
     def server_config(self, allowed: list[str] | None = None) -> dict[str, Any]:
         cfg: dict[str, Any] = {"url": self.url, "allowed_tools": allowed if allowed is not None else ["*"]}

@@ -12,8 +12,6 @@ import json
 import os
 import queue
 import shlex
-import signal
-import subprocess
 import sys
 import threading
 import urllib.request
@@ -27,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthToken
 
-from harness import free_port, wait_port
+from harness import LocalUpstream
 
 FAKE_BROWSER = Path(__file__).with_name("fake_browser.py").resolve()
 BROWSER = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_BROWSER))} %s"
@@ -45,7 +43,7 @@ def browser_opens(log_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-class LocalOAuthUpstream:
+class LocalOAuthUpstream(LocalUpstream):
     """``python -m mcp_bridge.localservers --oauth`` as a subprocess: authorization server and ``/mcp`` on one port.
 
     Its state (clients, tokens, counters) is in memory: ``restart()`` forgets everything.
@@ -61,13 +59,11 @@ class LocalOAuthUpstream:
         rotate_refresh_tokens: bool = True,
         port: int = 0,
     ) -> None:
-        self.name = name
+        super().__init__(name, log_dir, port=port)
         self.token_lifetime = token_lifetime
         self.auth_method_in_registration = auth_method_in_registration
         self.rotate_refresh_tokens = rotate_refresh_tokens
-        self.port = port or free_port()
         self.log_path = log_dir / f"oauth-upstream-{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def issuer(self) -> str:
@@ -77,33 +73,14 @@ class LocalOAuthUpstream:
     def url(self) -> str:
         return f"{self.issuer}/mcp"
 
-    def start(self) -> LocalOAuthUpstream:
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "mcp_bridge.localservers", "--oauth", "--port", str(self.port)]
         cmd += ["--name", self.name, "--token-lifetime", str(self.token_lifetime)]
         if not self.auth_method_in_registration:
             cmd.append("--no-auth-method-in-registration")
         if not self.rotate_refresh_tokens:
             cmd.append("--no-refresh-rotation")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
-        wait_port(self.port)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def __enter__(self) -> LocalOAuthUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
+        return cmd
 
     def _request(self, method: str, path: str) -> Any:
         request = urllib.request.Request(f"{self.issuer}{path}", method=method)  # noqa: S310 (http://127.0.0.1 only)
