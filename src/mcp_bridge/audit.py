@@ -1,39 +1,45 @@
-"""What happened to each call: one :class:`CallEvent` per tool invocation, allowed or denied, handed to a sink.
+"""Audit: an event for every call (allowed or denied) and for logins, logouts, auth failures and allowlist changes.
 
-:class:`AuditSink` is the seam: the durable spool that ships events to Port plugs in here. :class:`LogSink` writes
-each event as a structured log line (stderr or the log file); it never sees argument values, only their digest.
+:class:`AuditTrail` records; the call path uses :meth:`AuditTrail.begin` (the ``In Progress`` row, written before the
+call goes upstream) and :meth:`AuditTrail.end` (the final row, written before the result goes back to the IDE). With
+Port and an ``audit_blueprint``, events go to the :class:`~mcp_bridge.spool.Spool` and a :class:`Shipper` sends them
+to Port in the background; otherwise they stay local (the JSONL copy, when configured, and the log).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
 
-from mcp_bridge.logs import get_logger
+import anyio
+
+from mcp_bridge import __version__
+from mcp_bridge.config import Settings
+from mcp_bridge.logs import clean, get_logger
 
 log = get_logger("mcp_bridge.audit")
 
-Status = Literal["Completed", "Failed", "Denied"]
+Status = Literal["Completed", "Failed", "Denied", "In Progress"]
+SPOOL_FILE = "audit.db"
+_SECRET_KEY = re.compile(
+    r"(?i)(pass(word|wd|phrase)?|secret|token|api[-_]?key|apikey|auth(orization)?|cookie|credential|private[-_]?key|"
+    r"session|signature|bearer)"
+)
+_MAX_STRING = 256
 
 
-@dataclass(frozen=True)
-class CallEvent:
-    asked_at: float
-    replied_at: float
-    server: str | None
-    tool: str | None
-    exposed_name: str
-    status: Status
-    error: str | None
-    arguments_digest: str
-    client: str | None
-
-    @property
-    def duration_ms(self) -> float:
-        return round((self.replied_at - self.asked_at) * 1000, 3)
+def new_event_id() -> str:
+    """Unique and time-ordered (sorts by creation): milliseconds, then 64 random bits."""
+    return f"mcpb-{time.time_ns() // 1_000_000:012x}-{secrets.token_hex(8)}"
 
 
 def digest(arguments: Any) -> str:
@@ -42,18 +48,270 @@ def digest(arguments: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-class AuditSink(Protocol):
-    async def record(self, event: CallEvent) -> None: ...
+def redact(value: Any, key: str | None = None) -> Any:
+    """Keys kept; values of secret-looking keys masked; long strings cut."""
+    if key is not None and _SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, Mapping):
+        return {str(k): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        value = clean(value)
+        return value if len(value) <= _MAX_STRING else f"{value[:_MAX_STRING]}…({len(value)} chars)"
+    return value
 
 
-class LogSink:
-    """Each event becomes one ``audit.call`` log line: completed calls at debug (a log line costs more than the
-    rest of the bridge's own work on a call), failed ones at info, denied ones at warning."""
+def arguments_for(policy: str, arguments: Any) -> Any:
+    if policy == "full":
+        return arguments
+    if policy == "redacted":
+        return redact(arguments)
+    return None  # none, digest: the digest travels on its own
 
-    async def record(self, event: CallEvent) -> None:
-        level = {"Completed": logging.DEBUG, "Failed": logging.INFO, "Denied": logging.WARNING}[event.status]
-        if not log.is_enabled_for(level):
-            return
-        fields = asdict(event)
-        fields["duration_ms"] = event.duration_ms
-        log.log(level, "audit.call", **fields)
+
+@dataclass
+class Event:
+    """One audit event (a call, or a login/logout/auth failure/allowlist change)."""
+
+    kind: str
+    status: Status
+    server: str | None = None
+    tool: str | None = None
+    exposed_name: str | None = None
+    arguments: Any = None
+    arguments_digest: str | None = None
+    error: str | None = None
+    error_class: str | None = None
+    detail: str | None = None
+    id: str = field(default_factory=new_event_id)
+    asked_at: float = field(default_factory=time.time)
+    replied_at: float | None = None
+
+    def to_record(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        duration = round((self.replied_at - self.asked_at) * 1000, 3) if self.replied_at else None
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "server": self.server,
+            "tool": self.tool,
+            "exposed_name": self.exposed_name,
+            "arguments": self.arguments,
+            "arguments_digest": self.arguments_digest,
+            "error": clean(self.error) if self.error else None,
+            "error_class": self.error_class,
+            "detail": self.detail,
+            "asked_at": _iso(self.asked_at),
+            "replied_at": _iso(self.replied_at) if self.replied_at else None,
+            "duration_ms": duration,
+            **context,
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_entity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The Port entity of one event (DESIGN §3): identifier = event id, so a resend overwrites itself."""
+    server, tool = record.get("server"), record.get("tool")
+    title = f"{server}__{tool}" if record.get("kind") == "call" else f"{record.get('kind')}: {server or '-'}"
+    properties = {
+        "status": record.get("status"),
+        "asked_at": record.get("asked_at"),
+        "replied_at": record.get("replied_at"),
+        "duration_ms": record.get("duration_ms"),
+        "server": server,
+        "tool_name": tool,
+        "exposed_name": record.get("exposed_name"),
+        "event_type": record.get("kind"),
+        "arguments": record.get("arguments"),
+        "arguments_digest": record.get("arguments_digest"),
+        "error": record.get("error"),
+        "error_class": record.get("error_class"),
+        "detail": record.get("detail"),
+        "client": record.get("client"),
+        "client_version": record.get("client_version"),
+        "user_email": record.get("user_email"),
+        "source": "mcp-bridge",
+        "bridge_version": record.get("bridge_version"),
+    }
+    entity: dict[str, Any] = {
+        "identifier": record["id"],
+        "title": title,
+        "properties": {k: v for k, v in properties.items() if v is not None},
+    }
+    if server:
+        entity["relations"] = {"mcp_server": server}
+    return entity
+
+
+class JsonlCopy:
+    """The optional local copy: one JSON line per finished event, rotated by size (3 old files kept)."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+        try:
+            if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
+                for i in (2, 1):
+                    older = self.path.with_name(f"{self.path.name}.{i}")
+                    if older.exists():
+                        older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+                self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as exc:
+            log.error("audit.jsonl_write_failed", path=str(self.path), error=str(exc))
+
+
+class AuditTrail:
+    """Where the bridge records events: the spool (when Port ships them), the JSONL copy, and the log."""
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        from mcp_bridge.spool import Spool
+
+        self.settings = settings
+        self.policy = settings.audit.arguments
+        port = settings.port
+        self.ships = port is not None and port.audit_blueprint is not None
+        self.spool: Spool | None = (
+            Spool(home / SPOOL_FILE, max_events=settings.audit.spool_max_events) if self.ships else None
+        )
+        self.jsonl = (
+            JsonlCopy(Path(settings.audit.jsonl).expanduser(), settings.audit.jsonl_max_bytes)
+            if settings.audit.jsonl
+            else None
+        )
+        self.client_name: str | None = None
+        self.client_version: str | None = None
+        self.wake = anyio.Event()
+        """Set when a finished event is waiting to be shipped."""
+
+    def context(self) -> dict[str, Any]:
+        email = self.settings.user.email if self.settings.user else None
+        return {
+            "client": self.client_name,
+            "client_version": self.client_version,
+            "user_email": email,
+            "bridge_version": __version__,
+        }
+
+    def call(self, exposed: str, arguments: Any) -> Event:
+        """A new call event (not yet recorded)."""
+        return Event(
+            kind="call",
+            status="In Progress",
+            exposed_name=exposed,
+            arguments=arguments_for(self.policy, arguments),
+            arguments_digest=digest(arguments or {}) if self.policy != "none" else None,
+        )
+
+    def begin(self, event: Event) -> None:
+        """The ``In Progress`` row: durable before the call leaves."""
+        if self.spool is not None:
+            self.spool.put(event.to_record(self.context()), closed=False)
+
+    def end(self, event: Event) -> None:
+        """The final row: durable before the answer goes back."""
+        event.replied_at = event.replied_at or time.time()
+        record = event.to_record(self.context())
+        if self.spool is not None:
+            self.spool.put(record, closed=True)
+            self.wake.set()
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+        level = {"Completed": 10, "Failed": 20, "Denied": 30}.get(event.status, 20)  # debug / info / warning
+        if log.is_enabled_for(level):
+            log.log(level, "audit.event", **{k: v for k, v in record.items() if k != "arguments"})
+
+    def note(
+        self,
+        kind: str,
+        *,
+        server: str | None = None,
+        status: Status = "Completed",
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """A non-call event: login, logout, auth_failure, allowlist_change."""
+        event = Event(kind=kind, status=status, server=server, error=error, detail=detail, replied_at=time.time())
+        self.end(event)
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+class Shipper:
+    """Sends finished events to Port in batches; deletes only what Port acknowledged."""
+
+    def __init__(self, trail: AuditTrail, client: Any, blueprint: str, interrupted_after: float) -> None:
+        assert trail.spool is not None
+        self.trail = trail
+        self.spool = trail.spool
+        self.client = client
+        self.blueprint = blueprint
+        self.interrupted_after = interrupted_after
+        self.shipped = 0
+
+    async def run(self) -> None:
+        """Ship forever (until cancelled); back off while Port fails."""
+        from mcp_bridge.upstream import Backoff
+
+        backoff = Backoff(initial=1.0, cap=60.0)
+        while True:
+            try:
+                sent = await self.ship_once()
+            except Exception as exc:  # supervisor boundary: Port down, bad answer; the events stay spooled
+                log.warning("audit.ship_failed", error=clean(str(exc)))
+                await anyio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            if not sent:
+                with anyio.move_on_after(5.0):  # also picks up other processes' events and stale open calls
+                    await self.trail.wake.wait()
+                self.trail.wake = anyio.Event()
+
+    async def ship_once(self) -> int:
+        """Ship one batch; the number of events Port acknowledged (0: nothing to ship)."""
+        from mcp_bridge.port import PortError
+
+        batch = self.spool.claim(interrupted_after=self.interrupted_after)
+        if not batch:
+            return 0
+        ids = [e["id"] for e in batch]
+        try:
+            response = await self.client.bulk_upsert(self.blueprint, [to_entity(e) for e in batch])
+        except BaseException as exc:  # failed or interrupted: the batch is claimable again at once
+            why = str(exc) if isinstance(exc, PortError) else f"shipping interrupted ({type(exc).__name__})"
+            self.spool.release(ids, clean(why))
+            raise
+        data = response.json() if response.content else {}
+        failed = {str(err.get("identifier")) for err in (data.get("errors") or []) if isinstance(err, dict)}
+        if response.status_code == 207 or failed:
+            reasons = "; ".join(str(err.get("message") or err.get("error")) for err in data.get("errors") or [])[:500]
+            self.spool.release([i for i in ids if i in failed], f"Port rejected some events: {reasons}")
+            log.warning("audit.partial", shipped=len(ids) - len(failed), failed=len(failed))
+        done = [i for i in ids if i not in failed]
+        self.spool.ack(done)
+        if not failed:
+            self.spool.note_success()
+        self.shipped += len(done)
+        return len(done)
+
+    async def flush(self, within: float) -> int:
+        """Ship until nothing closed is left or ``within`` seconds passed; the number of events left."""
+        with anyio.move_on_after(within):
+            try:
+                while await self.ship_once():
+                    pass
+            except Exception as exc:  # Port unreachable: the events stay spooled for the next bridge
+                log.warning("audit.flush_incomplete", error=clean(str(exc)))
+        stats = self.spool.stats()
+        return stats.pending - stats.in_progress

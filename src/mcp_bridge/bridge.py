@@ -7,7 +7,6 @@ one server's failure stays with that server.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import anyio.abc
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from mcp_bridge.audit import AuditSink, CallEvent, LogSink, Status, digest
+from mcp_bridge.audit import AuditTrail, Shipper
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.catalog import Catalog, CatalogCache, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
@@ -30,6 +29,7 @@ from mcp_bridge.upstream import Backoff, Listing, ProgressFn, Upstream, describe
 log = get_logger(__name__)
 
 CACHE_FILE = "catalog.json"
+_FLUSH_ON_EXIT_SECONDS = 3.0
 
 
 class Bridge:
@@ -39,14 +39,15 @@ class Bridge:
         home: Path,
         *,
         source: AllowlistSource | None = None,
-        audit: AuditSink | None = None,
+        audit: AuditTrail | None = None,
         auth_env: AuthEnv | None = None,
     ) -> None:
         self.settings = loaded.settings
         self.home = home
         self._given_source = source
         self.source: AllowlistSource | None = None
-        self.audit: AuditSink = audit or LogSink()
+        self.audit: AuditTrail = audit or AuditTrail(self.settings, home)
+        self.shipper: Shipper | None = None
         self.catalog = Catalog(self.settings.naming, Allowlist())
         self.cache = CatalogCache(home / CACHE_FILE)
         self._cached: dict[str, tuple[str, Listing]] = {}
@@ -71,7 +72,13 @@ class Bridge:
         try:
             async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
                 self._tg = tg
-                self.source = source = self._given_source or await self._open_source(stack)
+                port_client = await self._open_port(stack)
+                self.source = source = self._given_source or self._make_source(port_client)
+                if port_client is not None and self.audit.ships and self.settings.port is not None:
+                    blueprint = self.settings.port.audit_blueprint or ""
+                    interrupted_after = self.settings.timeouts.call + 30
+                    self.shipper = Shipper(self.audit, port_client, blueprint, interrupted_after)
+                    tg.start_soon(self.shipper.run)
                 initial = source.initial()
                 if initial is None:
                     initial = Allowlist(source="Port", note="the allowlist is being loaded from Port")
@@ -83,6 +90,9 @@ class Bridge:
                 try:
                     yield self
                 finally:
+                    if self.shipper is not None:  # on shutdown, flush what is waiting, within a deadline
+                        with anyio.CancelScope(shield=True):
+                            await self.shipper.flush(_FLUSH_ON_EXIT_SECONDS)
                     tg.cancel_scope.cancel()
                     self._tg = None
         except ExceptionGroup as group:
@@ -93,14 +103,20 @@ class Bridge:
         finally:
             self._changes_send.close()
             self._changes_recv.close()
+            self.audit.close()
 
-    async def _open_source(self, stack: AsyncExitStack) -> AllowlistSource:
+    async def _open_port(self, stack: AsyncExitStack) -> Any:
+        """The one Port client (allowlist and audit share it), or ``None`` without ``port:``."""
         if self.settings.port is None:
-            return LocalSource(self.settings)
+            return None
         from mcp_bridge.port import PortClient
 
-        client = await stack.enter_async_context(PortClient(self.settings.port))
-        return PortSource(self.settings, client, self.home)
+        return await stack.enter_async_context(PortClient(self.settings.port))
+
+    def _make_source(self, port_client: Any) -> AllowlistSource:
+        if port_client is None:
+            return LocalSource(self.settings)
+        return PortSource(self.settings, port_client, self.home)
 
     async def _refresh_loop(self, source: AllowlistSource, interval: float) -> None:
         """Ask the source now, then every ``interval`` (sooner after a failure, at once on :meth:`refresh_now`)."""
@@ -120,6 +136,9 @@ class Bridge:
                 await self._refresh_now.wait()
             self._refresh_now = anyio.Event()
 
+    def _auth_failed(self, server: str, reason: str) -> None:
+        self.audit.note("auth_failure", server=server, status="Failed", error=reason)
+
     def refresh_now(self) -> None:
         """Ask the allowlist source again at once (SIGHUP)."""
         self._refresh_now.set()
@@ -130,6 +149,7 @@ class Bridge:
         old = self.catalog.allowlist
         for change in changes(old, allowlist):
             log.info("allowlist.change", change=change, source=allowlist.source)
+            self.audit.note("allowlist_change", detail=change)
         changed = self.catalog.set_allowlist(allowlist)
         gone = [
             n
@@ -161,6 +181,7 @@ class Bridge:
                 self._on_listing,
                 problem=allowlist.problems.get(name),
                 auth_env=self.auth_env,
+                on_auth_failure=self._auth_failed,
             )
             self.upstreams[name] = upstream
             scope = anyio.CancelScope()
@@ -221,65 +242,54 @@ class Bridge:
         meta: Mapping[str, Any] | None = None,
         progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        """Route, check, forward, and audit one tool call; returns the upstream's raw result."""
-        asked = time.time()
-        server: str | None = None
-        original: str | None = None
-        status: Status = "Failed"
-        error: str | None = None
+        """Route, check, forward, and audit one tool call; returns the upstream's raw result.
+
+        The audit event is on disk before the call leaves (``In Progress``) and again, final, before the result is
+        returned: each a small local commit, so a killed bridge loses no call the IDE saw answered.
+        """
+        event = self.audit.call(exposed, arguments)
         try:
             try:
                 entry = await self._route_tool(exposed)
             except (UnknownName, PolicyDenied) as exc:
-                status, error = "Denied", str(exc)
-                log.warning("bridge.call_denied", tool=exposed, reason=error)
+                event.status, event.error, event.error_class = "Denied", str(exc), type(exc).__name__
+                log.warning("bridge.call_denied", tool=exposed, reason=event.error)
                 raise
-            server, original = entry.server, entry.original
-            upstream = self.upstreams.get(server)
+            event.server, event.tool = entry.server, entry.original
+            self.audit.begin(event)
+            upstream = self.upstreams.get(entry.server)
             if upstream is None:
-                raise UpstreamUnavailable(server, "not connected")
-            params: dict[str, Any] = {"name": original}
+                raise UpstreamUnavailable(entry.server, "not connected")
+            params: dict[str, Any] = {"name": entry.original}
             if arguments is not None:
                 params["arguments"] = dict(arguments)
             if meta:
                 params["_meta"] = dict(meta)
             request = types.CallToolRequest.model_validate({"method": "tools/call", "params": params})
             result = await upstream.request(request, progress=progress)
-            status = "Failed" if result.get("isError") else "Completed"
+            event.status = "Failed" if result.get("isError") else "Completed"
+            if result.get("isError"):
+                event.error_class = "ToolError"
             return result
-        except BridgeError as exc:
-            error = error or str(exc)
-            raise
-        except Exception as exc:
-            error = describe_error(exc)
-            raise
-        except BaseException:
-            error = "cancelled"
+        except BaseException as exc:
+            if event.status == "In Progress":
+                event.status = "Failed"
+                event.error_class = type(exc).__name__
+                event.error = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else error_text(exc)
             raise
         finally:
-            event = CallEvent(
-                asked_at=asked,
-                replied_at=time.time(),
-                server=server,
-                tool=original,
-                exposed_name=exposed,
-                status=status,
-                error=clean(error) if error else None,
-                arguments_digest=digest(arguments or {}),
-                client=self.client_name,
-            )
-            with anyio.CancelScope(shield=True):
-                await self.audit.record(event)
+            self.audit.end(event)
 
     async def _route_tool(self, exposed: str) -> ToolEntry:
         """Route a name; a name not (yet) known waits, bounded, for servers that are still connecting."""
         try:
             return self.catalog.route_tool(exposed)
         except UnknownName:
+            if not self._first_load.is_set():  # the allowlist itself is still on its way (Port)
+                await self.wait_allowlist(self.settings.timeouts.connect)
             pending = [n for n, u in self.upstreams.items() if not u.settled.is_set()]
-            if not pending:
-                raise
-            await self.wait_settled(self.settings.timeouts.connect, pending)
+            if pending:
+                await self.wait_settled(self.settings.timeouts.connect, pending)
             return self.catalog.route_tool(exposed)
 
     async def get_prompt(self, exposed: str, arguments: Mapping[str, str] | None) -> dict[str, Any]:

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("server", help="the server's name (its namespace)")
     p = sub.add_parser("logout", parents=[common], help="revoke and delete a server's stored OAuth tokens")
     p.add_argument("server", help="the server's name (its namespace)")
+    p = sub.add_parser("audit", parents=[common], help="the audit spool: `audit status`, `audit flush`")
+    p.add_argument("action", choices=["status", "flush"])
+    p.add_argument("--json", action="store_true", help="machine-readable output (status)")
     p = sub.add_parser("call", parents=[common], help="call one tool by its exposed name and print the result")
     p.add_argument("name", help="exposed tool name, e.g. docs__search")
     p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
@@ -270,6 +273,7 @@ async def _login(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         await upstream.settled.wait()
         state, error, listing = upstream.state, upstream.last_error, upstream.listing  # before stopping it
         tg.cancel_scope.cancel()
+    _note(loaded, "login", args.server, ok=state == "connected", error=error)
     if state != "connected":
         raise BridgeError(f"login to {args.server!r} failed: {error}")
     tools = len(listing.tools) if listing else 0
@@ -293,8 +297,53 @@ async def _logout(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         raise BridgeError(str(exc)) from None
     revoked = await revoke_tokens(storage, server.auth)
     storage.clear_all()
+    _note(loaded, "logout", args.server, ok=True, error=None)
     print(f"{args.server}: logged out; stored tokens deleted" + ("; the server revoked them" if revoked else ""))
     return 0
+
+
+def _note(loaded: LoadedConfig, kind: str, server: str, *, ok: bool, error: str | None) -> None:
+    """Record a login or logout in the audit trail (shipped by the next bridge that ships)."""
+    from mcp_bridge.audit import AuditTrail
+
+    trail = AuditTrail(loaded.settings, home_dir())
+    try:
+        trail.note(kind, server=server, status="Completed" if ok else "Failed", error=error)
+    finally:
+        trail.close()
+
+
+async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.audit import AuditTrail, Shipper
+
+    trail = AuditTrail(loaded.settings, home_dir())
+    try:
+        if trail.spool is None:
+            print("audit: events stay local (no `port:` or `port.audit_blueprint: null`); nothing is spooled")
+            return 0
+        port = loaded.settings.port
+        assert port is not None and port.audit_blueprint is not None
+        if args.action == "flush":
+            from mcp_bridge.port import PortClient
+
+            async with PortClient(port) as client:
+                shipper = Shipper(trail, client, port.audit_blueprint, loaded.settings.timeouts.call + 30)
+                left = await shipper.flush(30.0)
+            print(f"audit: shipped {shipper.shipped} events to Port; {left} waiting")
+            if left:
+                last = trail.spool.stats().last_error
+                _err(f"mcp-bridge: {left} events are still waiting" + (f" (last error: {last})" if last else ""))
+            return 1 if left else 0
+        stats = trail.spool.stats()
+        if args.json:
+            print(json.dumps(stats.__dict__, indent=2))
+            return 0
+        age = f"{stats.oldest_age:.0f}s" if stats.oldest_age is not None else "-"
+        print(f"pending: {stats.pending} (calls in progress: {stats.in_progress}); oldest: {age}")
+        print(f"last error: {stats.last_error or '-'}; dropped (spool full): {stats.dropped}")
+        return 0
+    finally:
+        trail.close()
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]]] = {
@@ -304,4 +353,5 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]
     "call": _call,
     "login": _login,
     "logout": _logout,
+    "audit": _audit,
 }

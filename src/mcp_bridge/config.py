@@ -230,6 +230,22 @@ class PortConfig(_Model):
         return self.approved_when or PORT_PRESETS[self.preset][2]
 
 
+class AuditConfig(_Model):
+    arguments: Literal["none", "digest", "redacted", "full"] = "digest"
+    """What of a call's arguments an audit event carries: nothing, a SHA-256 digest, the keys with secret-looking
+    values masked and long strings cut, or everything."""
+    jsonl: str | None = None
+    """Also append each event to this local JSONL file (rotated by size, 3 old files kept)."""
+    jsonl_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    spool_max_events: int = Field(default=200_000, ge=100)
+    """Events kept while Port is unreachable; past it the oldest are dropped, each time with an error in the log."""
+
+
+class UserConfig(_Model):
+    email: str | None = None
+    """Recorded in audit events (Port's API has no "who am I")."""
+
+
 class Settings(_Model):
     """The whole configuration file."""
 
@@ -241,6 +257,8 @@ class Settings(_Model):
     naming: NamingConfig = Field(default_factory=NamingConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    user: UserConfig | None = None
     auto_login: bool = True
     """``serve`` opens the browser once for a server that needs an OAuth login (then waits for ``login``)."""
     token_store: Literal["keyring", "file"] = "keyring"  # noqa: S105 - a store name, not a password

@@ -186,7 +186,9 @@ class Upstream:
         *,
         problem: str | None = None,
         auth_env: AuthEnv | None = None,
+        on_auth_failure: Callable[[str, str], None] | None = None,
     ) -> None:
+        self._on_auth_failure = on_auth_failure
         self.name = name
         self.problem = problem
         self.auth_env = auth_env
@@ -232,6 +234,8 @@ class Upstream:
                         delay = 0.0
                     elif (needs := _find(exc, AuthRequired)) is not None:
                         self._fail("needs_auth", needs)
+                        if self._on_auth_failure is not None:
+                            self._on_auth_failure(self.name, self.last_error or "needs a login")
                         self._end_attempt()
                         if not isinstance(self.config.auth, OAuthAuth) or self.auth_env is None:
                             return  # nothing to retry until the config changes
