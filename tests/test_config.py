@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from mcp_bridge.config import (
     ApiKeyAuth,
+    AuditConfig,
     LoadedConfig,
     LogConfig,
     NamingConfig,
@@ -26,6 +27,7 @@ from mcp_bridge.config import (
     ServerConfig,
     Settings,
     TimeoutsConfig,
+    UserConfig,
     home_dir,
     load_config,
     parse_config,
@@ -740,6 +742,8 @@ def test_example_port_block_parses_when_uncommented() -> None:
         PortConfig,
         PortFields,
         PortApproval,
+        AuditConfig,
+        UserConfig,
     ],
 )
 def test_example_documents_every_key(model: type[BaseModel]) -> None:

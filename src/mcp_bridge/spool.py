@@ -147,12 +147,11 @@ class Spool:
                 )
             ]
             dead = [o for o in owners if not _alive(o)]
-            marks = ",".join("?" * len(dead)) or "NULL"
-            query = (
-                "SELECT id, payload FROM events WHERE state = 'closed' "
-                f"AND (lease_until < ? OR lease_owner IN ({marks})) ORDER BY id LIMIT ?"
-            )
-            rows = self._db.execute(query, (now, *dead, MAX_BATCH)).fetchall()
+            rows = self._db.execute(
+                "SELECT id, payload FROM events WHERE state = 'closed' AND "
+                "(lease_until < ? OR lease_owner IN (SELECT value FROM json_each(?))) ORDER BY id LIMIT ?",
+                (now, json.dumps(dead), MAX_BATCH),
+            ).fetchall()
             batch: list[dict[str, Any]] = []
             size = 0
             for _event_id, payload in rows:
@@ -161,7 +160,6 @@ class Spool:
                 batch.append(json.loads(payload))
                 size += len(payload)
             if batch:
-                marks = ",".join("?" * len(batch))
                 ids = ",".join("?" * len(batch))
                 self._db.execute(
                     f"UPDATE events SET lease_until = ?, lease_owner = ? WHERE id IN ({ids})",  # noqa: S608
