@@ -188,19 +188,18 @@ class AuditTrail:
             if settings.audit.jsonl
             else None
         )
-        self.client_name: str | None = None
-        self.client_version: str | None = None
+        self._context: dict[str, Any] = {}
+        self.set_client(None, None)
         self.wake = anyio.Event()
         """Set when a finished event is waiting to be shipped."""
 
-    def context(self) -> dict[str, Any]:
+    def set_client(self, name: str | None, version: str | None) -> None:
+        """The IDE's ``clientInfo`` (from ``initialize``), recorded with every event."""
         email = self.settings.user.email if self.settings.user else None
-        return {
-            "client": self.client_name,
-            "client_version": self.client_version,
-            "user_email": email,
-            "bridge_version": __version__,
-        }
+        self._context = {"client": name, "client_version": version, "user_email": email, "bridge_version": __version__}
+
+    def context(self) -> dict[str, Any]:
+        return self._context
 
     def call(self, exposed: str, arguments: Any) -> Event:
         """A new call event (not yet recorded)."""
@@ -227,7 +226,7 @@ class AuditTrail:
         if self.jsonl is not None:
             self.jsonl.write(record)
         level = {"Completed": 10, "Failed": 20, "Denied": 30}.get(event.status, 20)  # debug / info / warning
-        if log.is_enabled_for(level):
+        if level > 10 or log.is_enabled_for(level):
             log.log(level, "audit.event", **{k: v for k, v in record.items() if k != "arguments"})
 
     def note(

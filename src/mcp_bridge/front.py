@@ -70,8 +70,7 @@ class Front:
             params = ctx.session.client_params
             if params is not None:
                 self.bridge.client_name = params.client_info.name
-                self.bridge.audit.client_name = params.client_info.name
-                self.bridge.audit.client_version = params.client_info.version
+                self.bridge.audit.set_client(params.client_info.name, params.client_info.version)
         return await call_next(ctx)
 
     # ------------------------------------------------------------------ lists

@@ -37,7 +37,10 @@ CREATE TABLE IF NOT EXISTS events (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS events_ready ON events (state, lease_until, id);
+-- The shipper's batch: closed rows in id order (lease filtered inline). Leased rows only, for the lease checks: a
+-- put() writes no entry there, so a call's two commits touch the table and one index.
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state, id);
+CREATE INDEX IF NOT EXISTS events_leased ON events (lease_until) WHERE lease_until > 0;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -143,7 +146,9 @@ class Spool:
             owners = [
                 o
                 for (o,) in self._db.execute(
-                    "SELECT DISTINCT lease_owner FROM events WHERE lease_until >= ? AND lease_owner != 0", (now,)
+                    "SELECT DISTINCT lease_owner FROM events "
+                    "WHERE lease_until > 0 AND lease_until >= ? AND lease_owner != 0",
+                    (now,),
                 )
             ]
             dead = [o for o in owners if not _alive(o)]
@@ -175,7 +180,8 @@ class Spool:
         """Port has these: they leave the spool."""
         if ids:
             marks = ",".join("?" * len(ids))
-            self._db.execute(f"DELETE FROM events WHERE id IN ({marks}) AND state = 'closed'", ids)  # noqa: S608
+            # "+state": look rows up by primary key, not by the state index
+            self._db.execute(f"DELETE FROM events WHERE id IN ({marks}) AND +state = 'closed'", ids)  # noqa: S608
 
     def release(self, ids: list[str], error: str) -> None:
         """Shipping these failed: make them claimable again and remember why."""
