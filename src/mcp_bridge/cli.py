@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("server", help="the server's name (its namespace)")
     p = sub.add_parser("logout", parents=[common], help="revoke and delete a server's stored OAuth tokens")
     p.add_argument("server", help="the server's name (its namespace)")
+    p = sub.add_parser("install", parents=[common], help="add the bridge to Cursor's or Claude Desktop's MCP servers")
+    p.add_argument("--client", required=True, choices=["claude-desktop", "cursor"])
+    p.add_argument("--path", metavar="FILE", help="the client's config file (default: its usual place on this OS)")
+    p.add_argument("--name", default="bridge", help="the entry's name in mcpServers (default: bridge; keep it short)")
+    p.add_argument("--dry-run", action="store_true", help="show the change, write nothing")
     p = sub.add_parser("audit", parents=[common], help="the audit spool: `audit status`, `audit flush`")
     p.add_argument("action", choices=["status", "flush"])
     p.add_argument("--json", action="store_true", help="machine-readable output (status)")
@@ -66,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     command = args.command or "serve"
     try:
+        if command == "install":
+            return _install(args)
         loaded = load_config(args.config)
         register_secrets(loaded.secrets)
         level = args.log_level or loaded.settings.log.level
@@ -225,6 +233,33 @@ def _print_table(rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _install(args: argparse.Namespace) -> int:
+    """Not async and no bridge: it only edits the IDE's file (the config must exist, it is what the entry points at)."""
+    from mcp_bridge.config import resolve_config_path
+    from mcp_bridge.install import apply, default_path, plan
+
+    config = resolve_config_path(args.config)
+    if not config.is_file():
+        raise _UsageError(f"{config}: no config file there; create it first (see config.example.yaml)")
+    load_config(str(config))  # a broken config would only fail later, inside the IDE: refuse it now
+    path = Path(args.path).expanduser() if args.path else default_path(args.client)
+    change = plan(path, args.name, config)
+    if not change.changed:
+        print(f"{path}: the {args.name!r} entry is already up to date; nothing written")
+        return 0
+    if args.dry_run:
+        print(change.diff(), end="")
+        print(f"(dry run: {path} not written)")
+        return 0
+    backup = apply(change)
+    print(f"{path}: {'updated' if change.before is not None else 'created'} the {args.name!r} entry")
+    if backup is not None:
+        print(f"  backup of the previous file: {backup}")
+    print("  no secret was written there: keep credentials in the environment (referenced from the config as")
+    print("  ${env:NAME}) or in the OS keyring (OAuth tokens). Restart the IDE to pick the entry up.")
+    return 0
 
 
 def _no_browser(loaded: LoadedConfig) -> Any:
