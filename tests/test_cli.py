@@ -129,3 +129,17 @@ def test_console_script_and_module_entry_point_are_the_same_command(tmp_path: Pa
     script = Path(sys.executable).with_name("mcp-bridge")
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False, timeout=30)
     assert done.returncode == 0 and "serve" in done.stdout and "status" in done.stdout
+
+
+def test_doctor_reports_a_broken_config_with_its_fix_and_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("servers:\n  docs:\n    url: https://x.example/mcp\n    alowed_tools: [a]\n")
+    done = run(tmp_path, "doctor", "--config", str(config))
+    assert done.returncode == 1
+    assert "✗ config" in done.stdout and "alowed_tools" in done.stdout and "fix:" in done.stdout
+
+
+def test_doctor_passes_a_healthy_config(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    done = run(tmp_path, "doctor", "--config", str(config), env=alpha.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "✗" not in done.stdout and "✓ server alpha: connected" in done.stdout

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("server", help="the server's name (its namespace)")
     p = sub.add_parser("logout", parents=[common], help="revoke and delete a server's stored OAuth tokens")
     p.add_argument("server", help="the server's name (its namespace)")
+    sub.add_parser(
+        "doctor", parents=[common], help="check the config, keyring, Port, servers and names; say how to fix"
+    )
     p = sub.add_parser("install", parents=[common], help="add the bridge to Cursor's or Claude Desktop's MCP servers")
     p.add_argument("--client", required=True, choices=["claude-desktop", "cursor"])
     p.add_argument("--path", metavar="FILE", help="the client's config file (default: its usual place on this OS)")
@@ -74,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "install":
             return _install(args)
+        if command == "doctor":  # before loading the config: a broken config is one of the things it reports
+            return anyio.run(_doctor, args)
         loaded = load_config(args.config)
         register_secrets(loaded.secrets)
         level = args.log_level or loaded.settings.log.level
@@ -233,6 +238,17 @@ def _print_table(rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    from mcp_bridge.doctor import render, run_checks
+
+    checks = await run_checks(args.config, progress=lambda message: _err(f"... {message}"))
+    print(render(checks))
+    broken = [c for c in checks if not c.ok]
+    if broken:
+        _err(f"mcp-bridge doctor: {len(broken)} problem(s); each has its fix above")
+    return 1 if broken else 0
 
 
 def _install(args: argparse.Namespace) -> int:

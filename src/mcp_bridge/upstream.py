@@ -547,6 +547,8 @@ def describe_error(exc: BaseException) -> str:
         exc = _find(exc, BridgeError) or exc.exceptions[0]
     if isinstance(exc, UpstreamError):
         text = str(exc).split(": ", 1)[-1]
+    elif isinstance(exc, MCPError) and exc.error.code == NOT_SENT:
+        text = exc.error.message
     elif isinstance(exc, MCPError):
         text = f"server error {exc.error.code}: {exc.error.message}"
     elif isinstance(exc, TimeoutError):

@@ -1,0 +1,345 @@
+"""``mcp-bridge doctor``: check the setup end to end and say, for each problem, exactly what to do.
+
+:func:`run_checks` runs the checks in order (config, keyring, Port, allowlist, each server, tool names, tool count),
+each bounded in time, and returns one :class:`Check` per finding; :func:`render` turns them into lines for a person.
+Nothing here prints (the CLI prints ``render(...)``) or opens a browser (logins are non-interactive), and every
+message built from an exception goes through :func:`~mcp_bridge.logs.clean`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mcp_bridge.config import LoadedConfig, OAuthAuth, Settings, home_dir, load_config
+from mcp_bridge.errors import ConfigError
+from mcp_bridge.logs import clean, register_secrets
+from mcp_bridge.policy import Allowlist
+
+IDE_ENTRY = "mcp-bridge"
+"""The IDE entry name assumed when estimating what Cursor counts into a tool name's length."""
+CURSOR_NAME_LIMIT = 60
+CURSOR_TOOL_WARNING = 80
+TOOL_CAP = 128
+_KEYRING_SECONDS = 10.0
+_SETTLE_MARGIN = 15.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    """What was checked: ``config``, ``keyring``, ``port``, ``allowlist``, ``server NAME``, ``names``, ..."""
+    ok: bool
+    detail: str
+    """One line: what was found."""
+    fix: str | None
+    """For a failed check (or a warning): exactly what to do."""
+    warning: bool = False
+    """OK but worth attention (shown with ``!``), not a failure."""
+
+
+def render(checks: list[Check]) -> str:
+    """One line per check (``✓``, ``✗`` or ``!``); a failed check or warning with a fix gets an indented ``fix:``."""
+    lines = []
+    for c in checks:
+        mark = "✗" if not c.ok else ("!" if c.warning else "✓")
+        lines.append(f"{mark} {c.name}: {c.detail}")
+        if c.fix and (not c.ok or c.warning):
+            lines.append(f"    fix: {c.fix}")
+    return "\n".join(lines)
+
+
+def _quiet_stdout() -> None:
+    """structlog's unconfigured default prints to stdout: route logs to stderr (errors only) unless already set."""
+    import structlog
+
+    if not structlog.is_configured():
+        from mcp_bridge.logs import configure
+
+        configure(level="error")
+
+
+def _line(text: str) -> str:
+    """Secret-free and on one line."""
+    return " ".join(clean(text).split())
+
+
+def _ok(name: str, detail: str) -> Check:
+    return Check(name, True, _line(detail), None)
+
+
+def _fail(name: str, detail: str, fix: str) -> Check:
+    return Check(name, False, _line(detail), _line(fix))
+
+
+def _warn(name: str, detail: str, fix: str | None) -> Check:
+    return Check(name, True, _line(detail), _line(fix) if fix else None, warning=True)
+
+
+async def run_checks(
+    config_path: str | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Check]:
+    """Run every check and return the findings in order. ``environ`` is what ``${env:...}`` in the config reads
+    (default: the process's environment); the keyring and ``$MCP_BRIDGE_HOME`` always come from the process."""
+    say = progress or (lambda _message: None)
+    checks: list[Check] = []
+    _quiet_stdout()
+
+    try:
+        loaded = load_config(config_path, environ)
+    except ConfigError as exc:
+        checks.append(_fail("config", str(exc), "edit the file named above"))
+        return checks
+    register_secrets(loaded.secrets)
+    settings = loaded.settings
+    where = str(loaded.path) if loaded.path else "<config>"
+    checks.append(_ok("config", f"{where} is valid"))
+    home = home_dir()
+
+    port_check: Check | None = None
+    if settings.port is not None:
+        say("checking Port...")
+        port_check = await _check_port(settings, home)
+
+    say("loading the allowlist...")
+    allowlist, allowlist_checks = await _check_allowlist(settings, home)
+
+    keyring_check = await _check_keyring(settings, allowlist, say)
+    checks.append(keyring_check)
+    if port_check is not None:
+        checks.append(port_check)
+    checks.extend(allowlist_checks)
+
+    usable = {n for n in allowlist.servers if n not in allowlist.problems}
+    if allowlist.failed_closed or not usable:
+        return checks
+    say(f"connecting to {len(usable)} server(s)...")
+    checks.extend(await _check_servers(loaded, home, allowlist, keyring_ok=keyring_check.ok))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------------------- keyring
+
+
+async def _check_keyring(settings: Settings, allowlist: Allowlist, say: Callable[[str], None]) -> Check:
+    oauth = sorted(
+        {n for n, s in settings.servers.items() if isinstance(s.auth, OAuthAuth)}
+        | {n for n, s in allowlist.servers.items() if isinstance(s.auth, OAuthAuth)}
+    )
+    if not oauth:
+        return _ok("keyring", "not needed (no server uses OAuth)")
+    if settings.token_store == "file":  # noqa: S105 - a store name, not a password
+        return _ok("keyring", "not needed (`token_store: file`: OAuth tokens in one 0600 file)")
+    say("checking the keyring...")
+    from mcp_bridge.auth.store import KeyringBackend, KeyringUnavailable
+
+    fix = (
+        "set PYTHON_KEYRING_BACKEND to a keyring backend you trust (or run a Secret Service), "
+        "or set `token_store: file` in the config (weaker: one plaintext 0600 file)"
+    )
+    try:
+        with anyio.fail_after(_KEYRING_SECONDS):
+            await anyio.to_thread.run_sync(KeyringBackend, abandon_on_cancel=True)
+    except KeyringUnavailable as exc:
+        return _fail("keyring", str(exc), fix)
+    except TimeoutError:
+        return _fail("keyring", f"the keyring did not answer within {_KEYRING_SECONDS:g}s", fix)
+    except Exception as exc:  # a broken backend: report it, never crash the doctor
+        return _fail("keyring", f"the keyring failed: {type(exc).__name__}: {exc}", fix)
+    import keyring
+
+    backend = type(keyring.get_keyring())
+    return _ok("keyring", f"{backend.__module__}.{backend.__name__} (for {', '.join(oauth)})")
+
+
+# ---------------------------------------------------------------------------------------------------------- Port
+
+
+async def _check_port(settings: Settings, home: Path) -> Check:
+    from mcp_bridge.policy import PortSource
+    from mcp_bridge.port import PortClient, PortError, PortUnavailable
+
+    port = settings.port
+    assert port is not None
+    blueprint = port.effective_blueprint
+    network_fix = "check the network / port.region / port.base_url"
+    try:
+        with anyio.fail_after(port.timeout * 4 + _SETTLE_MARGIN):
+            async with PortClient(port) as client:
+                query = PortSource(settings, client, home).query()
+                entities = await client.search_entities(blueprint, query)
+    except TimeoutError:
+        return _fail("port", f"Port ({port.api_url}) did not answer in time", network_fix)
+    except PortUnavailable as exc:
+        return _fail("port", str(exc), network_fix)
+    except PortError as exc:
+        if exc.status in (401, 403):
+            return _fail("port", str(exc), "check port.client_id / port.client_secret (Port → Settings → Credentials)")
+        if exc.status == 404:
+            return _fail("port", str(exc), f"check port.preset / port.blueprint: {blueprint!r} must exist in Port")
+        return _fail("port", str(exc), "fix what Port's message above says, then run `mcp-bridge doctor` again")
+    return _ok("port", f"{port.api_url}: credentials accepted; {len(entities)} approved entities in {blueprint!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------- allowlist
+
+
+async def _check_allowlist(settings: Settings, home: Path) -> tuple[Allowlist, list[Check]]:
+    from mcp_bridge.bridge import load_allowlist
+
+    limit = (settings.port.timeout * 4 + _SETTLE_MARGIN) if settings.port is not None else _SETTLE_MARGIN
+    try:
+        with anyio.fail_after(limit):
+            allowlist = await load_allowlist(settings, home)
+    except TimeoutError:
+        allowlist = Allowlist(source="Port", note=f"no answer within {limit:g}s", failed_closed=True)
+    checks: list[Check] = []
+    count = len(allowlist.servers)
+    detail = f"{count} server{'s' if count != 1 else ''} approved ({allowlist.source})"
+    if allowlist.failed_closed:
+        checks.append(
+            _fail(
+                "allowlist",
+                f"FAILED CLOSED, no tools are allowed: {allowlist.note}",
+                "fix the Port check above (network, credentials), then run `mcp-bridge doctor` again",
+            )
+        )
+        return allowlist, checks
+    if count == 0:
+        if allowlist.source == "Port":
+            fix = "ask your Port admin to approve MCP servers for you (or check port.preset / port.approved_when)"
+        else:
+            fix = "add servers under `servers:` in the config"
+        checks.append(_warn("allowlist", detail, fix))
+    elif allowlist.note:
+        checks.append(
+            _warn("allowlist", f"{detail}; {allowlist.note}", "fix the Port check above so the allowlist is fresh")
+        )
+    else:
+        checks.append(_ok("allowlist", detail))
+    for name, problem in sorted(allowlist.problems.items()):
+        checks.append(_fail(f"server {name}", "approved but cannot be used yet", problem))
+    return allowlist, checks
+
+
+class _FixedSource:
+    """The allowlist already loaded, served as is (the doctor asks Port once, not again per step)."""
+
+    refresh_interval: float | None = None
+
+    def __init__(self, allowlist: Allowlist) -> None:
+        self._allowlist = allowlist
+
+    def initial(self) -> Allowlist:
+        return self._allowlist
+
+    async def load(self) -> Allowlist:
+        return self._allowlist
+
+    def fresh(self) -> bool:
+        return True
+
+
+# ---------------------------------------------------------------------------------------------------------- servers
+
+
+def _no_browser_env(loaded: LoadedConfig, home: Path) -> Any:
+    """Like the CLI's hand-run commands: a server that needs a login shows ``needs_auth``; no browser ever opens."""
+    from mcp_bridge.auth import AuthEnv
+    from mcp_bridge.auth.oauth import LoginPolicy
+
+    policy = LoginPolicy(interactive=False, cooldown=0, timeout=loaded.settings.timeouts.login)
+    return AuthEnv(home, loaded.settings.token_store, policy)
+
+
+async def _check_servers(loaded: LoadedConfig, home: Path, allowlist: Allowlist, *, keyring_ok: bool) -> list[Check]:
+    from mcp_bridge.bridge import Bridge
+
+    settings = loaded.settings
+    bridge = Bridge(loaded, home, source=_FixedSource(allowlist), auth_env=_no_browser_env(loaded, home))
+    connect = settings.timeouts.connect
+    rows: list[dict[str, Any]] = []
+    listed: list[Any] = []
+    tool_count = 0
+    with anyio.move_on_after(connect + _SETTLE_MARGIN):
+        async with bridge.running():
+            await bridge.wait_settled(connect)
+            rows = bridge.status()
+            listed = [e for e in bridge.catalog.entries() if e.denial is None]
+            tool_count = len(bridge.catalog.tools())
+    checks: list[Check] = []
+    seen: set[str] = set()
+    for row in rows:
+        name = row["server"]
+        seen.add(name)
+        if name in allowlist.problems:
+            continue  # already reported with the allowlist
+        checks.append(_server_check(name, row, connect, keyring_ok=keyring_ok))
+    for name in sorted(set(allowlist.servers) - seen - set(allowlist.problems)):
+        checks.append(
+            _fail(f"server {name}", f"no answer within {connect:g}s", "check the URL and that the server is up")
+        )
+    checks.append(_names_check(settings, [e.exposed for e in listed]))
+    checks.append(_count_check(tool_count))
+    return checks
+
+
+def _server_check(name: str, row: Mapping[str, Any], connect: float, *, keyring_ok: bool) -> Check:
+    label = f"server {name}"
+    state = row.get("state")
+    error = row.get("last_error") or ""
+    url = row.get("url") or ""
+    allowed, offered = row.get("tools_allowed", 0), row.get("tools_offered", 0)
+    if state == "connected":
+        detail = f"connected ({url}); {allowed} of {offered} tools allowed"
+        if allowed == 0:
+            return _warn(
+                label, detail, f'set `allowed_tools` for {name} (tool names, or ["*"] for all); missing means none'
+            )
+        return _ok(label, detail)
+    if state == "needs_auth":
+        if not keyring_ok and "keyring" in error:
+            fix = f"fix the keyring check above, then run `mcp-bridge login {name}`"
+            return _fail(label, f"needs a login ({url}) but no keyring can hold its tokens", fix)
+        return _fail(label, f"needs a login ({url}): {error}", f"run `mcp-bridge login {name}`")
+    if state == "error":
+        return _fail(label, f"cannot connect to {url}: {error}", "check the URL and that the server is up")
+    return _fail(label, f"{state} ({url}): no answer within {connect:g}s", "check the URL and that the server is up")
+
+
+def _names_check(settings: Settings, names: list[str]) -> Check:
+    limit = settings.naming.max_length
+    if not names:
+        return _ok("names", "no tools listed")
+    longest = max(names, key=len)
+    detail = f"longest tool name {len(longest)} chars ({longest}); naming.max_length {limit}"
+    if len(longest) > limit:
+        return _fail("names", detail, "lower naming.max_length or shorten the server names")
+    cursor = len(longest) + len(IDE_ENTRY) + 2
+    if cursor > CURSOR_NAME_LIMIT:
+        return _warn(
+            "names",
+            f"{detail}; Cursor counts the IDE entry name too ({cursor} > {CURSOR_NAME_LIMIT})",
+            "lower naming.max_length (e.g. 50) or shorten the IDE entry name",
+        )
+    return _ok("names", detail)
+
+
+def _count_check(count: int) -> Check:
+    detail = f"{count} tool{'s' if count != 1 else ''} listed"
+    fix = "narrow allowed_tools or use disabled_tools"
+    if count > TOOL_CAP:
+        return _fail("tool count", f"{detail}; some clients cap tools at {TOOL_CAP}", fix)
+    if count > CURSOR_TOOL_WARNING:
+        return _warn("tool count", f"{detail}; Cursor warns above {CURSOR_TOOL_WARNING} tools", fix)
+    return _ok("tool count", detail)
+
+
+__all__ = ["Check", "render", "run_checks"]
