@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, required=True, help="the suite's -o directory")
     parser.add_argument("--log", type=Path, required=True, help="the suite's combined stdout and stderr")
     parser.add_argument("--expected", type=Path, required=True, help="the expected-failures file")
+    parser.add_argument("--unexpected-out", type=Path, help="write the unexpectedly failing scenarios here, one a line")
     args = parser.parse_args()
 
     try:
@@ -122,6 +123,10 @@ def main() -> int:
                 emit(f"  {check['status']} {check['id']}: {message}")
         if directory is not None:
             emit(f"  driver and bridge output: {directory / 'stderr.txt'}")
+    if args.unexpected_out is not None:
+        args.unexpected_out.write_text("".join(f"{s}\n" for s in unexpected_failures), encoding="utf-8")
+        passes = args.unexpected_out.with_name(args.unexpected_out.name + ".passes")
+        passes.write_text("".join(f"{s}\n" for s in unexpected_passes), encoding="utf-8")
     return 1 if unexpected_failures or unexpected_passes else 0
 
 
