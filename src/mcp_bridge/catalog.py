@@ -8,7 +8,6 @@ before its upstreams are back.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from mcp_bridge.config import NamingConfig
 from mcp_bridge.errors import PolicyDenied, UnknownName
+from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.logs import get_logger
 from mcp_bridge.naming import assign_names
-from mcp_bridge.policy import Allowlist, write_private_json
+from mcp_bridge.policy import Allowlist
 from mcp_bridge.upstream import Listing
 
 log = get_logger(__name__)
@@ -216,14 +216,8 @@ class CatalogCache:
 
     def load(self) -> dict[str, tuple[str, Listing]]:
         """server → (url it was listed from, listing). A missing or unreadable file is an empty cache."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("catalog_cache.unreadable", path=str(self.path), error=str(exc))
-            return {}
-        if not isinstance(data, dict) or data.get("version") != self.VERSION:
+        data = read_json_object(self.path, "catalog cache")
+        if data is None or data.get("version") != self.VERSION:
             return {}
         out: dict[str, tuple[str, Listing]] = {}
         for server, entry in (data.get("servers") or {}).items():

@@ -11,8 +11,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from mcp_bridge.config import (
     Settings,
     server_name_ok,
 )
+from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.logs import clean, get_logger
 
 log = get_logger(__name__)
@@ -387,14 +386,8 @@ class AllowlistCache:
         self.key = key
 
     def load(self) -> tuple[list[dict[str, Any]], float] | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("allowlist.cache_unreadable", path=str(self.path), error=str(exc))
-            return None
-        if not isinstance(data, dict) or data.get("version") != self.VERSION or data.get("key") != self.key:
+        data = read_json_object(self.path, "allowlist cache")
+        if data is None or data.get("version") != self.VERSION or data.get("key") != self.key:
             return None  # another Port, blueprint or user: not ours to serve
         entities, fetched_at = data.get("entities"), data.get("fetched_at")
         if not isinstance(entities, list) or not isinstance(fetched_at, int | float):
@@ -404,17 +397,3 @@ class AllowlistCache:
     def save(self, entities: list[dict[str, Any]], fetched_at: float) -> None:
         payload = {"version": self.VERSION, "key": self.key, "fetched_at": fetched_at, "entities": entities}
         write_private_json(self.path, payload)
-
-
-def write_private_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename) with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, separators=(",", ":"))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

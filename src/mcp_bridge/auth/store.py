@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import Any, Protocol
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from mcp_bridge.errors import ConfigError
+from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.logs import get_logger, register_secrets
-from mcp_bridge.policy import write_private_json
 
 log = get_logger(__name__)
 
@@ -86,18 +85,8 @@ class FileBackend:
         self.path = path
 
     def _read(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("oauth.secrets_file_unreadable", path=str(self.path), error=str(exc))
-            return {}
-        return (
-            {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-            if isinstance(data, dict)
-            else {}
-        )
+        data = read_json_object(self.path, "OAuth secrets file") or {}
+        return {k: v for k, v in data.items() if isinstance(v, str)}
 
     def get(self, key: str) -> str | None:
         return self._read().get(key)
@@ -219,18 +208,11 @@ class ServerTokenStorage:
     # -- state
 
     def load_state(self) -> OAuthState:
-        try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return OAuthState(self.server_url)
-        except (OSError, ValueError) as exc:
-            log.warning("oauth.state_unreadable", path=str(self.state_path), error=str(exc))
-            return OAuthState(self.server_url)
-        if not isinstance(data, dict) or data.get("server_url") != self.server_url:
+        data = read_json_object(self.state_path, "OAuth state")
+        if data is None or data.get("server_url") != self.server_url:
             return OAuthState(self.server_url)
         known = set(OAuthState.__dataclass_fields__)
         return OAuthState(**{k: v for k, v in data.items() if k in known})
 
     def save_state(self, state: OAuthState) -> None:
         write_private_json(self.state_path, state.__dict__)
-        os.chmod(self.state_path, 0o600)
