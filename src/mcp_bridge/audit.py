@@ -219,14 +219,17 @@ class AuditTrail:
     def end(self, event: Event) -> None:
         """The final row: durable before the answer goes back."""
         event.replied_at = event.replied_at or time.time()
+        level = {"Completed": 10, "Failed": 20, "Denied": 30}.get(event.status, 20)  # debug / info / warning
+        logged = level > 10 or log.is_enabled_for(level)
+        if self.spool is None and self.jsonl is None and not logged:
+            return  # nothing keeps this event: do not build it
         record = event.to_record(self.context())
         if self.spool is not None:
             self.spool.put(record, closed=True)
             self.wake.set()
         if self.jsonl is not None:
             self.jsonl.write(record)
-        level = {"Completed": 10, "Failed": 20, "Denied": 30}.get(event.status, 20)  # debug / info / warning
-        if level > 10 or log.is_enabled_for(level):
+        if logged:
             log.log(level, "audit.event", **{k: v for k, v in record.items() if k != "arguments"})
 
     def note(
