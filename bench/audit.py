@@ -34,7 +34,6 @@ import pstats
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import git_commit, load_average
 from mcp_bridge.audit import AuditTrail, new_event_id
 from mcp_bridge.config import Settings, parse_config
 from mcp_bridge.logs import configure
@@ -453,26 +453,6 @@ def profile_recording(work: Path, calls: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit} (uncommitted changes in tracked files)" if dirty else commit
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
 
 
 def rounds_note(values: list[float], fmt: str = ".1f") -> str:
