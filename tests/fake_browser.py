@@ -19,19 +19,11 @@ import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+
+from mcp_bridge.demo_backends import browse  # the demo's headless browser: loopback redirects only
 
 TIMEOUT = 10.0
-MAX_HOPS = 10
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # hand 3xx back as an HTTPError; this program decides what to follow
 
 
 def _log(record: dict[str, Any]) -> None:
@@ -39,38 +31,6 @@ def _log(record: dict[str, Any]) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def browse(url: str, deadline: float) -> tuple[int, str, list[str]]:
-    """Fetch ``url`` and follow loopback redirects; returns (exit status, outcome, URLs visited)."""
-    opener = urllib.request.build_opener(_NoRedirect)
-    hops: list[str] = []
-    for _ in range(MAX_HOPS):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            return 2, f"refused: not an http(s) URL: {parts.scheme or '(no scheme)'}", hops
-        hops.append(url)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return 3, "timeout", hops
-        request = urllib.request.Request(url, headers={"User-Agent": "fake-browser/1"})  # noqa: S310 (checked above)
-        try:
-            with opener.open(request, timeout=remaining) as response:
-                response.read()
-                return 0, f"HTTP {response.status}", hops
-        except urllib.error.HTTPError as e:
-            e.read()
-            location = e.headers.get("Location")
-            if not (300 <= e.code < 400 and location):
-                return 0, f"HTTP {e.code}", hops
-            url = urljoin(url, location)
-            host = urlsplit(url).hostname or ""
-            if urlsplit(url).scheme in ("http", "https") and host not in LOOPBACK:
-                hops.append(url)
-                return 0, f"stopped: redirect to non-loopback host {host}", hops
-        except (OSError, ValueError) as e:
-            return 3, f"error: {type(e).__name__}: {e}", hops
-    return 0, "stopped: too many redirects", hops
 
 
 def main(argv: list[str]) -> int:

@@ -513,7 +513,7 @@ def test_rules_the_double_cannot_evaluate_are_loud(double: PortDouble, http: htt
     query = _and({"property": "$createdAt", "operator": "between", "value": {"preset": "lastWeek"}})
     assert request_validator(SEARCH_PATH).is_valid({"query": query})  # valid for Port
     response = search(http, login(http), {"query": query})
-    assert response.status_code == 500 and "not supported by the double" in response.json()["message"]
+    assert response.status_code == 500 and "not supported by the stand-in" in response.json()["message"]
     assert double.internal_errors
     double.internal_errors.clear()
 
