@@ -45,11 +45,15 @@ def alpha(tmp_path: Path) -> Iterator[LocalUpstream]:
         yield upstream
 
 
-def config(tmp_path: Path, double: PortDouble, alpha: LocalUpstream, **extra: Any) -> Path:
+def config(
+    tmp_path: Path, double: PortDouble, alpha: LocalUpstream, *, refresh_interval: float | None = None, **extra: Any
+) -> Path:
     double.upsert_entity(
         "_mcp_server", mcp_server_entity("alpha", alpha.url, ["echo", "add", "fail"], auth_type="none")
     )
     port = {"base_url": double.base_url, "client_id": "dev", "client_secret": "${env:TEST_PORT_SECRET}"}
+    if refresh_interval is not None:
+        port["refresh_interval"] = refresh_interval
     audit = {"arguments": "full", **extra.pop("audit", {})}
     return write_config(
         tmp_path / "config.yaml", {}, port=port, audit=audit, user={"email": "dev@example.com"}, **extra
@@ -98,8 +102,34 @@ async def test_n_calls_give_n_entities_with_the_right_fields_and_a_denied_call_i
     assert props["arguments"] == {"text": "n0"} and len(props["arguments_digest"]) == 64
     assert props["client"] == "pytest-ide" and props["user_email"] == "dev@example.com"
     assert props["duration_ms"] >= 0 and props["asked_at"] <= props["replied_at"]
-    denied = by_status["Denied"][0]["properties"]
-    assert denied["exposed_name"] == "alpha__delete_everything" and "not allowed" in denied["error"]
+    denied = by_status["Denied"][0]
+    assert denied["properties"]["exposed_name"] == "alpha__delete_everything"
+    assert "not allowed" in denied["properties"]["error"]
+    # The denied name routes to a server's real tool: the event names both, like any call.
+    assert denied["title"] == "alpha__delete_everything" and denied["relations"] == {"mcp_server": "alpha"}
+    assert denied["properties"]["tool_name"] == "delete_everything"
+    # A start without a cached allowlist is not an allowlist change: nothing but the calls was audited.
+    assert len(double.entities(AUDIT_BLUEPRINT)) == 7
+
+
+@pytest.mark.anyio
+async def test_an_allowlist_change_in_port_is_audited_with_its_server(
+    tmp_path: Path, double: PortDouble, alpha: LocalUpstream
+) -> None:
+    cfg = config(tmp_path, double, alpha, refresh_interval=1)
+    async with bridge_client(cfg, tmp_path / "home", env=ENV) as client:
+        await raw_call(client, "alpha__echo", {"text": "before"})
+        double.upsert_entity("_mcp_server", mcp_server_entity("alpha", alpha.url, ["echo"], auth_type="none"))
+        with anyio.fail_after(20):  # the refresh interval is 1 s
+            while "alpha__add" in [t["name"] for t in (await client.session.list_tools()).model_dump()["tools"]]:
+                await anyio.sleep(0.2)
+    changes = [
+        e for e in double.entities(AUDIT_BLUEPRINT).values() if e["properties"]["event_type"] == "allowlist_change"
+    ]
+    assert len(changes) == 1
+    change = changes[0]
+    assert change["title"] == "allowlist_change: alpha" and change["relations"] == {"mcp_server": "alpha"}
+    assert "alpha allowed tools" in change["properties"]["detail"] and change["properties"]["duration_ms"] == 0
 
 
 @pytest.mark.anyio

@@ -116,7 +116,12 @@ def _iso(ts: float) -> str:
 def to_entity(record: Mapping[str, Any]) -> dict[str, Any]:
     """The Port entity of one event (DESIGN §3): identifier = event id, so a resend overwrites itself."""
     server, tool = record.get("server"), record.get("tool")
-    title = f"{server}__{tool}" if record.get("kind") == "call" else f"{record.get('kind')}: {server or '-'}"
+    if record.get("kind") != "call":
+        title = f"{record.get('kind')}: {server or '-'}"
+    elif server and tool:
+        title = f"{server}__{tool}"
+    else:  # a denied name that routes to no server: the name the IDE asked for
+        title = str(record.get("exposed_name") or "?")
     properties = {
         "status": record.get("status"),
         "asked_at": record.get("asked_at"),
@@ -242,7 +247,8 @@ class AuditTrail:
         detail: str | None = None,
     ) -> None:
         """A non-call event: login, logout, auth_failure, allowlist_change."""
-        event = Event(kind=kind, status=status, server=server, error=error, detail=detail, replied_at=time.time())
+        now = time.time()
+        event = Event(kind=kind, status=status, server=server, error=error, detail=detail, asked_at=now, replied_at=now)
         self.end(event)
 
     def close(self) -> None:

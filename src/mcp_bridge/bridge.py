@@ -59,6 +59,7 @@ class Bridge:
         self._changes_send, self._changes_recv = anyio.create_memory_object_stream[set[str]](64)
         self.client_name: str | None = None
         self._first_load = anyio.Event()
+        self._allowlist_known = False  # an allowlist the user had (a cache or an answer), so a difference is a change
         self._refresh_now = anyio.Event()
         self.auth_env = auth_env or AuthEnv.for_serve(self.settings, home)
 
@@ -80,9 +81,9 @@ class Bridge:
                     self.shipper = Shipper(self.audit, port_client, blueprint, interrupted_after)
                     tg.start_soon(self.shipper.run)
                 initial = source.initial()
-                if initial is None:
-                    initial = Allowlist(source="Port", note="the allowlist is being loaded from Port")
-                self.apply_allowlist(initial)
+                loading = Allowlist(source="Port", note="the allowlist is being loaded from Port")
+                self.apply_allowlist(initial if initial is not None else loading)
+                self._allowlist_known = initial is not None
                 if source.refresh_interval is None:
                     self._first_load.set()
                 else:
@@ -147,9 +148,11 @@ class Bridge:
         """Connect new servers, drop removed ones (their tools are denied at once), re-filter the rest."""
         assert self._tg is not None, "apply_allowlist needs a running bridge"
         old = self.catalog.allowlist
-        for change in changes(old, allowlist):
+        for concerned, change in changes(old, allowlist):
             log.info("allowlist.change", change=change, source=allowlist.source)
-            self.audit.note("allowlist_change", detail=change)
+            if self._allowlist_known:  # not the first answer after a start without a cache: that changes nothing
+                self.audit.note("allowlist_change", server=concerned, detail=change)
+        self._allowlist_known = True
         changed = self.catalog.set_allowlist(allowlist)
         gone = [
             n
@@ -253,6 +256,8 @@ class Bridge:
                 entry = await self._route_tool(exposed)
             except (UnknownName, PolicyDenied) as exc:
                 event.status, event.error, event.error_class = "Denied", str(exc), type(exc).__name__
+                if isinstance(exc, PolicyDenied):
+                    event.server, event.tool = exc.server, exc.tool
                 log.warning("bridge.call_denied", tool=exposed, reason=event.error)
                 raise
             event.server, event.tool = entry.server, entry.original

@@ -172,7 +172,7 @@ class Catalog:
             raise UnknownName("tool", exposed)
         denial = self._allowlist.denial(entry.server, entry.original, exposed)
         if denial is not None:
-            raise PolicyDenied(exposed, denial)
+            raise PolicyDenied(exposed, denial, server=entry.server, tool=entry.original)
         return entry
 
     def prompts(self) -> list[dict[str, Any]]:

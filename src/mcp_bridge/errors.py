@@ -33,10 +33,12 @@ class ConfigError(BridgeError):
 class PolicyDenied(BridgeError):
     """A name exists upstream but the allowlist (or the user's ``disabled_tools``) does not allow it."""
 
-    def __init__(self, name: str, reason: str) -> None:
+    def __init__(self, name: str, reason: str, *, server: str | None = None, tool: str | None = None) -> None:
         super().__init__(f"{name!r} is not allowed: {reason}")
         self.name = name
         self.reason = reason
+        self.server = server  # the upstream and its original tool name, when the name routes to one
+        self.tool = tool
 
 
 class UnknownName(BridgeError):

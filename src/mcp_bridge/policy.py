@@ -91,22 +91,22 @@ class Allowlist:
         }
 
 
-def changes(old: Allowlist, new: Allowlist) -> list[str]:
-    """Human-readable differences between two allowlists (for the log, later the audit trail)."""
-    out = []
+def changes(old: Allowlist, new: Allowlist) -> list[tuple[str | None, str]]:
+    """Human-readable differences between two allowlists, each with the server it concerns (``None``: all)."""
+    out: list[tuple[str | None, str]] = []
     for name in sorted(set(old.servers) | set(new.servers)):
         a, b = old.servers.get(name), new.servers.get(name)
         if a is None and b is not None:
-            out.append(f"server {name} added ({b.url}, tools {b.allowed_tools or []})")
+            out.append((name, f"server {name} added ({b.url}, tools {b.allowed_tools or []})"))
         elif b is None and a is not None:
-            out.append(f"server {name} removed")
+            out.append((name, f"server {name} removed"))
         elif a is not None and b is not None:
             if a.url != b.url or a.auth != b.auth:
-                out.append(f"server {name} changed its connection settings")
+                out.append((name, f"server {name} changed its connection settings"))
             if sorted(a.allowed_tools or []) != sorted(b.allowed_tools or []):
-                out.append(f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}")
+                out.append((name, f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}"))
     if old.failed_closed != new.failed_closed:
-        out.append("allowlist failed closed" if new.failed_closed else "allowlist trusted again")
+        out.append((None, "allowlist failed closed" if new.failed_closed else "allowlist trusted again"))
     return out
 
 
