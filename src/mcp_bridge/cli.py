@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", parents=[common], help="the audit spool: `audit status`, `audit flush`")
     p.add_argument("action", choices=["status", "flush"])
     p.add_argument("--json", action="store_true", help="machine-readable output (status)")
+    p = sub.add_parser(
+        "demo", parents=[common], help="the whole flow offline: local servers, a Port stand-in, a scripted IDE"
+    )
+    p.add_argument(
+        "--serve", action="store_true", help="keep the demo's backends up and serve the bridge on stdio (for an IDE)"
+    )
     p = sub.add_parser("call", parents=[common], help="call one tool by its exposed name and print the result")
     p.add_argument("name", help="exposed tool name, e.g. docs__search")
     p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
@@ -79,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _install(args)
         if command == "doctor":  # before loading the config: a broken config is one of the things it reports
             return anyio.run(_doctor, args)
+        if command == "demo":  # it writes its own config
+            from mcp_bridge import demo
+
+            if not args.serve:
+                configure(level=args.log_level or "error", file=args.log_file)
+            return demo.run(serve=args.serve)
         loaded = load_config(args.config)
         register_secrets(loaded.secrets)
         level = args.log_level or loaded.settings.log.level
@@ -96,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def serve_config(path: str) -> int:
+    """Serve on stdio with the config at ``path`` (``demo --serve``): the same path as ``mcp-bridge serve``."""
+    return main(["serve", "--config", path])
 
 
 async def _serve(args: argparse.Namespace, loaded: LoadedConfig) -> int:

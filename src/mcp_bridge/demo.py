@@ -1,0 +1,278 @@
+"""``mcp-bridge demo``: the whole flow on this machine, offline, with no account anywhere.
+
+It starts the local backends (``mcp_bridge.demo_backends``: three MCP servers, with no auth, an API key and OAuth,
+and a Port stand-in that holds the allowlist and receives the audit), then runs the real bridge as a subprocess,
+speaks MCP to it over stdio the way an IDE does, and prints what happens: the allowlist Port gave, the connections
+(the OAuth login done by a headless browser against an authorization server that approves at once), the merged
+tool list, a few calls, one denied call, and the audit events Port received. Progress goes to stderr, the transcript
+to stdout. Everything lives in a temporary directory that is removed at the end (kept, and named, when a step fails).
+
+``mcp-bridge demo --serve`` keeps the same backends up and serves the bridge on stdio in this process, so that an IDE
+or the MCP Inspector can run it as its command; the entry to paste is printed on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+
+from mcp_bridge.demo_backends import AUDIT_BLUEPRINT, DemoBackends
+from mcp_bridge.errors import BridgeError
+
+CLIENT_NAME = "mcp-bridge-demo-ide"
+SETTLE_SECONDS = 30.0  # how long the demo waits for all three servers' tools (the OAuth login included)
+
+
+class DemoFailed(BridgeError):
+    """A demo step did not do what it should (exit 1)."""
+
+
+@dataclass
+class Transcript:
+    """The demo's output: the transcript to stdout, progress and problems to stderr."""
+
+    out: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+    err: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+    problems: list[str] = field(default_factory=list)
+
+    def section(self, title: str) -> None:
+        self.out("")
+        self.out(title)
+        self.out("─" * len(title))
+
+    def progress(self, message: str) -> None:
+        self.err(f"demo: {message}")
+
+    def check(self, ok: bool, problem: str) -> bool:
+        if not ok:
+            self.problems.append(problem)
+            self.out(f"  ✗ {problem}")
+        return ok
+
+
+def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip() for r in rows]
+
+
+def run(serve: bool = False) -> int:
+    t = Transcript()
+    work = Path(tempfile.mkdtemp(prefix="mcp-bridge-demo-"))
+    keep = False
+    try:
+        home = work / "home"
+        home.mkdir(mode=0o700)
+        t.progress("starting the local backends (all on 127.0.0.1)")
+        with DemoBackends(progress=t.progress) as backends:
+            config = work / "config.yaml"
+            config.write_text(yaml.safe_dump(backends.config(str(home)), sort_keys=False), encoding="utf-8")
+            env = {**backends.env(), "MCP_BRIDGE_HOME": str(home)}
+            if serve:
+                return _serve(t, config, env)
+            try:
+                anyio.run(_session, t, backends, config, env, work)
+            except DemoFailed as exc:
+                t.problems.append(str(exc))
+        if t.problems:
+            keep = True
+            t.err(f"mcp-bridge demo: {len(t.problems)} step(s) failed: " + "; ".join(t.problems))
+            t.err(f"  the bridge's log and the demo's files are kept in {work}")
+            return 1
+        t.out("")
+        t.out("Every step worked. Next: `mcp-bridge demo --serve` to try it from your IDE, then")
+        t.out("`mcp-bridge install --client cursor|claude-desktop --config <your config>` for the real thing.")
+        return 0
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The scripted session
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+async def _session(t: Transcript, backends: DemoBackends, config: Path, env: dict[str, str], work: Path) -> None:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp_types import Implementation
+
+    from mcp_bridge.bridge import load_allowlist
+    from mcp_bridge.config import load_config
+
+    os.environ.update(env)  # for the in-process reading of the allowlist below, as the bridge itself reads it
+    loaded = load_config(str(config))
+    allowlist = await load_allowlist(loaded.settings, Path(env["MCP_BRIDGE_HOME"]))
+    t.out("mcp-bridge demo: three MCP servers, a Port stand-in and the bridge, all on 127.0.0.1; nothing leaves")
+    t.out("this machine, and every step below runs the same code as real use.")
+    t.section(f"1. The allowlist, read from Port (the stand-in at {backends.port.base_url})")
+    t.out("  Port holds one `_mcp_server` entity per approved server; the bridge reads them with its client")
+    t.out("  credentials (given in the environment, never in the config file):")
+    rows = [["SERVER", "AUTH", "URL", "ALLOWED TOOLS"]]
+    for name, server in sorted(allowlist.servers.items()):
+        rows.append([name, server.auth.type, server.url or "", ", ".join(server.allowed_tools or [])])
+    for line in table(rows):
+        t.out(line)
+    t.check(len(allowlist.servers) == 3, f"Port listed {len(allowlist.servers)} servers, expected 3")
+
+    t.progress("starting the bridge as an IDE does (mcp-bridge serve over stdio)")
+    bridge_log = work / "bridge.log"
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_bridge", "serve", "--config", str(config), "--log-level", "info"],
+        env={**os.environ, **env},
+    )
+    with bridge_log.open("w", encoding="utf-8") as errlog:
+        ide = Implementation(name=CLIENT_NAME, version="1.0")
+        async with Client(stdio_client(params, errlog=errlog), mode="legacy", client_info=ide) as client:
+            await _ide(t, client, config, env, backends)
+    await _audit(t, backends)
+
+
+async def _ide(t: Transcript, client: Any, config: Path, env: dict[str, str], backends: DemoBackends) -> None:
+    info = client.server_info
+    t.section("2. The IDE connects (initialize, then tools/list)")
+    if info is not None:
+        t.out(f"  initialize: {info.name} {info.version}, protocol {client.protocol_version}")
+    t.progress("waiting for the three servers' tools (the OAuth login runs in the headless browser)")
+    expected = {f"{s.name}__{tool}" for s in backends.servers for tool in s.allowed_tools}
+    tools = await _settled_tools(client, expected)
+    names = {tool.name for tool in tools}
+    t.out(f"  tools/list: {len(tools)} tools from {len({n.split('__')[0] for n in names})} servers")
+    t.check(names == expected, f"the merged list is {sorted(names)}, expected {sorted(expected)}")
+    oauth = backends.oauth_stats()
+    codes = oauth.get("token", {}).get("authorization_code", 0)
+    t.out(f"  OAuth to `oauth`: {oauth.get('register', 0)} dynamic client registration, {codes} code exchange,")
+    t.out(f"  {oauth.get('authorize', 0)} authorization in the demo's headless browser (the server approves at once)")
+    t.check(oauth.get("authorize") == 1 and codes == 1, f"expected exactly one OAuth login, the server saw {oauth}")
+
+    t.section("3. Connections (`mcp-bridge status`, run beside the IDE's bridge)")
+    with anyio.fail_after(60):
+        status = await anyio.run_process(
+            [sys.executable, "-m", "mcp_bridge", "status", "--config", str(config)],
+            env={**os.environ, **env},
+            check=False,
+        )
+    stdout = status.stdout.decode("utf-8", "replace")
+    for line in stdout.splitlines():
+        t.out(f"  {line}")
+    problem = status.stderr.decode("utf-8", "replace").strip()
+    t.check(status.returncode == 0, f"`mcp-bridge status` exited {status.returncode}: {problem}")
+    t.check(stdout.count(" connected ") == 3, "not every server shows as connected")
+    if t.check(backends.oauth_stats().get("authorize") == 1, "`status` logged in again instead of reusing the token"):
+        t.out("  (this second bridge reused the stored OAuth token: no second login)")
+
+    t.section("4. The merged tool list the IDE sees (only what Port allows, namespaced)")
+    rows = [["NAME", "DESCRIPTION"]] + [[tool.name, (tool.description or "")[:70]] for tool in tools]
+    for line in table(rows):
+        t.out(line)
+
+    t.section("5. Calls")
+    await _call(t, client, "open__echo", {"text": "hello from the IDE"}, "open: hello from the IDE")
+    await _call(t, client, "open__add", {"a": 2, "b": 3}, '{"sum": 5}')
+    await _call(t, client, "open__slow", {"steps": 3, "delay": 0.1}, "done after 3 steps", progress=True)
+    await _call(t, client, "keyed__meta", {}, "with meta")
+    await _call(t, client, "oauth__echo", {"text": "signed in through OAuth"}, "oauth: signed in through OAuth")
+
+    t.section("6. A call the allowlist does not allow")
+    t.out("  `delete_everything` is offered by the server `open`, but Port does not allow it:")
+    await _call(t, client, "open__delete_everything", {}, None)
+    t.progress("closing the IDE session (the bridge ships its audit events before it exits)")
+
+
+async def _settled_tools(client: Any, expected: set[str]) -> list[Any]:
+    """tools/list until every expected tool is there (a server still connecting sends list_changed later)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        tools = list((await client.list_tools()).tools)
+        if {tool.name for tool in tools} >= expected or time.monotonic() > deadline:
+            return sorted(tools, key=lambda tool: tool.name)
+        await anyio.sleep(0.25)
+
+
+async def _call(
+    t: Transcript, client: Any, name: str, arguments: dict[str, Any], expect: str | None, *, progress: bool = False
+) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    t.out(f"  → {name} {json.dumps(arguments)}")
+    seen: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        line = f"      progress {done:g}/{total:g}" if total else f"      progress {done:g}"
+        seen.append(line + (f": {message}" if message else ""))
+        t.out(seen[-1])
+
+    try:
+        result = await client.call_tool(name, arguments, progress_callback=on_progress if progress else None)
+    except MCPError as exc:
+        t.out(f"  ✗ denied: {exc.error.message}")
+        t.check(expect is None, f"{name} failed: {exc.error.message}")
+        return
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    structured = result.structured_content
+    t.out(f"  ← {text}" + (f"   (structured: {json.dumps(structured)})" if structured else ""))
+    if expect is None:
+        t.check(False, f"{name} was not denied")
+        return
+    t.check(not result.is_error and expect in text, f"{name} answered {text!r}, expected {expect!r}")
+    if progress:
+        t.check(len(seen) > 0, f"{name} sent no progress")
+
+
+async def _audit(t: Transcript, backends: DemoBackends) -> None:
+    t.section(f"7. Audit events Port received (blueprint {AUDIT_BLUEPRINT})")
+    calls = ["open__echo", "open__add", "open__slow", "keyed__meta", "oauth__echo", "open__delete_everything"]
+    deadline = time.monotonic() + 15
+    while True:
+        events = backends.audit_events()
+        titles = [e.get("title") for e in events]
+        if all(c in titles for c in calls) or time.monotonic() > deadline:
+            break
+        await anyio.sleep(0.2)
+    rows = [["TITLE", "STATUS", "DURATION", "CLIENT", "ARGUMENTS (redacted)"]]
+    for e in sorted(events, key=lambda e: e["properties"].get("asked_at") or ""):
+        p = e["properties"]
+        duration = f"{max(0.0, p['duration_ms']):.0f} ms" if isinstance(p.get("duration_ms"), int | float) else ""
+        arguments = json.dumps(p.get("arguments")) if p.get("arguments") is not None else ""
+        rows.append([str(e.get("title")), str(p.get("status")), duration, str(p.get("client") or ""), arguments[:40]])
+    for line in table(rows):
+        t.out(line)
+    missing = [c for c in calls if c not in titles]
+    t.check(not missing, f"no audit event arrived for {', '.join(missing)}")
+    denied = [e for e in events if e.get("title") == "open__delete_everything"]
+    t.check(bool(denied) and denied[0]["properties"].get("status") == "Denied", "the denied call is not audited")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --serve
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _serve(t: Transcript, config: Path, env: dict[str, str]) -> int:
+    """Serve the bridge on stdio in this process, over the running backends, until the client closes stdin."""
+    from mcp_bridge.cli import serve_config
+    from mcp_bridge.install import bridge_command
+
+    os.environ.update(env)
+    command, args = bridge_command()
+    entry = {"command": command, "args": [*args, "demo", "--serve"]}
+    t.err("")
+    t.err("mcp-bridge demo --serve: the demo's backends are up and the bridge is serving MCP on stdio.")
+    t.err("Paste this entry into your IDE's mcpServers (Cursor: ~/.cursor/mcp.json; Claude Desktop:")
+    t.err("claude_desktop_config.json), or run the MCP Inspector with the same command:")
+    t.err(json.dumps({"mcpServers": {"bridge-demo": entry}}, indent=2))
+    t.err(f"  npx @modelcontextprotocol/inspector {' '.join([command, *entry['args']])}")
+    t.err("Each run starts fresh backends on new ports; stop with Ctrl-C or by closing stdin.")
+    return serve_config(str(config))
