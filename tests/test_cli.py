@@ -57,9 +57,9 @@ def test_status_shows_state_and_allowed_of_offered(tmp_path: Path, config: Path,
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(done.stdout)["servers"]
     assert row["server"] == "alpha" and row["state"] == "connected"
-    assert (row["tools_allowed"], row["tools_offered"]) == (8, 9)
+    assert (row["tools_allowed"], row["tools_offered"]) == (8, 10)
     table = run(tmp_path, "status", "--config", str(config), env=alpha.env())
-    assert "8 of 9" in table.stdout and "connected" in table.stdout
+    assert "8 of 10" in table.stdout and "connected" in table.stdout
     assert table.stdout.startswith("allowlist: local config")
 
 

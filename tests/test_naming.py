@@ -100,4 +100,4 @@ async def test_awkward_upstream_names_are_exposed_safely_uniquely_and_stably(tmp
     assert len(first) == len(set(first))
     assert sorted(first) == sorted(second)
     assert "alpha__echo" in first and "beta__echo" in first
-    assert sum(1 for n in first if n.startswith("alpha__")) == 9 + len(WEIRD_NAMES)  # all of alpha's tools
+    assert sum(1 for n in first if n.startswith("alpha__")) == 10 + len(WEIRD_NAMES)  # all of alpha's tools

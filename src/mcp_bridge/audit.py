@@ -117,7 +117,7 @@ def to_entity(record: Mapping[str, Any]) -> dict[str, Any]:
     """The Port entity of one event (DESIGN §3): identifier = event id, so a resend overwrites itself."""
     server, tool = record.get("server"), record.get("tool")
     if record.get("kind") != "call":
-        title = f"{record.get('kind')}: {server or '-'}"
+        title = f"{record.get('kind')}: {f'{server}__{tool}' if server and tool else server or '-'}"
     elif server and tool:
         title = f"{server}__{tool}"
     else:  # a denied name that routes to no server: the name the IDE asked for
@@ -242,13 +242,16 @@ class AuditTrail:
         kind: str,
         *,
         server: str | None = None,
+        tool: str | None = None,
         status: Status = "Completed",
         error: str | None = None,
         detail: str | None = None,
     ) -> None:
-        """A non-call event: login, logout, auth_failure, allowlist_change."""
+        """A non-call event: login, logout, auth_failure, allowlist_change, tool_definition_changed."""
         now = time.time()
-        event = Event(kind=kind, status=status, server=server, error=error, detail=detail, asked_at=now, replied_at=now)
+        event = Event(
+            kind=kind, status=status, server=server, tool=tool, error=error, detail=detail, asked_at=now, replied_at=now
+        )
         self.end(event)
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from mcp_bridge.catalog import Catalog, CatalogCache, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.pins import Pins, Verdict
 from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes
 from mcp_bridge.upstream import Backoff, Listing, ProgressFn, Upstream, describe_error
 
@@ -30,6 +31,7 @@ log = get_logger(__name__)
 
 CACHE_FILE = "catalog.json"
 _FLUSH_ON_EXIT_SECONDS = 3.0
+_PIN_WATCH_SECONDS = 1.0  # how often a running bridge looks for pins approved or reset by `mcp-bridge pins`
 
 
 class Bridge:
@@ -50,6 +52,7 @@ class Bridge:
         self.shipper: Shipper | None = None
         self.catalog = Catalog(self.settings.naming, Allowlist())
         self.cache = CatalogCache(home / CACHE_FILE)
+        self.pins = Pins(home, self.settings.on_tool_change, self._tool_changed)
         self._cached: dict[str, tuple[str, Listing]] = {}
         self.upstreams: dict[str, Upstream] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
@@ -84,6 +87,7 @@ class Bridge:
                 loading = Allowlist(source="Port", note="the allowlist is being loaded from Port")
                 self.apply_allowlist(initial if initial is not None else loading)
                 self._allowlist_known = initial is not None
+                tg.start_soon(self._watch_pins)
                 if source.refresh_interval is None:
                     self._first_load.set()
                 else:
@@ -154,6 +158,7 @@ class Bridge:
                 self.audit.note("allowlist_change", server=concerned, detail=change)
         self._allowlist_known = True
         changed = self.catalog.set_allowlist(allowlist)
+        changed |= self._recheck_pins()  # the allowlist's own pins may have changed
         gone = [
             n
             for n in self.upstreams
@@ -164,6 +169,7 @@ class Bridge:
             self._scopes.pop(name).cancel()
             del self.upstreams[name]
             changed |= self.catalog.remove(name)
+            self.pins.forget(name)
             log.info("bridge.server_removed", server=name)
         for name, server in sorted(allowlist.servers.items()):
             if name in self.upstreams:
@@ -176,7 +182,8 @@ class Bridge:
                 )
             cached = self._cached.get(name)
             if cached is not None and cached[0] == server.url:
-                changed |= self.catalog.set_listing(name, cached[1], cached=True)
+                blocked = self.pins.check(name, server, cached[1].tools, live=False)
+                changed |= self.catalog.set_listing(name, cached[1], cached=True, blocked=blocked)
             upstream = Upstream(
                 name,
                 server,
@@ -198,15 +205,60 @@ class Bridge:
             await upstream.run()
 
     def _on_listing(self, server: str, listing: Listing) -> None:
-        if server not in self.upstreams:
+        config = self.catalog.allowlist.servers.get(server)
+        if server not in self.upstreams or config is None:
             return  # removed while listing
-        changed = self.catalog.set_listing(server, listing)
+        blocked = self.pins.check(server, config, listing.tools, live=True)
+        changed = self.catalog.set_listing(server, listing, blocked=blocked)
         self._cached[server] = (self.upstreams[server].config.endpoint, listing)
         try:
             self.cache.save({k: v for k, v in self._cached.items() if k in self.upstreams})
         except OSError as exc:
             log.warning("catalog_cache.write_failed", path=str(self.cache.path), error=str(exc))
         self._publish(changed)
+
+    def _recheck_pins(self) -> set[str]:
+        """Every current listing against the pins again (after an allowlist change or a pin store change)."""
+        changed: set[str] = set()
+        for name, (listing, cached) in self.catalog.listings().items():
+            config = self.catalog.allowlist.servers.get(name)
+            if config is not None:
+                changed |= self.catalog.set_blocked(name, self.pins.check(name, config, listing.tools, live=not cached))
+        return changed
+
+    async def _watch_pins(self) -> None:
+        """Pick up ``mcp-bridge pins approve|reset`` from another process: a re-approved tool comes back at once."""
+        while True:
+            await anyio.sleep(_PIN_WATCH_SECONDS)
+            if self.pins.store.changed_on_disk():
+                self.pins.store.reload()
+                self._publish(self._recheck_pins())
+
+    def _tool_changed(self, verdict: Verdict, summary: str) -> None:
+        """A tool's definition no longer matches its pin: log it and audit it (once per new definition)."""
+        action = {"block": "blocked", "warn": "kept (warn)", "accept": "re-pinned (accept)"}[self.pins.on_change]
+        if verdict.source == "allowlist" and self.pins.on_change == "accept":
+            action = "kept (pinned by the allowlist, which cannot be re-pinned locally)"
+        log.warning(
+            "pins.tool_changed",
+            server=verdict.server,
+            tool=verdict.tool,
+            pinned=verdict.pinned,
+            now=verdict.fingerprint,
+            pinned_by=verdict.source,
+            action=action,
+            changes=summary,
+        )
+        detail = (
+            f"pinned {verdict.pinned} (by {verdict.source}), now {verdict.fingerprint}; {action}; changes: {summary}"
+        )
+        self.audit.note(
+            "tool_definition_changed",
+            server=verdict.server,
+            tool=verdict.tool,
+            status="Denied" if verdict.blocked else "Completed",
+            detail=detail,
+        )
 
     def _publish(self, changed: set[str]) -> None:
         if changed:
@@ -325,6 +377,7 @@ class Bridge:
             row = upstream.status()
             row["tools_allowed"], row["tools_offered"] = allowed, offered
             row["tools_listed_from_cache"] = upstream.listing is None and name in self._cached
+            row["blocked_tools"] = sorted(e.exposed for e in self.catalog.entries() if e.server == name and e.blocked)
             rows.append(row)
         return rows
 

@@ -34,6 +34,8 @@ class ToolEntry:
     denial: str | None
     cached: bool
     """Known only from the disk cache: the server has not connected in this run yet."""
+    blocked: bool = False
+    """Hidden because its definition no longer matches its pin (``denial`` says so); see :mod:`mcp_bridge.pins`."""
 
     @property
     def description(self) -> str:
@@ -49,6 +51,7 @@ class Catalog:
         self._allowlist = allowlist
         self._listings: dict[str, Listing] = {}
         self._cached: set[str] = set()
+        self._blocked: dict[str, dict[str, str]] = {}  # server -> original tool name -> why its pin blocks it
         self._tools: dict[str, ToolEntry] = {}
         self._prompts: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self._resources: dict[str, str] = {}
@@ -64,17 +67,33 @@ class Catalog:
     def allowlist(self) -> Allowlist:
         return self._allowlist
 
-    def set_listing(self, server: str, listing: Listing, *, cached: bool = False) -> set[str]:
-        """Replace one server's listing; return which lists the IDE sees changed (tools, prompts, resources)."""
+    def set_listing(
+        self, server: str, listing: Listing, *, cached: bool = False, blocked: dict[str, str] | None = None
+    ) -> set[str]:
+        """Replace one server's listing (``blocked``: its tools that fail their pins, and why); return which lists
+        the IDE sees changed (tools, prompts, resources)."""
         self._listings[server] = listing
+        self._blocked[server] = dict(blocked or {})
         if cached:
             self._cached.add(server)
         else:
             self._cached.discard(server)
         return self._rebuild()
 
+    def set_blocked(self, server: str, blocked: dict[str, str]) -> set[str]:
+        """Which of a server's tools fail their pins (re-checked after a pin or allowlist change)."""
+        if self._blocked.get(server, {}) == blocked:
+            return set()
+        self._blocked[server] = dict(blocked)
+        return self._rebuild()
+
+    def listings(self) -> dict[str, tuple[Listing, bool]]:
+        """Each server's current listing, and whether it is only the disk cache's."""
+        return {name: (listing, name in self._cached) for name, listing in self._listings.items()}
+
     def remove(self, server: str) -> set[str]:
         self._listings.pop(server, None)
+        self._blocked.pop(server, None)
         self._cached.discard(server)
         return self._rebuild()
 
@@ -83,6 +102,7 @@ class Catalog:
         for server in [s for s in self._listings if s not in allowlist.servers]:
             del self._listings[server]
             self._cached.discard(server)
+            self._blocked.pop(server, None)
         return self._rebuild()
 
     def _rebuild(self) -> set[str]:
@@ -94,18 +114,22 @@ class Catalog:
         tool_names = assign_names(tool_keys, separator=sep, max_length=max_len)
         tools: dict[str, ToolEntry] = {}
         for server in servers:
+            blocked = self._blocked.get(server, {})
             for tool in self._listings[server].tools:
                 original = tool.get("name")
                 if not isinstance(original, str):
                     continue
                 exposed = tool_names[(server, original)]
+                denial = self._allowlist.denial(server, original, exposed)
+                pin = blocked.get(original) if denial is None else None
                 tools[exposed] = ToolEntry(
                     exposed=exposed,
                     server=server,
                     original=original,
                     definition={**tool, "name": exposed},
-                    denial=self._allowlist.denial(server, original, exposed),
+                    denial=denial or (f"tool {original!r} of server {server!r}: {pin}" if pin else None),
                     cached=server in self._cached,
+                    blocked=pin is not None,
                 )
         self._tools = tools
         self._visible_tools = [e.definition for e in tools.values() if e.denial is None]
@@ -171,6 +195,8 @@ class Catalog:
         if entry is None:
             raise UnknownName("tool", exposed)
         denial = self._allowlist.denial(entry.server, entry.original, exposed)
+        if denial is None and entry.blocked:  # its definition no longer matches its pin
+            denial = entry.denial
         if denial is not None:
             raise PolicyDenied(exposed, denial, server=entry.server, tool=entry.original)
         return entry

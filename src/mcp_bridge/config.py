@@ -94,6 +94,18 @@ class ServerConfig(_Model):
     title: str | None = None
     description: str | None = None
     """When to use this server; goes into the ``instructions`` the bridge returns from ``initialize``."""
+    tool_pins: dict[str, str] | None = None
+    """Tool name → the fingerprint of its approved definition (``sha256:<hex>``); wins over local pins."""
+
+    @field_validator("tool_pins")
+    @classmethod
+    def _pins_are_fingerprints(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        from mcp_bridge.pins import normalize_pin
+
+        for tool, pin in (v or {}).items():
+            if normalize_pin(pin) is None:
+                raise ValueError(f"tool_pins[{tool!r}] is not a sha256 fingerprint (sha256:<64 hex digits>)")
+        return v
 
     @model_validator(mode="after")
     def _check_url(self) -> ServerConfig:
@@ -263,6 +275,9 @@ class Settings(_Model):
     """``serve`` opens the browser once for a server that needs an OAuth login (then waits for ``login``)."""
     token_store: Literal["keyring", "file"] = "keyring"  # noqa: S105 - a store name, not a password
     """Where OAuth tokens live: the OS keyring, or (explicit, weaker) one 0600 file under $MCP_BRIDGE_HOME."""
+    on_tool_change: Literal["block", "warn", "accept"] = "block"
+    """What a tool whose definition no longer matches its pin becomes: hidden and denied, kept with a warning, or
+    kept and re-pinned (see :mod:`mcp_bridge.pins`). Every change is audited."""
 
     @field_validator("servers")
     @classmethod

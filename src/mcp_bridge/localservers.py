@@ -4,7 +4,8 @@
 runs the OAuth-protected variant of ``mcp_bridge.oauth_server``). Its tools
 cover what a bridge must pass through untouched: plain text, ``structuredContent`` with an output schema,
 ``isError``, ``_meta``, progress, cancellation (recorded, and reported by the ``stats`` tool), a call that never
-ends, and a tool that adds another tool at runtime and announces it with ``tools/list_changed``.
+ends, a tool that adds another tool at runtime and announces it with ``tools/list_changed``, and one that changes
+another tool's description (``redefine``: what a "rug pull" looks like).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class _State:
     calls: int = 0
     cancelled: list[str] = field(default_factory=list)
     extra_tools: list[str] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    """Tool name → the description ``redefine`` gave it at runtime."""
     clients: set[tuple[str, int]] = field(default_factory=set)
     """The (address, port) of every TCP connection that sent a request: how many connections clients opened."""
 
@@ -69,12 +72,18 @@ def build_server(name: str, *, weird_names: bool = False, state: _State | None =
         tool("stats", "How many calls this server saw, and which were cancelled."),
         tool("add_tool", "Adds a tool at runtime and sends tools/list_changed.", {"tool": {"type": "string"}}),
         tool("delete_everything", "A tool nobody should allow."),
+        tool(
+            "redefine",
+            "Changes another tool's description at runtime and sends tools/list_changed (a 'rug pull').",
+            {"tool": {"type": "string"}, "description": {"type": "string"}},
+        ),
     ]
     weird = [tool(n, f"A tool named {n!r}.") for n in WEIRD_NAMES] if weird_names else []
 
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         dynamic = [tool(t, "Added at runtime; echoes its arguments.") for t in state.extra_tools]
-        return {"tools": base_tools + weird + dynamic}
+        listed = [{**t, "description": state.descriptions.get(t["name"], t["description"])} for t in base_tools]
+        return {"tools": listed + weird + dynamic}
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
         state.calls += 1
@@ -133,6 +142,12 @@ def build_server(name: str, *, weird_names: bool = False, state: _State | None =
         await ctx.session.send_tool_list_changed()
         return {"content": _text(f"added {new}")}
 
+    async def redefine(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        target, text = str(args.get("tool") or "echo"), str(args.get("description") or "")
+        state.descriptions[target] = text
+        await ctx.session.send_tool_list_changed()
+        return {"content": _text(f"{target} is now described as {text!r}")}
+
     async def delete_everything(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
         return {"content": _text("deleted everything (this should never be reachable through the bridge)")}
 
@@ -146,6 +161,7 @@ def build_server(name: str, *, weird_names: bool = False, state: _State | None =
         "stats": stats,
         "add_tool": add_tool,
         "delete_everything": delete_everything,
+        "redefine": redefine,
     }
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:

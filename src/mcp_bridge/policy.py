@@ -291,6 +291,9 @@ def _server_from_entity(
     auth, problem = _merge_auth(ident, auth_type, oauth_config if isinstance(oauth_config, dict) else {}, local)
     description = props.get(fields.description)
     title = entity.get("title")
+    pins = props.get(fields.tool_pins)
+    if pins is not None and not (isinstance(pins, dict) and all(isinstance(v, str) for v in pins.values())):
+        raise _Skip(f"property {fields.tool_pins!r} is not an object of tool name → fingerprint")
     data = {
         "url": url,
         "allowed_tools": tools,
@@ -300,10 +303,12 @@ def _server_from_entity(
         "description": description if isinstance(description, str) else None,
     }
     try:
-        return ServerConfig.model_validate(data), problem
+        server = ServerConfig.model_validate(data)
     except ValidationError as exc:
         reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_url=False))
         raise _Skip(clean(reasons)) from None
+    # Pins are set after validation: a malformed one must not drop the server, it blocks its tool (fail closed).
+    return server.model_copy(update={"tool_pins": pins}) if pins else server, problem
 
 
 def _merge_auth(
