@@ -67,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serve", action="store_true", help="keep the demo's backends up and serve the bridge on stdio (for an IDE)"
     )
+    p = sub.add_parser(
+        "pins", parents=[common], help="tool-definition pins: `pins list`, `pins approve NAME`, `pins reset SERVER`"
+    )
+    p.add_argument("action", choices=["list", "approve", "reset"])
+    p.add_argument("target", nargs="?", metavar="NAME|SERVER", help="approve: exposed tool name; reset: server name")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    p.add_argument(
+        "--fingerprint", metavar="FP", help="approve: only if the tool's current fingerprint is this one (from list)"
+    )
     p = sub.add_parser("call", parents=[common], help="call one tool by its exposed name and print the result")
     p.add_argument("name", help="exposed tool name, e.g. docs__search")
     p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
@@ -170,6 +179,10 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
         table.append([r["server"], r["state"], tools, r["url"], token, r["last_error"] or ""])
     _print_table(table)
+    blocked = [name for r in rows for name in r.get("blocked_tools", [])]
+    if blocked:
+        print(f"blocked, their definition changed since approval: {', '.join(blocked)}")
+        print("  review with `mcp-bridge pins list`, then `mcp-bridge pins approve NAME` (or update tool_pins in Port)")
     return 0
 
 
@@ -292,6 +305,87 @@ def _install(args: argparse.Namespace) -> int:
         print(f"  backup of the previous file: {backup}")
     print("  no secret was written there: keep credentials in the environment (referenced from the config as")
     print("  ${env:NAME}) or in the OS keyring (OAuth tokens). Restart the IDE to pick the entry up.")
+    return 0
+
+
+async def _pins(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+    from mcp_bridge.pins import PinStore, definition_of, short
+
+    if args.action == "reset":
+        if not args.target:
+            raise _UsageError("pins reset needs a SERVER")
+        dropped = PinStore(home_dir() / "pins.json").update(reset=args.target)
+        if not dropped:
+            print(f"{args.target}: no local pins; nothing to reset")
+            return 0
+        print(f"{args.target}: removed {dropped} local pin(s); its tools are pinned again as next seen")
+        print("  (trust on first use; pins from the allowlist, e.g. Port's tool_pins, are not local and stay)")
+        return 0
+    if args.action == "approve" and not args.target:
+        raise _UsageError("pins approve needs a tool NAME (as `mcp-bridge tools --all` shows it)")
+    bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
+    async with bridge.running():
+        await _settle(bridge, loaded)
+        entries = {e.exposed: e for e in bridge.catalog.entries()}
+        verdicts = {(v.server, v.tool): v for per in bridge.pins.verdicts.values() for v in per.values()}
+        if args.action == "list":
+            rows: list[dict[str, Any]] = []
+            for exposed, e in sorted(entries.items()):
+                v = verdicts.get((e.server, e.original))
+                if v is None:
+                    continue  # not allowed: nothing to pin
+                state = "ok" if not v.changed else ("BLOCKED" if v.blocked else "changed")
+                rows.append(
+                    {
+                        "name": exposed,
+                        "server": e.server,
+                        "tool": e.original,
+                        "state": state,
+                        "pinned": v.pinned,
+                        "pinned_by": v.source,
+                        "current": v.fingerprint,
+                        "reason": v.reason,
+                    }
+                )
+            if args.json:
+                print(json.dumps({"pins": rows}, indent=2))
+                return 0
+            table = [["NAME", "STATE", "PINNED", "BY", "CURRENT"]]
+            table += [[r["name"], r["state"], short(r["pinned"]), r["pinned_by"], short(r["current"])] for r in rows]
+            _print_table(table)
+            for r in rows:
+                if r["reason"]:
+                    print(f"{r['name']}: {r['reason']}")
+            return 0
+        entry = entries.get(args.target)
+        if entry is None:
+            raise _UsageError(f"unknown tool {args.target!r} (see `mcp-bridge tools --all`; is its server connected?)")
+        verdict = verdicts.get((entry.server, entry.original))
+        if verdict is None:
+            raise BridgeError(f"{args.target}: not allowed by the allowlist, so there is no pin to approve")
+        if args.fingerprint and args.fingerprint != verdict.fingerprint:
+            raise BridgeError(
+                f"{args.target}: its definition is now {verdict.fingerprint}, not the {args.fingerprint} you reviewed"
+            )
+        if not verdict.changed:
+            print(f"{args.target}: already matches its pin ({short(verdict.pinned)}, by {verdict.source})")
+            return 0
+        if verdict.source == "allowlist":
+            raise BridgeError(
+                f"{args.target}: pinned by the allowlist (Port's tool_pins), which cannot be overridden locally; "
+                f"ask its admin to set tool_pins.{entry.original} to {verdict.fingerprint}"
+            )
+        definition = definition_of({**entry.definition, "name": entry.original})
+        bridge.pins.store.update({(entry.server, entry.original): definition})
+        bridge.audit.note(
+            "tool_pin_approved",
+            server=entry.server,
+            tool=entry.original,
+            detail=f"pinned {verdict.pinned} -> {verdict.fingerprint} by `mcp-bridge pins approve`",
+        )
+    print(f"{args.target}: approved; pinned {verdict.fingerprint} (was {verdict.pinned})")
+    print("  running bridges pick the new pin up within a second")
     return 0
 
 
@@ -422,4 +516,5 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]
     "login": _login,
     "logout": _logout,
     "audit": _audit,
+    "pins": _pins,
 }

@@ -267,12 +267,14 @@ async def _check_servers(loaded: LoadedConfig, home: Path, allowlist: Allowlist,
     connect = settings.timeouts.connect
     rows: list[dict[str, Any]] = []
     listed: list[Any] = []
+    blocked: list[Any] = []
     tool_count = 0
     with anyio.move_on_after(connect + _SETTLE_MARGIN):
         async with bridge.running():
             await bridge.wait_settled(connect)
             rows = bridge.status()
             listed = [e for e in bridge.catalog.entries() if e.denial is None]
+            blocked = [e for e in bridge.catalog.entries() if e.blocked]
             tool_count = len(bridge.catalog.tools())
     checks: list[Check] = []
     seen: set[str] = set()
@@ -288,7 +290,21 @@ async def _check_servers(loaded: LoadedConfig, home: Path, allowlist: Allowlist,
         )
     checks.append(_names_check(settings, [e.exposed for e in listed]))
     checks.append(_count_check(tool_count))
+    if rows:
+        checks.append(_pins_check(blocked))
     return checks
+
+
+def _pins_check(blocked: list[Any]) -> Check:
+    if not blocked:
+        return _ok("tool pins", "every allowed tool matches its approved definition")
+    names = ", ".join(e.exposed for e in blocked)
+    return _fail(
+        "tool pins",
+        f"{len(blocked)} tool(s) blocked because their definition changed since approval: {names}",
+        "review the change (`mcp-bridge pins list`, the audit event `tool_definition_changed`), then "
+        "`mcp-bridge pins approve NAME`; a tool pinned in Port needs its `tool_pins` updated there",
+    )
 
 
 def _server_check(name: str, row: Mapping[str, Any], connect: float, *, keyring_ok: bool) -> Check:
