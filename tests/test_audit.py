@@ -299,3 +299,22 @@ async def test_under_redacted_secrets_reach_neither_port_nor_the_local_file(
         assert secret not in shipped and secret not in local
     assert "hello" in shipped and "hello" in local
     assert jsonl.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_readme_blueprint_accepts_every_kind_of_event(tmp_path: Path) -> None:
+    """The audit blueprint JSON users paste into Port (README) enumerates exactly the event kinds the bridge emits,
+    and the Port double holding that blueprint stores an event of each kind."""
+    from mcp_bridge.audit import EVENT_KINDS, Event
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index('{\n  "identifier": "mcp_tool_invocation"')
+    blueprint = json.loads(readme[start : readme.index("\n```", start)])
+    assert tuple(blueprint["schema"]["properties"]["event_type"]["enum"]) == EVENT_KINDS
+    context = {"client": "ide", "bridge_version": "0", "user_email": "dev@example.com"}
+    with PortDouble() as double:
+        double.add_blueprint(AUDIT_BLUEPRINT, schema=blueprint["schema"])
+        for kind in EVENT_KINDS:
+            now = time.time()
+            event = Event(kind=kind, status="Completed", server="alpha", tool="echo", asked_at=now, replied_at=now)
+            double.upsert_entity(AUDIT_BLUEPRINT, to_entity(event.to_record(context)))
+        assert len(double.entities(AUDIT_BLUEPRINT)) == len(EVENT_KINDS)

@@ -29,6 +29,16 @@ from mcp_bridge.logs import clean, get_logger
 log = get_logger("mcp_bridge.audit")
 
 Status = Literal["Completed", "Failed", "Denied", "In Progress"]
+EVENT_KINDS = (
+    "call",
+    "login",
+    "logout",
+    "auth_failure",
+    "allowlist_change",
+    "tool_definition_changed",
+    "tool_pin_approved",
+)
+"""Every ``event_type`` an event can have (the audit blueprint in README enumerates exactly these)."""
 SPOOL_FILE = "audit.db"
 _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd|phrase)?|secret|token|api[-_]?key|apikey|auth(orization)?|cookie|credential|private[-_]?key|"
@@ -247,7 +257,9 @@ class AuditTrail:
         error: str | None = None,
         detail: str | None = None,
     ) -> None:
-        """A non-call event: login, logout, auth_failure, allowlist_change, tool_definition_changed."""
+        """A non-call event: one of :data:`EVENT_KINDS`."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown audit event kind {kind!r}")
         now = time.time()
         event = Event(
             kind=kind, status=status, server=server, tool=tool, error=error, detail=detail, asked_at=now, replied_at=now
