@@ -116,6 +116,20 @@ def bridge_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
+def run_cli(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """``mcp-bridge ARGS`` as a user runs it, with ``MCP_BRIDGE_HOME=home``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        env=bridge_env(home, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class Notifications:
     """Collects what the bridge sends the IDE unprompted; ``tools_changed`` fires on each tools/list_changed."""
 

@@ -177,22 +177,14 @@ class PortDouble(PortStandIn):
     def _properties_problem(self, schema: dict[str, Any], properties: dict[str, Any]) -> str | None:
         return _schema_error(PortSchemaValidator(schema), properties)
 
-    def _query_options(self, route: str, query: dict[str, str]) -> tuple[dict[str, Any], str | None]:
-        """Coerce and check the query string against the operation's query parameters in the spec."""
-        options: dict[str, Any] = {}
-        for param in load_spec()["paths"][ROUTE_PATHS[route]]["post"].get("parameters", []):
-            if param["in"] != "query":
-                continue
-            name, schema = param["name"], param.get("schema", {})
-            raw = query.get(name)
-            if raw is None:
-                if param.get("required"):
-                    return options, f"querystring must have required property '{name}'"
-                options[name] = schema.get("default")
-            elif schema.get("type") == "boolean":
-                if raw not in ("true", "false"):
-                    return options, f"querystring/{name} must be boolean"
-                options[name] = raw == "true"
-            else:
-                options[name] = raw
-        return options, None
+    def _query_parameters(self, route: str) -> dict[str, tuple[str, bool, Any]]:
+        """The operation's query parameters as the spec lists them."""
+        return {
+            param["name"]: (
+                param.get("schema", {}).get("type", ""),
+                bool(param.get("required")),
+                param.get("schema", {}).get("default"),
+            )
+            for param in load_spec()["paths"][ROUTE_PATHS[route]]["post"].get("parameters", [])
+            if param["in"] == "query"
+        }

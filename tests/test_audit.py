@@ -16,7 +16,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from harness import LocalUpstream, bridge_client, bridge_env, raw_call, write_config
+from harness import LocalUpstream, bridge_client, bridge_env, raw_call, run_cli, write_config
 from mcp_bridge.audit import AuditTrail, Shipper, redact, to_entity
 from mcp_bridge.config import parse_config
 from mcp_bridge.port import PortClient
@@ -68,14 +68,7 @@ def calls_in_port(double: PortDouble) -> list[dict[str, Any]]:
 
 
 def run(tmp_path: Path, cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_bridge", *args, "--config", str(cfg)],
-        env=bridge_env(tmp_path / "home", ENV),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    return run_cli(tmp_path / "home", *args, "--config", str(cfg), env=ENV)
 
 
 @pytest.mark.anyio

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import LocalUpstream, bridge_env, write_config
+from harness import LocalUpstream, run_cli, write_config
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,7 @@ def config(tmp_path: Path, alpha: LocalUpstream) -> Path:
 
 
 def run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_bridge", *args],
-        env=bridge_env(tmp_path / "home", env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(tmp_path / "home", *args, env=env, timeout=60)
 
 
 def test_tools_json_lists_exposed_names_with_their_server_and_original(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from harness import LocalUpstream, Notifications, bridge_client, bridge_env, direct_client, raw_call, tool_names
+from harness import LocalUpstream, Notifications, bridge_client, direct_client, raw_call, run_cli, tool_names
 from harness import write_config as write_servers
 from mcp_bridge.pins import PinStore, diff_summary, fingerprint, normalize_pin
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
@@ -48,14 +47,7 @@ def audit_lines(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
 
 
 def cli(tmp_path: Path, cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_bridge", *args, "--config", str(cfg)],
-        env=bridge_env(tmp_path / "home", env),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    return run_cli(tmp_path / "home", *args, "--config", str(cfg), env=env)
 
 
 async def wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:

@@ -918,10 +918,14 @@ class PortStandIn:
         missing = [name for name in schema.get("required", []) if name not in properties]
         return f"must have required property '{missing[0]}'" if missing else None
 
+    def _query_parameters(self, route: str) -> dict[str, tuple[str, bool, Any]]:
+        """A route's query parameters: name → (type, required, default)."""
+        return BULK_QUERY if route == "bulk" else {}
+
     def _query_options(self, route: str, query: dict[str, str]) -> tuple[dict[str, Any], str | None]:
-        """Coerce and check the bulk route's query string (:data:`BULK_QUERY`)."""
+        """Coerce and check a route's query string against :meth:`_query_parameters`."""
         options: dict[str, Any] = {}
-        for name, (kind, required, default) in BULK_QUERY.items():
+        for name, (kind, required, default) in self._query_parameters(route).items():
             raw = query.get(name)
             if raw is None:
                 if required:
