@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3]
+    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3] [--startup-only]
 
 It measures on this machine, in one run:
 
@@ -10,6 +10,8 @@ It measures on this machine, in one run:
    bridge (``python -m mcp_bridge serve`` over stdio, calling ``local__echo``), alternating paths round by round;
 2. startup: spawn → ``initialize`` of the bridge, and spawn → first full ``tools/list`` over 10 upstreams with a
    cold and a warm disk cache, plus the import times that bound it.
+
+``--startup-only`` skips part 1 (the table then has no latency rows).
 
 It prints one markdown table and appends it to ``bench/RESULTS.md``. Upstreams are real
 ``mcp_bridge.localservers`` subprocesses on 127.0.0.1; every subprocess is killed at the end, even on error or
@@ -60,7 +62,7 @@ RESULTS_HEADER = """\
 
 Produced by `bench/latency.py` (a benchmark, not a test). Run it from the repository root with
 
-    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3]
+    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3] [--startup-only]
 
 Each run appends one table below: per-call `echo` latency directly vs. through the bridge (median across rounds of
 each round's p50/p99), and bridge startup (spawn → `initialize`, spawn → full `tools/list` over 10 upstreams with a
@@ -394,13 +396,9 @@ def time_imports(env: dict[str, str], cwd: Path) -> dict[str, float]:
 
 
 def render(
-    lat: LatencyResult, start: StartupResult, imports: dict[str, float], started: dt.datetime, load_start: str
+    lat: LatencyResult | None, start: StartupResult, imports: dict[str, float], started: dt.datetime, load_start: str
 ) -> str:
     med = statistics.median
-    d50, d99 = med(lat.direct_p50), med(lat.direct_p99)
-    b50, b99 = med(lat.bridge_p50), med(lat.bridge_p99)
-    added = b50 - d50
-    verdict = "holds" if added <= TARGET_ADDED_P50_MS else "does NOT hold"
 
     def spread(values: list[float]) -> str:
         return f"rounds: {', '.join(f'{v:.3f}' for v in values)}"
@@ -413,17 +411,25 @@ def render(
         counts = [s.first_list_count for s in spawns]
         return f"tools in the first list: {', '.join(map(str, counts))} of {start.expected_tools}"
 
-    rows: list[list[str]] = [
-        ["direct `echo` p50", f"{d50:.3f} ms", spread(lat.direct_p50)],
-        ["bridge `local__echo` p50", f"{b50:.3f} ms", spread(lat.bridge_p50)],
-        ["direct `echo` p99", f"{d99:.3f} ms", spread(lat.direct_p99)],
-        ["bridge `local__echo` p99", f"{b99:.3f} ms", spread(lat.bridge_p99)],
-        ["ratio bridge/direct p50", f"{b50 / d50:.2f}x", f"p99 ratio {b99 / d99:.2f}x"],
-        [
-            "added by the bridge, p50",
-            f"{added:+.3f} ms",
-            f"target: at most {TARGET_ADDED_P50_MS:g} ms at p50 — {verdict}",
-        ],
+    rows: list[list[str]] = []
+    if lat is not None:
+        d50, d99 = med(lat.direct_p50), med(lat.direct_p99)
+        b50, b99 = med(lat.bridge_p50), med(lat.bridge_p99)
+        added = b50 - d50
+        verdict = "holds" if added <= TARGET_ADDED_P50_MS else "does NOT hold"
+        rows += [
+            ["direct `echo` p50", f"{d50:.3f} ms", spread(lat.direct_p50)],
+            ["bridge `local__echo` p50", f"{b50:.3f} ms", spread(lat.bridge_p50)],
+            ["direct `echo` p99", f"{d99:.3f} ms", spread(lat.direct_p99)],
+            ["bridge `local__echo` p99", f"{b99:.3f} ms", spread(lat.bridge_p99)],
+            ["ratio bridge/direct p50", f"{b50 / d50:.2f}x", f"p99 ratio {b99 / d99:.2f}x"],
+            [
+                "added by the bridge, p50",
+                f"{added:+.3f} ms",
+                f"target: at most {TARGET_ADDED_P50_MS:g} ms at p50 — {verdict}",
+            ],
+        ]
+    rows += [
         startup_row("bridge spawn → `initialize` (1 upstream)", start.initialize, "initialize"),
         startup_row("spawn → `initialize`, 10 upstreams, cold cache", start.cold, "initialize"),
         startup_row("spawn → first `tools/list`, cold cache", start.cold, "first_list"),
@@ -437,13 +443,18 @@ def render(
     for code, seconds in imports.items():
         rows.append([f'`python -c "{code}"`', f"{ms(seconds):.0f} ms", f"median of {IMPORT_RUNS} fresh processes"])
 
+    latency_note = (
+        f"- latency: {lat.calls} sequential `echo` calls per path per round, {lat.rounds} rounds alternating paths, "
+        f"{WARMUP_CALLS} warm-up calls per path; values are the median across rounds of each round's p50/p99"
+        if lat is not None
+        else "- latency: not measured in this run (`--startup-only`)"
+    )
     header = [
-        f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}",
+        f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}" + (" — startup only" if lat is None else ""),
         "",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"1-min load average {load_start} before the run, {load_average()} at its end (includes this run's own load)",
-        f"- latency: {lat.calls} sequential `echo` calls per path per round, {lat.rounds} rounds alternating paths, "
-        f"{WARMUP_CALLS} warm-up calls per path; values are the median across rounds of each round's p50/p99",
+        latency_note,
         f"- startup: median of {STARTUP_SPAWNS} spawns each; cold = fresh `MCP_BRIDGE_HOME` (no `catalog.json`) "
         f"per spawn, warm = one home reused after a first (uncounted) run; "
         f"{N_UPSTREAMS} local upstreams, `allowed_tools: ['*']`",
@@ -461,6 +472,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500, help="sequential calls per path per round (default 500)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating paths (default 3)")
+    parser.add_argument(
+        "--startup-only", action="store_true", help="measure startup and import times only (skip per-call latency)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only; do not append to RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, stderr logs)")
     args = parser.parse_args()
@@ -480,9 +494,11 @@ def main() -> int:
         try:
             print("import times ...", file=sys.stderr)
             imports = time_imports(bridge_env(work / "import-home"), work)
-            print("per-call latency ...", file=sys.stderr)
             (local,) = procs.start_upstreams(["local"])
-            latency = anyio.run(run_latency, local, work, args.calls, args.rounds)
+            latency = None
+            if not args.startup_only:
+                print("per-call latency ...", file=sys.stderr)
+                latency = anyio.run(run_latency, local, work, args.calls, args.rounds)
             print("startup ...", file=sys.stderr)
             many = procs.start_upstreams([f"u{i}" for i in range(N_UPSTREAMS)])
             startup = anyio.run(run_startup, local, many, work)
