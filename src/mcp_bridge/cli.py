@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -21,6 +21,10 @@ from mcp_bridge import __version__
 from mcp_bridge.config import LoadedConfig, home_dir, load_config
 from mcp_bridge.errors import BridgeError, ConfigError
 from mcp_bridge.logs import clean, configure, get_logger, register_secrets
+
+if TYPE_CHECKING:
+    from mcp_bridge.handshake import EarlyStart
+    from mcp_bridge.policy import Allowlist
 
 log = get_logger("mcp_bridge.cli")
 
@@ -85,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command != "serve" and not args.log_level:
             level = "error" if level == "info" else level  # hand-run commands: stderr keeps to real errors
         configure(level=level, file=args.log_file or loaded.settings.log.file)
+        if command == "serve":
+            return _serve_command(loaded)
         handler: Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]] = _COMMANDS[command]
         return anyio.run(handler, args, loaded)
     except BridgeError as exc:
@@ -98,15 +104,47 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-async def _serve(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+class _Terminated(BaseException):
+    """SIGTERM while ``serve`` is still starting (before the event loop handles signals)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def _serve_command(loaded: LoadedConfig) -> int:
+    """``serve``: answer ``initialize`` first, then load the SDK (about a second) and serve.
+
+    The IDE's first message is read and, when it is ``initialize``, answered before anything heavy is imported
+    (:mod:`mcp_bridge.handshake`): the instructions need only the config and the allowlist known now. SIGTERM in
+    that window stops cleanly (exit 0), as it does once serving.
+    """
+    from mcp_bridge.handshake import answer_initialize
+    from mcp_bridge.policy import initial_allowlist
+
+    home = home_dir()
+    allowlist = initial_allowlist(loaded.settings, home)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        early = answer_initialize(allowlist.instructions(loaded.settings.naming.separator))
+        import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge: once the IDE has its answer
+    except _Terminated:
+        log.info("serve.stop", signal="SIGTERM", during="startup")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return anyio.run(_serve, loaded, home, allowlist, early)
+
+
+async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist, early: EarlyStart) -> int:
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.front import serve_stdio
 
-    bridge = Bridge(loaded, home_dir())
+    bridge = Bridge(loaded, home, initial=allowlist)
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
-        await serve_stdio(bridge)
+        await serve_stdio(bridge, early)
         tg.cancel_scope.cancel()
     log.info("serve.stop")
     return 0
@@ -398,7 +436,6 @@ async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]]] = {
-    "serve": _serve,
     "status": _status,
     "tools": _tools,
     "call": _call,
