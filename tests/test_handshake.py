@@ -246,11 +246,26 @@ async def test_sigterm_while_waiting_for_the_first_message_stops_cleanly(tmp_pat
 
 
 def test_nothing_heavy_is_imported_before_the_answer(tmp_path: Path) -> None:
-    """The early path needs the CLI, the config, the allowlist and this module: no SDK, no HTTP client."""
+    """The early path needs the CLI, the config, the allowlist and this module: no SDK, no HTTP client, not even
+    anyio or structlog (which imports asyncio): those load once the IDE has its answer."""
+    heavy = [
+        "mcp",
+        "mcp_types",
+        "httpx2",
+        "httpcore",
+        "starlette",
+        "uvicorn",
+        "opentelemetry",
+        "jsonschema",
+        "sqlite3",
+        "keyring",
+        "anyio",
+        "asyncio",
+        "structlog",
+    ]
     code = (
         "import sys, mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.policy;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types', 'httpx2', 'httpcore', "
-        "'starlette', 'uvicorn', 'opentelemetry', 'jsonschema', 'sqlite3', 'keyring')))"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], env=bridge_env(tmp_path), capture_output=True, text=True, timeout=60, check=True

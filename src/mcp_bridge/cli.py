@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from mcp_bridge import __version__
 from mcp_bridge.config import LoadedConfig, home_dir, load_config
 from mcp_bridge.errors import BridgeError, ConfigError
-from mcp_bridge.logs import clean, configure, get_logger, register_secrets
+from mcp_bridge.logs import activate, clean, configure, get_logger, register_secrets
 
 if TYPE_CHECKING:
+    import anyio
+
     from mcp_bridge.handshake import EarlyStart
     from mcp_bridge.policy import Allowlist
 
@@ -82,17 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "install":
             return _install(args)
         if command == "doctor":  # before loading the config: a broken config is one of the things it reports
-            return anyio.run(_doctor, args)
+            return _run(_doctor, args)
         loaded = load_config(args.config)
         register_secrets(loaded.secrets)
         level = args.log_level or loaded.settings.log.level
         if command != "serve" and not args.log_level:
             level = "error" if level == "info" else level  # hand-run commands: stderr keeps to real errors
-        configure(level=level, file=args.log_file or loaded.settings.log.file)
+        configure(level=level, file=args.log_file or loaded.settings.log.file, defer=command == "serve")
         if command == "serve":
             return _serve_command(loaded)
         handler: Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]] = _COMMANDS[command]
-        return anyio.run(handler, args, loaded)
+        return _run(handler, args, loaded)
     except BridgeError as exc:
         _err(f"mcp-bridge: {clean(str(exc))}")
         return exc.exit_code
@@ -102,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _run(func: Callable[..., Awaitable[int]], *args: Any) -> int:
+    import anyio  # imported here, not at the top: ``serve`` answers ``initialize`` before it needs anyio
+
+    return anyio.run(func, *args)
 
 
 class _Terminated(BaseException):
@@ -127,16 +133,19 @@ def _serve_command(loaded: LoadedConfig) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         early = answer_initialize(allowlist.instructions(loaded.settings.naming.separator))
-        import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge: once the IDE has its answer
+        activate()  # the logging setup, deferred until the IDE had its answer
+        import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge: likewise
     except _Terminated:
         log.info("serve.stop", signal="SIGTERM", during="startup")
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return anyio.run(_serve, loaded, home, allowlist, early)
+    return _run(_serve, loaded, home, allowlist, early)
 
 
 async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist, early: EarlyStart) -> int:
+    import anyio
+
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.front import serve_stdio
 
@@ -155,6 +164,8 @@ async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
     closing stdin is what stops the bridge)."""
     if sys.platform == "win32":
         return
+    import anyio
+
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("serve.signal", signal=signal.Signals(signum).name)
@@ -342,6 +353,8 @@ async def _oauth_server(loaded: LoadedConfig, name: str) -> Any:
 
 
 async def _login(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    import anyio
+
     from mcp_bridge.auth import AuthEnv
     from mcp_bridge.auth.oauth import LoginPolicy
     from mcp_bridge.upstream import Upstream
