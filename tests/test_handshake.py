@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from harness import LocalUpstream, bridge_client, bridge_env, bridge_process, ra
 from mcp_bridge import handshake
 from mcp_bridge.config import parse_config
 from mcp_bridge.handshake import initialize_result, parse_initialize
-from mcp_bridge.policy import initial_allowlist
+from mcp_bridge.policy import ALLOWLIST_CACHE, AllowlistCache, cache_key, initial_allowlist, loading_from_port
+from port_double import mcp_server_entity
 
 OFF = {handshake.ENV_SWITCH: "0"}
 
@@ -60,28 +62,49 @@ async def sdk_initialize(front: Any, request: dict[str, Any]) -> dict[str, Any]:
     return wire
 
 
+PORT = {"base_url": "http://127.0.0.1:9", "client_id": "dev", "client_secret": "port-secret-0001"}
+ENTITIES = [
+    mcp_server_entity("docs", "http://127.0.0.1:9/mcp", ["*"], auth_type="none", description="Docs from Port — ü"),
+    mcp_server_entity("wiki", "http://127.0.0.1:9/wiki", ["search"], auth_type="none", title="The wiki"),
+]
+ALLOWLISTS = {
+    "local servers": ({"servers": SERVERS}, False, "Internal docs — ünïcode"),
+    "Port, cached": ({"port": PORT}, True, "Docs from Port — ü"),
+    "Port, nothing cached yet": ({"port": PORT}, False, "being loaded from Port"),
+}
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("version", [*HANDSHAKE_PROTOCOL_VERSIONS, "2026-07-28", "1999-01-01", ""])
 @pytest.mark.parametrize("request_id", [7, "init-1"])
-async def test_the_hand_built_answer_equals_the_sdk_fronts(tmp_path: Path, version: str, request_id: Any) -> None:
+@pytest.mark.parametrize("allowlist_kind", sorted(ALLOWLISTS))
+async def test_the_hand_built_answer_equals_the_sdk_fronts(
+    tmp_path: Path, version: str, request_id: Any, allowlist_kind: str
+) -> None:
+    """Built as ``serve`` builds it, before the SDK loads; against the front's answer, as ``serve`` runs it."""
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.front import Front
 
-    loaded = parse_config(json.dumps({"servers": SERVERS}), environ={})
+    raw, cached, expected_text = ALLOWLISTS[allowlist_kind]
+    loaded = parse_config(json.dumps(raw), environ={})
     home = tmp_path / "home"
     home.mkdir()
+    if cached:
+        assert loaded.settings.port is not None
+        AllowlistCache(home / ALLOWLIST_CACHE, cache_key(loaded.settings.port)).save(ENTITIES, time.time())
     allowlist = initial_allowlist(loaded.settings, home)
+    offered = allowlist if allowlist is not None else loading_from_port()
+    instructions = offered.instructions(loaded.settings.naming.separator)
     request = init_request(request_id, version)
+
     bridge = Bridge(loaded, home, initial=allowlist)
     async with bridge.running():  # as serve does: the front takes its instructions from the running bridge
         sdk = await sdk_initialize(Front(bridge), request)
 
-    parsed = parse_initialize(json.dumps(request).encode())
-    assert parsed == (request_id, version)
-    instructions = allowlist.instructions(loaded.settings.naming.separator)
+    assert parse_initialize(json.dumps(request).encode()) == (request_id, version)
     hand_built = {"jsonrpc": "2.0", "id": request_id, "result": initialize_result(version, instructions)}
     assert hand_built == sdk
-    assert "Internal docs — ünïcode" in sdk["result"]["instructions"]  # the instructions really were compared
+    assert expected_text in sdk["result"]["instructions"]  # the instructions really were compared
 
 
 # A line the early path answers must be one the SDK accepts as a valid initialize; the rest go to the SDK.

@@ -43,9 +43,9 @@ class Bridge:
         auth_env: AuthEnv | None = None,
         initial: Allowlist | None = None,
     ) -> None:
-        """``initial``: the allowlist to serve at once, when the caller already read it
+        """``initial``: what the source offers at once, when the caller already asked
         (:func:`~mcp_bridge.policy.initial_allowlist`, which ``serve`` needs before this module is imported);
-        otherwise the source's own."""
+        otherwise (and while it is ``None``) the source is asked."""
         self.settings = loaded.settings
         self.home = home
         self._given_source = source

@@ -126,13 +126,14 @@ def _serve_command(loaded: LoadedConfig) -> int:
     that window stops cleanly (exit 0), as it does once serving.
     """
     from mcp_bridge.handshake import answer_initialize
-    from mcp_bridge.policy import initial_allowlist
+    from mcp_bridge.policy import initial_allowlist, loading_from_port
 
     home = home_dir()
     allowlist = initial_allowlist(loaded.settings, home)
+    offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        early = answer_initialize(allowlist.instructions(loaded.settings.naming.separator))
+        early = answer_initialize(offered.instructions(loaded.settings.naming.separator))
         activate()  # the logging setup, deferred until the IDE had its answer
         import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge: likewise
     except _Terminated:
@@ -143,7 +144,7 @@ def _serve_command(loaded: LoadedConfig) -> int:
     return _run(_serve, loaded, home, allowlist, early)
 
 
-async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist, early: EarlyStart) -> int:
+async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart) -> int:
     import anyio
 
     from mcp_bridge.bridge import Bridge

@@ -248,15 +248,16 @@ def loading_from_port() -> Allowlist:
     return Allowlist(source="Port", note="the allowlist is being loaded from Port")
 
 
-def initial_allowlist(settings: Settings, home: Path) -> Allowlist:
-    """What ``serve`` offers at once, before its source has answered: the config's ``servers:``, or Port's allowlist
-    cached on disk (:func:`loading_from_port` when there is none). Needs neither the network nor the SDK, so it can
-    shape the ``initialize`` answer before the SDK is imported."""
+def initial_allowlist(settings: Settings, home: Path) -> Allowlist | None:
+    """What the allowlist source of ``serve`` offers at once, before it has answered (its ``initial()``): the
+    config's ``servers:``, or Port's allowlist cached on disk; ``None`` while there is nothing (serve then offers
+    :func:`loading_from_port`). Needs neither the network nor the SDK, so that the ``initialize`` answer can be
+    built before the SDK is imported."""
     if settings.port is None:
         return LocalSource(settings).initial()
     cached = AllowlistCache(home / ALLOWLIST_CACHE, cache_key(settings.port)).load()
     if cached is None:
-        return loading_from_port()
+        return None
     return _from_cache(settings, *cached, why="Port not asked yet")
 
 
