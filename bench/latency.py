@@ -8,8 +8,9 @@ It measures on this machine, in one run:
 
 1. per-call latency of ``echo`` on one local upstream, directly (SDK client over streamable HTTP) and through the
    bridge (``python -m mcp_bridge serve`` over stdio, calling ``local__echo``), alternating paths round by round;
-2. startup: spawn → ``initialize`` of the bridge, and spawn → first full ``tools/list`` over 10 upstreams with a
-   cold and a warm disk cache, plus the import times that bound it.
+2. startup: spawn → ``initialize`` of the bridge (answered early, before the SDK loads, and, alternating with it,
+   answered by the SDK with ``MCP_BRIDGE_EARLY_INITIALIZE=0``), and spawn → first full ``tools/list`` over 10
+   upstreams with a cold and a warm disk cache, plus the import times that bound it.
 
 ``--startup-only`` skips part 1 (the table then has no latency rows).
 
@@ -56,6 +57,9 @@ STARTUP_SPAWNS = 5
 IMPORT_RUNS = 5
 N_UPSTREAMS = 10
 FULL_LIST_TIMEOUT = 30.0
+EARLY_OFF = {"MCP_BRIDGE_EARLY_INITIALIZE": "0"}
+PRE_ANSWER_IMPORTS = "import mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.policy"
+"""What ``serve`` imports before it answers ``initialize``."""
 
 RESULTS_HEADER = """\
 # Bridge benchmark results
@@ -195,13 +199,17 @@ class ToolsChanged:
 
 @asynccontextmanager
 async def bridge_session(
-    config: Path, home: Path, stderr_path: Path, handler: ToolsChanged | None = None
+    config: Path,
+    home: Path,
+    stderr_path: Path,
+    handler: ToolsChanged | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[ClientSession]:
     """Spawn ``python -m mcp_bridge serve`` and open an (uninitialized) SDK session over its stdio."""
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_bridge", "serve", "--config", str(config)],
-        env=bridge_env(home),
+        env={**bridge_env(home), **(extra_env or {})},
         cwd=str(home),
     )
     with open(stderr_path, "a", encoding="utf-8") as errlog:
@@ -324,11 +332,13 @@ class Spawn:
     close: float = 0.0
 
 
-async def spawn_once(config: Path, home: Path, stderr_path: Path, expected: set[str] | None) -> Spawn:
+async def spawn_once(
+    config: Path, home: Path, stderr_path: Path, expected: set[str] | None, extra_env: dict[str, str] | None = None
+) -> Spawn:
     """One bridge spawn: spawn → initialize, then (with ``expected``) → first and first *full* tools/list."""
     handler = ToolsChanged()
     t0 = time.perf_counter()
-    async with bridge_session(config, home, stderr_path, handler) as session:
+    async with bridge_session(config, home, stderr_path, handler, extra_env) as session:
         await session.initialize()
         spawn = Spawn(initialize=time.perf_counter() - t0)
         if expected is not None:
@@ -349,6 +359,7 @@ async def spawn_once(config: Path, home: Path, stderr_path: Path, expected: set[
 @dataclass
 class StartupResult:
     initialize: list[Spawn]
+    initialize_by_sdk: list[Spawn]
     cold: list[Spawn]
     warm: list[Spawn]
     expected_tools: int
@@ -362,9 +373,10 @@ async def run_startup(local: Upstream, many: list[Upstream], work: Path) -> Star
     expected = {f"{u.name}__{tool}" for u in many for tool in listed}
     stderr_path = work / "bridge-startup.stderr.log"
 
-    init_runs = []
-    for i in range(STARTUP_SPAWNS):
+    init_runs, by_sdk = [], []
+    for i in range(STARTUP_SPAWNS):  # alternating: the same machine load for both
         init_runs.append(await spawn_once(one_config, work / f"init-home-{i}", stderr_path, None))
+        by_sdk.append(await spawn_once(one_config, work / f"sdk-home-{i}", stderr_path, None, EARLY_OFF))
     cold = []
     for i in range(STARTUP_SPAWNS):
         cold.append(await spawn_once(many_config, work / f"cold-home-{i}", stderr_path, expected))
@@ -375,12 +387,18 @@ async def run_startup(local: Upstream, many: list[Upstream], work: Path) -> Star
     warm = []
     for _ in range(STARTUP_SPAWNS):
         warm.append(await spawn_once(many_config, warm_home, stderr_path, expected))
-    return StartupResult(init_runs, cold, warm, len(expected))
+    return StartupResult(init_runs, by_sdk, cold, warm, len(expected))
 
 
 def time_imports(env: dict[str, str], cwd: Path) -> dict[str, float]:
     """Median wall time of ``python -c CODE`` over IMPORT_RUNS fresh interpreters, per code snippet."""
-    snippets = ["pass", "import mcp.server.lowlevel", "import mcp_bridge.cli", "import mcp_bridge.front"]
+    snippets = [
+        "pass",
+        "import mcp.server.lowlevel",
+        "import mcp_bridge.cli",
+        PRE_ANSWER_IMPORTS,
+        "import mcp_bridge.front",
+    ]
     out = {}
     for code in snippets:
         runs = []
@@ -431,6 +449,9 @@ def render(
         ]
     rows += [
         startup_row("bridge spawn → `initialize` (1 upstream)", start.initialize, "initialize"),
+        startup_row(
+            "same, answered by the SDK (`MCP_BRIDGE_EARLY_INITIALIZE=0`)", start.initialize_by_sdk, "initialize"
+        ),
         startup_row("spawn → `initialize`, 10 upstreams, cold cache", start.cold, "initialize"),
         startup_row("spawn → first `tools/list`, cold cache", start.cold, "first_list"),
         ["", "", first_list_note(start.cold)],
