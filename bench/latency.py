@@ -2,14 +2,17 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3]
+    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3] [--startup-only]
 
 It measures on this machine, in one run:
 
 1. per-call latency of ``echo`` on one local upstream, directly (SDK client over streamable HTTP) and through the
    bridge (``python -m mcp_bridge serve`` over stdio, calling ``local__echo``), alternating paths round by round;
-2. startup: spawn → ``initialize`` of the bridge, and spawn → first full ``tools/list`` over 10 upstreams with a
-   cold and a warm disk cache, plus the import times that bound it.
+2. startup: spawn → ``initialize`` of the bridge (answered early, before the SDK loads, and, alternating with it,
+   answered by the SDK with ``MCP_BRIDGE_EARLY_INITIALIZE=0``), and spawn → first full ``tools/list`` over 10
+   upstreams with a cold and a warm disk cache, plus the import times that bound it.
+
+``--startup-only`` skips part 1 (the table then has no latency rows).
 
 It prints one markdown table and appends it to ``bench/RESULTS.md``. Upstreams are real
 ``mcp_bridge.localservers`` subprocesses on 127.0.0.1; every subprocess is killed at the end, even on error or
@@ -54,13 +57,16 @@ STARTUP_SPAWNS = 5
 IMPORT_RUNS = 5
 N_UPSTREAMS = 10
 FULL_LIST_TIMEOUT = 30.0
+EARLY_OFF = {"MCP_BRIDGE_EARLY_INITIALIZE": "0"}
+PRE_ANSWER_IMPORTS = "import mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.policy"
+"""What ``serve`` imports before it answers ``initialize``."""
 
 RESULTS_HEADER = """\
 # Bridge benchmark results
 
 Produced by `bench/latency.py` (a benchmark, not a test). Run it from the repository root with
 
-    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3]
+    .venv/bin/python bench/latency.py [--calls 500] [--rounds 3] [--startup-only]
 
 Each run appends one table below: per-call `echo` latency directly vs. through the bridge (median across rounds of
 each round's p50/p99), and bridge startup (spawn → `initialize`, spawn → full `tools/list` over 10 upstreams with a
@@ -193,13 +199,17 @@ class ToolsChanged:
 
 @asynccontextmanager
 async def bridge_session(
-    config: Path, home: Path, stderr_path: Path, handler: ToolsChanged | None = None
+    config: Path,
+    home: Path,
+    stderr_path: Path,
+    handler: ToolsChanged | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[ClientSession]:
     """Spawn ``python -m mcp_bridge serve`` and open an (uninitialized) SDK session over its stdio."""
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_bridge", "serve", "--config", str(config)],
-        env=bridge_env(home),
+        env={**bridge_env(home), **(extra_env or {})},
         cwd=str(home),
     )
     with open(stderr_path, "a", encoding="utf-8") as errlog:
@@ -322,11 +332,13 @@ class Spawn:
     close: float = 0.0
 
 
-async def spawn_once(config: Path, home: Path, stderr_path: Path, expected: set[str] | None) -> Spawn:
+async def spawn_once(
+    config: Path, home: Path, stderr_path: Path, expected: set[str] | None, extra_env: dict[str, str] | None = None
+) -> Spawn:
     """One bridge spawn: spawn → initialize, then (with ``expected``) → first and first *full* tools/list."""
     handler = ToolsChanged()
     t0 = time.perf_counter()
-    async with bridge_session(config, home, stderr_path, handler) as session:
+    async with bridge_session(config, home, stderr_path, handler, extra_env) as session:
         await session.initialize()
         spawn = Spawn(initialize=time.perf_counter() - t0)
         if expected is not None:
@@ -347,6 +359,7 @@ async def spawn_once(config: Path, home: Path, stderr_path: Path, expected: set[
 @dataclass
 class StartupResult:
     initialize: list[Spawn]
+    initialize_by_sdk: list[Spawn]
     cold: list[Spawn]
     warm: list[Spawn]
     expected_tools: int
@@ -360,9 +373,10 @@ async def run_startup(local: Upstream, many: list[Upstream], work: Path) -> Star
     expected = {f"{u.name}__{tool}" for u in many for tool in listed}
     stderr_path = work / "bridge-startup.stderr.log"
 
-    init_runs = []
-    for i in range(STARTUP_SPAWNS):
+    init_runs, by_sdk = [], []
+    for i in range(STARTUP_SPAWNS):  # alternating: the same machine load for both
         init_runs.append(await spawn_once(one_config, work / f"init-home-{i}", stderr_path, None))
+        by_sdk.append(await spawn_once(one_config, work / f"sdk-home-{i}", stderr_path, None, EARLY_OFF))
     cold = []
     for i in range(STARTUP_SPAWNS):
         cold.append(await spawn_once(many_config, work / f"cold-home-{i}", stderr_path, expected))
@@ -373,12 +387,18 @@ async def run_startup(local: Upstream, many: list[Upstream], work: Path) -> Star
     warm = []
     for _ in range(STARTUP_SPAWNS):
         warm.append(await spawn_once(many_config, warm_home, stderr_path, expected))
-    return StartupResult(init_runs, cold, warm, len(expected))
+    return StartupResult(init_runs, by_sdk, cold, warm, len(expected))
 
 
 def time_imports(env: dict[str, str], cwd: Path) -> dict[str, float]:
     """Median wall time of ``python -c CODE`` over IMPORT_RUNS fresh interpreters, per code snippet."""
-    snippets = ["pass", "import mcp.server.lowlevel", "import mcp_bridge.cli", "import mcp_bridge.front"]
+    snippets = [
+        "pass",
+        "import mcp.server.lowlevel",
+        "import mcp_bridge.cli",
+        PRE_ANSWER_IMPORTS,
+        "import mcp_bridge.front",
+    ]
     out = {}
     for code in snippets:
         runs = []
@@ -394,13 +414,9 @@ def time_imports(env: dict[str, str], cwd: Path) -> dict[str, float]:
 
 
 def render(
-    lat: LatencyResult, start: StartupResult, imports: dict[str, float], started: dt.datetime, load_start: str
+    lat: LatencyResult | None, start: StartupResult, imports: dict[str, float], started: dt.datetime, load_start: str
 ) -> str:
     med = statistics.median
-    d50, d99 = med(lat.direct_p50), med(lat.direct_p99)
-    b50, b99 = med(lat.bridge_p50), med(lat.bridge_p99)
-    added = b50 - d50
-    verdict = "holds" if added <= TARGET_ADDED_P50_MS else "does NOT hold"
 
     def spread(values: list[float]) -> str:
         return f"rounds: {', '.join(f'{v:.3f}' for v in values)}"
@@ -413,18 +429,29 @@ def render(
         counts = [s.first_list_count for s in spawns]
         return f"tools in the first list: {', '.join(map(str, counts))} of {start.expected_tools}"
 
-    rows: list[list[str]] = [
-        ["direct `echo` p50", f"{d50:.3f} ms", spread(lat.direct_p50)],
-        ["bridge `local__echo` p50", f"{b50:.3f} ms", spread(lat.bridge_p50)],
-        ["direct `echo` p99", f"{d99:.3f} ms", spread(lat.direct_p99)],
-        ["bridge `local__echo` p99", f"{b99:.3f} ms", spread(lat.bridge_p99)],
-        ["ratio bridge/direct p50", f"{b50 / d50:.2f}x", f"p99 ratio {b99 / d99:.2f}x"],
-        [
-            "added by the bridge, p50",
-            f"{added:+.3f} ms",
-            f"target: at most {TARGET_ADDED_P50_MS:g} ms at p50 — {verdict}",
-        ],
+    rows: list[list[str]] = []
+    if lat is not None:
+        d50, d99 = med(lat.direct_p50), med(lat.direct_p99)
+        b50, b99 = med(lat.bridge_p50), med(lat.bridge_p99)
+        added = b50 - d50
+        verdict = "holds" if added <= TARGET_ADDED_P50_MS else "does NOT hold"
+        rows += [
+            ["direct `echo` p50", f"{d50:.3f} ms", spread(lat.direct_p50)],
+            ["bridge `local__echo` p50", f"{b50:.3f} ms", spread(lat.bridge_p50)],
+            ["direct `echo` p99", f"{d99:.3f} ms", spread(lat.direct_p99)],
+            ["bridge `local__echo` p99", f"{b99:.3f} ms", spread(lat.bridge_p99)],
+            ["ratio bridge/direct p50", f"{b50 / d50:.2f}x", f"p99 ratio {b99 / d99:.2f}x"],
+            [
+                "added by the bridge, p50",
+                f"{added:+.3f} ms",
+                f"target: at most {TARGET_ADDED_P50_MS:g} ms at p50 — {verdict}",
+            ],
+        ]
+    rows += [
         startup_row("bridge spawn → `initialize` (1 upstream)", start.initialize, "initialize"),
+        startup_row(
+            "same, answered by the SDK (`MCP_BRIDGE_EARLY_INITIALIZE=0`)", start.initialize_by_sdk, "initialize"
+        ),
         startup_row("spawn → `initialize`, 10 upstreams, cold cache", start.cold, "initialize"),
         startup_row("spawn → first `tools/list`, cold cache", start.cold, "first_list"),
         ["", "", first_list_note(start.cold)],
@@ -437,13 +464,18 @@ def render(
     for code, seconds in imports.items():
         rows.append([f'`python -c "{code}"`', f"{ms(seconds):.0f} ms", f"median of {IMPORT_RUNS} fresh processes"])
 
+    latency_note = (
+        f"- latency: {lat.calls} sequential `echo` calls per path per round, {lat.rounds} rounds alternating paths, "
+        f"{WARMUP_CALLS} warm-up calls per path; values are the median across rounds of each round's p50/p99"
+        if lat is not None
+        else "- latency: not measured in this run (`--startup-only`)"
+    )
     header = [
-        f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}",
+        f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}" + (" — startup only" if lat is None else ""),
         "",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"1-min load average {load_start} before the run, {load_average()} at its end (includes this run's own load)",
-        f"- latency: {lat.calls} sequential `echo` calls per path per round, {lat.rounds} rounds alternating paths, "
-        f"{WARMUP_CALLS} warm-up calls per path; values are the median across rounds of each round's p50/p99",
+        latency_note,
         f"- startup: median of {STARTUP_SPAWNS} spawns each; cold = fresh `MCP_BRIDGE_HOME` (no `catalog.json`) "
         f"per spawn, warm = one home reused after a first (uncounted) run; "
         f"{N_UPSTREAMS} local upstreams, `allowed_tools: ['*']`",
@@ -461,6 +493,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500, help="sequential calls per path per round (default 500)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating paths (default 3)")
+    parser.add_argument(
+        "--startup-only", action="store_true", help="measure startup and import times only (skip per-call latency)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only; do not append to RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, stderr logs)")
     args = parser.parse_args()
@@ -480,9 +515,11 @@ def main() -> int:
         try:
             print("import times ...", file=sys.stderr)
             imports = time_imports(bridge_env(work / "import-home"), work)
-            print("per-call latency ...", file=sys.stderr)
             (local,) = procs.start_upstreams(["local"])
-            latency = anyio.run(run_latency, local, work, args.calls, args.rounds)
+            latency = None
+            if not args.startup_only:
+                print("per-call latency ...", file=sys.stderr)
+                latency = anyio.run(run_latency, local, work, args.calls, args.rounds)
             print("startup ...", file=sys.stderr)
             many = procs.start_upstreams([f"u{i}" for i in range(N_UPSTREAMS)])
             startup = anyio.run(run_startup, local, many, work)

@@ -150,11 +150,15 @@ class Notifications:
 
 
 @asynccontextmanager
-async def bridge_process(config: Path, home: Path, stderr_path: Path) -> AsyncIterator[Any]:
+async def bridge_process(
+    config: Path, home: Path, stderr_path: Path, *, env: dict[str, str] | None = None
+) -> AsyncIterator[Any]:
     """``mcp-bridge serve`` as a bare subprocess with raw pipes (for byte-level protocol tests); stderr to a file."""
     with open(stderr_path, "wb") as errlog:
         async with await anyio.open_process(
-            [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(config)], env=bridge_env(home), stderr=errlog
+            [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(config)],
+            env=bridge_env(home, env),
+            stderr=errlog,
         ) as proc:
             assert proc.stdin is not None and proc.stdout is not None
             yield proc

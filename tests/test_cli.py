@@ -118,6 +118,15 @@ def test_missing_config_file_and_bad_usage(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("mcp-bridge ")
 
 
+def test_the_version_literal_is_the_installed_packages_version() -> None:
+    """``__version__`` is written once, in the package (pyproject reads it there): the metadata must agree."""
+    from importlib.metadata import version
+
+    import mcp_bridge
+
+    assert mcp_bridge.__version__ == version("mcp-bridge")
+
+
 def test_console_script_and_module_entry_point_are_the_same_command(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("mcp-bridge")
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False, timeout=30)

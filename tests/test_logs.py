@@ -26,3 +26,27 @@ def test_structlog_and_library_records_are_redacted_and_go_to_the_given_stream()
     assert len(lines) == 2
     assert "another-secret-42" not in stream.getvalue()
     assert lines[0]["event"] == "event" and lines[0]["detail"] == "token *** inside"
+
+
+def test_deferred_setup_loads_structlog_with_the_first_message_at_the_level() -> None:
+    """``serve`` defers the setup so that ``initialize`` is answered before structlog (and asyncio) load."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import io, sys
+        from mcp_bridge.logs import configure, get_logger
+        log = get_logger("t")
+        stream = io.StringIO()
+        configure("info", stream=stream, defer=True)
+        log.debug("below the level")
+        assert "structlog" not in sys.modules and "asyncio" not in sys.modules, "loaded before the first message"
+        log.info("first", n=1)
+        assert "structlog" in sys.modules
+        log.debug("still below the level")
+        sys.stderr.write(stream.getvalue())
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # nothing on stdout, ever
+    assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["first"]

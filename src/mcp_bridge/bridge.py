@@ -24,7 +24,7 @@ from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.pins import Pins, Verdict
-from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes
+from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes, loading_from_port
 from mcp_bridge.upstream import Backoff, Listing, ProgressFn, Upstream, describe_error
 
 log = get_logger(__name__)
@@ -43,10 +43,15 @@ class Bridge:
         source: AllowlistSource | None = None,
         audit: AuditTrail | None = None,
         auth_env: AuthEnv | None = None,
+        initial: Allowlist | None = None,
     ) -> None:
+        """``initial``: what the source offers at once, when the caller already asked
+        (:func:`~mcp_bridge.policy.initial_allowlist`, which ``serve`` needs before this module is imported);
+        otherwise (and while it is ``None``) the source is asked."""
         self.settings = loaded.settings
         self.home = home
         self._given_source = source
+        self._initial = initial
         self.source: AllowlistSource | None = None
         self.audit: AuditTrail = audit or AuditTrail(self.settings, home)
         self.shipper: Shipper | None = None
@@ -83,9 +88,8 @@ class Bridge:
                     interrupted_after = self.settings.timeouts.call + 30
                     self.shipper = Shipper(self.audit, port_client, blueprint, interrupted_after)
                     tg.start_soon(self.shipper.run)
-                initial = source.initial()
-                loading = Allowlist(source="Port", note="the allowlist is being loaded from Port")
-                self.apply_allowlist(initial if initial is not None else loading)
+                initial = self._initial if self._initial is not None else source.initial()
+                self.apply_allowlist(initial if initial is not None else loading_from_port())
                 self._allowlist_known = initial is not None
                 tg.start_soon(self._watch_pins)
                 if source.refresh_interval is None:

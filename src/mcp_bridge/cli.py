@@ -13,14 +13,18 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from mcp_bridge import __version__
 from mcp_bridge.config import LoadedConfig, home_dir, load_config
 from mcp_bridge.errors import BridgeError, ConfigError
-from mcp_bridge.logs import clean, configure, get_logger, register_secrets
+from mcp_bridge.logs import activate, clean, configure, get_logger, register_secrets
+
+if TYPE_CHECKING:
+    import anyio
+
+    from mcp_bridge.handshake import EarlyStart
+    from mcp_bridge.policy import Allowlist
 
 log = get_logger("mcp_bridge.cli")
 
@@ -93,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "install":
             return _install(args)
         if command == "doctor":  # before loading the config: a broken config is one of the things it reports
-            return anyio.run(_doctor, args)
+            return _run(_doctor, args)
         if command == "demo":  # it writes its own config
             from mcp_bridge import demo
 
@@ -105,9 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = args.log_level or loaded.settings.log.level
         if command != "serve" and not args.log_level:
             level = "error" if level == "info" else level  # hand-run commands: stderr keeps to real errors
-        configure(level=level, file=args.log_file or loaded.settings.log.file)
+        configure(level=level, file=args.log_file or loaded.settings.log.file, defer=command == "serve")
+        if command == "serve":
+            return _serve_command(loaded)
         handler: Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]] = _COMMANDS[command]
-        return anyio.run(handler, args, loaded)
+        return _run(handler, args, loaded)
     except BridgeError as exc:
         _err(f"mcp-bridge: {clean(str(exc))}")
         return exc.exit_code
@@ -124,15 +130,57 @@ def serve_config(path: str) -> int:
     return main(["serve", "--config", path])
 
 
-async def _serve(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+def _run(func: Callable[..., Awaitable[int]], *args: Any) -> int:
+    import anyio  # imported here, not at the top: ``serve`` answers ``initialize`` before it needs anyio
+
+    return anyio.run(func, *args)
+
+
+class _Terminated(BaseException):
+    """SIGTERM while ``serve`` is still starting (before the event loop handles signals)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def _serve_command(loaded: LoadedConfig) -> int:
+    """``serve``: answer ``initialize`` first, then load the SDK (about a second) and serve.
+
+    The IDE's first message is read and, when it is ``initialize``, answered before anything heavy is imported
+    (:mod:`mcp_bridge.handshake`): the instructions need only the config and the allowlist known now. SIGTERM in
+    that window stops cleanly (exit 0), as it does once serving.
+    """
+    from mcp_bridge.handshake import answer_initialize
+    from mcp_bridge.policy import initial_allowlist, loading_from_port
+
+    home = home_dir()
+    allowlist = initial_allowlist(loaded.settings, home)
+    offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        early = answer_initialize(offered.instructions(loaded.settings.naming.separator))
+        activate()  # the logging setup, deferred until the IDE had its answer
+        import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge: likewise
+    except _Terminated:
+        log.info("serve.stop", signal="SIGTERM", during="startup")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return _run(_serve, loaded, home, allowlist, early)
+
+
+async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart) -> int:
+    import anyio
+
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.front import serve_stdio
 
-    bridge = Bridge(loaded, home_dir())
+    bridge = Bridge(loaded, home, initial=allowlist)
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
-        await serve_stdio(bridge)
+        await serve_stdio(bridge, early)
         tg.cancel_scope.cancel()
     log.info("serve.stop")
     return 0
@@ -143,6 +191,8 @@ async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
     closing stdin is what stops the bridge)."""
     if sys.platform == "win32":
         return
+    import anyio
+
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("serve.signal", signal=signal.Signals(signum).name)
@@ -415,6 +465,8 @@ async def _oauth_server(loaded: LoadedConfig, name: str) -> Any:
 
 
 async def _login(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    import anyio
+
     from mcp_bridge.auth import AuthEnv
     from mcp_bridge.auth.oauth import LoginPolicy
     from mcp_bridge.upstream import Upstream
@@ -509,7 +561,6 @@ async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]]] = {
-    "serve": _serve,
     "status": _status,
     "tools": _tools,
     "call": _call,

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from mcp_bridge import __version__
 from mcp_bridge.bridge import Bridge, error_text
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
+from mcp_bridge.handshake import EarlyStart
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.stdio import ide_pipes
 from mcp_bridge.upstream import ProgressFn
@@ -154,10 +155,20 @@ async def _guard(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         raise MCPError(types.INTERNAL_ERROR, f"the server sent an invalid result ({problems} problem(s))") from None
 
 
-async def serve_stdio(bridge: Bridge) -> None:
-    """Serve the bridge on this process's stdin/stdout until the IDE closes stdin (or the task is cancelled)."""
+async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
+    """Serve the bridge on this process's stdin/stdout until the IDE closes stdin (or the task is cancelled).
+
+    ``early``: what ``serve`` read (and perhaps answered) before the SDK was loaded. Those bytes are read first; an
+    ``initialize`` already answered is handled by the server all the same (that is what initializes its session),
+    and its answer, sent already, is dropped here.
+    """
     front = Front(bridge)
-    async with ide_pipes() as (stdin, stdout), stdio_server(stdin=stdin, stdout=stdout) as (read, write):
+    early = early or EarlyStart()
+    drop_id = early.request_id if early.answered else None
+    async with (
+        ide_pipes(prefix=early.consumed) as (stdin, stdout),
+        stdio_server(stdin=stdin, stdout=stdout) as (read, write),
+    ):
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](0)
         pending: set[Any] = set()
@@ -180,11 +191,16 @@ async def serve_stdio(bridge: Bridge) -> None:
                         answered = anyio.Event()
 
         async def pump_out() -> None:
+            nonlocal drop_id
             async with out_recv, write:  # the server writes through this relay now: it closes the wire when done
                 async for message in out_recv:
                     if isinstance(message.message, types.JSONRPCResponse | types.JSONRPCError):
                         pending.discard(message.message.id)
                         answered.set()
+                        if drop_id is not None and message.message.id == drop_id:
+                            drop_id = None  # only the first answer with that id: the IDE may reuse ids later
+                            _check_early_answer(early, message.message)
+                            continue
                     await write.send(message)
 
         async with receive, anyio.create_task_group() as tg:
@@ -194,6 +210,17 @@ async def serve_stdio(bridge: Bridge) -> None:
             async with out_send:
                 await front.server.run(receive, out_send, front.initialization_options())
             tg.cancel_scope.cancel()
+
+
+def _check_early_answer(early: EarlyStart, message: types.JSONRPCResponse | types.JSONRPCError) -> None:
+    """The SDK's answer to the ``initialize`` answered early must be the one sent: say so loudly if it is not."""
+    sent = dict(early.result or {})
+    if isinstance(message, types.JSONRPCError):
+        log.warning("front.early_initialize_differs", sdk_error=message.error.message, sent_keys=sorted(sent))
+        return
+    if message.result != sent:
+        differing = sorted(k for k in set(sent) | set(message.result) if sent.get(k) != message.result.get(k))
+        log.warning("front.early_initialize_differs", keys=differing)
 
 
 def _bad_line_error(exc: Exception) -> types.JSONRPCError:

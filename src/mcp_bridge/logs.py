@@ -3,21 +3,27 @@
 stdout carries only the protocol, so no handler here ever writes to it. Every string that reaches a log line or an
 error message passes :func:`clean`, which masks the secrets registered with :func:`register_secrets` (credentials
 and every value the config took from the environment) and bearer-like tokens in free text.
+
+structlog (and :mod:`logging` and :mod:`asyncio`, which it imports: ~80 ms) loads with the first message logged,
+not on import, so that ``serve`` can answer ``initialize`` before it (:mod:`mcp_bridge.handshake`).
+:func:`configure` with ``defer=True`` only records the settings; they take effect with that first message at or
+above the level, or at :func:`activate`.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    import logging
 
 MASK = "***"
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}  # logging.DEBUG ... logging.ERROR
+_METHOD_LEVELS = {**_LEVELS, "warn": 30, "exception": 40, "critical": 50, "fatal": 50}
 _MIN_SECRET_LEN = 4
 _TOKENISH = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
@@ -65,26 +71,59 @@ def _redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> M
     return event_dict
 
 
-class _RedactingFilter(logging.Filter):
+def _redact_record(record: logging.LogRecord) -> bool:
     """Applies :func:`clean` to records from other libraries (the SDK, httpx2) before any handler sees them."""
+    import logging
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, dict):
-            return True  # from structlog: already redacted by its processor chain
-        try:
-            message = record.getMessage()
-        except Exception:  # a library's bad format string must not kill logging
-            message = str(record.msg)
-        record.msg = clean(message)
-        record.args = None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = clean(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True
+    if isinstance(record.msg, dict):
+        return True  # from structlog: already redacted by its processor chain
+    try:
+        message = record.getMessage()
+    except Exception:  # a library's bad format string must not kill logging
+        message = str(record.msg)
+    record.msg = clean(message)
+    record.args = None
+    if record.exc_info and record.exc_info[1] is not None:
+        record.exc_text = clean(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None
+    return True
 
 
-def configure(level: str = "info", file: str | None = None, stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging to stderr (and ``file``), with redaction. Safe to call again."""
+class _Settings:
+    """What :func:`configure` was last asked for, while it is not applied yet."""
+
+    pending: tuple[str, str | None, TextIO | None] | None = None
+    level = _LEVELS["info"]
+
+
+def configure(
+    level: str = "info", file: str | None = None, stream: TextIO | None = None, *, defer: bool = False
+) -> None:
+    """Route structlog and stdlib logging to stderr (and ``file``), with redaction. Safe to call again.
+
+    ``defer``: only record the settings; they are applied (and structlog loaded) with the first message logged at
+    or above ``level``, or at :func:`activate`.
+    """
+    with _lock:
+        _Settings.level = _LEVELS.get(level, _LEVELS["info"])
+        _Settings.pending = (level, file, stream)
+    if not defer:
+        activate()
+
+
+def activate() -> None:
+    """Apply the settings :func:`configure` recorded, unless they are applied already."""
+    with _lock:  # held while applying: another thread's first message waits for the handlers, never goes astray
+        if _Settings.pending is not None:
+            _apply(*_Settings.pending)
+            _Settings.pending = None
+
+
+def _apply(level: str, file: str | None, stream: TextIO | None) -> None:
+    import logging
+
+    import structlog
+
     stream = stream or sys.stderr
     numeric = _LEVELS.get(level, logging.INFO)
     shared: list[Any] = [
@@ -120,7 +159,7 @@ def configure(level: str = "info", file: str | None = None, stream: TextIO | Non
         )
         handlers.append(fh)
     for handler in handlers:
-        handler.addFilter(_RedactingFilter())
+        handler.addFilter(_redact_record)
         handler._mcp_bridge = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(numeric)
@@ -132,4 +171,27 @@ def configure(level: str = "info", file: str | None = None, stream: TextIO | Non
 
 
 def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+    """structlog's logger for ``name``; structlog itself loads with the first message (see the module docstring)."""
+    return _Logger(name)
+
+
+class _Logger:
+    __slots__ = ("_name", "_proxy")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._proxy: Any = None
+
+    def __getattr__(self, method: str) -> Any:
+        if self._proxy is None:
+            if _Settings.pending is not None and _METHOD_LEVELS.get(method, 100) < _Settings.level:
+                return _drop  # a message below the configured level: no reason to load structlog for it
+            activate()
+            import structlog
+
+            self._proxy = structlog.get_logger(self._name)
+        return getattr(self._proxy, method)
+
+
+def _drop(*args: Any, **kwargs: Any) -> None:
+    return None

@@ -178,7 +178,7 @@ class PortSource:
         if cached is None:
             return None
         entities, fetched_at = cached
-        return self._from_cache(entities, fetched_at, why="Port not asked yet")
+        return _from_cache(self._settings, entities, fetched_at, why="Port not asked yet")
 
     async def load(self) -> Allowlist:
         from mcp_bridge.port import PortError
@@ -192,8 +192,10 @@ class PortSource:
             log.warning("allowlist.port_failed", error=self.last_error)
             cached = self.cache.load()
             if cached is None:
-                return self._failed_closed(f"Port is unavailable ({self.last_error}) and no allowlist is cached")
-            return self._from_cache(*cached, why=self.last_error)
+                return _failed_closed(
+                    self._settings, f"Port is unavailable ({self.last_error}) and no allowlist is cached"
+                )
+            return _from_cache(self._settings, *cached, why=self.last_error)
         self._fresh = True
         self.last_error = None
         now = time.time()
@@ -201,39 +203,62 @@ class PortSource:
             self.cache.save(entities, now)
         except OSError as exc:
             log.warning("allowlist.cache_write_failed", path=str(self.cache.path), error=str(exc))
-        return self._map(entities, fetched_at=now, note=None)
+        return _mapped(self._settings, entities, fetched_at=now, note=None)
 
     def fresh(self) -> bool:
         return self._fresh
 
-    def _from_cache(self, entities: list[dict[str, Any]], fetched_at: float, *, why: str) -> Allowlist:
-        age = time.time() - fetched_at
-        if age > self._port.max_stale:
-            return self._failed_closed(
-                f"Port is unavailable ({why}) and the cached allowlist is {_age(age)} old, "
-                f"past port.max_stale ({_age(self._port.max_stale)})"
-            )
-        return self._map(entities, fetched_at=fetched_at, note=f"served from the cache of {_age(age)} ago ({why})")
 
-    def _failed_closed(self, reason: str) -> Allowlist:
-        fix = "check the network and port.client_id / port.client_secret, then run `mcp-bridge status`"
-        return Allowlist(
-            source="Port",
-            disabled_tools=tuple(self._settings.disabled_tools),
-            note=f"{reason}; {fix}",
-            failed_closed=True,
+def _from_cache(settings: Settings, entities: list[dict[str, Any]], fetched_at: float, *, why: str) -> Allowlist:
+    assert settings.port is not None
+    age = time.time() - fetched_at
+    if age > settings.port.max_stale:
+        return _failed_closed(
+            settings,
+            f"Port is unavailable ({why}) and the cached allowlist is {_age(age)} old, "
+            f"past port.max_stale ({_age(settings.port.max_stale)})",
         )
+    return _mapped(settings, entities, fetched_at=fetched_at, note=f"served from the cache of {_age(age)} ago ({why})")
 
-    def _map(self, entities: list[dict[str, Any]], *, fetched_at: float, note: str | None) -> Allowlist:
-        servers, problems = map_entities(entities, self._settings)
-        return Allowlist(
-            servers=servers,
-            disabled_tools=tuple(self._settings.disabled_tools),
-            source="Port",
-            problems=problems,
-            fetched_at=fetched_at,
-            note=note,
-        )
+
+def _failed_closed(settings: Settings, reason: str) -> Allowlist:
+    fix = "check the network and port.client_id / port.client_secret, then run `mcp-bridge status`"
+    return Allowlist(
+        source="Port",
+        disabled_tools=tuple(settings.disabled_tools),
+        note=f"{reason}; {fix}",
+        failed_closed=True,
+    )
+
+
+def _mapped(settings: Settings, entities: list[dict[str, Any]], *, fetched_at: float, note: str | None) -> Allowlist:
+    servers, problems = map_entities(entities, settings)
+    return Allowlist(
+        servers=servers,
+        disabled_tools=tuple(settings.disabled_tools),
+        source="Port",
+        problems=problems,
+        fetched_at=fetched_at,
+        note=note,
+    )
+
+
+def loading_from_port() -> Allowlist:
+    """What a Port-backed bridge serves while Port has not answered yet and nothing is cached."""
+    return Allowlist(source="Port", note="the allowlist is being loaded from Port")
+
+
+def initial_allowlist(settings: Settings, home: Path) -> Allowlist | None:
+    """What the allowlist source of ``serve`` offers at once, before it has answered (its ``initial()``): the
+    config's ``servers:``, or Port's allowlist cached on disk; ``None`` while there is nothing (serve then offers
+    :func:`loading_from_port`). Needs neither the network nor the SDK, so that the ``initialize`` answer can be
+    built before the SDK is imported."""
+    if settings.port is None:
+        return LocalSource(settings).initial()
+    cached = AllowlistCache(home / ALLOWLIST_CACHE, cache_key(settings.port)).load()
+    if cached is None:
+        return None
+    return _from_cache(settings, *cached, why="Port not asked yet")
 
 
 def map_entities(entities: list[dict[str, Any]], settings: Settings) -> tuple[dict[str, ServerConfig], dict[str, str]]:

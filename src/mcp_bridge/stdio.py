@@ -53,12 +53,11 @@ def _nonblocking(fd: int) -> Iterator[None]:
 
 
 class _LoopReader:
-    """Lines from a non-blocking pipe, read on the event loop."""
+    """Lines from a non-blocking pipe, read on the event loop (after the lines in ``prefix``, read before)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, prefix: bytes = b"") -> None:
         self._fd = fd
-        self._lines: list[bytes] = []
-        self._pending = b""
+        *self._lines, self._pending = prefix.split(b"\n")
         self._eof = False
 
     def __aiter__(self) -> _LoopReader:
@@ -85,16 +84,20 @@ class _LoopReader:
 
 
 class _ThreadReader:
-    """Lines from a blocking descriptor, read by a daemon thread (left behind on exit, never joined)."""
+    """Lines from a blocking descriptor, read by a daemon thread (left behind on exit, never joined), after the lines
+    in ``prefix``, read before."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, prefix: bytes = b"") -> None:
         self._fd = fd
+        self._prefix = prefix
         self._send, self._recv = anyio.create_memory_object_stream[bytes](16)
         self._thread: threading.Thread | None = None
 
     def _read(self, token: anyio.lowlevel.EventLoopToken) -> None:
-        pending = b""
+        *lines, pending = self._prefix.split(b"\n")
         try:
+            for line in lines:
+                anyio.from_thread.run(self._send.send, line, token=token)
             while chunk := os.read(self._fd, _CHUNK):
                 *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
@@ -147,8 +150,12 @@ class _Writer:
 
 
 @contextlib.asynccontextmanager
-async def ide_pipes(stdin_fd: int = 0, stdout_fd: int = 1) -> AsyncIterator[tuple[Any, Any]]:
-    """(stdin lines, stdout writer) for ``stdio_server(stdin=..., stdout=...)``; fd 1 goes to stderr meanwhile."""
+async def ide_pipes(stdin_fd: int = 0, stdout_fd: int = 1, *, prefix: bytes = b"") -> AsyncIterator[tuple[Any, Any]]:
+    """(stdin lines, stdout writer) for ``stdio_server(stdin=..., stdout=...)``; fd 1 goes to stderr meanwhile.
+
+    ``prefix``: bytes already read from stdin (by :func:`mcp_bridge.handshake.answer_initialize`); their lines come
+    first.
+    """
     wire = os.dup(stdout_fd)
     os.set_inheritable(wire, False)
     os.dup2(2, stdout_fd)  # stray writes to fd 1 land on stderr, never on the wire
@@ -157,9 +164,9 @@ async def ide_pipes(stdin_fd: int = 0, stdout_fd: int = 1) -> AsyncIterator[tupl
             reader: Any
             if _is_pipe(stdin_fd):
                 stack.enter_context(_nonblocking(stdin_fd))
-                reader = _LoopReader(stdin_fd)
+                reader = _LoopReader(stdin_fd, prefix)
             else:
-                reader = _ThreadReader(stdin_fd)
+                reader = _ThreadReader(stdin_fd, prefix)
             if _is_pipe(wire):
                 stack.enter_context(_nonblocking(wire))
             yield reader, _Writer(wire)
