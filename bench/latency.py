@@ -215,8 +215,14 @@ def render(
         cold_note = ""
         if n == 10:
             cold_note = f"target ≤ {TARGET_COLD_10_S:g} s — {verdict(full_cold <= TARGET_COLD_10_S)}"
-        rows.append(row(f"{n} {plural}: spawn → full `tools/list` ({st.expected_tools} tools), cold", st.cold,
-                        "full_list", cold_note))  # fmt: skip
+        rows.append(
+            row(
+                f"{n} {plural}: spawn → full `tools/list` ({st.expected_tools} tools), cold",
+                st.cold,
+                "full_list",
+                cold_note,
+            )
+        )
         over = full_warm - init_warm
         warm_note = (
             f"= warm `initialize` {over * 1000:+.0f} ms; target ≤ `initialize` + {TARGET_WARM_OVER_INIT_S * 1000:.0f} "

@@ -161,8 +161,18 @@ def install_mcp_remote() -> Peer:
     peer.version += f" (Node {node})"
 
     def command(url: str) -> list[str]:
-        return [npx, "--prefix", str(NPM_DIR), "--no", "mcp-remote", url, "--allow-http", "--transport", "http-only",
-                "--silent"]  # fmt: skip
+        return [
+            npx,
+            "--prefix",
+            str(NPM_DIR),
+            "--no",
+            "mcp-remote",
+            url,
+            "--allow-http",
+            "--transport",
+            "http-only",
+            "--silent",
+        ]
 
     peer.make_command = command
     return peer
@@ -326,8 +336,9 @@ async def memory_round(upstreams: list[Upstream], work: Path, peers: dict[str, P
         before = set(own_children())
         handler = ToolsChanged()
         t0 = time.perf_counter()
-        async with stdio_session(bridge_command(config), bridge_env(home), home, work / "bridge.stderr.log",
-                                 handler) as session:  # fmt: skip
+        async with stdio_session(
+            bridge_command(config), bridge_env(home), home, work / "bridge.stderr.log", handler
+        ) as session:
             await session.initialize()
             out.initialize.append(time.perf_counter() - t0)
             (pid,) = set(own_children()) - before
