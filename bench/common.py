@@ -242,6 +242,26 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc), seconds."""
+    fields = _stat_fields(str(pid))
+    if not fields or len(fields) < 13:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_idle(pid: int, window: float = 1.0, busy: float = 0.05, timeout: float = 120.0) -> float:
+    """Wait until a process used at most ``busy`` of a core over ``window`` seconds; its CPU seconds by then."""
+    with anyio.fail_after(timeout):
+        used = cpu_seconds(pid)
+        while True:
+            await anyio.sleep(window)
+            now = cpu_seconds(pid)
+            if now - used <= busy * window:
+                return now
+            used = now
+
+
 @dataclass
 class Memory:
     """Memory of a process tree: summed peak RSS (VmHWM), summed RSS now and summed PSS now, in KiB."""

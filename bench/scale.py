@@ -9,12 +9,13 @@ It measures on this machine, in one run:
 1. end to end, through a real bridge (``mcp-bridge serve`` over stdio) whose allowlist comes from a Port double
    (``tests/port_double.py``, in this process) listing ``--servers`` local upstreams with explicit ``allowed_tools``
    of ``--tools`` names each (``mcp_bridge.localservers --extra-tools``):
-   spawn → full merged ``tools/list`` (cold and warm disk cache), then ``--lists`` sequential ``tools/list`` calls;
-   and an allowlist refresh that changes one tool: Port's entity for one server loses (or regains) one tool, the
-   bridge gets SIGHUP (ask Port now), and the time to ``tools/list_changed`` and to a ``tools/list`` that reflects
-   it is measured, ``--refreshes`` times;
-2. as a floor, ``tools/list`` of one upstream that has all ``servers × tools`` tools itself, straight from the SDK
-   client (what the SDK costs for that many tools, without the bridge);
+   spawn → ``initialize``, → full merged ``tools/list`` and → idle (no more CPU used), with a cold and a warm disk
+   cache; once the cold bridge is idle, ``--lists`` sequential ``tools/list`` calls, and an allowlist refresh that
+   changes one tool: Port's entity for one server loses (or regains) one tool, the bridge gets SIGHUP (ask Port
+   now), and the time to ``tools/list_changed`` and to a ``tools/list`` that reflects it is measured,
+   ``--refreshes`` times;
+2. as a floor, ``tools/list`` of one SDK stdio server that has all ``servers × tools`` tools itself, from the same
+   SDK client code (what the SDK costs for that many tools on the IDE's side, without the bridge);
 3. in this process, with the bridge's own ``Catalog``: merging the listings as they arrive one by one, one
    ``set_allowlist`` that changes one tool, encoding the merged list as JSON, and writing the disk cache.
 
@@ -61,6 +62,7 @@ from common import (
     title_line,
     verdict,
     wait_full_list,
+    wait_idle,
     workdir,
 )
 
@@ -78,6 +80,23 @@ TARGET_LIST_MS = 50.0
 CHANGED_SERVER = "s00"
 FULL_LIST_TIMEOUT = 120.0
 REFRESH_TIMEOUT = 30.0
+IDLE_WINDOW = 1.0
+
+
+STDIO_SERVER = """
+import anyio
+from mcp.server.stdio import stdio_server
+from mcp_bridge.localservers import build_server
+
+async def main():
+    server = build_server("big", extra_tools={extra_tools})
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+anyio.run(main)
+"""
+"""The ``localservers`` tools over stdio: the SDK's floor for listing that many tools on the IDE's side of the bridge
+(over streamable HTTP the SDK client refuses an SSE event above 1 MiB, which a list of 10,000 tools is)."""
 
 
 def server_names(n: int) -> list[str]:
@@ -93,15 +112,23 @@ def tool_names(tools: int) -> list[str]:
 
 
 @dataclass
+class Phase:
+    """One bridge spawn, seconds from spawn: initialize, first list (and its count of expected tools), full list,
+    and when it went idle (stopped using CPU) with the CPU seconds it had used by then."""
+
+    initialize: float
+    first_list: float
+    first_count: int
+    full_list: float
+    idle: float
+    cpu: float
+
+
+@dataclass
 class EndToEnd:
+    phases: dict[str, Phase] = field(default_factory=dict)
     tools_listed: int = 0
     list_bytes: int = 0
-    cold_initialize: float = 0.0
-    cold_full: float = 0.0
-    warm_initialize: float = 0.0
-    warm_first: float = 0.0
-    warm_first_count: int = 0
-    warm_full: float = 0.0
     lists: list[float] = field(default_factory=list)
     to_notification: list[float] = field(default_factory=list)
     to_new_list: list[float] = field(default_factory=list)
@@ -131,19 +158,23 @@ def write_port_config(path: Path, double: PortDouble) -> Path:
 
 
 async def run_end_to_end(
-    upstreams: list[Upstream], big: Upstream, double: PortDouble, work: Path, args: argparse.Namespace
+    upstreams: list[Upstream], double: PortDouble, work: Path, args: argparse.Namespace
 ) -> EndToEnd:
     out = EndToEnd()
     tools = tool_names(args.tools)
     expected = {f"{u.name}__{t}" for u in upstreams for t in tools}
-    async with direct_client(big.url) as direct:  # the floor: the SDK alone, one server with every tool
-        listed = await list_tools(direct.session)
+    # The floor: the SDK alone, one stdio server with every tool, listed by the same client code.
+    n_big = args.servers * args.tools - BASE_TOOLS
+    floor = [sys.executable, "-c", STDIO_SERVER.format(extra_tools=n_big)]
+    async with stdio_session(floor, dict(os.environ), work, work / "floor.stderr.log") as direct:
+        await direct.initialize()
+        listed = await list_tools(direct)
         out.direct_big_bytes = len(json.dumps({"tools": listed}))
         for _ in range(args.lists):
             t0 = time.perf_counter()
-            await list_tools(direct.session)
+            await list_tools(direct)
             out.direct_big.append(time.perf_counter() - t0)
-    print(f"  direct, one upstream with {len(listed)} tools: p50 {ms(med(out.direct_big)):.0f} ms", file=sys.stderr)
+    print(f"  floor, one stdio server with {len(listed)} tools: p50 {ms(med(out.direct_big)):.0f} ms", file=sys.stderr)
 
     publish(double, upstreams, tools)
     config = write_port_config(work / "scale.yaml", double)
@@ -163,12 +194,16 @@ async def run_end_to_end(
             t_first = time.perf_counter() - t0
             await wait_full_list(session, handler, expected, FULL_LIST_TIMEOUT)
             t_full = time.perf_counter() - t0
-            print(f"  {phase}: initialize {ms(t_init):.0f} ms, full list {ms(t_full):.0f} ms", file=sys.stderr)
-            if phase == "cold":
-                out.cold_initialize, out.cold_full = t_init, t_full
+            cpu = await wait_idle(pid, timeout=FULL_LIST_TIMEOUT)
+            t_idle = time.perf_counter() - t0 - IDLE_WINDOW
+            print(
+                f"  {phase}: initialize {ms(t_init):.0f} ms, first list {ms(t_first):.0f} ms ({len(first & expected)}"
+                f" tools), full list {ms(t_full):.0f} ms, idle after {t_idle:.1f} s and {cpu:.1f} CPU s",
+                file=sys.stderr,
+            )
+            out.phases[phase] = Phase(t_init, t_first, len(first & expected), t_full, t_idle, cpu)
+            if phase == "warm":
                 continue
-            out.warm_initialize, out.warm_first, out.warm_full = t_init, t_first, t_full
-            out.warm_first_count = len(first & expected)
 
             for _ in range(args.lists):
                 t0 = time.perf_counter()
@@ -204,7 +239,7 @@ async def run_end_to_end(
                     f"  refresh {r + 1}: notification {ms(t_note):.0f} ms, new list {ms(out.to_new_list[-1]):.0f} ms",
                     file=sys.stderr,
                 )
-                await anyio.sleep(0.3)  # let the bridge settle (cache writes) before the next one
+                await wait_idle(pid, timeout=REFRESH_TIMEOUT)  # the next one starts from a quiet bridge
     return out
 
 
@@ -277,9 +312,9 @@ def render(
             f"{len(e2e.lists)} sequential lists, min {ms(min(e2e.lists)):.0f}, max {ms(max(e2e.lists)):.0f}",
         ],
         [
-            f"floor: SDK client → one upstream with {n_tools:,} tools, `tools/list` p50",
+            f"floor: SDK client → one SDK stdio server with {n_tools:,} tools, `tools/list` p50",
             f"{ms(med(e2e.direct_big)):.0f} ms",
-            f"no bridge: the SDK's own cost for this many tools (server + client); "
+            f"no bridge: the SDK's own cost for this many tools over stdio (server + client); "
             f"{e2e.direct_big_bytes / 1e6:.1f} MB; min {ms(min(e2e.direct_big)):.0f}",
         ],
         [
@@ -287,23 +322,22 @@ def render(
             f"{med(e2e.lists) / med(e2e.direct_big):.2f}x",
             "",
         ],
-        [
-            "bridge: spawn → `initialize`, cold / warm",
-            f"{ms(e2e.cold_initialize):.0f} / {ms(e2e.warm_initialize):.0f} ms",
-            "n=1 each",
-        ],
-        [
-            f"bridge: spawn → full `tools/list` ({len(server_names(args.servers))} upstreams), cold",
-            f"{ms(e2e.cold_full):.0f} ms",
-            "fresh `MCP_BRIDGE_HOME`: allowlist from the Port double, every upstream listed; n=1",
-        ],
-        [
-            "bridge: spawn → full `tools/list`, warm",
-            f"{ms(e2e.warm_full):.0f} ms",
-            f"same home again (allowlist and catalog caches); first list after {ms(e2e.warm_first):.0f} ms with "
-            f"{e2e.warm_first_count:,} of {n_tools:,} tools; n=1",
-        ],
     ]
+    for name, ph in e2e.phases.items():
+        what = "fresh `MCP_BRIDGE_HOME`" if name == "cold" else "the same home again (allowlist and catalog caches)"
+        rows += [
+            [f"bridge, {name}: spawn → `initialize`", f"{ms(ph.initialize):.0f} ms", f"{what}; n=1"],
+            [
+                f"bridge, {name}: spawn → full `tools/list` ({args.servers} upstreams)",
+                f"{ms(ph.full_list):.0f} ms",
+                f"first list after {ms(ph.first_list):.0f} ms with {ph.first_count:,} of {n_tools:,} tools",
+            ],
+            [
+                f"bridge, {name}: spawn → idle",
+                f"{ph.idle:.1f} s",
+                f"until the bridge used < 5% of a core for {IDLE_WINDOW:g} s; it had used {ph.cpu:.1f} CPU s by then",
+            ],
+        ]
     if e2e.to_notification:
         rows += [
             [
@@ -349,7 +383,7 @@ def render(
         machine_line(load_start) + (f"; {quiet}" if quiet else ""),
         f"- {args.servers} local upstreams × {args.tools} tools (`localservers --extra-tools`), allowlist from a Port "
         f"double with explicit `allowed_tools` lists; {n_tools:,} tools in the merged list; `tools/list` "
-        f"latency = {args.lists} sequential lists over stdio after the full list arrived (warm spawn), "
+        f"latency = {args.lists} sequential lists over stdio once the cold-spawned bridge is idle, "
         f"refresh = {args.refreshes} SIGHUPs alternately dropping and restoring `{CHANGED_SERVER}`'s `tool_0001`",
         "",
     ]
@@ -382,9 +416,8 @@ def main() -> int:
         try:
             print(f"starting {args.servers} upstreams with {args.tools} tools each ...", file=sys.stderr)
             upstreams = procs.start_upstreams(server_names(args.servers), ["--extra-tools", str(extra)])
-            (big,) = procs.start_upstreams(["big"], ["--extra-tools", str(args.servers * args.tools - BASE_TOOLS)])
             print(f"  started in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
-            e2e = anyio.run(run_end_to_end, upstreams, big, double, work, args)
+            e2e = anyio.run(run_end_to_end, upstreams, double, work, args)
             inproc = anyio.run(run_in_process, upstreams[0], server_names(args.servers), tool_names(args.tools), work)
         except KeyboardInterrupt:
             print("interrupted; cleaning up", file=sys.stderr)
