@@ -56,8 +56,8 @@ never edited, and ratios compare paths measured in the same run.
   allowlist refresh that changes one tool (end to end through a Port double, and in-process).
 - `bench/audit.py`: audit recording cost per call and spool throughput.
 
-Older tables (before `bench/peers.py` existed) were all produced by `bench/latency.py` or `bench/audit.py`, as their
-titles say.
+The tables whose title names no script come from `bench/latency.py` as it was before `bench/peers.py` existed (then
+direct-vs-bridge latency and startup with 10 upstreams only).
 """
 
 
