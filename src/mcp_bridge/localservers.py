@@ -1,7 +1,8 @@
 """Local MCP servers for the tests and the offline demo: real SDK streamable-HTTP servers on 127.0.0.1.
 
 ``python -m mcp_bridge.localservers --port N [--name NAME] [--api-key KEY] [--weird-names]`` runs one (``--oauth``
-runs the OAuth-protected variant of ``mcp_bridge.oauth_server``). Its tools
+runs the OAuth-protected variant of ``mcp_bridge.oauth_server``; ``--extra-tools N`` and ``--echo-delay SECONDS`` are
+for the benchmarks: N more tools, and an ``echo`` that answers late). Its tools
 cover what a bridge must pass through untouched: plain text, ``structuredContent`` with an output schema,
 ``isError``, ``_meta``, progress, cancellation (recorded, and reported by the ``stats`` tool), a call that never
 ends, a tool that adds another tool at runtime and announces it with ``tools/list_changed``, and one that changes
@@ -48,8 +49,18 @@ def _text(text: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text}]
 
 
-def build_server(name: str, *, weird_names: bool = False, state: _State | None = None) -> Server[Any]:
-    """A low-level SDK server with the tools, one prompt and resources described in the module docstring."""
+def build_server(
+    name: str,
+    *,
+    weird_names: bool = False,
+    state: _State | None = None,
+    extra_tools: int = 0,
+    echo_delay: float = 0.0,
+) -> Server[Any]:
+    """A low-level SDK server with the tools, one prompt and resources described in the module docstring.
+
+    ``extra_tools`` adds that many tools ``tool_0001``, ``tool_0002``, ... (each with a realistic description and
+    schema; a call answers with its arguments); ``echo_delay`` makes ``echo`` answer after that many seconds."""
     state = state or _State(name)
     obj: dict[str, Any] = {"type": "object"}
 
@@ -79,23 +90,40 @@ def build_server(name: str, *, weird_names: bool = False, state: _State | None =
         ),
     ]
     weird = [tool(n, f"A tool named {n!r}.") for n in WEIRD_NAMES] if weird_names else []
+    many = [
+        tool(
+            f"tool_{i:04d}",
+            f"Tool number {i} of server {name}. Looks up records by query and returns the matching ones as JSON; "
+            "results are paged, newest first.",
+            {
+                "query": {"type": "string", "description": "What to look for."},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 100, "description": "At most this many."},
+                "cursor": {"type": "string", "description": "Where the previous page ended."},
+            },
+            annotations={"readOnlyHint": True},
+        )
+        for i in range(1, extra_tools + 1)
+    ]
+    many_names = {t["name"] for t in many}
 
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         dynamic = [tool(t, "Added at runtime; echoes its arguments.") for t in state.extra_tools]
         listed = [{**t, "description": state.descriptions.get(t["name"], t["description"])} for t in base_tools]
-        return {"tools": listed + weird + dynamic}
+        return {"tools": listed + weird + many + dynamic}
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
         state.calls += 1
         args = params.arguments or {}
         handler = handlers.get(params.name)
         if handler is None:
-            if params.name in state.extra_tools or params.name in WEIRD_NAMES:
+            if params.name in state.extra_tools or params.name in WEIRD_NAMES or params.name in many_names:
                 return {"content": _text(json.dumps({"tool": params.name, "arguments": args}))}
             raise ValueError(f"no tool {params.name!r}")
         return await handler(ctx, args)
 
     async def echo(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
+        if echo_delay > 0:
+            await anyio.sleep(echo_delay)
         return {"content": _text(f"{name}: {args.get('text', '')}")}
 
     async def add(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
@@ -236,9 +264,17 @@ class CountConnections:
         await self.app(scope, receive, send)
 
 
-def build_app(name: str, *, api_key: str | None = None, weird_names: bool = False) -> ASGIApp:
+def build_app(
+    name: str,
+    *,
+    api_key: str | None = None,
+    weird_names: bool = False,
+    extra_tools: int = 0,
+    echo_delay: float = 0.0,
+) -> ASGIApp:
     state = _State(name)
-    app: ASGIApp = build_server(name, weird_names=weird_names, state=state).streamable_http_app(host="127.0.0.1")
+    server = build_server(name, weird_names=weird_names, state=state, extra_tools=extra_tools, echo_delay=echo_delay)
+    app: ASGIApp = server.streamable_http_app(host="127.0.0.1")
     app = CountConnections(app, state)
     if api_key:
         app = RequireHeader(app, "authorization", f"Bearer {api_key}")
@@ -258,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="local")
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
     parser.add_argument("--weird-names", action="store_true", help="add tools with awkward names")
+    parser.add_argument("--extra-tools", type=int, default=0, metavar="N", help="add N tools tool_0001.. (benchmarks)")
+    parser.add_argument(
+        "--echo-delay", type=float, default=0.0, metavar="SECONDS", help="echo answers after SECONDS (benchmarks)"
+    )
     oauth = parser.add_argument_group("OAuth", "run the OAuth-protected variant (see mcp_bridge.oauth_server)")
     oauth.add_argument("--oauth", action="store_true", help="be an auto-approving OAuth server protecting /mcp")
     oauth.add_argument("--token-lifetime", type=int, default=3600, metavar="SECONDS", help="access token lifetime")
@@ -268,10 +308,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     oauth.add_argument("--no-refresh-rotation", action="store_true", help="keep the refresh token on refresh")
     args = parser.parse_args(argv)
+    if args.extra_tools < 0 or args.echo_delay < 0:
+        parser.error("--extra-tools and --echo-delay must not be negative")
     app: ASGIApp
     if args.oauth:
         if args.api_key:
             parser.error("--oauth and --api-key are exclusive")
+        if args.extra_tools or args.echo_delay:
+            parser.error("--extra-tools and --echo-delay are for the plain server, not --oauth")
         from mcp_bridge.oauth_server import build_oauth_app
 
         app = build_oauth_app(
@@ -283,7 +327,13 @@ def main(argv: list[str] | None = None) -> None:
             weird_names=args.weird_names,
         )
     else:
-        app = build_app(args.name, api_key=args.api_key, weird_names=args.weird_names)
+        app = build_app(
+            args.name,
+            api_key=args.api_key,
+            weird_names=args.weird_names,
+            extra_tools=args.extra_tools,
+            echo_delay=args.echo_delay,
+        )
     anyio.run(serve, app, args.port)
 
 

@@ -1,0 +1,574 @@
+"""The bridge side by side with its peers: per-call latency and memory (a benchmark, not a test: nothing asserted).
+
+Run from the repository root::
+
+    .venv/bin/python bench/peers.py [--calls 500] [--rounds 5] [--memory-rounds 3] [--paths ...] [--no-write]
+
+Peers, installed by this script (pinned, into ``bench/.peers/``, which git ignores):
+
+* ``mcp-remote`` (npm, the most used stdio → remote bridge): ``npm ci --prefix bench/.peers/npm`` from the committed
+  ``bench/peers/package.json`` and ``package-lock.json``; run as users run it, ``npx mcp-remote URL`` (with
+  ``--allow-http --transport http-only --silent``: plain http on loopback, no SSE fallback probing, no per-message
+  log lines on stderr);
+* ``mcp-proxy`` (PyPI) in its own virtualenv ``bench/.peers/mcp-proxy-venv`` (it pins an older ``mcp``) from the
+  committed ``bench/peers/mcp-proxy-requirements.txt``; run as ``mcp-proxy --transport streamablehttp URL
+  --log-level WARNING`` (its default INFO logs every HTTP request with its headers).
+
+A peer that cannot be installed or run is reported as such in the table, with the reason.
+
+1. Latency: one local upstream (``mcp_bridge.localservers``); each path is driven by the same SDK client code: the
+   direct path over streamable HTTP, the others spawned over stdio as an IDE spawns them. Per round and path: spawn
+   (or connect) → ``initialize``, ``tools/list``, 50 warm-up calls, then ``--calls`` sequential ``echo`` calls, each
+   answer checked; the path order rotates every round. Values are medians across rounds of each round's p50/p99.
+2. Memory: 10 local upstreams. One bridge serving all 10, against 10 ``mcp-remote`` processes (one per server, which
+   is what users run today) and 10 ``mcp-proxy`` processes: each spawned, initialized, ``tools/list``-ed and driven
+   with 20 ``echo`` calls per server, then measured while still running: the sum over every process of each tree
+   (the ``npx`` → ``sh`` → ``node`` tree counts as ``mcp-remote``'s) of the peak RSS (``VmHWM``), and of the PSS,
+   which shares the pages the processes share (Linux ``/proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import filecmp
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from mcp.client.session import ClientSession
+
+from common import (
+    BENCH,
+    Memory,
+    Processes,
+    ToolsChanged,
+    Upstream,
+    add_common_args,
+    append_results,
+    bridge_command,
+    bridge_env,
+    call_echo,
+    check_echo,
+    direct_client,
+    install_signal_handlers,
+    list_tool_names,
+    load_average,
+    machine_line,
+    markdown_table,
+    med,
+    ms,
+    own_children,
+    percentile,
+    proc_memory,
+    process_tree,
+    quiet_note,
+    spread,
+    stdio_session,
+    timed_calls,
+    title_line,
+    tree_memory,
+    verdict,
+    wait_full_list,
+    workdir,
+    write_config,
+)
+
+PEERS_SRC = BENCH / "peers"
+PEERS_DIR = BENCH / ".peers"
+NPM_DIR = PEERS_DIR / "npm"
+PROXY_VENV = PEERS_DIR / "mcp-proxy-venv"
+PROXY_REQUIREMENTS = PEERS_SRC / "mcp-proxy-requirements.txt"
+
+PATHS = ["direct", "bridge", "mcp-remote", "mcp-proxy"]
+PEER_PATHS = ["mcp-remote", "mcp-proxy"]
+WARMUP = 50
+MEMORY_UPSTREAMS = 10
+MEMORY_CALLS = 20
+INSTALL_TIMEOUT = 600
+
+TARGET_RATIO_DIRECT = 1.2
+TARGET_MEMORY_FRACTION = 0.25
+
+
+# ---------------------------------------------------------------------------------------------- peers
+
+
+@dataclass
+class Peer:
+    name: str
+    version: str = ""
+    problem: str | None = None
+    make_command: Callable[[str], list[str]] | None = None
+
+    def command(self, url: str) -> list[str]:
+        assert self.make_command is not None
+        return self.make_command(url)
+
+
+def _clean(text: str, limit: int = 300) -> str:
+    """One line of a tool's output for the table: hosts of URLs blanked out, pipes escaped, cut."""
+    text = re.sub(r"([a-z][a-z0-9+.-]*://)[^\s/\"']+", r"\1<host>", text)
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _run(cmd: list[str], timeout: float = INSTALL_TIMEOUT) -> str | None:
+    """Run an install step; None when it worked, else why not."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{' '.join(cmd[:3])} …` failed: {_clean(str(exc))}"
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        return f"`{' '.join(cmd[:3])} …` exited {done.returncode}: {_clean(' / '.join(tail))}"
+    return None
+
+
+def install_mcp_remote() -> Peer:
+    peer = Peer("mcp-remote")
+    npm, npx = shutil.which("npm"), shutil.which("npx")
+    if npm is None or npx is None:
+        peer.problem = "npm/npx not found on PATH (Node.js is needed)"
+        return peer
+    NPM_DIR.mkdir(parents=True, exist_ok=True)
+    manifest = NPM_DIR / "node_modules" / "mcp-remote" / "package.json"
+    wanted = [PEERS_SRC / "package.json", PEERS_SRC / "package-lock.json"]
+    current = all((NPM_DIR / f.name).exists() and filecmp.cmp(f, NPM_DIR / f.name, shallow=False) for f in wanted)
+    if not (current and manifest.exists()):
+        print("installing mcp-remote (npm ci) ...", file=sys.stderr)
+        for f in wanted:
+            shutil.copyfile(f, NPM_DIR / f.name)
+        problem = _run([npm, "ci", "--prefix", str(NPM_DIR), "--ignore-scripts", "--no-audit", "--no-fund"])
+        if problem:
+            peer.problem = problem
+            return peer
+    try:
+        peer.version = json.loads(manifest.read_text(encoding="utf-8"))["version"]
+    except (OSError, ValueError, KeyError) as exc:
+        peer.problem = f"installed, but its package.json is unreadable: {_clean(str(exc))}"
+        return peer
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    peer.version += f" (Node {node})"
+
+    def command(url: str) -> list[str]:
+        return [
+            npx,
+            "--prefix",
+            str(NPM_DIR),
+            "--no",
+            "mcp-remote",
+            url,
+            "--allow-http",
+            "--transport",
+            "http-only",
+            "--silent",
+        ]
+
+    peer.make_command = command
+    return peer
+
+
+def install_mcp_proxy() -> Peer:
+    peer = Peer("mcp-proxy")
+    exe = PROXY_VENV / "bin" / "mcp-proxy"
+    stamp = PROXY_VENV / "installed-requirements.txt"
+    if not (exe.exists() and stamp.exists() and filecmp.cmp(PROXY_REQUIREMENTS, stamp, shallow=False)):
+        print("installing mcp-proxy into its own virtualenv ...", file=sys.stderr)
+        base = getattr(sys, "_base_executable", sys.executable)
+        problem = _run([base, "-m", "venv", "--clear", str(PROXY_VENV)]) or _run(
+            [str(PROXY_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(PROXY_REQUIREMENTS)]
+        )
+        if problem:
+            peer.problem = problem
+            return peer
+        shutil.copyfile(PROXY_REQUIREMENTS, stamp)
+    done = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        peer.problem = f"`mcp-proxy --version` exited {done.returncode}: {_clean(done.stderr)}"
+        return peer
+    mcp = subprocess.run(
+        [str(PROXY_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('mcp'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    peer.version = f"{done.stdout.split()[-1]} (mcp {mcp})"
+
+    def command(url: str) -> list[str]:
+        return [str(exe), "--transport", "streamablehttp", url, "--log-level", "WARNING"]
+
+    peer.make_command = command
+    return peer
+
+
+def peer_env(home: Path) -> dict[str, str]:
+    """A peer's environment: this one's, with HOME (mcp-remote keeps ~/.mcp-auth there) in the run's work dir."""
+    env = dict(os.environ)
+    home.mkdir(parents=True, exist_ok=True)
+    env.update({"HOME": str(home), "MCP_REMOTE_CONFIG_DIR": str(home / ".mcp-auth"), "NO_UPDATE_NOTIFIER": "1"})
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- one path
+
+
+@dataclass
+class Opened:
+    session: ClientSession
+    tool: str
+    expect: str
+    pid: int | None  # the process tree this path spawned (None: the direct path)
+    initialize: float  # spawn (or connect) → initialize response, seconds
+
+
+@asynccontextmanager
+async def open_path(
+    path: str, upstream: Upstream, work: Path, peers: dict[str, Peer], tag: str
+) -> AsyncIterator[Opened]:
+    """Spawn (or connect) one path to ``upstream`` and initialize it; yields the session and what to call."""
+    before = set(own_children())
+    t0 = time.perf_counter()
+    if path == "direct":
+        async with direct_client(upstream.url) as client:  # Client initializes on entry
+            yield Opened(client.session, "echo", upstream.name, None, time.perf_counter() - t0)
+        return
+    home = work / f"{path}-{tag}"
+    stderr_path = work / f"{path}.stderr.log"
+    if path == "bridge":
+        config = write_config(work / f"bridge-{upstream.name}.yaml", [upstream])
+        command, env, tool = bridge_command(config), bridge_env(home), f"{upstream.name}__echo"
+    else:
+        command, env, tool = peers[path].command(upstream.url), peer_env(home), "echo"
+    async with stdio_session(command, env, home, stderr_path) as session:
+        await session.initialize()
+        elapsed = time.perf_counter() - t0
+        spawned = set(own_children()) - before
+        yield Opened(session, tool, upstream.name, spawned.pop() if len(spawned) == 1 else None, elapsed)
+
+
+# ---------------------------------------------------------------------------------------------- 1. latency
+
+
+@dataclass
+class PathLatency:
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    initialize: list[float] = field(default_factory=list)
+    problem: str | None = None
+
+
+async def run_latency(
+    upstream: Upstream, work: Path, peers: dict[str, Peer], paths: list[str], calls: int, rounds: int
+) -> dict[str, PathLatency]:
+    results = {p: PathLatency(problem=peers[p].problem if p in peers else None) for p in paths}
+    for r in range(rounds):
+        order = paths[r % len(paths) :] + paths[: r % len(paths)]
+        for path in order:
+            res = results[path]
+            if res.problem:
+                continue
+            try:
+                async with open_path(path, upstream, work, peers, f"lat{r}") as opened:
+                    if opened.tool not in await list_tool_names(opened.session):
+                        raise RuntimeError(f"{path} does not list {opened.tool}")
+                    await timed_calls(opened.session, opened.tool, WARMUP, opened.expect)
+                    samples = await timed_calls(opened.session, opened.tool, calls, opened.expect)
+            except Exception as exc:  # a peer that breaks is reported, not fatal
+                res.problem = f"round {r + 1} failed: {_clean(f'{type(exc).__name__}: {exc}')}"
+                print(f"  {path}: {res.problem}", file=sys.stderr)
+                continue
+            res.initialize.append(opened.initialize)
+            res.p50.append(ms(percentile(samples, 50)))
+            res.p99.append(ms(percentile(samples, 99)))
+            print(
+                f"  round {r + 1}/{rounds} {path:10}: init {ms(opened.initialize):6.0f} ms  "
+                f"p50 {res.p50[-1]:.3f} ms  p99 {res.p99[-1]:.3f} ms",
+                file=sys.stderr,
+            )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- 2. memory
+
+
+@dataclass
+class PathMemory:
+    total: list[Memory] = field(default_factory=list)
+    node_only: list[Memory] = field(default_factory=list)  # mcp-remote: its node processes without npx and sh
+    initialize: list[float] = field(default_factory=list)  # spawn → initialize of each process
+    processes: int = 0
+    problem: str | None = None
+
+
+def _is_node(pid: int) -> bool:
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return os.path.basename(argv0) == b"node"
+
+
+async def _drive(opened: Opened, upstreams: list[Upstream], bridged: bool) -> None:
+    names = await list_tool_names(opened.session)
+    for upstream in upstreams:
+        tool = f"{upstream.name}__echo" if bridged else "echo"
+        if tool not in names:
+            raise RuntimeError(f"{tool} is not listed")
+        for i in range(MEMORY_CALLS):
+            check_echo(await call_echo(opened.session, tool, f"m{i}"), tool, f"{upstream.name}: m{i}")
+
+
+async def memory_round(upstreams: list[Upstream], work: Path, peers: dict[str, Peer], path: str, r: int) -> PathMemory:
+    out = PathMemory()
+    if path == "bridge":
+        config = write_config(work / "memory.yaml", upstreams)
+        home = work / f"memory-bridge-{r}"
+        before = set(own_children())
+        handler = ToolsChanged()
+        t0 = time.perf_counter()
+        async with stdio_session(
+            bridge_command(config), bridge_env(home), home, work / "bridge.stderr.log", handler
+        ) as session:
+            await session.initialize()
+            out.initialize.append(time.perf_counter() - t0)
+            (pid,) = set(own_children()) - before
+            expected = {f"{u.name}__echo" for u in upstreams}
+            await wait_full_list(session, handler, expected, 60)
+            await _drive(Opened(session, "", "", pid, 0), upstreams, bridged=True)
+            out.total.append(tree_memory(pid))
+            out.processes = len(process_tree(pid))
+        return out
+    async with AsyncExitStack() as stack:  # one process per server, all alive at once, as in an IDE's config
+        opened_all = []
+        for upstream in upstreams:
+            opened = await stack.enter_async_context(open_path(path, upstream, work, peers, f"mem{r}-{upstream.name}"))
+            if opened.pid is None:
+                raise RuntimeError(f"could not find the {path} process for {upstream.name}")
+            out.initialize.append(opened.initialize)
+            opened_all.append(opened)
+        for opened, upstream in zip(opened_all, upstreams, strict=True):
+            await _drive(opened, [upstream], bridged=False)
+        total, node, count = Memory(0, 0, 0, 0), Memory(0, 0, 0, 0), 0
+        for opened in opened_all:
+            assert opened.pid is not None
+            tree = process_tree(opened.pid)
+            count += len(tree)
+            total += tree_memory(opened.pid)
+            for pid in tree:
+                if _is_node(pid):
+                    node += proc_memory(pid)
+        out.total.append(total)
+        if node.processes:
+            out.node_only.append(node)
+        out.processes = count
+    return out
+
+
+async def run_memory(
+    upstreams: list[Upstream], work: Path, peers: dict[str, Peer], paths: list[str], rounds: int
+) -> dict[str, PathMemory]:
+    results = {p: PathMemory(problem=peers[p].problem if p in peers else None) for p in paths if p != "direct"}
+    for r in range(rounds):
+        for path, res in results.items():
+            if res.problem:
+                continue
+            try:
+                one = await memory_round(upstreams, work, peers, path, r)
+            except Exception as exc:
+                res.problem = f"round {r + 1} failed: {_clean(f'{type(exc).__name__}: {exc}')}"
+                print(f"  {path}: {res.problem}", file=sys.stderr)
+                continue
+            res.total += one.total
+            res.node_only += one.node_only
+            res.initialize += one.initialize
+            res.processes = one.processes
+            m = one.total[-1]
+            print(
+                f"  round {r + 1}/{rounds} {path:10}: {one.processes} processes, peak RSS sum "
+                f"{m.peak_rss_kb / 1024:.0f} MiB, PSS {m.pss_kb / 1024:.0f} MiB",
+                file=sys.stderr,
+            )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def mib(kb: float) -> str:
+    return f"{kb / 1024:.0f} MiB"
+
+
+def render(
+    lat: dict[str, PathLatency] | None,
+    mem: dict[str, PathMemory] | None,
+    peers: dict[str, Peer],
+    args: argparse.Namespace,
+    started: dt.datetime,
+    load_start: str,
+    quiet: str,
+) -> str:
+    rows: list[list[str]] = []
+    labels = {
+        "direct": "direct SDK client",
+        "bridge": "mcp-bridge",
+        "mcp-remote": "mcp-remote",
+        "mcp-proxy": "mcp-proxy",
+    }
+    if lat is not None:
+        d50 = med(lat["direct"].p50) if "direct" in lat and lat["direct"].p50 else None
+        d99 = med(lat["direct"].p99) if "direct" in lat and lat["direct"].p99 else None
+        for path, res in lat.items():
+            if not res.p50:
+                rows.append([f"{labels[path]}: `echo` p50 / p99", "not measured", res.problem or "no samples"])
+                continue
+            p50, p99 = med(res.p50), med(res.p99)
+            note = spread(res.p50)
+            if res.problem:
+                note = f"{res.problem}; {note}"
+            rows.append([f"{labels[path]}: `echo` p50 / p99", f"{p50:.3f} / {p99:.3f} ms", f"p50 {note}"])
+        for path, res in lat.items():
+            if path == "direct" or not res.p50 or d50 is None or d99 is None:
+                continue
+            ratio = med(res.p50) / d50
+            note = f"p99 ratio {med(res.p99) / d99:.2f}x"
+            if path == "bridge":
+                note += f"; target ≤ {TARGET_RATIO_DIRECT:g}x — {verdict(ratio <= TARGET_RATIO_DIRECT)}"
+            rows.append([f"{labels[path]} / direct, p50", f"{ratio:.2f}x", note])
+        bridge = lat.get("bridge")
+        for peer in PEER_PATHS:
+            other = lat.get(peer)
+            if bridge is None or other is None or not bridge.p50:
+                continue
+            if not other.p50:
+                rows.append([f"mcp-bridge / {peer}, p50", "not measured", f"{peer}: {other.problem}"])
+                continue
+            ratio = med(bridge.p50) / med(other.p50)
+            note = f"p99 ratio {med(bridge.p99) / med(other.p99):.2f}x"
+            if peer == "mcp-remote":
+                note += f"; target ≤ 1x — {verdict(ratio <= 1.0)}"
+            rows.append([f"mcp-bridge / {peer}, p50", f"{ratio:.2f}x", note])
+        for path, res in lat.items():
+            if res.initialize:
+                what = "connect → `initialize`" if path == "direct" else "spawn → `initialize`"
+                values = [ms(v) for v in res.initialize]
+                rows.append([f"{labels[path]}: {what}", f"{med(values):.0f} ms", spread(values, ".0f")])
+    if mem is not None:
+        bridge_peak = (
+            med([m.peak_rss_kb for m in mem["bridge"].total]) if mem.get("bridge") and mem["bridge"].total else None
+        )
+        for path, res in mem.items():
+            n = MEMORY_UPSTREAMS
+            label = f"one {labels[path]}, {n} upstreams" if path == "bridge" else f"{n} × {labels[path]}"
+            if not res.total:
+                rows.append([f"{label}: peak RSS", "not measured", res.problem or "no samples"])
+                continue
+            peak = med([m.peak_rss_kb for m in res.total])
+            pss = med([m.pss_kb for m in res.total])
+            note = (
+                f"{res.processes} processes; summed VmHWM; {spread([m.peak_rss_kb / 1024 for m in res.total], '.0f')}"
+            )
+            if path != "bridge" and bridge_peak is not None:
+                frac = bridge_peak / peak
+                note += f"; bridge = {frac:.2f} of this"
+                if path == "mcp-remote":
+                    note += f" (target ≤ {TARGET_MEMORY_FRACTION:g} — {verdict(frac <= TARGET_MEMORY_FRACTION)})"
+            rows.append([f"{label}: peak RSS", mib(peak), note])
+            rows.append([f"{label}: PSS", mib(pss), "proportional set size at the end (shared pages divided)"])
+            if res.node_only:
+                node = med([m.peak_rss_kb for m in res.node_only])
+                rows.append([f"{label}: peak RSS of the `node` processes alone", mib(node), "without npx and sh"])
+            values = [ms(v) for v in res.initialize]
+            spawns = f"median of {len(values)} spawns, one at a time, min {min(values):.0f}, max {max(values):.0f}"
+            rows.append([f"{label}: spawn → `initialize`", f"{med(values):.0f} ms", spawns])
+
+    versions = ", ".join(
+        f"`{p.name}` {p.version}" if p.version else f"`{p.name}` not installed" for p in peers.values()
+    )
+    header = [
+        title_line(started, "side by side with the peers (`bench/peers.py`)"),
+        "",
+        machine_line(load_start) + (f"; {quiet}" if quiet else ""),
+        f"- peers: {versions}; bridge: `python -m mcp_bridge serve` (logs at its default level)",
+    ]
+    if lat is not None:
+        header.append(
+            f"- latency: one local upstream; {args.calls} sequential `echo` calls per path per round after {WARMUP} "
+            f"warm-up calls, {args.rounds} rounds, a fresh process (or connection) per path and round, path order "
+            "rotating; each path driven by the same SDK client code (stdio for the bridge and peers, streamable HTTP "
+            "for direct); medians across rounds of each round's p50/p99"
+        )
+    if mem is not None:
+        header.append(
+            f"- memory: {MEMORY_UPSTREAMS} local upstreams; one bridge for all, or one peer process per upstream, all "
+            f"alive at once; each listed and driven with {MEMORY_CALLS} `echo` calls per upstream, then measured "
+            f"while running; {args.memory_rounds} rounds, medians; peak RSS summed over every process of each tree "
+            "(npx → sh → node for mcp-remote)"
+        )
+    header.append("")
+    return "\n".join(header + markdown_table(["metric", "value", "notes"], rows)) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500, help="sequential calls per path per round (default 500)")
+    parser.add_argument("--rounds", type=int, default=5, help="latency rounds (default 5)")
+    parser.add_argument("--memory-rounds", type=int, default=3, help="memory rounds (default 3; 0 skips memory)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency section")
+    add_common_args(parser)
+    args = parser.parse_args()
+    paths = [p for p in PATHS if p in args.paths.split(",")]
+    if args.calls < 1 or args.rounds < 1 or args.memory_rounds < 0 or "bridge" not in paths:
+        parser.error("--calls and --rounds must be at least 1, --memory-rounds at least 0; --paths needs bridge")
+    if not args.no_latency and "direct" not in paths:
+        parser.error("the latency section needs the direct path (ratios are to it)")
+
+    install_signal_handlers()
+    peers: dict[str, Peer] = {}
+    if "mcp-remote" in paths:
+        peers["mcp-remote"] = install_mcp_remote()
+    if "mcp-proxy" in paths:
+        peers["mcp-proxy"] = install_mcp_proxy()
+    for peer in peers.values():
+        print(f"{peer.name}: {peer.version or peer.problem}", file=sys.stderr)
+    quiet = quiet_note(args)
+    started = dt.datetime.now(dt.UTC)
+    load_start = load_average()
+    t_start = time.perf_counter()
+    lat = mem = None
+    with workdir(args.keep) as work:
+        procs = Processes(work)
+        try:
+            if not args.no_latency:
+                print("per-call latency ...", file=sys.stderr)
+                (local,) = procs.start_upstreams(["local"])
+                lat = anyio.run(run_latency, local, work, peers, paths, args.calls, args.rounds)
+            if args.memory_rounds:
+                print("memory ...", file=sys.stderr)
+                upstreams = procs.start_upstreams([f"m{i}" for i in range(MEMORY_UPSTREAMS)])
+                mem = anyio.run(run_memory, upstreams, work, peers, paths, args.memory_rounds)
+        except KeyboardInterrupt:
+            print("interrupted; cleaning up", file=sys.stderr)
+            return 130
+        finally:
+            procs.kill_all()
+    append_results(render(lat, mem, peers, args, started, load_start, quiet), not args.no_write)
+    print(f"total runtime {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
