@@ -7,6 +7,7 @@ one server's failure stays with that server.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,8 @@ log = get_logger(__name__)
 CACHE_FILE = "catalog.json"
 _FLUSH_ON_EXIT_SECONDS = 3.0
 _PIN_WATCH_SECONDS = 1.0  # how often a running bridge looks for pins approved or reset by `mcp-bridge pins`
+_REBUILD_DELAY_SECONDS = 0.02  # listings arriving within this share one catalog rebuild
+_CACHE_SAVE_DELAY_SECONDS = 1.0  # the disk cache is written at most this often
 
 
 class Bridge:
@@ -68,6 +71,10 @@ class Bridge:
         self.client_name: str | None = None
         self._first_load = anyio.Event()
         self._allowlist_known = False  # an allowlist the user had (a cache or an answer), so a difference is a change
+        self._rebuild_scheduled = False
+        self._cache_dirty = anyio.Event()  # listings changed since the disk cache was written
+        self._cache_lock = threading.Lock()
+        self._cache_seq = self._cache_written = 0
         self._refresh_now = anyio.Event()
         self.auth_env = auth_env or AuthEnv.for_serve(self.settings, home)
 
@@ -92,6 +99,7 @@ class Bridge:
                 self.apply_allowlist(initial if initial is not None else loading_from_port())
                 self._allowlist_known = initial is not None
                 tg.start_soon(self._watch_pins)
+                tg.start_soon(self._save_cache)
                 if source.refresh_interval is None:
                     self._first_load.set()
                 else:
@@ -99,6 +107,8 @@ class Bridge:
                 try:
                     yield self
                 finally:
+                    if self._cache_dirty.is_set():  # listings not written yet
+                        self._write_cache(*self._cache_snapshot())
                     if self.shipper is not None:  # on shutdown, flush what is waiting, within a deadline
                         with anyio.CancelScope(shield=True):
                             await self.shipper.flush(_FLUSH_ON_EXIT_SECONDS)
@@ -161,8 +171,8 @@ class Bridge:
             if self._allowlist_known:  # not the first answer after a start without a cache: that changes nothing
                 self.audit.note("allowlist_change", server=concerned, detail=change)
         self._allowlist_known = True
-        changed = self.catalog.set_allowlist(allowlist)
-        changed |= self._recheck_pins()  # the allowlist's own pins may have changed
+        self.catalog.set_allowlist(allowlist, rebuild=False)  # one rebuild at the end, however much changed
+        self._recheck_pins(rebuild=False)  # the allowlist's own pins may have changed
         gone = [
             n
             for n in self.upstreams
@@ -172,7 +182,7 @@ class Bridge:
         for name in gone:
             self._scopes.pop(name).cancel()
             del self.upstreams[name]
-            changed |= self.catalog.remove(name)
+            self.catalog.remove(name, rebuild=False)
             self.pins.forget(name)
             log.info("bridge.server_removed", server=name)
         for name, server in sorted(allowlist.servers.items()):
@@ -187,7 +197,7 @@ class Bridge:
             cached = self._cached.get(name)
             if cached is not None and cached[0] == server.url:
                 blocked = self.pins.check(name, server, cached[1].tools, live=False)
-                changed |= self.catalog.set_listing(name, cached[1], cached=True, blocked=blocked)
+                self.catalog.set_listing(name, cached[1], cached=True, blocked=blocked, rebuild=False)
             upstream = Upstream(
                 name,
                 server,
@@ -201,7 +211,7 @@ class Bridge:
             scope = anyio.CancelScope()
             self._scopes[name] = scope
             self._tg.start_soon(self._supervise, upstream, scope)
-        self._publish(changed)
+        self._publish(self.catalog.rebuild())
 
     @staticmethod
     async def _supervise(upstream: Upstream, scope: anyio.CancelScope) -> None:
@@ -213,22 +223,56 @@ class Bridge:
         if server not in self.upstreams or config is None:
             return  # removed while listing
         blocked = self.pins.check(server, config, listing.tools, live=True)
-        changed = self.catalog.set_listing(server, listing, blocked=blocked)
         self._cached[server] = (self.upstreams[server].config.endpoint, listing)
-        try:
-            self.cache.save({k: v for k, v in self._cached.items() if k in self.upstreams})
-        except OSError as exc:
-            log.warning("catalog_cache.write_failed", path=str(self.cache.path), error=str(exc))
-        self._publish(changed)
+        self._cache_dirty.set()
+        if self._tg is None:
+            self._publish(self.catalog.set_listing(server, listing, blocked=blocked))
+            return
+        # Servers connecting together (dozens at startup) cost one rebuild, not one each: the merged view is rebuilt
+        # shortly after, or by the first read before that.
+        self.catalog.set_listing(server, listing, blocked=blocked, rebuild=False)
+        if not self._rebuild_scheduled:
+            self._rebuild_scheduled = True
+            self._tg.start_soon(self._rebuild_soon)
 
-    def _recheck_pins(self) -> set[str]:
+    async def _rebuild_soon(self) -> None:
+        await anyio.sleep(_REBUILD_DELAY_SECONDS)
+        self._rebuild_scheduled = False
+        self._publish(self.catalog.rebuild())
+
+    async def _save_cache(self) -> None:
+        """Write the disk cache after listings changed: at most once a second, off the event loop (a catalog of
+        10,000 tools is megabytes of JSON), and once more on shutdown (see :meth:`running`)."""
+        while True:
+            await self._cache_dirty.wait()
+            await anyio.sleep(_CACHE_SAVE_DELAY_SECONDS)
+            self._cache_dirty = anyio.Event()
+            await anyio.to_thread.run_sync(self._write_cache, *self._cache_snapshot())
+
+    def _cache_snapshot(self) -> tuple[int, dict[str, tuple[str, Listing]]]:
+        """What the cache should hold now, and its sequence number (taken on the event loop)."""
+        self._cache_seq += 1
+        return self._cache_seq, {k: v for k, v in self._cached.items() if k in self.upstreams}
+
+    def _write_cache(self, seq: int, snapshot: dict[str, tuple[str, Listing]]) -> None:
+        """Write a snapshot unless a newer one is already on disk (the shutdown write may overtake a thread's)."""
+        with self._cache_lock:
+            if seq <= self._cache_written:
+                return
+            try:
+                self.cache.save(snapshot)
+                self._cache_written = seq
+            except OSError as exc:
+                log.warning("catalog_cache.write_failed", path=str(self.cache.path), error=str(exc))
+
+    def _recheck_pins(self, *, rebuild: bool = True) -> set[str]:
         """Every current listing against the pins again (after an allowlist change or a pin store change)."""
-        changed: set[str] = set()
         for name, (listing, cached) in self.catalog.listings().items():
             config = self.catalog.allowlist.servers.get(name)
             if config is not None:
-                changed |= self.catalog.set_blocked(name, self.pins.check(name, config, listing.tools, live=not cached))
-        return changed
+                blocked = self.pins.check(name, config, listing.tools, live=not cached)
+                self.catalog.set_blocked(name, blocked, rebuild=False)
+        return self.catalog.rebuild() if rebuild else set()
 
     async def _watch_pins(self) -> None:
         """Pick up ``mcp-bridge pins approve|reset`` from another process: a re-approved tool comes back at once."""

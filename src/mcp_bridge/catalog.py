@@ -60,6 +60,8 @@ class Catalog:
         self._visible_prompts: list[dict[str, Any]] = []
         self._visible_resources: list[dict[str, Any]] = []
         self._visible_templates: list[dict[str, Any]] = []
+        self._stale = False
+        self._unreported: set[str] = set()
 
     # ------------------------------------------------------------------ updates
 
@@ -67,45 +69,77 @@ class Catalog:
     def allowlist(self) -> Allowlist:
         return self._allowlist
 
+    # Every update takes ``rebuild``: True rebuilds the merged view now and returns which lists the IDE sees changed
+    # (tools, prompts, resources); False only marks it stale and returns nothing, so that a burst of updates (50
+    # servers connecting, a cache of 50 listings) costs one rebuild. A stale view is rebuilt by :meth:`rebuild` or by
+    # the first read, and what such a rebuild changed waits in :meth:`take_changes`.
+
     def set_listing(
-        self, server: str, listing: Listing, *, cached: bool = False, blocked: dict[str, str] | None = None
+        self,
+        server: str,
+        listing: Listing,
+        *,
+        cached: bool = False,
+        blocked: dict[str, str] | None = None,
+        rebuild: bool = True,
     ) -> set[str]:
-        """Replace one server's listing (``blocked``: its tools that fail their pins, and why); return which lists
-        the IDE sees changed (tools, prompts, resources)."""
+        """Replace one server's listing (``blocked``: its tools that fail their pins, and why)."""
         self._listings[server] = listing
         self._blocked[server] = dict(blocked or {})
         if cached:
             self._cached.add(server)
         else:
             self._cached.discard(server)
-        return self._rebuild()
+        return self._changed(rebuild)
 
-    def set_blocked(self, server: str, blocked: dict[str, str]) -> set[str]:
+    def set_blocked(self, server: str, blocked: dict[str, str], *, rebuild: bool = True) -> set[str]:
         """Which of a server's tools fail their pins (re-checked after a pin or allowlist change)."""
         if self._blocked.get(server, {}) == blocked:
             return set()
         self._blocked[server] = dict(blocked)
-        return self._rebuild()
+        return self._changed(rebuild)
 
     def listings(self) -> dict[str, tuple[Listing, bool]]:
         """Each server's current listing, and whether it is only the disk cache's."""
         return {name: (listing, name in self._cached) for name, listing in self._listings.items()}
 
-    def remove(self, server: str) -> set[str]:
+    def remove(self, server: str, *, rebuild: bool = True) -> set[str]:
         self._listings.pop(server, None)
         self._blocked.pop(server, None)
         self._cached.discard(server)
-        return self._rebuild()
+        return self._changed(rebuild)
 
-    def set_allowlist(self, allowlist: Allowlist) -> set[str]:
+    def set_allowlist(self, allowlist: Allowlist, *, rebuild: bool = True) -> set[str]:
         self._allowlist = allowlist
         for server in [s for s in self._listings if s not in allowlist.servers]:
             del self._listings[server]
             self._cached.discard(server)
             self._blocked.pop(server, None)
-        return self._rebuild()
+        return self._changed(rebuild)
+
+    def _changed(self, rebuild: bool) -> set[str]:
+        self._stale = True
+        return self.rebuild() if rebuild else set()
+
+    def rebuild(self) -> set[str]:
+        """Rebuild the merged view if an update left it stale; return what changed (and anything a read-time
+        rebuild changed since the last call)."""
+        changed = self._rebuild() if self._stale else set()
+        changed |= self.take_changes()
+        return changed
+
+    def take_changes(self) -> set[str]:
+        """What rebuilds done on a read changed, not yet returned to anyone."""
+        changed, self._unreported = self._unreported, set()
+        return changed
+
+    def _fresh(self) -> None:
+        """Before a read: a stale view is rebuilt now (its changes kept for :meth:`take_changes`)."""
+        if self._stale:
+            self._unreported |= self._rebuild()
 
     def _rebuild(self) -> set[str]:
+        self._stale = False
         before = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
         sep, max_len = self._naming.separator, self._naming.max_length
         servers = sorted(self._listings)
@@ -183,14 +217,17 @@ class Catalog:
 
     def tools(self) -> list[dict[str, Any]]:
         """The tool definitions the IDE sees: allowed ones, under exposed names."""
+        self._fresh()
         return self._visible_tools
 
     def entries(self) -> list[ToolEntry]:
         """Every known tool, allowed or not (for ``tools`` and ``status``)."""
+        self._fresh()
         return list(self._tools.values())
 
     def route_tool(self, exposed: str) -> ToolEntry:
         """The entry for an exposed name, checked against the allowlist now (not only when listed)."""
+        self._fresh()
         entry = self._tools.get(exposed)
         if entry is None:
             raise UnknownName("tool", exposed)
@@ -202,22 +239,27 @@ class Catalog:
         return entry
 
     def prompts(self) -> list[dict[str, Any]]:
+        self._fresh()
         return self._visible_prompts
 
     def route_prompt(self, exposed: str) -> tuple[str, str]:
+        self._fresh()
         found = self._prompts.get(exposed)
         if found is None:
             raise UnknownName("prompt", exposed)
         return found[0], found[1]
 
     def resources(self) -> list[dict[str, Any]]:
+        self._fresh()
         return self._visible_resources
 
     def templates(self) -> list[dict[str, Any]]:
+        self._fresh()
         return self._visible_templates
 
     def route_resource(self, uri: str) -> str:
         """The server that serves ``uri``: a listed resource first, then the first template that matches."""
+        self._fresh()
         server = self._resources.get(uri)
         if server is not None:
             return server
@@ -228,6 +270,7 @@ class Catalog:
 
     def counts(self, server: str) -> tuple[int, int]:
         """(allowed, offered) tool counts for one server."""
+        self._fresh()
         mine = [e for e in self._tools.values() if e.server == server]
         return sum(1 for e in mine if e.denial is None), len(mine)
 
