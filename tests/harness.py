@@ -50,11 +50,19 @@ class LocalUpstream:
     """One ``mcp_bridge.localservers`` process; can be killed and restarted on the same port."""
 
     def __init__(
-        self, name: str, log_dir: Path, *, api_key: str | None = None, weird_names: bool = False, port: int = 0
+        self,
+        name: str,
+        log_dir: Path,
+        *,
+        api_key: str | None = None,
+        weird_names: bool = False,
+        extra_tools: int = 0,
+        port: int = 0,
     ) -> None:
         self.name = name
         self.api_key = api_key
         self.weird_names = weird_names
+        self.extra_tools = extra_tools
         self.port = port or free_port()
         self.log_path = log_dir / f"upstream-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -69,6 +77,8 @@ class LocalUpstream:
             cmd += ["--api-key", self.api_key]
         if self.weird_names:
             cmd.append("--weird-names")
+        if self.extra_tools:
+            cmd += ["--extra-tools", str(self.extra_tools)]
         return cmd
 
     def start(self) -> Self:

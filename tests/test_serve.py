@@ -221,3 +221,16 @@ async def test_calls_reuse_the_upstream_connection(tmp_path: Path) -> None:
         gamma.kill()
     assert stats["calls"] == 51
     assert stats["connections"] <= 5, stats  # handshake, listing and GET stream may use a few; not one per call
+
+
+async def test_a_tool_list_over_one_mib_comes_through_and_is_cached(tmp_path: Path) -> None:
+    """One server with 3,000 tools: its tools/list is one SSE event of about 1.4 MiB, over the SDK's default limit;
+    and the catalog cache written for the next start holds them all."""
+    with LocalUpstream("big", tmp_path, extra_tools=3000) as big:
+        config = write_config(tmp_path / "config.yaml", {"big": big.server_config()})
+        async with bridge_client(config, tmp_path / "home") as client:
+            names = await tool_names(client)
+            assert len(names) == 3010 and "big__tool_3000" in names
+            assert (await raw_call(client, "big__echo", {"text": "x"}))["content"][0]["text"] == "big: x"
+    cached = json.loads((tmp_path / "home" / "catalog.json").read_text(encoding="utf-8"))
+    assert len(cached["servers"]["big"]["tools"]) == 3010

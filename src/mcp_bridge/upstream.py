@@ -42,6 +42,10 @@ from mcp_bridge.logs import clean, get_logger
 
 log = get_logger(__name__)
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""The largest message (one SSE event) taken from a server. The SDK's default, 1 MiB, is a tools/list of about 2,000
+tools; a bound still stops a runaway server from filling memory."""
+
 State = Literal["connecting", "connected", "needs_auth", "error", "stopped"]
 ProgressFn = ProgressFnT
 
@@ -287,7 +291,10 @@ class Upstream:
         transport = _GuardedTransport(httpx2.AsyncHTTPTransport(verify=await _ssl_context()))
         async with (
             httpx2.AsyncClient(auth=auth, timeout=timeout, transport=transport) as http,
-            streamable_http_client(self.config.endpoint, http_client=http) as (read, write),
+            streamable_http_client(self.config.endpoint, http_client=http, max_sse_event_size=MAX_MESSAGE_BYTES) as (
+                read,
+                write,
+            ),
             ClientSession(
                 read,
                 write,
