@@ -28,11 +28,13 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import yaml
@@ -135,6 +137,9 @@ class EndToEnd:
     refresh_problem: str | None = None
     direct_big: list[float] = field(default_factory=list)
     direct_big_bytes: int = 0
+    raw_lists: list[float] = field(default_factory=list)
+    raw_parse: list[float] = field(default_factory=list)
+    raw_problem: str | None = None
 
 
 def publish(double: PortDouble, upstreams: list[Upstream], tools: list[str], drop: str | None = None) -> None:
@@ -240,7 +245,65 @@ async def run_end_to_end(
                     file=sys.stderr,
                 )
                 await wait_idle(pid, timeout=REFRESH_TIMEOUT)  # the next one starts from a quiet bridge
+
+    try:
+        await raw_lists(bridge_command(config), env, home, stderr_path, len(expected), args.lists, out)
+    except (TimeoutError, RuntimeError, OSError) as exc:
+        out.raw_problem = f"{type(exc).__name__}: {exc}"
     return out
+
+
+async def raw_lists(
+    command: list[str], env: dict[str, str], home: Path, stderr_path: Path, n_tools: int, n: int, out: EndToEnd
+) -> None:
+    """``tools/list`` timed from writing the request line to reading the answer's last byte off the pipe, by a client
+    that parses nothing meanwhile: the bridge's share of a list, without the SDK client's (parsing and validating the
+    4.9 MB answer). The same home again: the catalog cache makes the list full sooner."""
+    with open(stderr_path, "a", encoding="utf-8") as errlog:
+        async with await anyio.open_process(command, env=env, cwd=home, stderr=errlog) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            stdin, stdout, pending = proc.stdin, proc.stdout, bytearray()
+
+            async def ask(request_id: int, method: str, params: dict[str, Any] | None = None) -> bytes:
+                line = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+                await stdin.send(json.dumps(line).encode() + b"\n")
+                while True:
+                    end = pending.find(b"\n")
+                    if end >= 0:
+                        answer = bytes(pending[:end])
+                        del pending[: end + 1]
+                        if re.search(rb'"id":\s*%d\s*[,}]' % request_id, answer[:64]):
+                            return answer
+                        continue  # a notification (list_changed): not the answer
+                    chunk = await stdout.receive(1 << 20)
+                    pending.extend(chunk)
+
+            try:
+                with anyio.fail_after(FULL_LIST_TIMEOUT):
+                    init = {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "raw", "version": "1"},
+                    }
+                    await ask(0, "initialize", init)
+                    await stdin.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+                    request_id = 1
+                    while len(json.loads(await ask(request_id, "tools/list"))["result"]["tools"]) < n_tools:
+                        request_id += 1
+                        await anyio.sleep(0.5)
+                    await wait_idle(proc.pid, timeout=FULL_LIST_TIMEOUT)
+                    for _ in range(n):
+                        request_id += 1
+                        t0 = time.perf_counter()
+                        answer = await ask(request_id, "tools/list")
+                        out.raw_lists.append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        listed = json.loads(answer)["result"]["tools"]
+                        out.raw_parse.append(time.perf_counter() - t0)
+                        if len(listed) != n_tools:
+                            raise RuntimeError(f"raw list {request_id}: {len(listed)} tools, not {n_tools}")
+            finally:
+                proc.kill()
 
 
 # ---------------------------------------------------------------------------------------------- in process
@@ -354,6 +417,20 @@ def render(
         ]
     if e2e.refresh_problem:
         rows.append(["allowlist refresh", "problem", e2e.refresh_problem])
+    if e2e.raw_lists:
+        raw50 = ms(med(e2e.raw_lists))
+        rows.append(
+            [
+                f"bridge: `tools/list` of {n_tools:,} tools, raw pipe client, p50 / p99",
+                f"{raw50:.1f} / {ms(percentile(e2e.raw_lists, 99)):.1f} ms",
+                f"target ≤ {TARGET_LIST_MS:g} ms — {verdict(raw50 <= TARGET_LIST_MS)}; request line written → answer's "
+                f"last byte read, nothing parsed meanwhile (the bridge's share); warm home; {len(e2e.raw_lists)} "
+                f"sequential lists, min {ms(min(e2e.raw_lists)):.1f}, max {ms(max(e2e.raw_lists)):.1f}; "
+                f"`json.loads` of the answer afterwards: {ms(med(e2e.raw_parse)):.0f} ms",
+            ]
+        )
+    if e2e.raw_problem:
+        rows.append(["raw pipe client", "problem", e2e.raw_problem])
     rows += [
         [
             f"in process: `Catalog.set_listing` × {args.servers} (listings arriving one by one)",

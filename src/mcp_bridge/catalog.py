@@ -62,8 +62,18 @@ class Catalog:
         self._visible_templates: list[dict[str, Any]] = []
         self._stale = False
         self._unreported: set[str] = set()
+        self._version = 0
 
     # ------------------------------------------------------------------ updates
+
+    @property
+    def version(self) -> int:
+        """Bumped by every rebuild, changed lists or not (equal lists can still encode differently: ``1`` and
+        ``1.0``, key order). The lists a rebuild makes are never changed in place, so an answer computed from them
+        (the front's encoded ``tools/list``) stays right for as long as this number does not change. Reading it
+        rebuilds a stale view first, so it is never older than the lists a read would get."""
+        self._fresh()
+        return self._version
 
     @property
     def allowlist(self) -> Allowlist:
@@ -140,6 +150,7 @@ class Catalog:
 
     def _rebuild(self) -> set[str]:
         self._stale = False
+        self._version += 1
         before = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
         sep, max_len = self._naming.separator, self._naming.max_length
         servers = sorted(self._listings)

@@ -8,7 +8,9 @@ crash, and nothing else is ever written there.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -21,7 +23,7 @@ from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
-from pydantic import ValidationError
+from pydantic import PrivateAttr, ValidationError
 
 from mcp_bridge import __version__
 from mcp_bridge.bridge import Bridge, error_text
@@ -35,6 +37,39 @@ log = get_logger(__name__)
 
 _DRAIN_ON_EOF_SECONDS = 2.0
 
+_WIRE_DUMP: dict[str, Any] = {"by_alias": True, "exclude_unset": True}
+"""How the SDK's ``stdio_server`` encodes every message it writes: ``model_dump_json(by_alias=True,
+exclude_unset=True)``."""
+
+_MARKER = f"mcp-bridge-tools-{uuid.uuid4().hex}"
+"""Stands in for the tools while a response's envelope is encoded; the tools' JSON replaces it."""
+
+
+@dataclass
+class _ToolsAnswer:
+    """The SDK's own wire form of ``tools/list``'s tools for one catalog version and protocol version; kept until
+    either changes, so that the next lists skip the SDK's validation of the whole list (and the stdio path, its
+    JSON encoding too)."""
+
+    key: tuple[int, str]
+    """(catalog version, protocol version)"""
+    tools: list[Any]
+    """``result["tools"]`` as the SDK shaped it (validated, sieved, dumped); never changed in place."""
+    encoded: str | None = None
+    """``tools`` as the SDK's stdio writer encodes it, made on the first stdio answer that carries them."""
+
+
+class _PreEncoded(types.JSONRPCResponse):
+    """A response whose wire form is already made: the SDK's stdio writer, which calls ``model_dump_json`` with
+    :data:`_WIRE_DUMP`, gets that line; any other call dumps the fields as usual."""
+
+    _line: str = PrivateAttr(default="")
+
+    def model_dump_json(self, *args: Any, **kwargs: Any) -> str:
+        if not args and kwargs == _WIRE_DUMP:
+            return self._line
+        return super().model_dump_json(*args, **kwargs)
+
 
 class Front:
     """Handlers of the IDE-facing server, bound to one :class:`Bridge`."""
@@ -44,6 +79,8 @@ class Front:
         self._session: ServerSession | None = None
         self._listed: set[str] = set()
         self._first_list_done = False
+        self._tools_answer: _ToolsAnswer | None = None
+        self._reusing: set[int] = set()  # id() of the contexts of tools/list requests answered from _tools_answer
         self.server: Server[Any] = Server(
             "mcp-bridge",
             version=__version__,
@@ -57,8 +94,8 @@ class Front:
             on_read_resource=self._read_resource,
         )
         # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
-        # the span costs time on every call. Ours only remembers the IDE's session.
-        self.server.middleware[:] = [self._remember_session]
+        # the span costs time on every call. Ours remember the IDE's session and reuse the last tools/list answer.
+        self.server.middleware[:] = [self._remember_session, self._reuse_tools_answer]
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(
@@ -84,7 +121,61 @@ class Front:
 
     async def _list_tools(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         await self._first_list("tools")
+        if id(ctx) in self._reusing:
+            return {"tools": []}  # the SDK checks and shapes the rest of the answer; _reuse_tools_answer adds the tools
         return {"tools": self.bridge.catalog.tools()}
+
+    async def _reuse_tools_answer(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """``tools/list`` without the SDK validating the whole catalog again when it has not changed since the last
+        answer: the request still goes through the SDK (params checks, the initialization gate, the result's shape,
+        with an empty list), and the tools the SDK made of the same catalog, for the same protocol version, go in.
+
+        The SDK shapes ``tools`` independently of the result's other fields, so the answer is the one the SDK would
+        give (``tests/test_list_cache.py`` compares them).
+        """
+        if ctx.method != "tools/list":
+            return await call_next(ctx)
+        answer = self._tools_answer
+        if answer is None or answer.key != (self.bridge.catalog.version, ctx.protocol_version):
+            result = await call_next(ctx)
+            # The handler read the catalog with no await since, so this is the version the tools come from.
+            key = (self.bridge.catalog.version, ctx.protocol_version)
+            if isinstance(result, dict) and isinstance(result.get("tools"), list):
+                self._tools_answer = _ToolsAnswer(key, result["tools"])
+            return result
+        # An answer exists only after a first list has completed, so the handler does not await (the first list's
+        # wait is over): the catalog cannot change between the check above and the answer.
+        self._reusing.add(id(ctx))
+        try:
+            result = await call_next(ctx)
+        finally:
+            self._reusing.discard(id(ctx))
+        if not isinstance(result, dict) or result.get("tools") != []:
+            return result  # not the SDK's shape of our empty list: never guess
+        return {**result, "tools": answer.tools}
+
+    def wire_message(self, message: SessionMessage) -> SessionMessage:
+        """``message`` as the stdio writer should get it: a ``tools/list`` answer carrying the kept tools comes with
+        its line encoded already, the kept tools' JSON spliced into the envelope's (both as the writer encodes);
+        anything else is returned as is."""
+        answer = self._tools_answer
+        response = message.message
+        if (
+            answer is None
+            or not isinstance(response, types.JSONRPCResponse)
+            or isinstance(response, _PreEncoded)
+            or response.result.get("tools") is not answer.tools
+        ):
+            return message
+        if answer.encoded is None:
+            answer.encoded = _encode_tools(answer.tools)
+        envelope = response.model_copy(update={"result": {**response.result, "tools": _MARKER}})
+        head, sep, tail = envelope.model_dump_json(by_alias=True, exclude_unset=True).partition(f'"{_MARKER}"')
+        if answer.encoded is None or not sep or _MARKER in tail:
+            return message
+        wire = _PreEncoded.model_construct(response.model_fields_set, **dict(response))
+        wire._line = head + answer.encoded + tail
+        return SessionMessage(wire, metadata=message.metadata)
 
     async def _list_prompts(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         await self._first_list("prompts")
@@ -131,6 +222,17 @@ class Front:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return  # the IDE went away
             log.info("front.list_changed", kinds=sorted(kinds))
+
+
+def _encode_tools(tools: list[Any]) -> str | None:
+    """``tools`` as JSON, exactly as the SDK's stdio writer encodes them in a response (``None`` if that cannot be
+    told apart from the envelope, which does not happen)."""
+    response = types.JSONRPCResponse(jsonrpc="2.0", id=0, result={"tools": tools})
+    line = response.model_dump_json(by_alias=True, exclude_unset=True)
+    head, tail = '{"jsonrpc":"2.0","id":0,"result":{"tools":', "}}"
+    if not (line.startswith(head) and line.endswith(tail)):
+        return None
+    return line[len(head) : -len(tail)]
 
 
 def _relay_progress(ctx: ServerRequestContext[Any]) -> ProgressFn:
@@ -201,7 +303,7 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
                             drop_id = None  # only the first answer with that id: the IDE may reuse ids later
                             _check_early_answer(early, message.message)
                             continue
-                    await write.send(message)
+                    await write.send(front.wire_message(message))
 
         async with receive, anyio.create_task_group() as tg:
             tg.start_soon(pump_in)
