@@ -50,6 +50,17 @@ def cli(tmp_path: Path, cfg: Path, *args: str, env: dict[str, str] | None = None
     return run_cli(tmp_path / "home", *args, "--config", str(cfg), env=env)
 
 
+async def pin_on_disk(home: Path, server: str, tool: str, *, other_than: str | None = None) -> dict[str, Any]:
+    """The local pin once a running bridge has written it (pins made on first sight are written within a second or
+    two, off the event loop); ``other_than``: wait for a pin that differs from this fingerprint."""
+    with anyio.fail_after(15):
+        while True:
+            pin = PinStore(home / "pins.json").pin(server, tool)
+            if pin is not None and pin["fingerprint"] != other_than:
+                return pin
+            await anyio.sleep(0.1)
+
+
 async def wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
     with anyio.fail_after(timeout):
         while not await predicate():
@@ -94,8 +105,7 @@ async def test_a_changed_tool_is_blocked_audited_and_comes_back_when_approved(
     notes = Notifications()
     async with bridge_client(cfg, home, notifications=notes) as client:
         assert "alpha__echo" in await tool_names(client)
-        pinned = PinStore(home / "pins.json").pin("alpha", "echo")
-        assert pinned is not None  # trust on first use
+        pinned = await pin_on_disk(home, "alpha", "echo")  # trust on first use
         notes.rearm()
         await raw_call(client, "alpha__redefine", {"tool": "echo", "description": POISON})
         with anyio.fail_after(15):
@@ -215,8 +225,7 @@ async def test_warn_keeps_the_tool_and_accept_re_pins_it(tmp_path: Path, alpha: 
         home = tmp_path / f"home-{policy}"
         async with bridge_client(cfg, home) as client:
             assert "alpha__echo" in await tool_names(client)  # the first tools/list waits for the server
-            before = PinStore(home / "pins.json").pin("alpha", "echo")
-            assert before is not None
+            before = await pin_on_disk(home, "alpha", "echo")
             await raw_call(client, "alpha__redefine", {"tool": "echo", "description": f"{POISON} {policy}"})
 
             async def reported(policy: str = policy) -> bool:
@@ -225,9 +234,10 @@ async def test_warn_keeps_the_tool_and_accept_re_pins_it(tmp_path: Path, alpha: 
             await wait_for(reported, "the change is audited")
             assert "alpha__echo" in await tool_names(client)
             assert (await raw_call(client, "alpha__echo", {"text": "x"}))["content"][0]["text"] == "alpha: x"
-            after = PinStore(home / "pins.json").pin("alpha", "echo")
-            assert after is not None
-            assert (after["fingerprint"] == before["fingerprint"]) == (policy == "warn")
+            if policy == "accept":  # re-pinned to the new definition
+                await pin_on_disk(home, "alpha", "echo", other_than=before["fingerprint"])
+            else:
+                assert PinStore(home / "pins.json").pin("alpha", "echo") == before
     statuses = [x["status"] for x in audit_lines(tmp_path, "tool_definition_changed")]
     assert statuses == ["Completed", "Completed"]
 

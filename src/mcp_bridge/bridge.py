@@ -61,6 +61,7 @@ class Bridge:
         self.catalog = Catalog(self.settings.naming, Allowlist())
         self.cache = CatalogCache(home / CACHE_FILE)
         self.pins = Pins(home, self.settings.on_tool_change, self._tool_changed)
+        self.pins.defer_writes = True  # written by _save_cache (and on shutdown)
         self._cached: dict[str, tuple[str, Listing]] = {}
         self.upstreams: dict[str, Upstream] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
@@ -107,6 +108,7 @@ class Bridge:
                 try:
                     yield self
                 finally:
+                    self.pins.flush()  # pins made on first sight, not written yet
                     if self._cache_dirty.is_set():  # listings not written yet
                         self._write_cache(*self._cache_snapshot())
                     if self.shipper is not None:  # on shutdown, flush what is waiting, within a deadline
@@ -241,12 +243,13 @@ class Bridge:
         self._publish(self.catalog.rebuild())
 
     async def _save_cache(self) -> None:
-        """Write the disk cache after listings changed: at most once a second, off the event loop (a catalog of
-        10,000 tools is megabytes of JSON), and once more on shutdown (see :meth:`running`)."""
+        """Write the disk cache (and the pins made on first sight) after listings changed: at most once a second,
+        off the event loop (a catalog of 10,000 tools is megabytes of JSON), and once more on shutdown."""
         while True:
             await self._cache_dirty.wait()
             await anyio.sleep(_CACHE_SAVE_DELAY_SECONDS)
             self._cache_dirty = anyio.Event()
+            await anyio.to_thread.run_sync(self.pins.flush)
             await anyio.to_thread.run_sync(self._write_cache, *self._cache_snapshot())
 
     def _cache_snapshot(self) -> tuple[int, dict[str, tuple[str, Listing]]]:

@@ -253,6 +253,26 @@ class Pins:
         self.verdicts: dict[str, dict[str, Verdict]] = {}
         # server -> (the listing's tool list, kept so its identity stays valid; tool -> (fingerprint, definition))
         self._memo: dict[str, tuple[Sequence[Mapping[str, Any]], dict[str, tuple[str, dict[str, Any]]]]] = {}
+        self.defer_writes = False
+        """Pins made by :meth:`check` wait in memory for :meth:`flush` (the bridge flushes once a second, off the
+        event loop, and on shutdown): 50 servers pinning 200 tools each must not rewrite the store 50 times."""
+        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending_seen: dict[str, dict[str, Any]] = {}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending or self._pending_seen)
+
+    def flush(self) -> None:
+        """Write the pins (and definitions) :meth:`check` made since the last flush; safe from a worker thread."""
+        pins, seen = self._pending, self._pending_seen
+        self._pending, self._pending_seen = {}, {}
+        if not (pins or seen):
+            return
+        try:
+            self.store.update(pins, seen)
+        except (OSError, BridgeError) as exc:
+            log.warning("pins.write_failed", path=str(self.store.path), error=str(exc))
 
     def check(
         self, server: str, config: ServerConfig, tools: Sequence[Mapping[str, Any]], *, live: bool
@@ -297,10 +317,10 @@ class Pins:
                     accepted[(server, name)] = definition
             verdicts[name] = verdict
         if live and (new_pins or seen or accepted):
-            try:
-                self.store.update({**new_pins, **accepted}, seen)
-            except (OSError, BridgeError) as exc:
-                log.warning("pins.write_failed", path=str(self.store.path), error=str(exc))
+            self._pending.update({**new_pins, **accepted})
+            self._pending_seen.update(seen)
+            if not self.defer_writes:
+                self.flush()
             for _server, tool_name in accepted:  # re-pinned: the new definition is the approved one now
                 now = verdicts[tool_name].fingerprint
                 verdicts[tool_name] = Verdict(server, tool_name, now, now, "local", False, None)
@@ -318,7 +338,8 @@ class Pins:
             return Verdict(server, tool, fp, pinned, "allowlist", self.on_change == "block", _changed(pinned, fp))
         if self.store.broken:
             return Verdict(server, tool, fp, None, "local", True, f"no trusted pin: {self.store.broken}")
-        local = self.store.pin(server, tool)
+        waiting = self._pending.get((server, tool))
+        local = {"fingerprint": fingerprint(waiting)} if waiting is not None else self.store.pin(server, tool)
         if local is None:
             return Verdict(server, tool, fp, None, "none", False, None)
         pinned = local["fingerprint"]
