@@ -439,7 +439,7 @@ def render(
         [
             f"in process: `Catalog.set_listing` × {args.servers} (listings arriving one by one)",
             f"{ms(inproc.merge_one_by_one):.0f} ms",
-            f"each arrival rebuilds the whole merged catalog: the last one alone {ms(inproc.merge_last):.0f} ms",
+            f"a full rebuild per arrival (the bridge batches arrivals): the last one {ms(inproc.merge_last):.0f} ms",
         ],
         [
             "in process: `Catalog.set_allowlist` changing one tool",
@@ -455,7 +455,7 @@ def render(
         [
             "in process: `CatalogCache.save` (all servers)",
             f"{ms(med(inproc.cache_save)):.0f} ms",
-            f"{inproc.cache_bytes / 1e6:.1f} MB file; the bridge writes it after every server's listing",
+            f"{inproc.cache_bytes / 1e6:.1f} MB file; the bridge writes it at most once a second, from a thread",
         ],
     ]
     header = [
