@@ -61,7 +61,7 @@ class Bridge:
         self.catalog = Catalog(self.settings.naming, Allowlist())
         self.cache = CatalogCache(home / CACHE_FILE)
         self.pins = Pins(home, self.settings.on_tool_change, self._tool_changed)
-        self.pins.defer_writes = True  # written by _save_cache (and on shutdown)
+        self.pins.defer_writes = True  # written by _watch_pins (and on shutdown)
         self._cached: dict[str, tuple[str, Listing]] = {}
         self.upstreams: dict[str, Upstream] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
@@ -243,13 +243,12 @@ class Bridge:
         self._publish(self.catalog.rebuild())
 
     async def _save_cache(self) -> None:
-        """Write the disk cache (and the pins made on first sight) after listings changed: at most once a second,
-        off the event loop (a catalog of 10,000 tools is megabytes of JSON), and once more on shutdown."""
+        """Write the disk cache after listings changed: at most once a second, off the event loop (a catalog of
+        10,000 tools is megabytes of JSON), and once more on shutdown (see :meth:`running`)."""
         while True:
             await self._cache_dirty.wait()
             await anyio.sleep(_CACHE_SAVE_DELAY_SECONDS)
             self._cache_dirty = anyio.Event()
-            await anyio.to_thread.run_sync(self.pins.flush)
             await anyio.to_thread.run_sync(self._write_cache, *self._cache_snapshot())
 
     def _cache_snapshot(self) -> tuple[int, dict[str, tuple[str, Listing]]]:
@@ -278,9 +277,12 @@ class Bridge:
         return self.catalog.rebuild() if rebuild else set()
 
     async def _watch_pins(self) -> None:
-        """Pick up ``mcp-bridge pins approve|reset`` from another process: a re-approved tool comes back at once."""
+        """The pin store's loop: write the pins made on first sight (off the event loop), and pick up ``mcp-bridge
+        pins approve|reset`` from another process, so that a re-approved tool comes back at once."""
         while True:
             await anyio.sleep(_PIN_WATCH_SECONDS)
+            if self.pins.pending:
+                await anyio.to_thread.run_sync(self.pins.flush)
             if self.pins.store.changed_on_disk():
                 self.pins.store.reload()
                 self._publish(self._recheck_pins())

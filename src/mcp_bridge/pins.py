@@ -164,9 +164,6 @@ class PinStore:
         entry = self._data["pins"].get(server, {}).get(tool)
         return entry if isinstance(entry, dict) and isinstance(entry.get("fingerprint"), str) else None
 
-    def pins(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return {s: dict(t) for s, t in self._data["pins"].items() if isinstance(t, dict)}
-
     def definition(self, fp: str | None) -> dict[str, Any] | None:
         found = self._data["definitions"].get(fp) if fp else None
         return found if isinstance(found, dict) else None
@@ -183,8 +180,7 @@ class PinStore:
                 if self._data["reported"].get(key) == fp:
                     return False
                 self._data["reported"][key] = fp
-                write_private_json(self.path, self._data)
-                self._stamp = self._disk_stamp()
+                self._write()
                 return True
         except (Timeout, OSError):
             return True
@@ -213,11 +209,15 @@ class PinStore:
                     self._data["definitions"][fp] = dict(definition)
                 for fp, definition in definitions.items():
                     self._data["definitions"][fp] = dict(definition)
-                write_private_json(self.path, self._data)
-                self._stamp = self._disk_stamp()
+                self._write()
                 return dropped
         except Timeout:
             raise BridgeError(f"{self.path}: another mcp-bridge holds its lock; try again") from None
+
+    def _write(self) -> None:
+        """Under the lock: the store as this process now holds it, and its stamp (so it is not taken for news)."""
+        write_private_json(self.path, self._data)
+        self._stamp = self._disk_stamp()
 
 
 @dataclass(frozen=True)
@@ -254,13 +254,14 @@ class Pins:
         # server -> (the listing's tool list, kept so its identity stays valid; tool -> (fingerprint, definition))
         self._memo: dict[str, tuple[Sequence[Mapping[str, Any]], dict[str, tuple[str, dict[str, Any]]]]] = {}
         self.defer_writes = False
-        """Pins made by :meth:`check` wait in memory for :meth:`flush` (the bridge flushes once a second, off the
+        """Pins made by :meth:`check` wait in memory for :meth:`flush` (the bridge flushes within a second, off the
         event loop, and on shutdown): 50 servers pinning 200 tools each must not rewrite the store 50 times."""
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}
         self._pending_seen: dict[str, dict[str, Any]] = {}
 
     @property
     def pending(self) -> bool:
+        """Pins made by :meth:`check` that :meth:`flush` has not written yet."""
         return bool(self._pending or self._pending_seen)
 
     def flush(self) -> None:
@@ -281,9 +282,8 @@ class Pins:
 
         ``live``: the listing came from the server in this run (a cached one never creates pins)."""
         verdicts: dict[str, Verdict] = {}
-        new_pins: dict[tuple[str, str], dict[str, Any]] = {}
+        to_pin: dict[tuple[str, str], dict[str, Any]] = {}  # first sight, or re-pinned under `accept`
         seen: dict[str, dict[str, Any]] = {}
-        accepted: dict[tuple[str, str], dict[str, Any]] = {}
         admin = config.tool_pins or {}
         memo = self._memo.get(server)
         if memo is None or memo[0] is not tools:  # a listing is hashed once, not on every re-check
@@ -299,7 +299,7 @@ class Pins:
             fp, definition = hashed[name]
             verdict = self._judge(server, name, fp, admin)
             if verdict.source == "none" and live:
-                new_pins[(server, name)] = definition
+                to_pin[(server, name)] = definition
                 verdict = Verdict(server, name, fp, fp, "local", False, None)
             elif verdict.source == "allowlist" and not verdict.changed and live and not self.store.definition(fp):
                 seen[fp] = definition  # kept for the diff when this tool changes later
@@ -314,16 +314,14 @@ class Pins:
                     else:  # another bridge of this user reported (and audited) it already
                         log.warning("pins.tool_changed", server=server, tool=name, now=fp, reason=verdict.reason)
                 if self.on_change == "accept" and verdict.source == "local" and verdict.pinned is not None:
-                    accepted[(server, name)] = definition
+                    to_pin[(server, name)] = definition  # re-pinned: the new definition is the approved one now
+                    verdict = Verdict(server, name, fp, fp, "local", False, None)
             verdicts[name] = verdict
-        if live and (new_pins or seen or accepted):
-            self._pending.update({**new_pins, **accepted})
+        if to_pin or seen:
+            self._pending.update(to_pin)
             self._pending_seen.update(seen)
             if not self.defer_writes:
                 self.flush()
-            for _server, tool_name in accepted:  # re-pinned: the new definition is the approved one now
-                now = verdicts[tool_name].fingerprint
-                verdicts[tool_name] = Verdict(server, tool_name, now, now, "local", False, None)
         self.verdicts[server] = verdicts
         return {name: v.reason for name, v in verdicts.items() if v.blocked and v.reason}
 
@@ -350,9 +348,6 @@ class Pins:
     def forget(self, server: str) -> None:
         self.verdicts.pop(server, None)
         self._memo.pop(server, None)
-
-    def blocked(self, server: str) -> list[Verdict]:
-        return [v for v in self.verdicts.get(server, {}).values() if v.blocked]
 
 
 def _changed(pinned: str, fp: str) -> str:
