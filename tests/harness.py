@@ -21,6 +21,7 @@ import anyio
 import mcp_types as types
 import yaml
 from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import RootModel
 
@@ -192,26 +193,13 @@ async def bridge_client(
     errlog_path = stderr_path or home / "bridge-stderr.log"
     home.mkdir(parents=True, exist_ok=True)
     with open(errlog_path, "a", encoding="utf-8") as errlog:
-        client = Client(
-            params,
+        async with Client(
+            stdio_client(params, errlog=errlog),  # a transport: the bridge's stderr goes to the file
             mode="legacy",
             message_handler=notifications,
             client_info=types.Implementation(name="pytest-ide", version="1.0"),
-        )
-        client._connect = _stdio_connector(params, errlog)
-        async with client:
+        ) as client:
             yield client
-
-
-def _stdio_connector(params: StdioServerParameters, errlog: Any) -> Any:
-    from mcp.client.stdio import stdio_client
-    from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-
-    async def connect(exit_stack: Any, _mode: Any, _raise: bool) -> Any:
-        read, write = await exit_stack.enter_async_context(stdio_client(params, errlog=errlog))
-        return JSONRPCDispatcher(read, write)
-
-    return connect
 
 
 async def raw_call(

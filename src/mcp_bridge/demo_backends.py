@@ -1138,14 +1138,27 @@ class DemoBackends:
         self.servers: list[DemoServer] = []
 
     def start(self) -> Self:
+        from mcp_bridge.localservers import build_app
         from mcp_bridge.oauth_server import build_oauth_app
 
         try:
             self.port.start()
             self._progress(f"Port stand-in listening on {self.port.base_url}")
             specs: list[tuple[str, str, list[str], str, Callable[[int], Any]]] = [
-                ("open", "none", ["echo", "add", "slow"], "Everyday helpers; no login needed.", self._plain),
-                ("keyed", "api_key", ["echo", "meta"], "A service behind an API key.", self._keyed),
+                (
+                    "open",
+                    "none",
+                    ["echo", "add", "slow"],
+                    "Everyday helpers; no login needed.",
+                    lambda _: build_app("open"),
+                ),
+                (
+                    "keyed",
+                    "api_key",
+                    ["echo", "meta"],
+                    "A service behind an API key.",
+                    lambda _: build_app("keyed", api_key=self.api_key),
+                ),
                 (
                     "oauth",
                     "oauth",
@@ -1169,16 +1182,6 @@ class DemoBackends:
             self.stop()
             raise
         return self
-
-    def _plain(self, port: int) -> Any:
-        from mcp_bridge.localservers import build_app
-
-        return build_app("open")
-
-    def _keyed(self, port: int) -> Any:
-        from mcp_bridge.localservers import build_app
-
-        return build_app("keyed", api_key=self.api_key)
 
     def stop(self) -> None:
         for server in self.servers:
