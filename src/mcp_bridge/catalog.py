@@ -82,7 +82,7 @@ class Catalog:
     # Every update takes ``rebuild``: True rebuilds the merged view now and returns which lists the IDE sees changed
     # (tools, prompts, resources); False only marks it stale and returns nothing, so that a burst of updates (50
     # servers connecting, a cache of 50 listings) costs one rebuild. A stale view is rebuilt by :meth:`rebuild` or by
-    # the first read, and what such a rebuild changed waits in :meth:`take_changes`.
+    # the first read, and what such a rebuild changed is returned by the next :meth:`rebuild`.
 
     def set_listing(
         self,
@@ -135,16 +135,12 @@ class Catalog:
         """Rebuild the merged view if an update left it stale; return what changed (and anything a read-time
         rebuild changed since the last call)."""
         changed = self._rebuild() if self._stale else set()
-        changed |= self.take_changes()
-        return changed
-
-    def take_changes(self) -> set[str]:
-        """What rebuilds done on a read changed, not yet returned to anyone."""
-        changed, self._unreported = self._unreported, set()
+        changed |= self._unreported
+        self._unreported = set()
         return changed
 
     def _fresh(self) -> None:
-        """Before a read: a stale view is rebuilt now (its changes kept for :meth:`take_changes`)."""
+        """Before a read: a stale view is rebuilt now (its changes kept for the next :meth:`rebuild`)."""
         if self._stale:
             self._unreported |= self._rebuild()
 
