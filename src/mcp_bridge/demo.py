@@ -77,11 +77,12 @@ def run(serve: bool = False) -> int:
         with DemoBackends(progress=t.progress) as backends:
             config = work / "config.yaml"
             config.write_text(yaml.safe_dump(backends.config(str(home)), sort_keys=False), encoding="utf-8")
-            env = {**backends.env(), "MCP_BRIDGE_HOME": str(home)}
+            # The bridge (this process's with --serve, subprocesses otherwise) reads its secrets and home from here.
+            os.environ.update({**backends.env(), "MCP_BRIDGE_HOME": str(home)})
             if serve:
-                return _serve(t, config, env)
+                return _serve(t, config)
             try:
-                anyio.run(_session, t, backends, config, env, work)
+                anyio.run(_session, t, backends, config, home, work)
             except DemoFailed as exc:
                 t.problems.append(str(exc))
         if t.problems:
@@ -103,7 +104,7 @@ def run(serve: bool = False) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-async def _session(t: Transcript, backends: DemoBackends, config: Path, env: dict[str, str], work: Path) -> None:
+async def _session(t: Transcript, backends: DemoBackends, config: Path, home: Path, work: Path) -> None:
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters, stdio_client
     from mcp_types import Implementation
@@ -111,9 +112,8 @@ async def _session(t: Transcript, backends: DemoBackends, config: Path, env: dic
     from mcp_bridge.bridge import load_allowlist
     from mcp_bridge.config import load_config
 
-    os.environ.update(env)  # for the in-process reading of the allowlist below, as the bridge itself reads it
     loaded = load_config(str(config))
-    allowlist = await load_allowlist(loaded.settings, Path(env["MCP_BRIDGE_HOME"]))
+    allowlist = await load_allowlist(loaded.settings, home)
     t.out("mcp-bridge demo: three MCP servers, a Port stand-in and the bridge, all on 127.0.0.1; nothing leaves")
     t.out("this machine, and every step below runs the same code as real use.")
     t.section(f"1. The allowlist, read from Port (the stand-in at {backends.port.base_url})")
@@ -131,16 +131,16 @@ async def _session(t: Transcript, backends: DemoBackends, config: Path, env: dic
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_bridge", "serve", "--config", str(config), "--log-level", "info"],
-        env={**os.environ, **env},
+        env=dict(os.environ),
     )
     with bridge_log.open("w", encoding="utf-8") as errlog:
         ide = Implementation(name=CLIENT_NAME, version="1.0")
         async with Client(stdio_client(params, errlog=errlog), mode="legacy", client_info=ide) as client:
-            await _ide(t, client, config, env, backends)
+            await _ide(t, client, config, backends)
     await _audit(t, backends)
 
 
-async def _ide(t: Transcript, client: Any, config: Path, env: dict[str, str], backends: DemoBackends) -> None:
+async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends) -> None:
     info = client.server_info
     t.section("2. The IDE connects (initialize, then tools/list)")
     if info is not None:
@@ -161,7 +161,6 @@ async def _ide(t: Transcript, client: Any, config: Path, env: dict[str, str], ba
     with anyio.fail_after(60):
         status = await anyio.run_process(
             [sys.executable, "-m", "mcp_bridge", "status", "--config", str(config)],
-            env={**os.environ, **env},
             check=False,
         )
     stdout = status.stdout.decode("utf-8", "replace")
@@ -260,12 +259,11 @@ async def _audit(t: Transcript, backends: DemoBackends) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _serve(t: Transcript, config: Path, env: dict[str, str]) -> int:
+def _serve(t: Transcript, config: Path) -> int:
     """Serve the bridge on stdio in this process, over the running backends, until the client closes stdin."""
     from mcp_bridge.cli import serve_config
     from mcp_bridge.install import bridge_command
 
-    os.environ.update(env)
     command, args = bridge_command()
     entry = {"command": command, "args": [*args, "demo", "--serve"]}
     t.err("")
