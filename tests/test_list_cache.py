@@ -15,10 +15,10 @@ from mcp.shared.message import SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from mcp_bridge.bridge import Bridge
+from mcp_bridge.catalog import Listing
 from mcp_bridge.config import parse_config
 from mcp_bridge.front import Front, _PreEncoded
 from mcp_bridge.policy import initial_allowlist
-from mcp_bridge.upstream import Listing
 
 pytestmark = pytest.mark.anyio
 

@@ -20,17 +20,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from mcp_bridge.audit import AuditTrail, Shipper
 from mcp_bridge.auth import AuthEnv
-from mcp_bridge.catalog import Catalog, CatalogCache, ToolEntry
+from mcp_bridge.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.pins import Pins, Verdict
 from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes, loading_from_port
-from mcp_bridge.upstream import Backoff, Listing, ProgressFn, Upstream, describe_error
+from mcp_bridge.upstream import Backoff, ProgressFn, Upstream, describe_error
 
 log = get_logger(__name__)
 
-CACHE_FILE = "catalog.json"
 _FLUSH_ON_EXIT_SECONDS = 3.0
 _PIN_WATCH_SECONDS = 1.0  # how often a running bridge looks for pins approved or reset by `mcp-bridge pins`
 _REBUILD_DELAY_SECONDS = 0.02  # listings arriving within this share one catalog rebuild

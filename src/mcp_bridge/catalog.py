@@ -8,11 +8,9 @@ before its upstreams are back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+from typing import TYPE_CHECKING, Any
 
 from mcp_bridge.config import NamingConfig
 from mcp_bridge.errors import PolicyDenied, UnknownName
@@ -20,9 +18,31 @@ from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.logs import get_logger
 from mcp_bridge.naming import assign_names
 from mcp_bridge.policy import Allowlist
-from mcp_bridge.upstream import Listing
+
+if TYPE_CHECKING:
+    from mcp.shared.uri_template import UriTemplate
 
 log = get_logger(__name__)
+
+CACHE_FILE = "catalog.json"
+"""The disk cache of every server's last listing, in ``$MCP_BRIDGE_HOME``."""
+
+
+@dataclass
+class Listing:
+    """What one server offers, as the raw (camelCase) dicts it sent."""
+
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    templates: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tools": self.tools, "prompts": self.prompts, "resources": self.resources, "templates": self.templates}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Listing:
+        return cls(**{k: list(data.get(k) or []) for k in ("tools", "prompts", "resources", "templates")})
 
 
 @dataclass(frozen=True)
@@ -55,11 +75,12 @@ class Catalog:
         self._tools: dict[str, ToolEntry] = {}
         self._prompts: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self._resources: dict[str, str] = {}
-        self._templates: list[tuple[str, UriTemplate, dict[str, Any]]] = []
+        self._raw_templates: list[tuple[str, dict[str, Any]]] = []  # (server, template) with a string uriTemplate
+        self._templates: list[tuple[str, UriTemplate, dict[str, Any]]] | None = None  # parsed on first use
         self._visible_tools: list[dict[str, Any]] = []
         self._visible_prompts: list[dict[str, Any]] = []
         self._visible_resources: list[dict[str, Any]] = []
-        self._visible_templates: list[dict[str, Any]] = []
+        self._visible_templates: list[dict[str, Any]] | None = []
         self._stale = False
         self._unreported: set[str] = set()
         self._version = 0
@@ -147,7 +168,7 @@ class Catalog:
     def _rebuild(self) -> set[str]:
         self._stale = False
         self._version += 1
-        before = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
+        before = (self._visible_tools, self._visible_prompts, self._visible_resources, self._raw_templates)
         sep, max_len = self._naming.separator, self._naming.max_length
         servers = sorted(self._listings)
 
@@ -189,8 +210,8 @@ class Catalog:
 
         self._resources = {}
         self._visible_resources = []
-        self._templates = []
-        self._visible_templates = []
+        self._raw_templates = []
+        self._templates = self._visible_templates = None
         for server in servers:
             for resource in self._listings[server].resources:
                 uri = resource.get("uri")
@@ -202,23 +223,31 @@ class Catalog:
                 self._resources[uri] = server
                 self._visible_resources.append(resource)
             for template in self._listings[server].templates:
-                text = template.get("uriTemplate")
-                if not isinstance(text, str):
-                    continue
-                try:
-                    parsed = UriTemplate.parse(text)
-                except InvalidUriTemplate:
-                    log.warning("catalog.bad_uri_template", server=server, template=text)
-                    continue
-                self._templates.append((server, parsed, template))
-                self._visible_templates.append(template)
+                if isinstance(template.get("uriTemplate"), str):
+                    self._raw_templates.append((server, template))
 
-        after = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
+        after = (self._visible_tools, self._visible_prompts, self._visible_resources, self._raw_templates)
         return {
             kind
             for kind, b, a in zip(("tools", "prompts", "resources", "resources"), before, after, strict=True)
             if b != a
         }
+
+    def _parsed_templates(self) -> list[tuple[str, UriTemplate, dict[str, Any]]]:
+        """The resource templates, parsed on first use after a rebuild (the parser is the SDK's: loading it is the
+        SDK's whole import, which a tools-only read before the SDK is loaded must not pay); malformed ones are left
+        out of the list and the routes."""
+        if self._templates is None:
+            from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+
+            parsed: list[tuple[str, UriTemplate, dict[str, Any]]] = []
+            for server, template in self._raw_templates:
+                try:
+                    parsed.append((server, UriTemplate.parse(template["uriTemplate"]), template))
+                except InvalidUriTemplate:
+                    log.warning("catalog.bad_uri_template", server=server, template=template["uriTemplate"])
+            self._templates = parsed
+        return self._templates
 
     # ------------------------------------------------------------------ reads
 
@@ -262,6 +291,8 @@ class Catalog:
 
     def templates(self) -> list[dict[str, Any]]:
         self._fresh()
+        if self._visible_templates is None:
+            self._visible_templates = [template for _, _, template in self._parsed_templates()]
         return self._visible_templates
 
     def route_resource(self, uri: str) -> str:
@@ -270,7 +301,7 @@ class Catalog:
         server = self._resources.get(uri)
         if server is not None:
             return server
-        for server, template, _ in self._templates:
+        for server, template, _ in self._parsed_templates():
             if template.match(uri) is not None:
                 return server
         raise UnknownName("resource", uri)

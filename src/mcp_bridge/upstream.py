@@ -18,7 +18,6 @@ import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -36,6 +35,7 @@ from pydantic import RootModel
 from mcp_bridge import __version__
 from mcp_bridge.auth import AuthEnv, auth_for
 from mcp_bridge.auth.oauth import LoginCompletedElsewhere
+from mcp_bridge.catalog import Listing
 from mcp_bridge.config import OAuthAuth, ServerConfig, TimeoutsConfig
 from mcp_bridge.errors import AuthRequired, BridgeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_bridge.logs import clean, get_logger
@@ -67,23 +67,6 @@ _DRAIN_SECONDS = 0.05
 _DRAIN_BYTES = 1 << 16
 _KEEPALIVE_SECONDS = 30.0
 _RECYCLE, _TOOLS, _PROMPTS, _RESOURCES = "recycle", "tools", "prompts", "resources"
-
-
-@dataclass
-class Listing:
-    """What one server offers, as the raw (camelCase) dicts it sent."""
-
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    prompts: list[dict[str, Any]] = field(default_factory=list)
-    resources: list[dict[str, Any]] = field(default_factory=list)
-    templates: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"tools": self.tools, "prompts": self.prompts, "resources": self.resources, "templates": self.templates}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Listing:
-        return cls(**{k: list(data.get(k) or []) for k in ("tools", "prompts", "resources", "templates")})
 
 
 class Backoff:
