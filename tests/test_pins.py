@@ -187,7 +187,12 @@ async def test_a_port_pin_that_does_not_match_blocks_from_the_start_and_cannot_b
         entity["properties"]["tool_pins"] = {"echo": right}
         double.upsert_entity("_mcp_server", entity)
         async with bridge_client(cfg, tmp_path / "home", env=env) as client:
-            assert set(await tool_names(client)) == {"alpha__echo", "alpha__add", "alpha__meta"}
+            # The restart may list from the warm cache first (Port's pins as they were a moment ago, see
+            # test_warmstart.py); Port's answer then changes the list.
+            async def fixed() -> bool:
+                return set(await tool_names(client)) == {"alpha__echo", "alpha__add", "alpha__meta"}
+
+            await wait_for(fixed, "the list under Port's new pins")
         assert PinStore(tmp_path / "home" / "pins.json").pin("alpha", "echo") is None
         changed = [
             e
@@ -209,7 +214,12 @@ async def test_pins_survive_a_restart_and_reset_pins_again(tmp_path: Path, alpha
     async with direct_client(alpha) as upstream:  # the change happens while no bridge is running
         await upstream.call_tool("redefine", {"tool": "echo", "description": POISON})
     async with bridge_client(cfg, home) as client:
-        assert "alpha__echo" not in await tool_names(client)
+        # A warm start may first list the approved definition from the cache (test_warmstart.py); the changed one is
+        # hidden as soon as the server is back.
+        async def hidden() -> bool:
+            return "alpha__echo" not in await tool_names(client)
+
+        await wait_for(hidden, "the changed tool hidden")
         assert "alpha__add" in await tool_names(client)
     listed = cli(tmp_path, cfg, "pins", "list")
     assert listed.returncode == 0 and re.search(r"^alpha__echo +BLOCKED ", listed.stdout, re.MULTILINE)

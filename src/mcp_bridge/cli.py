@@ -161,13 +161,37 @@ def _serve_command(loaded: LoadedConfig) -> int:
     try:
         early = answer_initialize(offered.instructions(loaded.settings.naming.separator))
         activate()  # the logging setup, deferred until the IDE had its answer
-        import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge: likewise
+        early = _answer_lists_while_loading(loaded, home, allowlist, early)
+        import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge (loaded already, or failing again)
     except _Terminated:
         log.info("serve.stop", signal="SIGTERM", during="startup")
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
     return _run(_serve, loaded, home, allowlist, early)
+
+
+def _load_front() -> None:
+    import mcp_bridge.front  # noqa: F401
+
+
+def _answer_lists_while_loading(
+    loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart
+) -> EarlyStart:
+    """Load the SDK; while it loads, answer ``tools/list`` from the warm disk cache when that cache describes every
+    approved server (:mod:`mcp_bridge.warmstart`)."""
+    if not early.answered or early.result is None or sys.platform == "win32":  # select() on pipes is POSIX only
+        return early
+    from mcp_bridge import warmstart
+
+    if early.client_name in warmstart.IGNORES_LIST_CHANGED:
+        log.debug("warmstart.skipped", reason="the IDE ignores list_changed", client=early.client_name)
+        return early
+
+    result = warmstart.prepare(loaded.settings, home, allowlist, str(early.result["protocolVersion"]))
+    if result is None:
+        return early
+    return warmstart.answer_lists_while_loading(early, result, _load_front)
 
 
 async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart) -> int:

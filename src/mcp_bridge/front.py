@@ -8,6 +8,7 @@ crash, and nothing else is ever written there.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from mcp_bridge.handshake import EarlyStart
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.stdio import ide_pipes
 from mcp_bridge.upstream import ProgressFn
+from mcp_bridge.warmstart import AnswerKeeper
 
 log = get_logger(__name__)
 
@@ -55,8 +57,12 @@ class _ToolsAnswer:
     """(catalog version, protocol version)"""
     tools: list[Any]
     """``result["tools"]`` as the SDK shaped it (validated, sieved, dumped); never changed in place."""
+    source: list[Any]
+    """The catalog's tools it was made from (never changed in place either)."""
     encoded: str | None = None
     """``tools`` as the SDK's stdio writer encodes it, made on the first stdio answer that carries them."""
+    kept: bool = False
+    """Handed to the :class:`~mcp_bridge.warmstart.AnswerKeeper` (for the next start's early answer)."""
 
 
 class _PreEncoded(types.JSONRPCResponse):
@@ -81,6 +87,7 @@ class Front:
         self._first_list_done = False
         self._tools_answer: _ToolsAnswer | None = None
         self._reusing: set[int] = set()  # id() of the contexts of tools/list requests answered from _tools_answer
+        self.keeper = AnswerKeeper()
         self.server: Server[Any] = Server(
             "mcp-bridge",
             version=__version__,
@@ -141,7 +148,7 @@ class Front:
             # The handler read the catalog with no await since, so this is the version the tools come from.
             key = (self.bridge.catalog.version, ctx.protocol_version)
             if isinstance(result, dict) and isinstance(result.get("tools"), list):
-                self._tools_answer = _ToolsAnswer(key, result["tools"])
+                self._tools_answer = _ToolsAnswer(key, result["tools"], self.bridge.catalog.tools())
             return result
         # An answer exists only after a first list has completed, so the handler does not await (the first list's
         # wait is over): the catalog cannot change between the check above and the answer.
@@ -175,7 +182,18 @@ class Front:
             return message
         wire = _PreEncoded.model_construct(response.model_fields_set, **dict(response))
         wire._line = head + answer.encoded + tail
+        if not answer.kept:
+            answer.kept = True
+            self._keep(answer, response.id, wire._line)
         return SessionMessage(wire, metadata=message.metadata)
+
+    def _keep(self, answer: _ToolsAnswer, request_id: Any, line: str) -> None:
+        """Keep the answer's ``result`` on disk, for the next start to answer its first list from
+        (:mod:`mcp_bridge.warmstart`), cut out of the line exactly as the SDK's writer made it."""
+        head = '{"jsonrpc":"2.0","id":' + json.dumps(request_id, ensure_ascii=False, separators=(",", ":"))
+        head += ',"result":'
+        if line.startswith(head) and line.endswith("}"):
+            self.keeper.keep(self.bridge.home, answer.key[1], answer.source, line[len(head) : -1])
 
     async def _list_prompts(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         await self._first_list("prompts")
@@ -266,7 +284,10 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
     """
     front = Front(bridge)
     early = early or EarlyStart()
-    drop_id = early.request_id if early.answered else None
+    # Answers sent before the SDK was loaded, in the order sent: (id, the line sent; None for initialize's). The
+    # SDK answers each of these requests again; the first answer with each id is dropped.
+    sent_early: list[tuple[Any, bytes | None]] = [(early.request_id, None)] if early.answered else []
+    sent_early += list(early.lists)
     async with (
         ide_pipes(prefix=early.consumed) as (stdin, stdout),
         stdio_server(stdin=stdin, stdout=stdout) as (read, write),
@@ -293,15 +314,22 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
                         answered = anyio.Event()
 
         async def pump_out() -> None:
-            nonlocal drop_id
             async with out_recv, write:  # the server writes through this relay now: it closes the wire when done
                 async for message in out_recv:
-                    if isinstance(message.message, types.JSONRPCResponse | types.JSONRPCError):
-                        pending.discard(message.message.id)
+                    response = message.message
+                    if isinstance(response, types.JSONRPCResponse | types.JSONRPCError):
+                        pending.discard(response.id)
                         answered.set()
-                        if drop_id is not None and message.message.id == drop_id:
-                            drop_id = None  # only the first answer with that id: the IDE may reuse ids later
-                            _check_early_answer(early, message.message)
+                        index = next((i for i, (rid, _) in enumerate(sent_early) if rid == response.id), None)
+                        if index is not None:  # only the first answer with that id: the IDE may reuse ids later
+                            _, sent = sent_early.pop(index)
+                            if sent is None:
+                                _check_early_answer(early, response)
+                            elif _line_of(front.wire_message(message)) != sent:
+                                # The list sent from the warm cache is not the one the SDK made now: the IDE must
+                                # list again (it has asked for tools, so it is told of changes from now on anyway).
+                                log.info("front.early_list_differs", id=response.id)
+                                await write.send(SessionMessage(_TOOLS_CHANGED))
                             continue
                     await write.send(front.wire_message(message))
 
@@ -312,6 +340,15 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
             async with out_send:
                 await front.server.run(receive, out_send, front.initialization_options())
             tg.cancel_scope.cancel()
+    await anyio.to_thread.run_sync(front.keeper.wait)  # the last answer kept: a start soon after can use it
+
+
+_TOOLS_CHANGED = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/tools/list_changed")
+
+
+def _line_of(message: SessionMessage) -> bytes:
+    """The line the SDK's stdio writer makes of ``message`` (without the newline)."""
+    return message.message.model_dump_json(**_WIRE_DUMP).encode("utf-8")
 
 
 def _check_early_answer(early: EarlyStart, message: types.JSONRPCResponse | types.JSONRPCError) -> None:

@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from mcp_bridge import __version__
 from mcp_bridge.logs import get_logger
@@ -63,6 +63,11 @@ class EarlyStart:
     """The id of the ``initialize`` request answered early (``None``: nothing was answered)."""
     result: Mapping[str, Any] | None = None
     """The result sent for it."""
+    client_name: str | None = None
+    """``clientInfo.name`` of the ``initialize`` answered early."""
+    lists: tuple[tuple[int | str, bytes], ...] = ()
+    """``tools/list`` requests answered from the warm cache (:mod:`mcp_bridge.warmstart`): each id and the line sent
+    (without its newline)."""
 
     @property
     def answered(self) -> bool:
@@ -100,7 +105,7 @@ def parse_initialize(line: bytes) -> tuple[int | str, str] | None:
     if message.get("jsonrpc") != "2.0" or message.get("method") != "initialize":
         return None
     request_id = message.get("id")
-    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+    if not request_id_ok(request_id):
         return None
     params = message.get("params")
     if not isinstance(params, dict):
@@ -123,6 +128,11 @@ def parse_initialize(line: bytes) -> tuple[int | str, str] | None:
     return request_id, version
 
 
+def request_id_ok(request_id: object) -> TypeGuard[int | str]:
+    """An id the SDK takes as it is: an integer (not a boolean or a float) or a string."""
+    return not isinstance(request_id, bool) and isinstance(request_id, int | str)
+
+
 def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 1) -> EarlyStart:
     """Read the IDE's first line; when it is ``initialize``, answer it on ``stdout_fd`` at once.
 
@@ -142,12 +152,13 @@ def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 
     frame = {"jsonrpc": "2.0", "id": request_id, "result": result}
     data = (json.dumps(frame, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     try:
-        _write_all(stdout_fd, data)
+        write_all(stdout_fd, data)
     except OSError as exc:  # the IDE is gone or stdout is unusable: let the ordinary path meet the same fate
         log.warning("serve.early_initialize_failed", error=f"{type(exc).__name__}: {exc}")
         return EarlyStart(consumed=consumed)
     log.debug("serve.initialize_answered_early", protocol_version=result["protocolVersion"])
-    return EarlyStart(consumed=consumed, request_id=request_id, result=result)
+    client_name = json.loads(line)["params"]["clientInfo"]["name"]  # a string: parse_initialize checked it
+    return EarlyStart(consumed=consumed, request_id=request_id, result=result, client_name=client_name)
 
 
 def _read_first_line(fd: int) -> bytes:
@@ -169,7 +180,7 @@ def _read_first_line(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:

@@ -1,0 +1,339 @@
+"""``tools/list`` answered from the warm disk cache while the SDK is still loading.
+
+``serve`` answers ``initialize`` before the SDK is imported (:mod:`mcp_bridge.handshake`); the IDE's next request is
+``tools/list``, and the SDK takes about a second to load. When the disk caches already describe every approved
+server, the first list need not wait for that: the catalog the bridge would serve from those caches is rebuilt here
+(with the bridge's own :class:`~mcp_bridge.catalog.Catalog` and :class:`~mcp_bridge.pins.Pins`, neither of which
+needs the SDK), and when its tools are exactly the tools of an answer the SDK made before, that answer's bytes go
+out again under the new request's id.
+
+The SDK's answers are kept by the front (:class:`AnswerKeeper`): one file per protocol version, ``tools-answer-
+<version>`` in ``$MCP_BRIDGE_HOME``, holding the ``result`` as the SDK's stdio writer encoded it and the SHA-256 of
+the catalog's tools it was made from. The SDK shapes a result from those tools and the protocol version alone, so an
+equal digest means an equal answer; a different bridge or SDK version, a changed catalog, a changed allowlist, a pin
+that no longer holds: any of these changes the digest or the header, and the list takes the ordinary path.
+
+What is answered early is what the ordinary path would answer before any upstream is back: the last catalog on disk,
+under the allowlist known now (the config's, or Port's cached one). The SDK still handles the same request once it
+is loaded (after the bridge's usual short wait for upstreams); its answer is dropped, and when it differs from the
+one sent (a server changed its tools, Port changed the allowlist) the IDE gets ``notifications/tools/list_changed``
+(:func:`mcp_bridge.front.serve_stdio`). Calls are checked against the live allowlist and pins as always.
+
+Only a well-formed ``tools/list`` without a cursor is answered, and only while every line before it was one this
+module understands (the ``initialized`` notification, or another such list); the first line of any other kind ends
+early answering, so that no answer overtakes the answer to a request sent before it. ``MCP_BRIDGE_EARLY_INITIALIZE=0``
+turns this off too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mcp_bridge import __version__
+from mcp_bridge.handshake import HANDSHAKE_PROTOCOL_VERSIONS, EarlyStart, request_id_ok, write_all
+from mcp_bridge.logs import get_logger
+
+log = get_logger(__name__)
+
+FORMAT = 1
+
+IGNORES_LIST_CHANGED = frozenset({"claude-ai"})
+"""``clientInfo.name`` of IDEs that ignore ``notifications/tools/list_changed`` (Claude Desktop): their first list is
+the one they keep, so it waits for the servers as usual instead of coming from the cache; restarting such an IDE is
+how its users pick up a change, and must show it."""
+_PREFIX = "tools-answer-"
+_CHUNK = 1 << 16
+_MODERN_META_PREFIX = "io.modelcontextprotocol/"  # a 2026-07-28 envelope: never answered here
+
+
+def answer_path(home: Path, protocol_version: str) -> Path:
+    return home / f"{_PREFIX}{protocol_version}"
+
+
+def tools_digest(tools: Sequence[Any]) -> str:
+    """SHA-256 of the catalog's tools as JSON, in their own key order (which the SDK's encoding keeps)."""
+    text = json.dumps(tools, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sdk_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcp")
+    except PackageNotFoundError:  # pragma: no cover - the bridge does not run without it
+        return "unknown"
+
+
+def _header(protocol_version: str, digest: str, size: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "bridge": __version__,
+        "sdk": sdk_version(),
+        "protocol": protocol_version,
+        "tools": digest,
+        "bytes": size,
+    }
+
+
+# ---------------------------------------------------------------------- keeping the SDK's answers (front, after load)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    home: Path
+    protocol_version: str
+    tools: Sequence[Any]
+    result: str
+
+
+class AnswerKeeper:
+    """Writes the SDK's ``tools/list`` results to disk from a worker thread, the latest one winning (hashing and
+    writing 10,000 tools takes about a tenth of a second: not on the event loop, not once per answer)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: _Kept | None = None
+        self._running = False
+
+    def keep(self, home: Path, protocol_version: str, tools: Sequence[Any], result: str) -> None:
+        """``tools``: the catalog's tools the answer was made from (never changed in place); ``result``: the
+        answer's ``result`` as the SDK's stdio writer encoded it."""
+        if protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            return
+        with self._lock:
+            self._next = _Kept(home, protocol_version, tools, result)
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._drain, name="mcp-bridge-keep-tools-answer", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                kept, self._next = self._next, None
+                if kept is None:
+                    self._running = False
+                    return
+            try:
+                write_answer(kept.home, kept.protocol_version, kept.tools, kept.result)
+            except Exception as exc:  # a cache: failing to keep it only costs the next start its early answer
+                log.warning("warmstart.keep_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def wait(self, timeout: float = 5.0) -> None:
+        """Until nothing is waiting to be written (tests, and a clean shutdown)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
+            time.sleep(0.005)
+
+
+def write_answer(home: Path, protocol_version: str, tools: Sequence[Any], result: str) -> None:
+    """One file: a JSON header line, then the result's bytes. Atomic replace, mode 0600."""
+    import tempfile
+
+    body = result.encode("utf-8")
+    header = json.dumps(_header(protocol_version, tools_digest(tools), len(body)), separators=(",", ":"))
+    path = answer_path(home, protocol_version)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header.encode("utf-8") + b"\n" + body)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_answer(home: Path, protocol_version: str, digest: str) -> bytes | None:
+    """The kept result for these tools, or ``None`` (no file, another digest or version, a damaged file)."""
+    try:
+        data = answer_path(home, protocol_version).read_bytes()
+    except OSError:
+        return None
+    head, newline, body = data.partition(b"\n")
+    try:
+        header = json.loads(head)
+    except ValueError:
+        return None
+    if not newline or header != _header(protocol_version, digest, len(body)):
+        return None
+    return body
+
+
+# ---------------------------------------------------------------------- answering before the SDK is loaded
+
+
+def cached_tools(settings: Any, home: Path, allowlist: Any) -> list[dict[str, Any]] | None:
+    """The tools the bridge would list from its disk caches alone, before any upstream is back; ``None`` when the
+    caches do not cover every approved server (the ordinary path then waits for them, as it should)."""
+    from mcp_bridge.catalog import CACHE_FILE, Catalog, CatalogCache
+    from mcp_bridge.pins import Pins
+
+    cached = CatalogCache(home / CACHE_FILE).load()
+    catalog = Catalog(settings.naming, allowlist)
+    pins = Pins(home, settings.on_tool_change)  # checks cached listings only: it writes and reports nothing
+    for name, server in sorted(allowlist.servers.items()):
+        entry = cached.get(name)
+        if entry is None or entry[0] != server.url:
+            return None
+        blocked = pins.check(name, server, entry[1].tools, live=False)
+        catalog.set_listing(name, entry[1], cached=True, blocked=blocked, rebuild=False)
+    return catalog.tools()
+
+
+def prepare(settings: Any, home: Path, allowlist: Any, protocol_version: str) -> bytes | None:
+    """The encoded ``result`` to answer ``tools/list`` with before the SDK is loaded, or ``None``."""
+    if allowlist is None or protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        return None
+    stale = _stale_port_allowlist(settings, allowlist)
+    if stale:
+        log.debug("warmstart.allowlist_not_fresh", reason=stale)
+        return None
+    try:
+        tools = cached_tools(settings, home, allowlist)
+    except Exception as exc:  # a damaged cache must never stop serve: the ordinary path copes with it
+        log.warning("warmstart.cache_unusable", error=f"{type(exc).__name__}: {exc}")
+        return None
+    if tools is None:
+        log.debug("warmstart.cache_incomplete")
+        return None
+    result = read_answer(home, protocol_version, tools_digest(tools))
+    log.debug("warmstart.prepared", tools=len(tools), answer=result is not None)
+    return result
+
+
+def _stale_port_allowlist(settings: Any, allowlist: Any) -> str | None:
+    """Why Port's cached allowlist is not good enough to list from before Port is asked (``None``: it is).
+
+    A running bridge serves an answer from Port for ``port.refresh_interval`` before it asks again, so a cache younger
+    than that (another window's bridge keeps it so) is as current as the list a running bridge gives. An older one
+    is not: the ordinary path first waits (briefly) for Port, and an IDE that ignores ``list_changed`` would otherwise
+    keep yesterday's list for the whole session."""
+    if settings.port is None:
+        return None  # the config's own servers: nothing to ask
+    import time
+
+    if allowlist.failed_closed or allowlist.fetched_at is None:
+        return "no usable allowlist from Port cached"
+    age = time.time() - allowlist.fetched_at
+    if not 0 <= age <= settings.port.refresh_interval:
+        return f"the cached allowlist is {age:.0f} s old, past port.refresh_interval"
+    return None
+
+
+def classify(line: bytes) -> tuple[str, int | str | None]:
+    """``("initialized", None)``, ``("list", id)`` for a ``tools/list`` this module may answer, or ``("other",
+    None)`` for anything else (which ends early answering)."""
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "other", None
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return "other", None
+    method, params = message.get("method"), message.get("params")
+    if method == "notifications/initialized" and message.keys() <= {"jsonrpc", "method", "params"}:
+        if params is None or (isinstance(params, dict) and params.keys() <= {"_meta"}):
+            return "initialized", None
+        return "other", None
+    if method != "tools/list" or not message.keys() <= {"jsonrpc", "id", "method", "params"}:
+        return "other", None
+    request_id = message.get("id")
+    if not request_id_ok(request_id):
+        return "other", None
+    if params is not None:
+        if not isinstance(params, dict) or not params.keys() <= {"_meta"}:
+            return "other", None  # a cursor, or anything else: the ordinary path
+        meta = params.get("_meta", {})
+        if not isinstance(meta, dict) or any(str(k).startswith(_MODERN_META_PREFIX) for k in meta):
+            return "other", None
+    return "list", request_id
+
+
+def response_line(request_id: int | str, result: bytes) -> bytes:
+    """The response as the SDK's stdio writer lays it out: ``{"jsonrpc":"2.0","id":…,"result":…}``."""
+    encoded_id = json.dumps(request_id, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return b'{"jsonrpc":"2.0","id":' + encoded_id + b',"result":' + result + b"}\n"
+
+
+def answer_lists_while_loading(
+    early: EarlyStart, result: bytes, load: Callable[[], object], *, stdin_fd: int = 0, stdout_fd: int = 1
+) -> EarlyStart:
+    """Run ``load`` (the SDK's import) in a thread; meanwhile answer each ``tools/list`` the IDE sends with
+    ``result``, until ``load`` is done, another kind of message arrives, or stdin ends. Returns ``early`` with
+    everything read since and the lists answered. ``load``'s own failure is left for the caller to meet again."""
+    done_r, done_w = os.pipe()
+
+    def run_load() -> None:
+        try:
+            load()
+        except BaseException as exc:  # the caller imports again on the main thread and meets the error there
+            log.debug("warmstart.load_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                os.write(done_w, b"x")
+
+    loader = threading.Thread(target=run_load, name="mcp-bridge-load", daemon=True)
+    loader.start()
+    buffer = early.consumed
+    pos = buffer.find(b"\n") + 1  # the first line was the initialize answered already
+    answered: list[tuple[int | str, bytes]] = []
+    try:
+        while True:
+            stop = False
+            while True:
+                end = buffer.find(b"\n", pos)
+                if end < 0:
+                    break
+                kind, request_id = classify(buffer[pos:end])
+                if kind == "other":
+                    stop = True
+                    break
+                pos = end + 1
+                if kind == "list" and request_id is not None:
+                    line = response_line(request_id, result)
+                    write_all(stdout_fd, line)
+                    answered.append((request_id, line[:-1]))
+                    log.debug("warmstart.tools_list_answered", bytes=len(line))
+            if stop:
+                break
+            chunk = _read_or_done(stdin_fd, done_r)
+            if not chunk:
+                break
+            buffer += chunk
+    except OSError as exc:  # stdin or stdout unusable: the ordinary path meets the same and reports it
+        log.debug("warmstart.io_failed", error=f"{type(exc).__name__}: {exc}")
+    # Not in a `finally`: on SIGTERM (an exception here) the process is ending, and the pipe must stay open for as
+    # long as the loader may still write to it.
+    loader.join()
+    os.close(done_r)
+    os.close(done_w)
+    return replace(early, consumed=buffer, lists=tuple(answered))
+
+
+def _read_or_done(fd: int, done: int) -> bytes:
+    """The next chunk of stdin, or ``b""`` once the load is done or stdin ended."""
+    import select
+
+    while True:
+        ready, _, _ = select.select([fd, done], [], [])
+        if done in ready:
+            return b""
+        try:
+            return os.read(fd, _CHUNK)
+        except BlockingIOError:
+            continue
