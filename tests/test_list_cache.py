@@ -171,11 +171,12 @@ async def test_the_answer_holds_what_the_ide_saw_before(bridge: Bridge) -> None:
     assert "検索 🔎" in line  # raw UTF-8 on the wire, as the SDK writes it
 
 
-async def test_a_catalog_change_is_in_the_next_list(bridge: Bridge) -> None:
+@pytest.mark.parametrize("version", HANDSHAKE_PROTOCOL_VERSIONS)
+async def test_a_catalog_change_is_in_the_next_list(bridge: Bridge, version: str) -> None:
     catalog = bridge.catalog
     async with Conversation(Front(bridge)) as fast, Conversation(sdk_only(bridge)) as slow:
         for conversation in (fast, slow):
-            await conversation.initialize("2025-06-18")
+            await conversation.initialize(version)
 
         async def names(request_id: int) -> list[str]:
             expected = await slow.request(request_id, "tools/list")
@@ -241,3 +242,34 @@ def test_a_deferred_rebuild_is_never_hidden_behind_an_old_version() -> None:
     assert catalog.version > before
     assert "beta__plain" in [t["name"] for t in catalog.tools()]
     assert catalog.rebuild() == {"tools"} and catalog.rebuild() == set()
+
+
+async def test_after_a_change_only_the_new_tools_are_shaped_again(bridge: Bridge) -> None:
+    """A list after one server's change reuses what the SDK made of every other tool (same objects), and is still
+    the SDK's answer byte for byte."""
+    front = Front(bridge)
+    async with Conversation(front) as fast, Conversation(sdk_only(bridge)) as slow:
+        for conversation in (fast, slow):
+            await conversation.initialize("2025-11-25")
+        assert await fast.request(1, "tools/list") == await slow.request(1, "tools/list")
+        before = {t["name"]: t for t in front._tools_answer.tools} if front._tools_answer else {}
+        search, plain, hidden = bridge.catalog.listings()["beta"][0].tools  # the server lists again: one changed
+        bridge.catalog.set_listing("beta", Listing(tools=[search, {**plain, "description": "changed"}, hidden]))
+        assert await fast.request(2, "tools/list") == await slow.request(2, "tools/list")
+        after = {t["name"]: t for t in front._tools_answer.tools} if front._tools_answer else {}
+    assert before.keys() == after.keys() and len(after) == 5
+    same = sorted(name for name in after if after[name] is before[name])
+    assert same == ["alpha___n_code", "alpha__plain", "alpha__search", "beta__search"]  # not beta__plain
+
+
+async def test_a_tool_the_sdk_refuses_gets_the_sdks_error(bridge: Bridge) -> None:
+    async with Conversation(Front(bridge)) as fast, Conversation(sdk_only(bridge)) as slow:
+        for conversation in (fast, slow):
+            await conversation.initialize("2025-11-25")
+        assert await fast.request(1, "tools/list") == await slow.request(1, "tools/list")
+        bridge.catalog.set_listing("beta", Listing(tools=[{"name": "search", "inputSchema": "not a schema"}]))
+        refused = await slow.request(2, "tools/list")
+        assert '"error"' in refused
+        assert await fast.request(2, "tools/list") == refused
+        bridge.catalog.set_listing("beta", Listing(tools=[dict(t) for t in BETA]))
+        assert await fast.request(3, "tools/list") == await slow.request(3, "tools/list")

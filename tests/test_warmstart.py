@@ -47,6 +47,7 @@ async def warm(config: Path, home: Path) -> list[Any]:
     """One ordinary session (the SDK answers the list, the front keeps that answer); its output."""
     out, stderr = await exchange(config, home, SESSION, early=True)
     assert not answered_early(stderr)
+    assert [m for m in out if "id" not in m] == []  # its list was the catalog as it is: nothing changed since
     assert (home / "tools-answer-2025-11-25").exists()
     return out
 
@@ -87,7 +88,7 @@ async def test_a_warm_start_answers_the_first_list_at_once_with_the_sdks_bytes(t
     names = tool_names(fast[1])
     assert "alpha__echo" in names and [n for n in names if n.startswith("beta__")] == ["beta__add", "beta__echo"]
     assert answered_early(fast_stderr) and not answered_early(sdk_stderr)
-    # before the SDK was loaded (serve.start is logged once the bridge runs), and the SDK's own answer agreed
+    # before the SDK was loaded (serve.start is logged once the bridge runs); the live list turned out the same
     assert fast_stderr.index("warmstart.tools_list_answered") < fast_stderr.index("serve.start")
     assert "early_list_differs" not in fast_stderr and "early_initialize_differs" not in fast_stderr
 
@@ -314,10 +315,11 @@ def test_ports_cached_allowlist_is_used_only_while_fresh(tmp_path: Path, age: fl
     listed = warmstart.cached_tools(settings, home, allowlist or loading_from_port())
     assert listed is not None
     warmstart.write_answer(home, version, listed, json.dumps({"tools": listed}))
-    result = warmstart.prepare(settings, home, allowlist, version)
-    assert (result is not None) == answered
-    if answered:
-        assert [t["name"] for t in json.loads(result or b"")["tools"]] == ["docs__search"]
+    prepared = warmstart.prepare(settings, home, allowlist, version)
+    assert (prepared is not None) == answered
+    if prepared is not None:
+        assert [t["name"] for t in json.loads(prepared[0])["tools"]] == ["docs__search"]
+        assert prepared[1] == warmstart.tools_digest(listed)
 
 
 @pytest.mark.anyio
@@ -331,3 +333,14 @@ async def test_an_ide_that_ignores_list_changed_gets_the_ordinary_wait(tmp_path:
         out, stderr = await exchange(config, home, lines_of(claude, INITIALIZED, list_request(), PING), early=True)
     assert not answered_early(stderr) and "the IDE ignores list_changed" in stderr
     assert by_id(out)[2] == by_id(first)[2]
+
+
+@pytest.mark.anyio
+async def test_an_ide_that_leaves_after_its_list_does_not_wait_for_the_sdk(tmp_path: Path) -> None:
+    with LocalUpstream("alpha", tmp_path) as alpha:
+        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
+        home = tmp_path / "home"
+        first = await warm(config, home)
+        out, stderr = await exchange(config, home, lines_of(init_request(1, "2025-11-25"), list_request()), early=True)
+    assert by_id(out) == {1: by_id(first)[1], 2: by_id(first)[2]}
+    assert "every request was answered" in stderr and "serve.start" not in stderr  # the bridge never had to run

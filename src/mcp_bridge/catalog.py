@@ -73,6 +73,9 @@ class Catalog:
         self._cached: set[str] = set()
         self._blocked: dict[str, dict[str, str]] = {}  # server -> original tool name -> why its pin blocks it
         self._tools: dict[str, ToolEntry] = {}
+        # (server, tool) -> (the listing's tool, exposed name, the definition made of them): a rebuild keeps a
+        # definition object while both stay the same, so per-tool work on the list (the front's) is done once.
+        self._definitions: dict[tuple[str, str], tuple[dict[str, Any], str, dict[str, Any]]] = {}
         self._prompts: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self._resources: dict[str, str] = {}
         self._raw_templates: list[tuple[str, dict[str, Any]]] = []  # (server, template) with a string uriTemplate
@@ -175,6 +178,7 @@ class Catalog:
         tool_keys = [(s, t["name"]) for s in servers for t in self._listings[s].tools if isinstance(t.get("name"), str)]
         tool_names = assign_names(tool_keys, separator=sep, max_length=max_len)
         tools: dict[str, ToolEntry] = {}
+        previous, self._definitions = self._definitions, {}
         for server in servers:
             blocked = self._blocked.get(server, {})
             for tool in self._listings[server].tools:
@@ -182,13 +186,19 @@ class Catalog:
                 if not isinstance(original, str):
                     continue
                 exposed = tool_names[(server, original)]
+                kept = previous.get((server, original))
+                if kept is not None and kept[0] is tool and kept[1] == exposed:
+                    definition = kept[2]
+                else:
+                    definition = {**tool, "name": exposed}
+                self._definitions[(server, original)] = (tool, exposed, definition)
                 denial = self._allowlist.denial(server, original, exposed)
                 pin = blocked.get(original) if denial is None else None
                 tools[exposed] = ToolEntry(
                     exposed=exposed,
                     server=server,
                     original=original,
-                    definition={**tool, "name": exposed},
+                    definition=definition,
                     denial=denial or (f"tool {original!r} of server {server!r}: {pin}" if pin else None),
                     cached=server in self._cached,
                     blocked=pin is not None,

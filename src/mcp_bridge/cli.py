@@ -162,6 +162,9 @@ def _serve_command(loaded: LoadedConfig) -> int:
         early = answer_initialize(offered.instructions(loaded.settings.naming.separator))
         activate()  # the logging setup, deferred until the IDE had its answer
         early = _answer_lists_while_loading(loaded, home, allowlist, early)
+        if early.ended:
+            log.info("serve.stop", during="startup", reason="stdin ended; every request was answered")
+            return 0
         import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge (loaded already, or failing again)
     except _Terminated:
         log.info("serve.stop", signal="SIGTERM", during="startup")
@@ -188,10 +191,10 @@ def _answer_lists_while_loading(
         log.debug("warmstart.skipped", reason="the IDE ignores list_changed", client=early.client_name)
         return early
 
-    result = warmstart.prepare(loaded.settings, home, allowlist, str(early.result["protocolVersion"]))
-    if result is None:
+    prepared = warmstart.prepare(loaded.settings, home, allowlist, str(early.result["protocolVersion"]))
+    if prepared is None:
         return early
-    return warmstart.answer_lists_while_loading(early, result, _load_front)
+    return warmstart.answer_lists_while_loading(early, prepared, _load_front)
 
 
 async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart) -> int:

@@ -8,9 +8,10 @@ crash, and nothing else is ever written there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,6 @@ import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
@@ -33,9 +33,12 @@ from mcp_bridge.handshake import EarlyStart
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.stdio import ide_pipes
 from mcp_bridge.upstream import ProgressFn
-from mcp_bridge.warmstart import AnswerKeeper
+from mcp_bridge.warmstart import AnswerKeeper, tools_digest
 
 log = get_logger(__name__)
+
+Notify = Callable[[str], Awaitable[None]]
+"""Sends the IDE ``notifications/{kind}/list_changed`` (kind: tools, prompts or resources)."""
 
 _DRAIN_ON_EOF_SECONDS = 2.0
 
@@ -82,12 +85,13 @@ class Front:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
-        self._session: ServerSession | None = None
+        self._client_known = False
         self._listed: set[str] = set()
         self._first_list_done = False
         self._tools_answer: _ToolsAnswer | None = None
         self._reusing: set[int] = set()  # id() of the contexts of tools/list requests answered from _tools_answer
         self.keeper = AnswerKeeper()
+        self._shapes = _Shapes()
         self.server: Server[Any] = Server(
             "mcp-bridge",
             version=__version__,
@@ -102,16 +106,16 @@ class Front:
         )
         # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
         # the span costs time on every call. Ours remember the IDE's session and reuse the last tools/list answer.
-        self.server.middleware[:] = [self._remember_session, self._reuse_tools_answer]
+        self.server.middleware[:] = [self._remember_client, self._reuse_tools_answer]
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(
             NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
         )
 
-    async def _remember_session(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        if self._session is None and ctx.method != "initialize":
-            self._session = ctx.session
+    async def _remember_client(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if not self._client_known and ctx.method != "initialize":
+            self._client_known = True
             params = ctx.session.client_params
             if params is not None:
                 self.bridge.client_name = params.client_info.name
@@ -142,23 +146,22 @@ class Front:
         """
         if ctx.method != "tools/list":
             return await call_next(ctx)
-        answer = self._tools_answer
-        if answer is None or answer.key != (self.bridge.catalog.version, ctx.protocol_version):
-            result = await call_next(ctx)
-            # The handler read the catalog with no await since, so this is the version the tools come from.
-            key = (self.bridge.catalog.version, ctx.protocol_version)
-            if isinstance(result, dict) and isinstance(result.get("tools"), list):
-                self._tools_answer = _ToolsAnswer(key, result["tools"], self.bridge.catalog.tools())
-            return result
-        # An answer exists only after a first list has completed, so the handler does not await (the first list's
-        # wait is over): the catalog cannot change between the check above and the answer.
         self._reusing.add(id(ctx))
         try:
-            result = await call_next(ctx)
+            result = await call_next(ctx)  # the first list waits for the servers in there
         finally:
             self._reusing.discard(id(ctx))
         if not isinstance(result, dict) or result.get("tools") != []:
-            return result  # not the SDK's shape of our empty list: never guess
+            return result  # not the SDK's shape of our empty list (an error): never guess
+        version = ctx.protocol_version
+        key = (self.bridge.catalog.version, version)  # no await from here on: the catalog stays as read
+        answer = self._tools_answer
+        if answer is None or answer.key != key:
+            source = self.bridge.catalog.tools()
+            shaped = self._shapes.shape(source, version)
+            if shaped is None:  # a tool the SDK refuses: its own path, and its own error
+                return await call_next(ctx)
+            answer = self._tools_answer = _ToolsAnswer(key, shaped, source)
         return {**result, "tools": answer.tools}
 
     def wire_message(self, message: SessionMessage) -> SessionMessage:
@@ -175,10 +178,10 @@ class Front:
         ):
             return message
         if answer.encoded is None:
-            answer.encoded = _encode_tools(answer.tools)
+            answer.encoded = self._shapes.encode(answer.tools)
         envelope = response.model_copy(update={"result": {**response.result, "tools": _MARKER}})
         head, sep, tail = envelope.model_dump_json(by_alias=True, exclude_unset=True).partition(f'"{_MARKER}"')
-        if answer.encoded is None or not sep or _MARKER in tail:
+        if not sep or _MARKER in tail:
             return message
         wire = _PreEncoded.model_construct(response.model_fields_set, **dict(response))
         wire._line = head + answer.encoded + tail
@@ -224,33 +227,88 @@ class Front:
 
     # ------------------------------------------------------------------ notifications
 
-    async def relay_changes(self) -> None:
+    async def relay_changes(self, notify: Notify) -> None:
         """Tell the IDE which lists changed, for the lists it has already fetched."""
         async for kinds in self.bridge.changes:
-            session = self._session
-            if session is None:
-                continue
+            told = [kind for kind in ("tools", "prompts", "resources") if kind in kinds and kind in self._listed]
+            answer = self._tools_answer
+            if "tools" in told and answer is not None and answer.key[0] == self.bridge.catalog.version:
+                told.remove("tools")  # its last list was made after the change (a read rebuilds a stale catalog)
             try:
-                if "tools" in kinds and "tools" in self._listed:
-                    await session.send_tool_list_changed()
-                if "prompts" in kinds and "prompts" in self._listed:
-                    await session.send_prompt_list_changed()
-                if "resources" in kinds and "resources" in self._listed:
-                    await session.send_resource_list_changed()
+                for kind in told:
+                    await notify(kind)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return  # the IDE went away
-            log.info("front.list_changed", kinds=sorted(kinds))
+            if told:
+                log.info("front.list_changed", kinds=told)
+
+    async def check_early_list(self, digest: str, notify: Notify) -> None:
+        """The IDE's first ``tools/list`` was answered from the warm cache (:mod:`mcp_bridge.warmstart`). Once the
+        servers are back (or the startup wait is over), the catalog's tools are compared with the ones it got; when
+        they differ, it is told to list again. From then on it hears of every change, as after any list."""
+        await self.bridge.wait_settled(self.bridge.settings.timeouts.startup_wait)
+        self._listed.add("tools")  # not before: the changes up to now (the cache loaded, servers back) are compared
+        now = await anyio.to_thread.run_sync(tools_digest, self.bridge.catalog.tools())
+        if now == digest:
+            return
+        log.info("front.early_list_differs")
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await notify("tools")
 
 
-def _encode_tools(tools: list[Any]) -> str | None:
-    """``tools`` as JSON, exactly as the SDK's stdio writer encodes them in a response (``None`` if that cannot be
-    told apart from the envelope, which does not happen)."""
-    response = types.JSONRPCResponse(jsonrpc="2.0", id=0, result={"tools": tools})
-    line = response.model_dump_json(by_alias=True, exclude_unset=True)
-    head, tail = '{"jsonrpc":"2.0","id":0,"result":{"tools":', "}}"
-    if not (line.startswith(head) and line.endswith(tail)):
-        return None
-    return line[len(head) : -len(tail)]
+class _Shapes:
+    """Each catalog tool as the SDK shapes it for one protocol version, and as its stdio writer encodes that: kept per
+    tool, so that a list after a change validates and encodes only the tools that are new (a catalog keeps the same
+    definition object for a tool while its server's listing and its exposed name stay the same).
+
+    The SDK validates a ``tools/list`` result against the version's model and dumps it (``serialize_server_result``):
+    a list's items are shaped one by one, so a tool's shape does not depend on the others; and its writer encodes the
+    result's ``Any`` values with pydantic's own JSON serializer, which is ``pydantic_core.to_json``, item by item
+    joined with commas. ``tests/test_list_cache.py`` compares the bytes with the SDK's path for every version."""
+
+    def __init__(self) -> None:
+        # (id(definition), version) -> (definition, shaped); id(shaped) -> (shaped, its JSON). Refs keep ids valid.
+        self._shaped: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._encoded: dict[int, tuple[Any, str]] = {}
+
+    def shape(self, tools: list[Any], version: str) -> list[Any] | None:
+        """``tools`` as the SDK shapes them (``None`` when it refuses one of them)."""
+        from mcp_types.methods import serialize_server_result
+
+        new = [t for t in tools if (hit := self._shaped.get((id(t), version))) is None or hit[0] is not t]
+        if new:
+            try:
+                shaped_new = serialize_server_result("tools/list", version, {"tools": new})["tools"]
+            except (ValidationError, KeyError, ValueError) as exc:
+                log.warning("front.tools_unshapeable", error=f"{type(exc).__name__}")
+                return None
+            if not isinstance(shaped_new, list) or len(shaped_new) != len(new):
+                return None
+            for tool, shaped in zip(new, shaped_new, strict=True):
+                self._shaped[(id(tool), version)] = (tool, shaped)
+        out = [self._shaped[(id(t), version)][1] for t in tools]
+        if new:  # forget what this version no longer lists
+            current = {(id(t), version) for t in tools}
+            self._shaped = {k: v for k, v in self._shaped.items() if k[1] != version or k in current}
+        return out
+
+    def encode(self, shaped: list[Any]) -> str:
+        """The JSON of a shaped list, as the SDK's stdio writer encodes it inside a response."""
+        from pydantic_core import to_json
+
+        parts: list[str] = []
+        fresh = 0
+        for tool in shaped:
+            hit = self._encoded.get(id(tool))
+            if hit is None or hit[0] is not tool:
+                hit = (tool, to_json(tool).decode("utf-8"))
+                self._encoded[id(tool)] = hit
+                fresh += 1
+            parts.append(hit[1])
+        if fresh and len(self._encoded) > 2 * len(shaped):
+            current = {id(t) for t in shaped}
+            self._encoded = {k: v for k, v in self._encoded.items() if k in current}
+        return "[" + ",".join(parts) + "]"
 
 
 def _relay_progress(ctx: ServerRequestContext[Any]) -> ProgressFn:
@@ -284,10 +342,7 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
     """
     front = Front(bridge)
     early = early or EarlyStart()
-    # Answers sent before the SDK was loaded, in the order sent: (id, the line sent; None for initialize's). The
-    # SDK answers each of these requests again; the first answer with each id is dropped.
-    sent_early: list[tuple[Any, bytes | None]] = [(early.request_id, None)] if early.answered else []
-    sent_early += list(early.lists)
+    drop_id = early.request_id if early.answered else None
     async with (
         ide_pipes(prefix=early.consumed) as (stdin, stdout),
         stdio_server(stdin=stdin, stdout=stdout) as (read, write),
@@ -314,41 +369,32 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
                         answered = anyio.Event()
 
         async def pump_out() -> None:
+            nonlocal drop_id
             async with out_recv, write:  # the server writes through this relay now: it closes the wire when done
                 async for message in out_recv:
-                    response = message.message
-                    if isinstance(response, types.JSONRPCResponse | types.JSONRPCError):
-                        pending.discard(response.id)
+                    if isinstance(message.message, types.JSONRPCResponse | types.JSONRPCError):
+                        pending.discard(message.message.id)
                         answered.set()
-                        index = next((i for i, (rid, _) in enumerate(sent_early) if rid == response.id), None)
-                        if index is not None:  # only the first answer with that id: the IDE may reuse ids later
-                            _, sent = sent_early.pop(index)
-                            if sent is None:
-                                _check_early_answer(early, response)
-                            elif _line_of(front.wire_message(message)) != sent:
-                                # The list sent from the warm cache is not the one the SDK made now: the IDE must
-                                # list again (it has asked for tools, so it is told of changes from now on anyway).
-                                log.info("front.early_list_differs", id=response.id)
-                                await write.send(SessionMessage(_TOOLS_CHANGED))
+                        if drop_id is not None and message.message.id == drop_id:
+                            drop_id = None  # only the first answer with that id: the IDE may reuse ids later
+                            _check_early_answer(early, message.message)
                             continue
                     await write.send(front.wire_message(message))
+
+        async def notify(kind: str) -> None:
+            method = f"notifications/{kind}/list_changed"
+            await write.send(SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method=method)))
 
         async with receive, anyio.create_task_group() as tg:
             tg.start_soon(pump_in)
             tg.start_soon(pump_out)
-            tg.start_soon(front.relay_changes)
+            tg.start_soon(front.relay_changes, notify)
+            if early.lists and early.tools_digest is not None:
+                tg.start_soon(front.check_early_list, early.tools_digest, notify)
             async with out_send:
                 await front.server.run(receive, out_send, front.initialization_options())
             tg.cancel_scope.cancel()
     await anyio.to_thread.run_sync(front.keeper.wait)  # the last answer kept: a start soon after can use it
-
-
-_TOOLS_CHANGED = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/tools/list_changed")
-
-
-def _line_of(message: SessionMessage) -> bytes:
-    """The line the SDK's stdio writer makes of ``message`` (without the newline)."""
-    return message.message.model_dump_json(**_WIRE_DUMP).encode("utf-8")
 
 
 def _check_early_answer(early: EarlyStart, message: types.JSONRPCResponse | types.JSONRPCError) -> None:

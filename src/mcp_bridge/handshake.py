@@ -65,9 +65,14 @@ class EarlyStart:
     """The result sent for it."""
     client_name: str | None = None
     """``clientInfo.name`` of the ``initialize`` answered early."""
-    lists: tuple[tuple[int | str, bytes], ...] = ()
-    """``tools/list`` requests answered from the warm cache (:mod:`mcp_bridge.warmstart`): each id and the line sent
-    (without its newline)."""
+    lists: tuple[int | str, ...] = ()
+    """The ids of ``tools/list`` requests answered from the warm cache (:mod:`mcp_bridge.warmstart`); their lines
+    are not in :attr:`consumed`: the SDK never sees them."""
+    tools_digest: str | None = None
+    """:func:`mcp_bridge.warmstart.tools_digest` of the tools those answers listed."""
+    ended: bool = False
+    """stdin ended while answering early, and every line read had been answered or was a notification: there is
+    nothing left to serve."""
 
     @property
     def answered(self) -> bool:

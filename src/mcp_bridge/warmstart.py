@@ -14,10 +14,13 @@ equal digest means an equal answer; a different bridge or SDK version, a changed
 that no longer holds: any of these changes the digest or the header, and the list takes the ordinary path.
 
 What is answered early is what the ordinary path would answer before any upstream is back: the last catalog on disk,
-under the allowlist known now (the config's, or Port's cached one). The SDK still handles the same request once it
-is loaded (after the bridge's usual short wait for upstreams); its answer is dropped, and when it differs from the
-one sent (a server changed its tools, Port changed the allowlist) the IDE gets ``notifications/tools/list_changed``
-(:func:`mcp_bridge.front.serve_stdio`). Calls are checked against the live allowlist and pins as always.
+under the allowlist known now (the config's, or Port's cached one if it is younger than ``port.refresh_interval``),
+never a definition that fails its pin. A list answered here is taken out of what the SDK reads. Once the bridge runs
+and its servers are back (or ``timeouts.startup_wait`` has passed), the front compares the catalog's tools with the
+ones listed early, and when they differ (a server changed its tools, Port changed the allowlist) the IDE gets
+``notifications/tools/list_changed`` (:meth:`mcp_bridge.front.Front.check_early_list`). Calls are checked against the
+live allowlist and pins as always. Claude Desktop ignores that notification, so its first list is never answered
+here (:data:`IGNORES_LIST_CHANGED`).
 
 Only a well-formed ``tools/list`` without a cursor is answered, and only while every line before it was one this
 module understands (the ``initialized`` notification, or another such list); the first line of any other kind ends
@@ -196,8 +199,9 @@ def cached_tools(settings: Any, home: Path, allowlist: Any) -> list[dict[str, An
     return catalog.tools()
 
 
-def prepare(settings: Any, home: Path, allowlist: Any, protocol_version: str) -> bytes | None:
-    """The encoded ``result`` to answer ``tools/list`` with before the SDK is loaded, or ``None``."""
+def prepare(settings: Any, home: Path, allowlist: Any, protocol_version: str) -> tuple[bytes, str] | None:
+    """The encoded ``result`` to answer ``tools/list`` with before the SDK is loaded, and the digest of the tools it
+    lists; or ``None``."""
     if allowlist is None or protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
         return None
     stale = _stale_port_allowlist(settings, allowlist)
@@ -212,9 +216,10 @@ def prepare(settings: Any, home: Path, allowlist: Any, protocol_version: str) ->
     if tools is None:
         log.debug("warmstart.cache_incomplete")
         return None
-    result = read_answer(home, protocol_version, tools_digest(tools))
+    digest = tools_digest(tools)
+    result = read_answer(home, protocol_version, digest)
     log.debug("warmstart.prepared", tools=len(tools), answer=result is not None)
-    return result
+    return None if result is None else (result, digest)
 
 
 def _stale_port_allowlist(settings: Any, allowlist: Any) -> str | None:
@@ -271,11 +276,19 @@ def response_line(request_id: int | str, result: bytes) -> bytes:
 
 
 def answer_lists_while_loading(
-    early: EarlyStart, result: bytes, load: Callable[[], object], *, stdin_fd: int = 0, stdout_fd: int = 1
+    early: EarlyStart,
+    prepared: tuple[bytes, str],
+    load: Callable[[], object],
+    *,
+    stdin_fd: int = 0,
+    stdout_fd: int = 1,
 ) -> EarlyStart:
-    """Run ``load`` (the SDK's import) in a thread; meanwhile answer each ``tools/list`` the IDE sends with
-    ``result``, until ``load`` is done, another kind of message arrives, or stdin ends. Returns ``early`` with
-    everything read since and the lists answered. ``load``'s own failure is left for the caller to meet again."""
+    """Run ``load`` (the SDK's import) in a thread; meanwhile answer each ``tools/list`` the IDE sends with the
+    prepared result, until ``load`` is done, another kind of message arrives, or stdin ends. Returns ``early`` with
+    what the SDK is still to read (everything read, less the lists answered) and those lists. ``load``'s own failure
+    is left for the caller to meet again. At the end of stdin with nothing left to serve, ``load`` is not waited
+    for."""
+    result, digest = prepared
     done_r, done_w = os.pipe()
 
     def run_load() -> None:
@@ -291,7 +304,9 @@ def answer_lists_while_loading(
     loader.start()
     buffer = early.consumed
     pos = buffer.find(b"\n") + 1  # the first line was the initialize answered already
-    answered: list[tuple[int | str, bytes]] = []
+    kept = [buffer[:pos]]  # what the SDK reads: the initialize, the notifications; not the lists answered here
+    answered: list[int | str] = []
+    ended = False
     try:
         while True:
             stop = False
@@ -303,36 +318,44 @@ def answer_lists_while_loading(
                 if kind == "other":
                     stop = True
                     break
-                pos = end + 1
                 if kind == "list" and request_id is not None:
-                    line = response_line(request_id, result)
-                    write_all(stdout_fd, line)
-                    answered.append((request_id, line[:-1]))
-                    log.debug("warmstart.tools_list_answered", bytes=len(line))
+                    write_all(stdout_fd, response_line(request_id, result))
+                    answered.append(request_id)
+                    log.debug("warmstart.tools_list_answered", bytes=len(result))
+                else:
+                    kept.append(buffer[pos : end + 1])
+                pos = end + 1
             if stop:
                 break
             chunk = _read_or_done(stdin_fd, done_r)
+            if chunk is None:  # loaded
+                break
             if not chunk:
+                ended = pos == len(buffer)  # and no request left unanswered, not even half a line
                 break
             buffer += chunk
     except OSError as exc:  # stdin or stdout unusable: the ordinary path meets the same and reports it
         log.debug("warmstart.io_failed", error=f"{type(exc).__name__}: {exc}")
+    kept.append(buffer[pos:])
+    early = replace(early, consumed=b"".join(kept), lists=tuple(answered), tools_digest=digest, ended=ended)
+    if ended:
+        return early  # the IDE has gone and nothing is left to do: no need to wait for the SDK
     # Not in a `finally`: on SIGTERM (an exception here) the process is ending, and the pipe must stay open for as
     # long as the loader may still write to it.
     loader.join()
     os.close(done_r)
     os.close(done_w)
-    return replace(early, consumed=buffer, lists=tuple(answered))
+    return early
 
 
-def _read_or_done(fd: int, done: int) -> bytes:
-    """The next chunk of stdin, or ``b""`` once the load is done or stdin ended."""
+def _read_or_done(fd: int, done: int) -> bytes | None:
+    """The next chunk of stdin (``b""`` at its end), or ``None`` once the load is done."""
     import select
 
     while True:
         ready, _, _ = select.select([fd, done], [], [])
         if done in ready:
-            return b""
+            return None
         try:
             return os.read(fd, _CHUNK)
         except BlockingIOError:
