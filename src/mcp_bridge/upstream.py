@@ -17,7 +17,7 @@ import dataclasses
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -135,27 +135,38 @@ class _DrainOnClose(httpx2.AsyncByteStream):
     the stream; an unfinished response cannot go back to the pool, so every call would open a new TCP connection
     (and leave a TIME_WAIT socket behind). The server ends the stream right after the response, so the tail is
     tiny and arrives at once; a stream that goes on longer than ``_DRAIN_SECONDS`` is closed as before.
+
+    Reading and draining share one iterator over the inner stream, which the drain runs to its end: the iterators
+    under it finish there, instead of being left suspended for the garbage collector to close, each through a
+    thread-safe loop wake-up and a task of its own.
     """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self._chunks: AsyncIterator[bytes] | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._chunks is None:
+            self._chunks = aiter(self._inner)
+        return self._chunks
 
     async def aclose(self) -> None:
+        chunks = self.__aiter__()
         try:
             with anyio.move_on_after(_DRAIN_SECONDS):
                 drained = 0
-                async for chunk in self._inner:
+                async for chunk in chunks:
                     drained += len(chunk)
                     if drained > _DRAIN_BYTES:
                         break
         except (httpx2.HTTPError, anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError):
             pass  # already broken or closed: nothing to keep
         finally:
-            await self._inner.aclose()
+            try:
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()  # cut short (too long, too slow, broken): close it now, not in the GC
+            finally:
+                await self._inner.aclose()
 
 
 _ssl: ssl.SSLContext | None = None
