@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from mcp_bridge.logs import clean, configure, get_logger, register_secrets
+from mcp_bridge.logs import clean, configure, enabled_for, get_logger, register_secrets
 
 
 def test_registered_secrets_and_token_shapes_are_masked() -> None:
@@ -50,3 +50,12 @@ def test_deferred_setup_loads_structlog_with_the_first_message_at_the_level() ->
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""  # nothing on stdout, ever
     assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["first"]
+
+
+def test_enabled_for_answers_as_the_configured_logger_does() -> None:
+    for level in ("debug", "info", "warning", "error"):
+        configure(level, stream=io.StringIO())
+        log = get_logger("t")
+        for numeric in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
+            assert enabled_for(numeric) == log.is_enabled_for(numeric), (level, numeric)
+    configure("info", stream=io.StringIO())

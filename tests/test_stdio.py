@@ -1,4 +1,5 @@
-"""The IDE's pipes: bytes read before serving (the early ``initialize`` read) come first, split into lines as usual."""
+"""The IDE's pipes: bytes read before serving (the early ``initialize`` read) come first, split into lines as usual;
+an answer is written at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_bridge.stdio import _LoopReader, _nonblocking, _ThreadReader
+from mcp_bridge.stdio import _LoopReader, _nonblocking, _ThreadReader, _Writer
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +59,22 @@ async def test_without_a_prefix_nothing_changes(kind: str) -> None:
         if w != -1:
             os.close(w)
     assert got == LINES
+
+
+async def test_a_free_writer_writes_before_other_tasks_run() -> None:
+    """No loop round before the bytes go out: the lock's fairness yield let other work go first."""
+    r, w = os.pipe()
+    try:
+        writer, ran = _Writer(w), anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def other() -> None:
+                ran.set()
+
+            tg.start_soon(other)  # runs at this task's first yield
+            await writer.write('{"a": 1}\n')
+            assert not ran.is_set()
+        assert os.read(r, 100) == b'{"a": 1}\n'
+    finally:
+        os.close(r)
+        os.close(w)

@@ -24,7 +24,7 @@ import anyio
 
 from mcp_bridge import __version__
 from mcp_bridge.config import Settings
-from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.logs import clean, enabled_for, get_logger
 
 log = get_logger("mcp_bridge.audit")
 
@@ -235,7 +235,7 @@ class AuditTrail:
         """The final row: durable before the answer goes back."""
         event.replied_at = event.replied_at or time.time()
         level = {"Completed": 10, "Failed": 20, "Denied": 30}.get(event.status, 20)  # debug / info / warning
-        logged = level > 10 or log.is_enabled_for(level)
+        logged = level > 10 or enabled_for(level)
         if self.spool is None and self.jsonl is None and not logged:
             return  # nothing keeps this event: do not build it
         record = event.to_record(self.context())

@@ -170,6 +170,15 @@ def _apply(level: str, file: str | None, stream: TextIO | None) -> None:
     logging.getLogger("mcp.client.auth").setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.CRITICAL)
 
 
+def enabled_for(level: int) -> bool:
+    """Whether a message at ``level`` (``logging.DEBUG`` ...) would be logged: the configured level decides.
+
+    The answer ``get_logger(name).is_enabled_for(level)`` gives, without building a structlog logger to ask (it is
+    not cached, so every question costs a new bound logger: too slow for the call path).
+    """
+    return level >= _Settings.level
+
+
 def get_logger(name: str) -> Any:
     """structlog's logger for ``name``; structlog itself loads with the first message (see the module docstring)."""
     return _Logger(name)

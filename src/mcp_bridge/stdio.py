@@ -132,7 +132,7 @@ class _Writer:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # free: write at once, without a loop round first
 
     async def write(self, text: str) -> None:
         data = memoryview(text.encode("utf-8"))
