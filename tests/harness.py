@@ -233,11 +233,12 @@ async def direct_client(upstream: LocalUpstream) -> AsyncIterator[Client]:
 class SilentServer:
     """Accepts TCP connections on 127.0.0.1 and never answers (a hung upstream)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         import threading
 
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(64)
         self.port = int(self.sock.getsockname()[1])
         self._held: list[socket.socket] = []

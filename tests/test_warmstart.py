@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from harness import LocalUpstream, bridge_env, bridge_process, write_config
+from harness import LocalUpstream, SilentServer, bridge_env, bridge_process, write_config
 from mcp_bridge import __version__, warmstart
 from mcp_bridge.catalog import CACHE_FILE, CatalogCache, Listing
 from mcp_bridge.config import parse_config
@@ -344,3 +344,32 @@ async def test_an_ide_that_leaves_after_its_list_does_not_wait_for_the_sdk(tmp_p
         out, stderr = await exchange(config, home, lines_of(init_request(1, "2025-11-25"), list_request()), early=True)
     assert by_id(out) == {1: by_id(first)[1], 2: by_id(first)[2]}
     assert "every request was answered" in stderr and "serve.start" not in stderr  # the bridge never had to run
+
+
+@pytest.mark.anyio
+async def test_after_an_early_list_the_next_one_does_not_wait_for_servers(tmp_path: Path) -> None:
+    """The IDE has a whole list already: listing again (or another kind) answers with the catalog as it is, not after
+    the first list's wait for a server that hangs (here up to a 30 s startup wait)."""
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    try:
+        servers = {"alpha": alpha.server_config()}
+        timeouts = {"startup_wait": 30, "connect": 60}
+        config = write_config(tmp_path / "config.yaml", servers, log={"level": "debug"}, timeouts=timeouts)
+        home = tmp_path / "home"
+        cached = tool_names(by_id(await warm(config, home))[2])
+    finally:
+        alpha.kill()
+    with SilentServer(port=alpha.port):  # the same address now hangs
+        async with bridge_process(config, home, tmp_path / "stderr.log") as proc:
+            buffer = bytearray()
+            await proc.stdin.send(lines_of(init_request(1, "2025-11-25"), INITIALIZED, list_request(2)))
+            with anyio.fail_after(15):  # half the startup wait: a list that waited for alpha would not be here
+                assert (await read_message(proc.stdout, buffer))["id"] == 1
+                assert tool_names(await read_message(proc.stdout, buffer)) == cached
+                while "serve.start" not in (tmp_path / "stderr.log").read_text():
+                    await anyio.sleep(0.05)  # polls the log for the SDK to take over: an event, not a delay
+                await proc.stdin.send(lines_of(list_request(3)))
+                again = await read_message(proc.stdout, buffer)
+            proc.kill()
+    assert again["id"] == 3 and tool_names(again) == cached
+    assert answered_early((tmp_path / "stderr.log").read_text())

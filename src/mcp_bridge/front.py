@@ -242,6 +242,11 @@ class Front:
             if told:
                 log.info("front.list_changed", kinds=told)
 
+    def answered_early(self) -> None:
+        """The IDE's first ``tools/list`` was answered from the warm cache: it has a whole list, so a later list (or
+        another kind's) answers with the catalog as it is, without the first list's wait for the servers."""
+        self._first_list_done = True
+
     async def check_early_list(self, digest: str, notify: Notify) -> None:
         """The IDE's first ``tools/list`` was answered from the warm cache (:mod:`mcp_bridge.warmstart`). Once the
         servers are back (or the startup wait is over), the catalog's tools are compared with the ones it got; when
@@ -390,6 +395,7 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
             tg.start_soon(pump_out)
             tg.start_soon(front.relay_changes, notify)
             if early.lists and early.tools_digest is not None:
+                front.answered_early()
                 tg.start_soon(front.check_early_list, early.tools_digest, notify)
             async with out_send:
                 await front.server.run(receive, out_send, front.initialization_options())

@@ -100,12 +100,16 @@ class _Kept:
 
 class AnswerKeeper:
     """Writes the SDK's ``tools/list`` results to disk from a worker thread, the latest one winning (hashing and
-    writing 10,000 tools takes about a tenth of a second: not on the event loop, not once per answer)."""
+    writing 10,000 tools takes about a tenth of a second: not on the event loop, not once per answer). The thread
+    waits ``delay`` seconds first, so that it does not compete (for the GIL) with sending the answer it keeps, and
+    answers made in a burst are written once; :meth:`wait` (shutdown) ends the delay."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 1.0) -> None:
         self._lock = threading.Lock()
         self._next: _Kept | None = None
         self._running = False
+        self._delay = delay
+        self._hurry = threading.Event()
 
     def keep(self, home: Path, protocol_version: str, tools: Sequence[Any], result: str) -> None:
         """``tools``: the catalog's tools the answer was made from (never changed in place); ``result``: the
@@ -120,6 +124,7 @@ class AnswerKeeper:
         threading.Thread(target=self._drain, name="mcp-bridge-keep-tools-answer", daemon=True).start()
 
     def _drain(self) -> None:
+        self._hurry.wait(self._delay)
         while True:
             with self._lock:
                 kept, self._next = self._next, None
@@ -135,6 +140,7 @@ class AnswerKeeper:
         """Until nothing is waiting to be written (tests, and a clean shutdown)."""
         import time
 
+        self._hurry.set()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
