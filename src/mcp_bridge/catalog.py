@@ -83,7 +83,6 @@ class Catalog:
         self._visible_tools: list[dict[str, Any]] = []
         self._visible_prompts: list[dict[str, Any]] = []
         self._visible_resources: list[dict[str, Any]] = []
-        self._visible_templates: list[dict[str, Any]] | None = []
         self._stale = False
         self._unreported: set[str] = set()
         self._version = 0
@@ -221,7 +220,7 @@ class Catalog:
         self._resources = {}
         self._visible_resources = []
         self._raw_templates = []
-        self._templates = self._visible_templates = None
+        self._templates = None
         for server in servers:
             for resource in self._listings[server].resources:
                 uri = resource.get("uri")
@@ -301,9 +300,7 @@ class Catalog:
 
     def templates(self) -> list[dict[str, Any]]:
         self._fresh()
-        if self._visible_templates is None:
-            self._visible_templates = [template for _, _, template in self._parsed_templates()]
-        return self._visible_templates
+        return [template for _, _, template in self._parsed_templates()]
 
     def route_resource(self, uri: str) -> str:
         """The server that serves ``uri``: a listed resource first, then the first template that matches."""

@@ -52,14 +52,13 @@ _MARKER = f"mcp-bridge-tools-{uuid.uuid4().hex}"
 
 @dataclass
 class _ToolsAnswer:
-    """The SDK's own wire form of ``tools/list``'s tools for one catalog version and protocol version; kept until
-    either changes, so that the next lists skip the SDK's validation of the whole list (and the stdio path, its
-    JSON encoding too)."""
+    """``tools/list``'s tools as the SDK shapes them for one catalog version and protocol version (:class:`_Shapes`),
+    and their wire form; kept until either changes, so that the next lists are neither shaped nor encoded again."""
 
     key: tuple[int, str]
     """(catalog version, protocol version)"""
     tools: list[Any]
-    """``result["tools"]`` as the SDK shaped it (validated, sieved, dumped); never changed in place."""
+    """``result["tools"]`` as the SDK shapes it (validated, sieved, dumped); never changed in place."""
     source: list[Any]
     """The catalog's tools it was made from (never changed in place either)."""
     encoded: str | None = None
@@ -137,9 +136,10 @@ class Front:
         return {"tools": self.bridge.catalog.tools()}
 
     async def _reuse_tools_answer(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        """``tools/list`` without the SDK validating the whole catalog again when it has not changed since the last
-        answer: the request still goes through the SDK (params checks, the initialization gate, the result's shape,
-        with an empty list), and the tools the SDK made of the same catalog, for the same protocol version, go in.
+        """``tools/list`` without the SDK validating the whole catalog on every list: the request still goes
+        through the SDK (params checks, the initialization gate, the first list's wait, the result's shape, with an
+        empty list), and the catalog's tools go in as the SDK shapes them, each tool shaped once
+        (:class:`_Shapes`) and the whole list kept while the catalog and the protocol version stay the same.
 
         The SDK shapes ``tools`` independently of the result's other fields, so the answer is the one the SDK would
         give (``tests/test_list_cache.py`` compares them).

@@ -63,16 +63,17 @@ def answer_path(home: Path, protocol_version: str) -> Path:
 
 def tools_digest(tools: Sequence[Any]) -> str:
     """SHA-256 of the catalog's tools as JSON, in their own key order (which the SDK's encoding keeps)."""
-    text = json.dumps(tools, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    text = json.dumps(tools, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def sdk_version() -> str:
+    """The installed ``mcp`` and ``mcp-types``: between them they shape a ``tools/list`` answer."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("mcp")
-    except PackageNotFoundError:  # pragma: no cover - the bridge does not run without it
+        return f"mcp {version('mcp')}, mcp-types {version('mcp-types')}"
+    except PackageNotFoundError:  # pragma: no cover - the bridge does not run without them
         return "unknown"
 
 
@@ -108,6 +109,7 @@ class AnswerKeeper:
         self._lock = threading.Lock()
         self._next: _Kept | None = None
         self._running = False
+        self._thread: threading.Thread | None = None
         self._delay = delay
         self._hurry = threading.Event()
 
@@ -121,7 +123,8 @@ class AnswerKeeper:
             if self._running:
                 return
             self._running = True
-        threading.Thread(target=self._drain, name="mcp-bridge-keep-tools-answer", daemon=True).start()
+            self._thread = threading.Thread(target=self._drain, name="mcp-bridge-keep-tools-answer", daemon=True)
+            self._thread.start()
 
     def _drain(self) -> None:
         self._hurry.wait(self._delay)
@@ -137,16 +140,10 @@ class AnswerKeeper:
                 log.warning("warmstart.keep_failed", error=f"{type(exc).__name__}: {exc}")
 
     def wait(self, timeout: float = 5.0) -> None:
-        """Until nothing is waiting to be written (tests, and a clean shutdown)."""
-        import time
-
+        """Until what was handed over is written (tests, and a clean shutdown)."""
         self._hurry.set()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._running:
-                    return
-            time.sleep(0.005)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
 
 def write_answer(home: Path, protocol_version: str, tools: Sequence[Any], result: str) -> None:
