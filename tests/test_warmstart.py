@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ async def warm(config: Path, home: Path) -> list[Any]:
     return out
 
 
+@pytest.fixture
+def alpha(tmp_path: Path) -> Iterator[LocalUpstream]:
+    with LocalUpstream("alpha", tmp_path) as upstream:
+        yield upstream
+
+
+def debug_config(tmp_path: Path, servers: dict[str, Any], **extra: Any) -> Path:
+    return write_config(tmp_path / "config.yaml", servers, log={"level": "debug"}, **extra)
+
+
 def by_id(messages: list[Any]) -> dict[Any, Any]:
     ids = [m.get("id") for m in messages]
     assert len(set(ids)) == len(ids), "one answer per request"
@@ -69,7 +80,7 @@ def tool_names(answer: dict[str, Any]) -> list[str]:
 async def test_a_warm_start_answers_the_first_list_at_once_with_the_sdks_bytes(tmp_path: Path) -> None:
     with LocalUpstream("alpha", tmp_path) as alpha, LocalUpstream("beta", tmp_path) as beta:
         servers = {"alpha": alpha.server_config(), "beta": beta.server_config(["echo", "add"])}
-        config = write_config(tmp_path / "config.yaml", servers, log={"level": "debug"})
+        config = debug_config(tmp_path, servers)
         home = tmp_path / "home"
         first = await warm(config, home)
         shutil.copytree(home, tmp_path / "home-off")
@@ -108,7 +119,7 @@ async def test_a_server_that_changed_since_the_cache_gets_the_ide_to_list_again(
     next list is the live one."""
     alpha = LocalUpstream("alpha", tmp_path).start()
     try:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
+        config = debug_config(tmp_path, {"alpha": alpha.server_config()})
         home = tmp_path / "home"
         cached = tool_names(by_id(await warm(config, home))[2])
         alpha.kill()
@@ -139,65 +150,63 @@ async def test_a_server_that_changed_since_the_cache_gets_the_ide_to_list_again(
 @pytest.mark.anyio
 async def test_a_server_missing_from_the_cache_means_the_ordinary_wait(tmp_path: Path) -> None:
     with LocalUpstream("alpha", tmp_path) as alpha, LocalUpstream("beta", tmp_path) as beta:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
+        config = debug_config(tmp_path, {"alpha": alpha.server_config()})
         home = tmp_path / "home"
         await warm(config, home)
         servers = {"alpha": alpha.server_config(), "beta": beta.server_config()}
-        config = write_config(tmp_path / "config.yaml", servers, log={"level": "debug"})
+        config = debug_config(tmp_path, servers)
         out, stderr = await exchange(config, home, SESSION, early=True)
     assert not answered_early(stderr) and "warmstart.cache_incomplete" in stderr
     assert "beta__echo" in tool_names(by_id(out)[2])  # the list waited for the server the cache did not know
 
 
 @pytest.mark.anyio
-async def test_a_tool_whose_pin_no_longer_holds_is_never_listed_from_the_old_answer(tmp_path: Path) -> None:
-    with LocalUpstream("alpha", tmp_path) as alpha:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
-        home = tmp_path / "home"
-        assert "alpha__echo" in tool_names(by_id(await warm(config, home))[2])
-        pinned = {**alpha.server_config(), "tool_pins": {"echo": "sha256:" + "0" * 64}}  # not echo's definition
-        config = write_config(tmp_path / "config.yaml", {"alpha": pinned}, log={"level": "debug"})
-        out, stderr = await exchange(config, home, SESSION, early=True)
+async def test_a_tool_whose_pin_no_longer_holds_is_never_listed_from_the_old_answer(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    config = debug_config(tmp_path, {"alpha": alpha.server_config()})
+    home = tmp_path / "home"
+    assert "alpha__echo" in tool_names(by_id(await warm(config, home))[2])
+    pinned = {**alpha.server_config(), "tool_pins": {"echo": "sha256:" + "0" * 64}}  # not echo's definition
+    config = debug_config(tmp_path, {"alpha": pinned})
+    out, stderr = await exchange(config, home, SESSION, early=True)
     assert not answered_early(stderr)  # the cached catalog is not the one the kept answer was made from
     assert "alpha__echo" not in tool_names(by_id(out)[2])
 
 
 @pytest.mark.anyio
-async def test_a_cursor_or_another_request_first_takes_the_ordinary_path(tmp_path: Path) -> None:
-    with LocalUpstream("alpha", tmp_path) as alpha:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
-        home = tmp_path / "home"
-        first = await warm(config, home)
-        init = init_request(1, "2025-11-25")
-        out, stderr = await exchange(config, home, lines_of(init, INITIALIZED, PING, list_request()), early=True)
-        assert not answered_early(stderr)
-        assert [m.get("id") for m in out] == [1, 3, 2] and by_id(out) == by_id(first)  # as the SDK alone answers
-        out, stderr = await exchange(config, home, lines_of(init, list_request(cursor="x")), early=True)
-        assert not answered_early(stderr)
-        out, stderr = await exchange(config, home, lines_of(init, list_request(), list_request(5)), early=True)
-        assert stderr.count("warmstart.tools_list_answered") == 2 and [m["id"] for m in out] == [1, 2, 5]
+async def test_a_cursor_or_another_request_first_takes_the_ordinary_path(tmp_path: Path, alpha: LocalUpstream) -> None:
+    config = debug_config(tmp_path, {"alpha": alpha.server_config()})
+    home = tmp_path / "home"
+    first = await warm(config, home)
+    init = init_request(1, "2025-11-25")
+    out, stderr = await exchange(config, home, lines_of(init, INITIALIZED, PING, list_request()), early=True)
+    assert not answered_early(stderr)
+    assert [m.get("id") for m in out] == [1, 3, 2] and by_id(out) == by_id(first)  # as the SDK alone answers
+    out, stderr = await exchange(config, home, lines_of(init, list_request(cursor="x")), early=True)
+    assert not answered_early(stderr)
+    out, stderr = await exchange(config, home, lines_of(init, list_request(), list_request(5)), early=True)
+    assert stderr.count("warmstart.tools_list_answered") == 2 and [m["id"] for m in out] == [1, 2, 5]
 
 
 @pytest.mark.anyio
-async def test_switched_off_with_the_early_initialize(tmp_path: Path) -> None:
-    with LocalUpstream("alpha", tmp_path) as alpha:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
-        home = tmp_path / "home"
-        first = await warm(config, home)
-        out, stderr = await exchange(config, home, SESSION, early=False)
+async def test_switched_off_with_the_early_initialize(tmp_path: Path, alpha: LocalUpstream) -> None:
+    config = debug_config(tmp_path, {"alpha": alpha.server_config()})
+    home = tmp_path / "home"
+    first = await warm(config, home)
+    out, stderr = await exchange(config, home, SESSION, early=False)
     assert by_id(out) == by_id(first) and not answered_early(stderr)
 
 
 @pytest.mark.anyio
-async def test_a_damaged_answer_file_is_ignored(tmp_path: Path) -> None:
-    with LocalUpstream("alpha", tmp_path) as alpha:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
-        home = tmp_path / "home"
-        first = await warm(config, home)
-        kept = home / "tools-answer-2025-11-25"
-        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
-        kept.write_bytes(kept.read_bytes()[:-10])  # cut short
-        out, stderr = await exchange(config, home, SESSION, early=True)
+async def test_a_damaged_answer_file_is_ignored(tmp_path: Path, alpha: LocalUpstream) -> None:
+    config = debug_config(tmp_path, {"alpha": alpha.server_config()})
+    home = tmp_path / "home"
+    first = await warm(config, home)
+    kept = home / "tools-answer-2025-11-25"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    kept.write_bytes(kept.read_bytes()[:-10])  # cut short
+    out, stderr = await exchange(config, home, SESSION, early=True)
     assert by_id(out) == by_id(first) and not answered_early(stderr)
 
 
@@ -323,25 +332,25 @@ def test_ports_cached_allowlist_is_used_only_while_fresh(tmp_path: Path, age: fl
 
 
 @pytest.mark.anyio
-async def test_an_ide_that_ignores_list_changed_gets_the_ordinary_wait(tmp_path: Path) -> None:
+async def test_an_ide_that_ignores_list_changed_gets_the_ordinary_wait(tmp_path: Path, alpha: LocalUpstream) -> None:
     """Claude Desktop keeps its first list for the session: that list must be the live one, not the cache's."""
     claude = init_request(1, "2025-11-25", clientInfo={"name": "claude-ai", "version": "0.1.0"})
-    with LocalUpstream("alpha", tmp_path) as alpha:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
-        home = tmp_path / "home"
-        first = await warm(config, home)
-        out, stderr = await exchange(config, home, lines_of(claude, INITIALIZED, list_request(), PING), early=True)
+    config = debug_config(tmp_path, {"alpha": alpha.server_config()})
+    home = tmp_path / "home"
+    first = await warm(config, home)
+    out, stderr = await exchange(config, home, lines_of(claude, INITIALIZED, list_request(), PING), early=True)
     assert not answered_early(stderr) and "the IDE ignores list_changed" in stderr
     assert by_id(out)[2] == by_id(first)[2]
 
 
 @pytest.mark.anyio
-async def test_an_ide_that_leaves_after_its_list_does_not_wait_for_the_sdk(tmp_path: Path) -> None:
-    with LocalUpstream("alpha", tmp_path) as alpha:
-        config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()}, log={"level": "debug"})
-        home = tmp_path / "home"
-        first = await warm(config, home)
-        out, stderr = await exchange(config, home, lines_of(init_request(1, "2025-11-25"), list_request()), early=True)
+async def test_an_ide_that_leaves_after_its_list_does_not_wait_for_the_sdk(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    config = debug_config(tmp_path, {"alpha": alpha.server_config()})
+    home = tmp_path / "home"
+    first = await warm(config, home)
+    out, stderr = await exchange(config, home, lines_of(init_request(1, "2025-11-25"), list_request()), early=True)
     assert by_id(out) == {1: by_id(first)[1], 2: by_id(first)[2]}
     assert "every request was answered" in stderr and "serve.start" not in stderr  # the bridge never had to run
 
@@ -354,7 +363,7 @@ async def test_after_an_early_list_the_next_one_does_not_wait_for_servers(tmp_pa
     try:
         servers = {"alpha": alpha.server_config()}
         timeouts = {"startup_wait": 30, "connect": 60}
-        config = write_config(tmp_path / "config.yaml", servers, log={"level": "debug"}, timeouts=timeouts)
+        config = debug_config(tmp_path, servers, timeouts=timeouts)
         home = tmp_path / "home"
         cached = tool_names(by_id(await warm(config, home))[2])
     finally:
