@@ -6,6 +6,7 @@ IDE drives it. Upstreams are real SDK streamable-HTTP servers (``mcp_bridge.loca
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -209,6 +210,22 @@ async def raw_call(
     request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments or {}))
     result = await client.session.send_request(request, Raw, progress_callback=progress)
     return result.root
+
+
+async def wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    """Poll an async ``predicate`` until it holds (``what`` it waits for shows in the failure)."""
+    try:
+        with anyio.fail_after(timeout):
+            while not await predicate():
+                await anyio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout}s: {what}") from None
+
+
+def audit_jsonl(path: Path, kind: str) -> list[dict[str, Any]]:
+    """The events of one kind in the bridge's local audit copy (``audit.jsonl``)."""
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    return [x for x in lines if x["kind"] == kind]
 
 
 async def tool_names(client: Client) -> list[str]:

@@ -13,7 +13,17 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from harness import LocalUpstream, Notifications, bridge_client, direct_client, raw_call, run_cli, tool_names
+from harness import (
+    LocalUpstream,
+    Notifications,
+    audit_jsonl,
+    bridge_client,
+    direct_client,
+    raw_call,
+    run_cli,
+    tool_names,
+    wait_for,
+)
 from harness import write_config as write_servers
 from mcp_bridge.pins import PinStore, diff_summary, fingerprint, normalize_pin
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
@@ -41,9 +51,7 @@ def local_config(tmp_path: Path, alpha: LocalUpstream, **extra: Any) -> Path:
 
 
 def audit_lines(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
-    path = tmp_path / "audit.jsonl"
-    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
-    return [x for x in lines if x["kind"] == kind]
+    return audit_jsonl(tmp_path / "audit.jsonl", kind)
 
 
 def cli(tmp_path: Path, cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -58,12 +66,6 @@ async def pin_on_disk(home: Path, server: str, tool: str, *, other_than: str | N
             pin = PinStore(home / "pins.json").pin(server, tool)
             if pin is not None and pin["fingerprint"] != other_than:
                 return pin
-            await anyio.sleep(0.1)
-
-
-async def wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
-    with anyio.fail_after(timeout):
-        while not await predicate():
             await anyio.sleep(0.1)
 
 

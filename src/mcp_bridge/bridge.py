@@ -287,7 +287,18 @@ class Bridge:
                 self._publish(self._recheck_pins())
 
     def _tool_changed(self, verdict: Verdict, summary: str) -> None:
-        """A tool's definition no longer matches its pin: log it and audit it (once per new definition)."""
+        """A tool's definition no longer matches its pin, or its server lists it with different definitions: log it
+        and audit it (once per new definition, or set of definitions)."""
+        if verdict.duplicated:
+            log.warning("pins.tool_duplicated", server=verdict.server, tool=verdict.tool, reason=verdict.reason)
+            self.audit.note(
+                "tool_definition_changed",
+                server=verdict.server,
+                tool=verdict.tool,
+                status="Denied",
+                detail=f"{verdict.reason}; {summary}",
+            )
+            return
         action = {"block": "blocked", "warn": "kept (warn)", "accept": "re-pinned (accept)"}[self.pins.on_change]
         if verdict.source == "allowlist" and self.pins.on_change == "accept":
             action = "kept (pinned by the allowlist, which cannot be re-pinned locally)"

@@ -8,6 +8,7 @@ before its upstreams are back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,39 @@ class Listing:
         return cls(**{k: list(data.get(k) or []) for k in ("tools", "prompts", "resources", "templates")})
 
 
+def by_name(items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Mapping[str, Any]], dict[str, int]]:
+    """One server's tools (or prompts) by name, under the rule for a name listed more than once.
+
+    The rule, the same for the catalog, the pins, routing and the disk cache (which keeps listings as sent): a name
+    listed again with the very same definition is that one entry; a name listed with *different* definitions is
+    refused (neither listed, nor pinned, nor callable), since which of them the server would run is unknown. A later
+    duplicate therefore never wins, and whatever is exposed is the definition that was fingerprinted.
+
+    Returns (the first entry of each name, in the server's order; name → how many different definitions it has, for
+    the refused names only). Entries without a string name are left out.
+    """
+    first: dict[str, Mapping[str, Any]] = {}
+    variants: dict[str, list[Mapping[str, Any]]] = {}
+    for item in items:
+        name = item.get("name")
+        if not isinstance(name, str):
+            continue
+        seen = first.setdefault(name, item)
+        if seen is not item and item != seen:
+            known = variants.setdefault(name, [seen])
+            if all(item != other for other in known):
+                known.append(item)
+    return first, {name: len(known) for name, known in variants.items()}
+
+
+def duplicate_reason(count: int) -> str:
+    """Why a name listed with ``count`` different definitions is refused (see :func:`by_name`)."""
+    return (
+        f"the server lists it {count} times with different definitions, so which one it runs is unknown; "
+        "refused until the server lists it once"
+    )
+
+
 @dataclass(frozen=True)
 class ToolEntry:
     exposed: str
@@ -55,7 +89,10 @@ class ToolEntry:
     cached: bool
     """Known only from the disk cache: the server has not connected in this run yet."""
     blocked: bool = False
-    """Hidden because its definition no longer matches its pin (``denial`` says so); see :mod:`mcp_bridge.pins`."""
+    """Hidden because its definition no longer matches its pin, or because the server lists its name with different
+    definitions (``denial`` says which); see :mod:`mcp_bridge.pins` and :func:`by_name`."""
+    duplicated: bool = False
+    """Blocked because the server lists its name with different definitions (:func:`by_name`)."""
 
     @property
     def description(self) -> str:
@@ -75,8 +112,9 @@ class Catalog:
         self._tools: dict[str, ToolEntry] = {}
         # (server, tool) -> (the listing's tool, exposed name, the definition made of them): a rebuild keeps a
         # definition object while both stay the same, so per-tool work on the list (the front's) is done once.
-        self._definitions: dict[tuple[str, str], tuple[dict[str, Any], str, dict[str, Any]]] = {}
+        self._definitions: dict[tuple[str, str], tuple[Mapping[str, Any], str, dict[str, Any]]] = {}
         self._prompts: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self._refused_prompts: dict[str, tuple[str, str, str]] = {}  # exposed -> (server, name, why)
         self._resources: dict[str, str] = {}
         self._raw_templates: list[tuple[str, dict[str, Any]]] = []  # (server, template) with a string uriTemplate
         self._templates: list[tuple[str, UriTemplate, dict[str, Any]]] | None = None  # parsed on first use
@@ -174,16 +212,15 @@ class Catalog:
         sep, max_len = self._naming.separator, self._naming.max_length
         servers = sorted(self._listings)
 
-        tool_keys = [(s, t["name"]) for s in servers for t in self._listings[s].tools if isinstance(t.get("name"), str)]
+        listed_tools = {s: by_name(self._listings[s].tools) for s in servers}
+        tool_keys = [(s, name) for s in servers for name in listed_tools[s][0]]
         tool_names = assign_names(tool_keys, separator=sep, max_length=max_len)
         tools: dict[str, ToolEntry] = {}
         previous, self._definitions = self._definitions, {}
         for server in servers:
             blocked = self._blocked.get(server, {})
-            for tool in self._listings[server].tools:
-                original = tool.get("name")
-                if not isinstance(original, str):
-                    continue
+            unique, duplicated = listed_tools[server]
+            for original, tool in unique.items():
                 exposed = tool_names[(server, original)]
                 kept = previous.get((server, original))
                 if kept is not None and kept[0] is tool and kept[1] == exposed:
@@ -192,7 +229,12 @@ class Catalog:
                     definition = {**tool, "name": exposed}
                 self._definitions[(server, original)] = (tool, exposed, definition)
                 denial = self._allowlist.denial(server, original, exposed)
-                pin = blocked.get(original) if denial is None else None
+                if original in duplicated:
+                    pin: str | None = duplicate_reason(duplicated[original])
+                else:
+                    pin = blocked.get(original)
+                if denial is not None:
+                    pin = None
                 tools[exposed] = ToolEntry(
                     exposed=exposed,
                     server=server,
@@ -201,20 +243,24 @@ class Catalog:
                     denial=denial or (f"tool {original!r} of server {server!r}: {pin}" if pin else None),
                     cached=server in self._cached,
                     blocked=pin is not None,
+                    duplicated=pin is not None and original in duplicated,
                 )
         self._tools = tools
         self._visible_tools = [e.definition for e in tools.values() if e.denial is None]
 
-        prompt_keys = [
-            (s, p["name"]) for s in servers for p in self._listings[s].prompts if isinstance(p.get("name"), str)
-        ]
+        listed_prompts = {s: by_name(self._listings[s].prompts) for s in servers}
+        prompt_keys = [(s, name) for s in servers for name in listed_prompts[s][0]]
         prompt_names = assign_names(prompt_keys, separator=sep, max_length=max_len)
         self._prompts = {}
+        self._refused_prompts = {}
         for server in servers:
-            for prompt in self._listings[server].prompts:
-                if isinstance(prompt.get("name"), str):
-                    exposed = prompt_names[(server, prompt["name"])]
-                    self._prompts[exposed] = (server, prompt["name"], {**prompt, "name": exposed})
+            unique, duplicated = listed_prompts[server]
+            for name, prompt in unique.items():
+                exposed = prompt_names[(server, name)]
+                if name in duplicated:
+                    self._refused_prompts[exposed] = (server, name, duplicate_reason(duplicated[name]))
+                else:
+                    self._prompts[exposed] = (server, name, {**prompt, "name": exposed})
         self._visible_prompts = [p for _, _, p in self._prompts.values()]
 
         self._resources = {}
@@ -291,6 +337,10 @@ class Catalog:
         self._fresh()
         found = self._prompts.get(exposed)
         if found is None:
+            refused = self._refused_prompts.get(exposed)
+            if refused is not None:
+                server, name, reason = refused
+                raise PolicyDenied(exposed, f"prompt {name!r} of server {server!r}: {reason}", server=server, tool=name)
             raise UnknownName("prompt", exposed)
         return found[0], found[1]
 

@@ -445,6 +445,8 @@ async def _pins(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             raise BridgeError(
                 f"{args.target}: its definition is now {verdict.fingerprint}, not the {args.fingerprint} you reviewed"
             )
+        if verdict.duplicated:
+            raise BridgeError(f"{args.target}: cannot be approved: {verdict.reason}")
         if not verdict.changed:
             print(f"{args.target}: already matches its pin ({short(verdict.pinned)}, by {verdict.source})")
             return 0

@@ -298,13 +298,24 @@ async def _check_servers(loaded: LoadedConfig, home: Path, allowlist: Allowlist,
 def _pins_check(blocked: list[Any]) -> Check:
     if not blocked:
         return _ok("tool pins", "every allowed tool matches its approved definition")
-    names = ", ".join(e.exposed for e in blocked)
-    return _fail(
-        "tool pins",
-        f"{len(blocked)} tool(s) blocked because their definition changed since approval: {names}",
-        "review the change (`mcp-bridge pins list`, the audit event `tool_definition_changed`), then "
-        "`mcp-bridge pins approve NAME`; a tool pinned in Port needs its `tool_pins` updated there",
-    )
+    changed = [e.exposed for e in blocked if not e.duplicated]
+    duplicated = [e.exposed for e in blocked if e.duplicated]
+    found, fixes = [], []
+    if changed:
+        found.append(
+            f"{len(changed)} tool(s) blocked because their definition changed since approval: " + ", ".join(changed)
+        )
+        fixes.append(
+            "review the change (`mcp-bridge pins list`, the audit event `tool_definition_changed`), then "
+            "`mcp-bridge pins approve NAME`; a tool pinned in Port needs its `tool_pins` updated there"
+        )
+    if duplicated:
+        found.append(
+            f"{len(duplicated)} tool(s) refused because their server lists the name with different "
+            "definitions: " + ", ".join(duplicated)
+        )
+        fixes.append("the server must list each tool once; ask its owner (nothing to approve here)")
+    return _fail("tool pins", "; ".join(found), "; ".join(fixes))
 
 
 def _server_check(name: str, row: Mapping[str, Any], connect: float, *, keyring_ok: bool) -> Check:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock, Timeout
 
+from mcp_bridge.catalog import by_name, duplicate_reason
 from mcp_bridge.errors import BridgeError
 from mcp_bridge.files import write_private_json
 from mcp_bridge.logs import get_logger
@@ -41,6 +42,7 @@ log = get_logger(__name__)
 
 FINGERPRINTED = ("name", "description", "inputSchema", "outputSchema", "annotations")
 OnChange = Literal["block", "warn", "accept"]
+Listed = tuple[dict[str, Mapping[str, Any]], dict[str, int]]  # catalog.by_name's answer
 PinSource = Literal["allowlist", "local", "none"]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -230,7 +232,10 @@ class Verdict:
     pinned: str | None  # the pin, None when there is none (yet)
     source: PinSource
     blocked: bool
-    reason: str | None  # why it is blocked or flagged (a changed definition, a malformed pin)
+    reason: str | None  # why it is blocked or flagged (a changed definition, a malformed pin, a duplicated name)
+    duplicated: bool = False
+    """The server lists this name with different definitions: refused whatever the pins say (see
+    :func:`mcp_bridge.catalog.by_name`)."""
 
     @property
     def changed(self) -> bool:
@@ -251,8 +256,9 @@ class Pins:
         self._report = report or (lambda _verdict, _summary: None)
         self._reported: set[tuple[str, str, str]] = set()
         self.verdicts: dict[str, dict[str, Verdict]] = {}
-        # server -> (the listing's tool list, kept so its identity stays valid; tool -> (fingerprint, definition))
-        self._memo: dict[str, tuple[Sequence[Mapping[str, Any]], dict[str, tuple[str, dict[str, Any]]]]] = {}
+        # server -> (the listing's tool list, kept so its identity stays valid; its tools by name (by_name);
+        # tool -> (fingerprint, definition))
+        self._memo: dict[str, tuple[Sequence[Mapping[str, Any]], Listed, dict[str, tuple[str, dict[str, Any]]]]] = {}
         self.defer_writes = False
         """Pins made by :meth:`check` wait in memory for :meth:`flush` (the bridge flushes within a second, off the
         event loop, and on shutdown): 50 servers pinning 200 tools each must not rewrite the store 50 times."""
@@ -287,17 +293,19 @@ class Pins:
         admin = config.tool_pins or {}
         memo = self._memo.get(server)
         if memo is None or memo[0] is not tools:  # a listing is hashed once, not on every re-check
-            memo = (tools, {})
+            memo = (tools, by_name(tools), {})
             self._memo[server] = memo
-        hashed = memo[1]
-        for tool in tools:
-            name = tool.get("name")
-            if not isinstance(name, str) or not config.allows(name):
+        (unique, duplicated), hashed = memo[1], memo[2]
+        for name, tool in unique.items():
+            if not config.allows(name):
                 continue
             if name not in hashed:
                 hashed[name] = (fingerprint(tool), definition_of(tool))
             fp, definition = hashed[name]
             verdict = self._judge(server, name, fp, admin)
+            if name in duplicated:
+                verdicts[name] = self._refuse(server, verdict, tools, live=live)
+                continue
             if verdict.source == "none" and live:
                 to_pin[(server, name)] = definition
                 verdict = Verdict(server, name, fp, fp, "local", False, None)
@@ -324,6 +332,29 @@ class Pins:
                 self.flush()
         self.verdicts[server] = verdicts
         return {name: v.reason for name, v in verdicts.items() if v.blocked and v.reason}
+
+    def _refuse(self, server: str, verdict: Verdict, tools: Sequence[Mapping[str, Any]], *, live: bool) -> Verdict:
+        """The verdict on a name the server lists with different definitions: blocked, never pinned, reported once
+        (with every definition's fingerprint) like a changed definition."""
+        prints = sorted({fingerprint(t) for t in tools if t.get("name") == verdict.tool})
+        refused = Verdict(
+            server,
+            verdict.tool,
+            verdict.fingerprint,
+            verdict.pinned,
+            verdict.source,
+            blocked=True,
+            reason=duplicate_reason(len(prints)),
+            duplicated=True,
+        )
+        key = (server, verdict.tool, ",".join(prints))
+        if live and key not in self._reported:
+            self._reported.add(key)
+            if self.store.broken or self.store.first_report(server, verdict.tool, key[2]):
+                self._report(refused, "definitions " + ", ".join(short(fp) for fp in prints))
+            else:  # another bridge of this user reported (and audited) it already
+                log.warning("pins.tool_duplicated", server=server, tool=verdict.tool, definitions=prints)
+        return refused
 
     def _judge(self, server: str, tool: str, fp: str, admin: Mapping[str, str]) -> Verdict:
         if tool in admin:
