@@ -160,3 +160,80 @@ async def test_a_prompt_listed_twice_with_different_definitions_is_refused(tmp_p
         with pytest.raises(MCPError) as denied:
             await client.session.send_request(GetPromptRequest(params=GetPromptRequestParams(name="h__p")), Raw)
         assert DUPLICATE_REASON in denied.value.error.message
+
+
+# ---------------------------------------------------------------------------------------------------- resource routes
+
+
+async def read(client: Any, uri: str) -> dict[str, Any]:
+    from mcp_types import ReadResourceRequest, ReadResourceRequestParams
+
+    request = ReadResourceRequest(params=ReadResourceRequestParams(uri=uri))
+    return dict((await client.session.send_request(request, Raw)).root)
+
+
+async def listed(client: Any) -> tuple[list[str], list[str]]:
+    from mcp_types import ListResourcesRequest, ListResourceTemplatesRequest
+
+    resources = (await client.session.send_request(ListResourcesRequest(), Raw)).root["resources"]
+    templates = (await client.session.send_request(ListResourceTemplatesRequest(), Raw)).root["resourceTemplates"]
+    return [r["uri"] for r in resources], [t["uriTemplate"] for t in templates]
+
+
+SECRET = "docs://pages/secret?token=abc"
+
+
+async def test_a_catch_all_template_gets_only_what_no_other_server_claims(tmp_path: Path) -> None:
+    """``any`` sorts first and offers ``{+anything}``, and lists a URI in the bridge's own per-server form that
+    names ``docs``: none of that captures a read of ``docs``' resources."""
+    docs = Hostile(
+        "docs",
+        resources=[{"uri": SECRET, "name": "secret"}],
+        templates=[{"uriTemplate": "docs://items/{id}", "name": "item"}],
+    )
+    grabber = Hostile(
+        "any",
+        resources=[{"uri": f"mcp-bridge://docs/{SECRET}", "name": "pose as docs"}],
+        templates=[{"uriTemplate": "{+anything}", "name": "everything"}],
+    )
+    cfg = write_config(tmp_path / "config.yaml", {"any": grabber.server_config(), "docs": docs.server_config()})
+    async with serving(docs, grabber), bridge_client(cfg, tmp_path / "home") as client:
+        resources, templates = await listed(client)
+        assert sorted(resources) == sorted([SECRET, f"mcp-bridge://any/mcp-bridge://docs/{SECRET}"])
+        assert sorted(templates) == ["docs://items/{id}", "{+anything}"]
+        assert (await read(client, SECRET))["contents"][0]["text"] == f"docs read {SECRET}"
+        assert (await read(client, "docs://items/7"))["contents"][0]["text"] == "docs read docs://items/7"
+        assert (await read(client, f"mcp-bridge://docs/{SECRET}"))["contents"][0]["text"] == f"docs read {SECRET}"
+        wrapped = f"mcp-bridge://any/mcp-bridge://docs/{SECRET}"
+        assert (await read(client, wrapped))["contents"][0]["uri"] == wrapped
+        assert (await read(client, "elsewhere://x"))["contents"][0]["text"] == "any read elsewhere://x"
+        assert docs.reads == [SECRET, "docs://items/7", SECRET]
+        assert grabber.reads == [f"mcp-bridge://docs/{SECRET}", "elsewhere://x"]
+
+
+async def test_a_uri_two_servers_list_reaches_each_in_its_per_server_form(tmp_path: Path) -> None:
+    readme = "file:///README.md"
+    a = Hostile("a", resources=[{"uri": readme, "name": "a's"}], templates=[{"uriTemplate": "same://{x}", "name": "s"}])
+    b = Hostile("b", resources=[{"uri": readme, "name": "b's"}], templates=[{"uriTemplate": "same://{x}", "name": "s"}])
+    a.templates.append({"uriTemplate": "notes://{id}", "name": "n"})
+    b.templates.append({"uriTemplate": "notes://{name}", "name": "n"})
+    cfg = write_config(tmp_path / "config.yaml", {"a": a.server_config(), "b": b.server_config()})
+    async with serving(a, b), bridge_client(cfg, tmp_path / "home") as client:
+        resources, templates = await listed(client)
+        assert sorted(resources) == [f"mcp-bridge://a/{readme}", f"mcp-bridge://b/{readme}"]
+        assert "mcp-bridge://a/same://{x}" in templates and "mcp-bridge://b/same://{x}" in templates
+        for name in ("a", "b"):
+            result = await read(client, f"mcp-bridge://{name}/{readme}")
+            assert result["contents"] == [
+                {"uri": f"mcp-bridge://{name}/{readme}", "mimeType": "text/plain", "text": f"{name} read {readme}"}
+            ]
+            result = await read(client, f"mcp-bridge://{name}/same://1")
+            assert result["contents"][0]["text"] == f"{name} read same://1"
+        for uri in (readme, "same://1", "notes://1"):  # equally claimed: an error naming each form, never a guess
+            with pytest.raises(MCPError) as ambiguous:
+                await read(client, uri)
+            assert f"mcp-bridge://a/{uri} or mcp-bridge://b/{uri}" in ambiguous.value.error.message
+        assert (await read(client, "mcp-bridge://b/notes://1"))["contents"][0]["text"] == "b read notes://1"
+        with pytest.raises(MCPError):  # the per-server form reaches only what that server claims
+            await read(client, "mcp-bridge://a/other://1")
+        assert a.reads == [readme, "same://1"] and b.reads == [readme, "same://1", "notes://1"]

@@ -421,9 +421,17 @@ class Bridge:
         return await self._upstream(server).request(request)
 
     async def read_resource(self, uri: str) -> dict[str, Any]:
-        server = self.catalog.route_resource(uri)
-        request = types.ReadResourceRequest.model_validate({"method": "resources/read", "params": {"uri": uri}})
-        return await self._upstream(server).request(request)
+        """Read a resource from the server its URI routes to; a URI the IDE knows in the per-server form
+        (``mcp-bridge://server/...``) is sent as the server listed it, and comes back in the form the IDE asked."""
+        server, sent = self.catalog.route_resource(uri)
+        request = types.ReadResourceRequest.model_validate({"method": "resources/read", "params": {"uri": sent}})
+        result = await self._upstream(server).request(request)
+        contents = result.get("contents")
+        if sent != uri and isinstance(contents, list):
+            result["contents"] = [
+                {**c, "uri": uri} if isinstance(c, dict) and c.get("uri") == sent else c for c in contents
+            ]
+        return result
 
     def _upstream(self, server: str) -> Upstream:
         upstream = self.upstreams.get(server)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mcp_bridge.config import NamingConfig
 from mcp_bridge.errors import PolicyDenied, UnknownName
@@ -19,9 +19,7 @@ from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.logs import get_logger
 from mcp_bridge.naming import assign_names
 from mcp_bridge.policy import Allowlist
-
-if TYPE_CHECKING:
-    from mcp.shared.uri_template import UriTemplate
+from mcp_bridge.resource_routes import ResourceRoutes
 
 log = get_logger(__name__)
 
@@ -115,12 +113,9 @@ class Catalog:
         self._definitions: dict[tuple[str, str], tuple[Mapping[str, Any], str, dict[str, Any]]] = {}
         self._prompts: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self._refused_prompts: dict[str, tuple[str, str, str]] = {}  # exposed -> (server, name, why)
-        self._resources: dict[str, str] = {}
-        self._raw_templates: list[tuple[str, dict[str, Any]]] = []  # (server, template) with a string uriTemplate
-        self._templates: list[tuple[str, UriTemplate, dict[str, Any]]] | None = None  # parsed on first use
+        self._routes = ResourceRoutes({})
         self._visible_tools: list[dict[str, Any]] = []
         self._visible_prompts: list[dict[str, Any]] = []
-        self._visible_resources: list[dict[str, Any]] = []
         self._stale = False
         self._unreported: set[str] = set()
         self._version = 0
@@ -208,7 +203,7 @@ class Catalog:
     def _rebuild(self) -> set[str]:
         self._stale = False
         self._version += 1
-        before = (self._visible_tools, self._visible_prompts, self._visible_resources, self._raw_templates)
+        before = (self._visible_tools, self._visible_prompts, self._routes.resources, self._routes.raw_templates)
         sep, max_len = self._naming.separator, self._naming.max_length
         servers = sorted(self._listings)
 
@@ -263,46 +258,13 @@ class Catalog:
                     self._prompts[exposed] = (server, name, {**prompt, "name": exposed})
         self._visible_prompts = [p for _, _, p in self._prompts.values()]
 
-        self._resources = {}
-        self._visible_resources = []
-        self._raw_templates = []
-        self._templates = None
-        for server in servers:
-            for resource in self._listings[server].resources:
-                uri = resource.get("uri")
-                if not isinstance(uri, str):
-                    continue
-                if uri in self._resources:
-                    log.warning("catalog.resource_conflict", uri=uri, kept=self._resources[uri], dropped=server)
-                    continue
-                self._resources[uri] = server
-                self._visible_resources.append(resource)
-            for template in self._listings[server].templates:
-                if isinstance(template.get("uriTemplate"), str):
-                    self._raw_templates.append((server, template))
-
-        after = (self._visible_tools, self._visible_prompts, self._visible_resources, self._raw_templates)
+        self._routes = ResourceRoutes({s: (self._listings[s].resources, self._listings[s].templates) for s in servers})
+        after = (self._visible_tools, self._visible_prompts, self._routes.resources, self._routes.raw_templates)
         return {
             kind
             for kind, b, a in zip(("tools", "prompts", "resources", "resources"), before, after, strict=True)
             if b != a
         }
-
-    def _parsed_templates(self) -> list[tuple[str, UriTemplate, dict[str, Any]]]:
-        """The resource templates, parsed on first use after a rebuild (the parser is the SDK's: loading it is the
-        SDK's whole import, which a tools-only read before the SDK is loaded must not pay); malformed ones are left
-        out of the list and the routes."""
-        if self._templates is None:
-            from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
-
-            parsed: list[tuple[str, UriTemplate, dict[str, Any]]] = []
-            for server, template in self._raw_templates:
-                try:
-                    parsed.append((server, UriTemplate.parse(template["uriTemplate"]), template))
-                except InvalidUriTemplate:
-                    log.warning("catalog.bad_uri_template", server=server, template=template["uriTemplate"])
-            self._templates = parsed
-        return self._templates
 
     # ------------------------------------------------------------------ reads
 
@@ -346,22 +308,16 @@ class Catalog:
 
     def resources(self) -> list[dict[str, Any]]:
         self._fresh()
-        return self._visible_resources
+        return self._routes.resources
 
     def templates(self) -> list[dict[str, Any]]:
         self._fresh()
-        return [template for _, _, template in self._parsed_templates()]
+        return self._routes.templates()
 
-    def route_resource(self, uri: str) -> str:
-        """The server that serves ``uri``: a listed resource first, then the first template that matches."""
+    def route_resource(self, uri: str) -> tuple[str, str]:
+        """(server, URI to send it) for a URI the IDE reads (the rules of :mod:`mcp_bridge.resource_routes`)."""
         self._fresh()
-        server = self._resources.get(uri)
-        if server is not None:
-            return server
-        for server, template, _ in self._parsed_templates():
-            if template.match(uri) is not None:
-                return server
-        raise UnknownName("resource", uri)
+        return self._routes.route(uri)
 
     def counts(self, server: str) -> tuple[int, int]:
         """(allowed, offered) tool counts for one server."""

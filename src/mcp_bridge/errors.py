@@ -5,7 +5,7 @@ Every error a user can meet is a ``BridgeError``; the CLI maps them to exit code
     BridgeError                 base; exit code 1 unless a subclass says otherwise
     ├── ConfigError             the config file or the environment it names is wrong (exit 2)
     ├── PolicyDenied            the allowlist or the user's ``disabled_tools`` does not allow this name
-    ├── UnknownName             no exposed tool, prompt or resource has this name
+    ├── UnknownName             no exposed tool, prompt or resource has this name (or, for a resource, several)
     └── UpstreamError           something went wrong talking to one remote server (carries ``server``)
         ├── UpstreamUnavailable not connected (connecting, reconnecting, or failed); the call never left
         ├── UpstreamTimeout     the server accepted the call but did not answer in ``timeouts.call``
@@ -44,8 +44,8 @@ class PolicyDenied(BridgeError):
 class UnknownName(BridgeError):
     """No exposed tool, prompt or resource is known by this name."""
 
-    def __init__(self, kind: str, name: str) -> None:
-        super().__init__(f"unknown {kind} {name!r}")
+    def __init__(self, kind: str, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"unknown {kind} {name!r}")
         self.kind = kind
         self.name = name
 
