@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import LocalUpstream, run_cli, write_config
+from harness import LocalUpstream, bridge_env, free_port, run_cli, write_config
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +146,38 @@ def test_doctor_passes_a_healthy_config(tmp_path: Path, config: Path, alpha: Loc
     done = run(tmp_path, "doctor", "--config", str(config), env=alpha.env())
     assert done.returncode == 0, done.stdout + done.stderr
     assert "✗" not in done.stdout and "✓ server alpha: connected" in done.stdout
+
+
+def test_call_waits_for_a_server_that_comes_up_after_it_started(tmp_path: Path) -> None:
+    """A fresh state directory (no cached listing): the call waits, bounded by timeouts.connect, for the server."""
+    late = LocalUpstream("late", tmp_path)
+    cfg = write_config(tmp_path / "config.yaml", {"late": late.server_config(["add"])}, timeouts={"connect": 30})
+    log = tmp_path / "bridge.log"
+    args = ["call", "late__add", "--args", '{"a": 2, "b": 3}', "--config", str(cfg), "--log-file", str(log)]
+    args += ["--log-level", "info"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        env=bridge_env(tmp_path / "home"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        deadline = time.monotonic() + 30
+        while "upstream.failed" not in (log.read_text() if log.exists() else ""):  # it tried once, and failed
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.05)
+        with late:
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["structuredContent"] == {"sum": 5}
+
+
+def test_call_to_a_server_that_is_not_there_names_it_and_its_error(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/mcp"
+    cfg = write_config(
+        tmp_path / "config.yaml", {"gone": {"url": url, "allowed_tools": ["add"]}}, timeouts={"connect": 2}
+    )
+    done = run(tmp_path, "call", "gone__add", "--args", "{}", "--config", str(cfg))
+    assert done.returncode == 1
+    assert "server 'gone': not reachable: could not connect" in done.stderr, done.stderr
+    assert "unknown tool" not in done.stderr

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
 from harness import (
     LocalUpstream,
     Notifications,
+    Raw,
     bridge_client,
     bridge_env,
     raw_call,
@@ -226,6 +228,28 @@ async def test_the_allowlist_from_port_drives_the_merged_tool_list(
             await raw_call(client, "alpha__delete_everything")
     stderr = (tmp_path / "home" / "bridge-stderr.log").read_text()
     assert SECRET not in stderr and "beta-key-from-local-config" not in stderr
+
+
+@pytest.mark.anyio
+async def test_prompts_and_resources_wait_for_the_allowlist_at_startup_as_calls_do(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream]
+) -> None:
+    """The first requests arrive while Port's answer is still on its way (no cache yet): each waits for it, bounded
+    by ``timeouts.connect``, instead of answering "unknown"."""
+    publish(double, upstreams, ["echo"])
+    config, env = bridge_config(tmp_path, double, upstreams)
+    double.slow_next("search", 1.5)
+    async with bridge_client(config, tmp_path / "home", env=env) as client:
+        prompt = await client.session.send_request(
+            types.GetPromptRequest(params=types.GetPromptRequestParams(name="alpha__greet", arguments={"who": "x"})),
+            Raw,
+        )
+        assert prompt.root["messages"][0]["content"]["text"] == "Hello x, from alpha."
+        read = await client.session.send_request(
+            types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri="mem://beta/items/7")), Raw
+        )
+        assert read.root["contents"][0]["text"] == "item 7 of beta"
+        assert (await raw_call(client, "alpha__echo", {"text": "x"}))["content"][0]["text"] == "alpha: x"
 
 
 @pytest.mark.anyio

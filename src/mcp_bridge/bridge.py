@@ -8,10 +8,10 @@ one server's failure stays with that server.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -34,6 +34,7 @@ _FLUSH_ON_EXIT_SECONDS = 3.0
 _PIN_WATCH_SECONDS = 1.0  # how often a running bridge looks for pins approved or reset by `mcp-bridge pins`
 _REBUILD_DELAY_SECONDS = 0.02  # listings arriving within this share one catalog rebuild
 _CACHE_SAVE_DELAY_SECONDS = 1.0  # the disk cache is written at most this often
+_R = TypeVar("_R")
 
 
 class Bridge:
@@ -401,19 +402,50 @@ class Bridge:
             self.audit.end(event)
 
     async def _route_tool(self, exposed: str) -> ToolEntry:
-        """Route a name; a name not (yet) known waits, bounded, for servers that are still connecting."""
+        return await self._route("tool", exposed, self.catalog.route_tool)
+
+    async def _route(self, kind: str, name: str, route: Callable[[str], _R]) -> _R:
+        """Route a name (tool, prompt or resource). A name not (yet) known waits, at most ``timeouts.connect``, for
+        the allowlist (Port) and for the servers that have not listed anything in this run; then the error names
+        the server it would belong to and why it is not there, rather than only "unknown"."""
         try:
-            return self.catalog.route_tool(exposed)
+            return route(name)
         except UnknownName:
+            pass
+        connect = self.settings.timeouts.connect
+        with anyio.move_on_after(connect):
             if not self._first_load.is_set():  # the allowlist itself is still on its way (Port)
-                await self.wait_allowlist(self.settings.timeouts.connect)
-            pending = [n for n, u in self.upstreams.items() if not u.settled.is_set()]
-            if pending:
-                await self.wait_settled(self.settings.timeouts.connect, pending)
-            return self.catalog.route_tool(exposed)
+                await self._first_load.wait()
+            for upstream in self._unlisted():
+                upstream.retry_soon()  # waiting out a backoff: try again now, someone needs it
+            while True:
+                try:
+                    return route(name)
+                except UnknownName:
+                    waiting = [u for u in self._unlisted() if u.state in ("connecting", "error")]
+                    if not waiting:
+                        break
+                await _first_of(u.next_outcome for u in waiting)  # one connected (and listed) or failed: look again
+        try:
+            return route(name)
+        except UnknownName as exc:
+            missing = self._unlisted()
+            sep = self.settings.naming.separator
+            owner = [u for u in missing if name.startswith(u.name + sep)] if kind != "resource" else []
+            if len(owner) == 1:
+                raise owner[0].unavailable() from None
+            if missing:
+                why = "; ".join(f"{u.name}: {u.state}{f' ({u.last_error})' if u.last_error else ''}" for u in missing)
+                raise UnknownName(kind, name, f"{exc}; servers not connected yet: {why}") from None
+            raise
+
+    def _unlisted(self) -> list[Upstream]:
+        """The servers that have not listed anything yet in this run (and have no listing from the disk cache)."""
+        listings = self.catalog.listings()
+        return [u for n, u in self.upstreams.items() if u.listing is None and n not in listings]
 
     async def get_prompt(self, exposed: str, arguments: Mapping[str, str] | None) -> dict[str, Any]:
-        server, original = self.catalog.route_prompt(exposed)
+        server, original = await self._route("prompt", exposed, self.catalog.route_prompt)
         params: dict[str, Any] = {"name": original}
         if arguments is not None:
             params["arguments"] = dict(arguments)
@@ -423,7 +455,7 @@ class Bridge:
     async def read_resource(self, uri: str) -> dict[str, Any]:
         """Read a resource from the server its URI routes to; a URI the IDE knows in the per-server form
         (``mcp-bridge://server/...``) is sent as the server listed it, and comes back in the form the IDE asked."""
-        server, sent = self.catalog.route_resource(uri)
+        server, sent = await self._route("resource", uri, self.catalog.route_resource)
         request = types.ReadResourceRequest.model_validate({"method": "resources/read", "params": {"uri": sent}})
         result = await self._upstream(server).request(request)
         contents = result.get("contents")
@@ -451,6 +483,18 @@ class Bridge:
             row["blocked_tools"] = sorted(e.exposed for e in self.catalog.entries() if e.server == name and e.blocked)
             rows.append(row)
         return rows
+
+
+async def _first_of(waits: Iterable[Callable[[], Awaitable[None]]]) -> None:
+    """Return as soon as one of ``waits`` returns."""
+    async with anyio.create_task_group() as tg:
+
+        async def one(wait: Callable[[], Awaitable[None]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(one, wait)
 
 
 def _same_connection(new: ServerConfig | None, old: ServerConfig | None) -> bool:

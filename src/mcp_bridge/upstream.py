@@ -494,6 +494,23 @@ class Upstream:
             raise UpstreamUnavailable(self.name, f"not connected; timed out after {wait:g}s waiting for a connection")
         raise UpstreamUnavailable(self.name, f"not reachable: {self.last_error or 'could not connect'}")
 
+    def retry_soon(self) -> None:
+        """Someone needs this server: if it is waiting out a backoff after a failed attempt, try again now."""
+        if self.state == "error":
+            self._retry_now.set()
+
+    async def next_outcome(self) -> None:
+        """Wait until the connection attempt under way (or the next one) has ended, connected or not."""
+        seen = self._attempts_ended
+        while self._attempts_ended == seen and not self._stopped:
+            await self._attempt_ended.wait()
+
+    def unavailable(self) -> UpstreamError:
+        """The error for a request to this server while it is not connected: why, and what to do."""
+        if self._needs_auth():
+            return AuthRequired(self.name, f"needs a login: {self.last_error}; run `mcp-bridge login {self.name}`")
+        return UpstreamUnavailable(self.name, f"not reachable: {self.last_error or 'could not connect'}")
+
     async def request(
         self,
         request: Any,
