@@ -181,3 +181,25 @@ def test_call_to_a_server_that_is_not_there_names_it_and_its_error(tmp_path: Pat
     assert done.returncode == 1
     assert "server 'gone': not reachable: could not connect" in done.stderr, done.stderr
     assert "unknown tool" not in done.stderr
+
+
+def test_a_key_given_twice_is_a_config_error_naming_both_lines(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "servers:\n  a:\n    url: http://127.0.0.1:1/mcp\n    allowed_tools: [echo]\n    allowed_tools: ['*']\n",
+        encoding="utf-8",
+    )
+    done = run(tmp_path, "tools", "--config", str(cfg))
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"mcp-bridge: {cfg}: line 5: duplicate key 'allowed_tools' (also on line 4); keep one of them"
+    )
+    merged = tmp_path / "merged.yaml"  # YAML merge keys still override what they merge in
+    merged.write_text(
+        "base: &base {url: 'http://127.0.0.1:1/mcp', allowed_tools: [echo]}\n"
+        "servers:\n  a:\n    <<: *base\n    allowed_tools: [add]\n",
+        encoding="utf-8",
+    )
+    done = run(tmp_path, "tools", "--config", str(merged))
+    assert done.returncode == 2 and "base: unknown key" in done.stderr and "duplicate" not in done.stderr
