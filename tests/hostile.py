@@ -18,6 +18,7 @@ import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 @dataclass
@@ -115,18 +116,68 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Canned:
+    """A URL that answers every request with the same HTTP response (a web page, an error, JSON that is not MCP)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+    port: int = 0
+    requests: int = 0
+
+    def __post_init__(self) -> None:
+        self.port = self.port or _free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        self.requests += 1
+        headers = [(b"content-type", self.content_type.encode()), (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class LimitBody:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes (a proxy in front of a server)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = int(dict(scope.get("headers") or []).get(b"content-length", b"0") or 0)
+        if scope["type"] == "http" and length > self.limit:
+            await Canned(413, b"<html>Request Entity Too Large</html>", "text/html")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 @asynccontextmanager
-async def serving(*states: Hostile) -> AsyncIterator[None]:
+async def serving(*states: Hostile | Canned, body_limit: int | None = None) -> AsyncIterator[None]:
     """Serve each scripted server on its port (chosen when it was made, so a config can name it before it runs, and
-    the same server can be served again later)."""
+    the same server can be served again later). ``body_limit``: scripted servers answer 413 to larger requests."""
     import uvicorn
 
     async with anyio.create_task_group() as tg:
         servers = []
         for state in states:
-            app = _build(state).streamable_http_app(host="127.0.0.1")
+            app: ASGIApp = state
+            if isinstance(state, Hostile):
+                app = _build(state).streamable_http_app(host="127.0.0.1")
+                if body_limit is not None:
+                    app = LimitBody(app, body_limit)
+            lifespan = "on" if isinstance(state, Hostile) else "off"
             config = uvicorn.Config(
-                app, host="127.0.0.1", port=state.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+                app,
+                host="127.0.0.1",
+                port=state.port,
+                log_level="warning",
+                lifespan=lifespan,
+                timeout_graceful_shutdown=1,
             )
             web = uvicorn.Server(config)
             servers.append(web)

@@ -203,3 +203,46 @@ def test_a_key_given_twice_is_a_config_error_naming_both_lines(tmp_path: Path) -
     )
     done = run(tmp_path, "tools", "--config", str(merged))
     assert done.returncode == 2 and "base: unknown key" in done.stderr and "duplicate" not in done.stderr
+
+
+@pytest.mark.anyio
+async def test_http_failures_of_a_server_read_as_http_with_one_line_of_explanation(tmp_path: Path) -> None:
+    """404, 500, a web page and JSON that is not MCP: `status` names the HTTP status or what the URL answered, in one
+    line; a 413 on a large argument says so in the call's error."""
+    import anyio
+
+    from hostile import Canned, Hostile, serving, tool
+
+    missing = Canned(404, b"Not Found")
+    broken = Canned(500, b"<html>oops</html>", "text/html")
+    page = Canned(200, b"<html>Welcome</html>", "text/html; charset=utf-8")
+    other = Canned(200, b'{"hello": "world"}', "application/json")
+    small = Hostile("small", tools=[tool("echo", "Echo.")])
+    servers = {"missing": missing, "broken": broken, "page": page, "other": other, "small": small}
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        {name: {"url": s.url, "allowed_tools": ["*"]} for name, s in servers.items()},
+        timeouts={"connect": 5},
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(tmp_path, *args, "--config", str(cfg))
+
+    async with serving(*servers.values(), body_limit=64 * 1024):
+        status = await anyio.to_thread.run_sync(cli, "status", "--json")
+        errors = {row["server"]: row["last_error"] for row in json.loads(status.stdout)["servers"]}
+        assert errors["missing"] == (
+            "the URL answered HTTP 404 (Not Found): nothing serves MCP at this URL; is the path /mcp right?"
+        )
+        assert errors["broken"].startswith("the URL answered HTTP 500 (Internal Server Error): the server failed")
+        assert errors["page"] == "the URL answered with text/html, not MCP; is it the server's MCP endpoint?"
+        assert errors["other"] == (
+            "the URL answered with JSON that is not an MCP message; is it the server's MCP endpoint?"
+        )
+        table = await anyio.to_thread.run_sync(cli, "status")
+        assert "pydantic" not in table.stdout and "-32601" not in table.stdout
+        big = json.dumps({"text": "x" * 100_000})
+        call = await anyio.to_thread.run_sync(cli, "call", "small__echo", "--args", big)
+        assert call.returncode == 1
+        assert "HTTP 413 (Content Too Large): the server refused a request this large" in call.stderr, call.stderr
+        assert small.calls == []

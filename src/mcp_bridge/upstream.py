@@ -51,6 +51,7 @@ from mcp_bridge.auth.oauth import LoginCompletedElsewhere
 from mcp_bridge.catalog import Listing
 from mcp_bridge.config import OAuthAuth, ServerConfig, TimeoutsConfig
 from mcp_bridge.errors import AuthRequired, BridgeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_bridge.http_errors import HTTP_ERROR, explain_http_error, explain_not_mcp, http_error_to_explain
 from mcp_bridge.logs import clean, get_logger
 
 log = get_logger(__name__)
@@ -131,6 +132,8 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
             return httpx2.Response(503, json=body, request=request)
         if request.method == "POST" and response.headers.get("content-type", "").startswith("text/event-stream"):
             response.stream = _DrainOnClose(response.stream)
+        elif request.method == "POST" and response.status_code >= 400 and http_error_to_explain(request, response):
+            return await explain_http_error(request, response)
         return response
 
     async def aclose(self) -> None:
@@ -827,8 +830,10 @@ def describe_error(exc: BaseException) -> str:
         exc = _find(exc, BridgeError) or exc.exceptions[0]
     if isinstance(exc, UpstreamError):
         text = str(exc).split(": ", 1)[-1]
-    elif isinstance(exc, MCPError) and exc.error.code == NOT_SENT:
+    elif isinstance(exc, MCPError) and exc.error.code in (NOT_SENT, HTTP_ERROR):
         text = exc.error.message
+    elif isinstance(exc, MCPError) and (not_mcp := explain_not_mcp(exc.error.code, exc.error.message)):
+        text = not_mcp
     elif isinstance(exc, MCPError):
         text = f"server error {exc.error.code}: {exc.error.message}"
     elif isinstance(exc, TimeoutError):
