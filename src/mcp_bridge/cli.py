@@ -530,7 +530,7 @@ async def _login(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 async def _logout(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.auth import AuthEnv
     from mcp_bridge.auth.oauth import revoke_tokens
-    from mcp_bridge.auth.store import KeyringUnavailable
+    from mcp_bridge.keyring_store import KeyringUnavailable
 
     server = await _oauth_server(loaded, args.server)
     env = AuthEnv.for_serve(loaded.settings, home_dir())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +24,8 @@ ENV_CONFIG = "MCP_BRIDGE_CONFIG"
 ENV_HOME = "MCP_BRIDGE_HOME"
 APP_NAME = "mcp-bridge"
 
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+_REF = re.compile(r"\$\{(env|keyring):([A-Za-z_][A-Za-z0-9_]*)\}")
+"""``${env:NAME}`` (an environment variable) or ``${keyring:NAME}`` (a secret stored with ``mcp-bridge secret``)."""
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SERVER_NAME = re.compile(r"^(?!\.{1,2}$)[\w@.+:\\/=-]+$")
 """A server's name is its namespace: Port's entity identifier alphabet (exposed names are sanitized anyway)."""
@@ -386,8 +387,15 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def parse_config(text: str, *, path: Path | None = None, environ: Mapping[str, str]) -> LoadedConfig:
-    """Parse YAML text into settings; ``path`` only labels messages."""
+def parse_config(
+    text: str,
+    *,
+    path: Path | None = None,
+    environ: Mapping[str, str],
+    keyring: Callable[[str], str | None] | None = None,
+) -> LoadedConfig:
+    """Parse YAML text into settings; ``path`` only labels messages. ``keyring``: looks up a ``${keyring:NAME}``
+    (default: the secrets stored with ``mcp-bridge secret``, read only when the text refers to one)."""
     where = str(path) if path else "<config>"
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
@@ -402,8 +410,9 @@ def parse_config(text: str, *, path: Path | None = None, environ: Mapping[str, s
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of keys, not {type(raw).__name__}")
-    secrets: set[str] = set()
-    raw = _interpolate(raw, environ, secrets, where, ())
+    interpolate = _Interpolation(environ, keyring, where)
+    raw = interpolate(raw)
+    secrets = interpolate.secrets
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -418,24 +427,48 @@ def parse_config(text: str, *, path: Path | None = None, environ: Mapping[str, s
     return LoadedConfig(settings=settings, path=path, secrets=frozenset(s for s in secrets if s))
 
 
-def _interpolate(value: Any, environ: Mapping[str, str], secrets: set[str], where: str, loc: tuple[Any, ...]) -> Any:
-    if isinstance(value, str):
+@dataclass
+class _Interpolation:
+    """Replaces ``${env:NAME}`` and ``${keyring:NAME}`` in every string of the raw config, collecting the values
+    (secrets, redacted wherever they would appear)."""
 
-        def sub(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in environ:
+    environ: Mapping[str, str]
+    keyring: Callable[[str], str | None] | None
+    where: str
+    secrets: set[str] = field(default_factory=set)
+
+    def __call__(self, value: Any, loc: tuple[Any, ...] = ()) -> Any:
+        if isinstance(value, str):
+            return _REF.sub(lambda match: self._lookup(match.group(1), match.group(2), loc), value)
+        if isinstance(value, dict):
+            return {k: self(v, (*loc, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v, (*loc, i)) for i, v in enumerate(value)]
+        return value
+
+    def _lookup(self, kind: str, name: str, loc: tuple[Any, ...]) -> str:
+        at = f"{self.where}: {_path(loc)}"
+        if kind == "env":
+            if name not in self.environ:
+                raise ConfigError(f"{at}: environment variable {name} is not set (referenced as ${{env:{name}}})")
+            value = self.environ[name]
+        else:
+            if self.keyring is None:
+                from mcp_bridge.keyring_store import NamedSecrets
+
+                self.keyring = NamedSecrets(home_dir()).get
+            try:
+                found = self.keyring(name)
+            except ConfigError as exc:  # no keyring backend
+                raise ConfigError(f"{at}: cannot read ${{keyring:{name}}}: {exc}") from None
+            if found is None:
                 raise ConfigError(
-                    f"{where}: {_path(loc)}: environment variable {name} is not set (referenced as ${{env:{name}}})"
+                    f"{at}: no secret {name} in the keyring (referenced as ${{keyring:{name}}}); "
+                    f"store it with `mcp-bridge secret set {name}`"
                 )
-            secrets.add(environ[name])
-            return environ[name]
-
-        return _ENV_REF.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _interpolate(v, environ, secrets, where, (*loc, k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, environ, secrets, where, (*loc, i)) for i, v in enumerate(value)]
-    return value
+            value = found
+        self.secrets.add(value)
+        return value
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -138,7 +138,7 @@ async def _check_keyring(settings: Settings, allowlist: Allowlist, say: Callable
     if settings.token_store == "file":  # noqa: S105 - a store name, not a password
         return _ok("keyring", "not needed (`token_store: file`: OAuth tokens in one 0600 file)")
     say("checking the keyring...")
-    from mcp_bridge.auth.store import KeyringBackend, KeyringUnavailable
+    from mcp_bridge.keyring_store import KeyringBackend, KeyringUnavailable
 
     fix = (
         "set PYTHON_KEYRING_BACKEND to a keyring backend you trust (or run a Secret Service), "

@@ -81,7 +81,7 @@ def auth_for(
         if env is None:
             raise AuthRequired(name, "OAuth is not available here (no token store configured)")
         from mcp_bridge.auth.oauth import build_provider
-        from mcp_bridge.auth.store import KeyringUnavailable
+        from mcp_bridge.keyring_store import KeyringUnavailable
 
         try:
             storage = env.storage(server.endpoint)

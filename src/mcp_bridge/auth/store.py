@@ -15,7 +15,6 @@ and keeps both.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import threading
@@ -25,55 +24,19 @@ from typing import Any, Protocol
 
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from mcp_bridge.errors import ConfigError
 from mcp_bridge.files import read_json_object, write_private_json
+from mcp_bridge.keyring_store import KeyringBackend
 from mcp_bridge.logs import get_logger, register_secrets
 
 log = get_logger(__name__)
 
-KEYRING_SERVICE = "mcp-bridge"
 SECRETS_FILE = "oauth-secrets.json"
-
-
-class KeyringUnavailable(ConfigError):
-    """No usable keyring backend; the message names the ways out."""
 
 
 class SecretBackend(Protocol):
     def get(self, key: str) -> str | None: ...
     def set(self, key: str, value: str) -> None: ...
     def delete(self, key: str) -> None: ...
-
-
-class KeyringBackend:
-    """The OS keyring through ``keyring`` (Keychain, Credential Locker, Secret Service, or $PYTHON_KEYRING_BACKEND)."""
-
-    def __init__(self) -> None:
-        import keyring
-        import keyring.backends.fail
-
-        backend = keyring.get_keyring()
-        if isinstance(backend, keyring.backends.fail.Keyring) or getattr(backend, "priority", 1) <= 0:
-            raise KeyringUnavailable(
-                "no usable keyring backend to store OAuth tokens in (typical on headless Linux and CI). Options: "
-                "run a Secret Service (e.g. gnome-keyring) or use macOS Keychain / Windows Credential Locker; set "
-                "PYTHON_KEYRING_BACKEND to a backend you trust; or set `token_store: file` in the config "
-                "(one plaintext file, mode 0600: weaker)"
-            )
-        self._keyring = keyring
-
-    def get(self, key: str) -> str | None:
-        value = self._keyring.get_password(KEYRING_SERVICE, key)
-        return value if isinstance(value, str) else None
-
-    def set(self, key: str, value: str) -> None:
-        self._keyring.set_password(KEYRING_SERVICE, key, value)
-
-    def delete(self, key: str) -> None:
-        import keyring.errors
-
-        with contextlib.suppress(keyring.errors.PasswordDeleteError):  # nothing stored: already what we want
-            self._keyring.delete_password(KEYRING_SERVICE, key)
 
 
 class FileBackend:
