@@ -246,3 +246,19 @@ async def test_http_failures_of_a_server_read_as_http_with_one_line_of_explanati
         assert call.returncode == 1
         assert "HTTP 413 (Content Too Large): the server refused a request this large" in call.stderr, call.stderr
         assert small.calls == []
+
+
+def test_doctor_says_how_to_fix_a_missing_file_and_an_unset_variable(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "config.yaml"
+    done = run(tmp_path, "doctor", "--config", str(missing))
+    assert done.returncode == 1
+    assert f"fix: create it: `mkdir -p {missing.parent}`, then write {missing}" in done.stdout
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        {"docs": {"url": "http://127.0.0.1:1/mcp", "auth": {"type": "api_key", "value": "${env:NOPE_TOKEN}"}}},
+    )
+    done = run(tmp_path, "doctor", "--config", str(cfg))
+    assert done.returncode == 1
+    assert "fix: export NOPE_TOKEN in the environment the bridge starts in;" in done.stdout
+    assert "`mcp-bridge secret set NOPE_TOKEN` and write ${keyring:NOPE_TOKEN}" in done.stdout
+    assert "edit the file named above" not in done.stdout

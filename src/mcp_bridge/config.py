@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,7 +357,9 @@ def load_config(
         )
         raise ConfigError(
             f"{path}: no config file there ({how}); create one from config.example.yaml "
-            f"or point --config / ${ENV_CONFIG} at it"
+            f"or point --config / ${ENV_CONFIG} at it",
+            fix=f"create it: `mkdir -p {shlex.quote(str(path.parent))}`, then write {path} with a `servers:` list "
+            "(or a `port:` section; config.example.yaml documents every key), or point --config at your file",
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -450,7 +453,12 @@ class _Interpolation:
         at = f"{self.where}: {_path(loc)}"
         if kind == "env":
             if name not in self.environ:
-                raise ConfigError(f"{at}: environment variable {name} is not set (referenced as ${{env:{name}}})")
+                raise ConfigError(
+                    f"{at}: environment variable {name} is not set (referenced as ${{env:{name}}})",
+                    fix=f"export {name} in the environment the bridge starts in; an IDE started from the Dock or the "
+                    "Start menu does not see a shell's variables, so rather store it in the OS keyring with "
+                    f"`mcp-bridge secret set {name}` and write ${{keyring:{name}}} instead of ${{env:{name}}}",
+                )
             value = self.environ[name]
         else:
             if self.keyring is None:
@@ -460,11 +468,11 @@ class _Interpolation:
             try:
                 found = self.keyring(name)
             except ConfigError as exc:  # no keyring backend
-                raise ConfigError(f"{at}: cannot read ${{keyring:{name}}}: {exc}") from None
+                raise ConfigError(f"{at}: cannot read ${{keyring:{name}}}: {exc}", fix=exc.fix) from None
             if found is None:
                 raise ConfigError(
-                    f"{at}: no secret {name} in the keyring (referenced as ${{keyring:{name}}}); "
-                    f"store it with `mcp-bridge secret set {name}`"
+                    f"{at}: no secret {name} in the keyring (referenced as ${{keyring:{name}}})",
+                    fix=f"store it with `mcp-bridge secret set {name}` (it asks for the value)",
                 )
             value = found
         self.secrets.add(value)

@@ -95,7 +95,7 @@ async def run_checks(
     try:
         loaded = load_config(config_path, environ)
     except ConfigError as exc:
-        checks.append(_fail("config", str(exc), "edit the file named above"))
+        checks.append(_fail("config", str(exc), exc.fix or "edit the file named above"))
         return checks
     register_secrets(loaded.secrets)
     settings = loaded.settings

@@ -25,9 +25,14 @@ class BridgeError(Exception):
 
 
 class ConfigError(BridgeError):
-    """The configuration is invalid: the message names the file, the key path and the reason."""
+    """The configuration is invalid: the message names the file, the key path and the reason; ``fix``, when the
+    remedy is more than editing that key, says what to do (``doctor`` shows it)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class PolicyDenied(BridgeError):
