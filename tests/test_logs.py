@@ -59,3 +59,10 @@ def test_enabled_for_answers_as_the_configured_logger_does() -> None:
         for numeric in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
             assert enabled_for(numeric) == log.is_enabled_for(numeric), (level, numeric)
     configure("info", stream=io.StringIO())
+
+
+def test_an_authorization_code_is_masked_but_small_numeric_codes_stay() -> None:
+    assert clean("GET /callback?code=Sx81kQ_z0-aa&state=abc") == "GET /callback?code=***&state=abc"
+    assert clean("code=123456789") == "code=***"  # too long for an exit, status or JSON-RPC code
+    for harmless in ("exit code=0", "error code=-32600, message", "status_code=500", "(code=404)"):
+        assert clean(harmless) == harmless

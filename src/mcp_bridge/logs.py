@@ -27,7 +27,9 @@ _METHOD_LEVELS = {**_LEVELS, "warn": 30, "exception": 40, "critical": 50, "fatal
 _MIN_SECRET_LEN = 4
 _TOKENISH = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
-    re.compile(r"(?i)((?:access_token|refresh_token|id_token|client_secret|api_key|apikey|token|code)=)[^&\s\"']+"),
+    re.compile(r"(?i)((?:access_token|refresh_token|id_token|client_secret|api_key|apikey|token)=)[^&\s\"']+"),
+    # An OAuth authorization code; not a small number (an exit, status or JSON-RPC error code such as code=0).
+    re.compile(r"(?i)(code=)(?!-?\d{1,6}(?![^&\s\"',;)}\]]))[^&\s\"']+"),
     re.compile(r"(?i)(://)[^/@\s:]+:[^/@\s]+@"),
 ]
 
