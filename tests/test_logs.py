@@ -59,3 +59,24 @@ def test_enabled_for_answers_as_the_configured_logger_does() -> None:
         for numeric in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
             assert enabled_for(numeric) == log.is_enabled_for(numeric), (level, numeric)
     configure("info", stream=io.StringIO())
+
+
+def test_on_a_terminal_log_lines_show_control_characters_escaped() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    configure("info", stream=stream)
+    try:
+        get_logger("t").warning(
+            "upstream.failed\x1b[5m", error="error:\x1b]0;owned\x07 \x1b[2J\u202eevil ünï", bare="\x1b[41mX"
+        )
+        logging.getLogger("mcp_bridge.lib").warning("library says %s", "\x1b[31mred\x00")
+    finally:
+        configure("info", stream=io.StringIO())
+    text = stream.getvalue()
+    assert "x1b]0;owned" in text and "x07" in text and "u202eevil ünï" in text  # shown escaped (by us, or repr)
+    assert "library says \\x1b[31mred\\x00" in text and "\\x1b[5m" in text
+    assert "\x07" not in text and "\x00" not in text and "\u202e" not in text
+    assert "\x1b]" not in text and "\x1b[31mred" not in text and "\x1b[5m" not in text and "\x1b[41m" not in text
