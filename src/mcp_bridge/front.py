@@ -104,7 +104,8 @@ class Front:
             on_read_resource=self._read_resource,
         )
         # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
-        # the span costs time on every call. Ours remember the IDE's session and reuse the last tools/list answer.
+        # the span costs time on every call. Ours refuse requests before initialize saying so, remember the IDE's
+        # session and reuse the last tools/list answer.
         self.server.middleware[:] = [self._require_initialize, self._remember_client, self._reuse_tools_answer]
         self._initialized = False
 
@@ -437,6 +438,7 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
                 async with out_send:
                     await front.server.run(receive, out_send, front.initialization_options())
                 tg.cancel_scope.cancel()
+            write.close()  # pump_out closed it already, unless it never ran
     await anyio.to_thread.run_sync(front.keeper.wait)  # the last answer kept: a start soon after can use it
 
 
