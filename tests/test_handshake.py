@@ -199,6 +199,8 @@ SCENARIOS: dict[str, bytes] = {
     "garbage first": lines_of("this is not json", init_request(), INITIALIZED, LIST),
     "an empty line first": lines_of("", init_request(), INITIALIZED, LIST),
     "an initialize the SDK refuses first": lines_of(init_request(clientInfo={"name": "x"}), init_request(2), LIST),
+    "an initialize of JSON-RPC 1.0 first": lines_of({**init_request(8), "jsonrpc": "1.0"}, init_request(), LIST),
+    "an initialize with a float id first": lines_of(init_request(1.0), init_request(2), INITIALIZED, LIST),
 }
 
 

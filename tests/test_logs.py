@@ -66,3 +66,24 @@ def test_an_authorization_code_is_masked_but_small_numeric_codes_stay() -> None:
     assert clean("code=123456789") == "code=***"  # too long for an exit, status or JSON-RPC code
     for harmless in ("exit code=0", "error code=-32600, message", "status_code=500", "(code=404)"):
         assert clean(harmless) == harmless
+
+
+def test_on_a_terminal_log_lines_show_control_characters_escaped() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    configure("info", stream=stream)
+    try:
+        get_logger("t").warning(
+            "upstream.failed\x1b[5m", error="error:\x1b]0;owned\x07 \x1b[2J\u202eevil ünï", bare="\x1b[41mX"
+        )
+        logging.getLogger("mcp_bridge.lib").warning("library says %s", "\x1b[31mred\x00")
+    finally:
+        configure("info", stream=io.StringIO())
+    text = stream.getvalue()
+    assert "x1b]0;owned" in text and "x07" in text and "u202eevil ünï" in text  # shown escaped (by us, or repr)
+    assert "library says \\x1b[31mred\\x00" in text and "\\x1b[5m" in text
+    assert "\x07" not in text and "\x00" not in text and "\u202e" not in text
+    assert "\x1b]" not in text and "\x1b[31mred" not in text and "\x1b[5m" not in text and "\x1b[41m" not in text

@@ -301,3 +301,76 @@ async def test_serve_does_not_reopen_the_browser_within_the_cooldown(tmp_path: P
     assert s.opens() == 1  # the second session did not open another browser
     (row,) = status["servers"]
     assert row["state"] == "needs_auth" and "mcp-bridge login secure" in row["last_error"]
+
+
+# A "browser" that first hits the loopback callback with forged requests (what any local page can make a browser do),
+# records what each got, and then (FORGE_THEN=login) logs in for real or (FORGE_THEN=stop) does nothing more.
+FORGING_BROWSER = """
+import json, os, sys, time, urllib.error, urllib.parse, urllib.request
+from mcp_bridge.demo_backends import browse
+
+url = sys.argv[1]
+query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+callback, state = query["redirect_uri"][0], query["state"][0]
+pages = []
+for forged in json.loads(os.environ["FORGED"]):
+    params = {k: (state if v == "<the real state>" else v) for k, v in forged.items()}
+    try:
+        with urllib.request.urlopen(callback + "?" + urllib.parse.urlencode(params), timeout=10) as response:
+            pages.append([response.status, response.read().decode()])
+    except urllib.error.HTTPError as e:
+        pages.append([e.code, e.read().decode()])
+    except OSError as e:  # the listener is gone: the login was aborted
+        pages.append([0, repr(e)])
+if os.environ["FORGE_THEN"] == "login":
+    browse(url, time.monotonic() + 10)
+with open(os.environ["FORGED_PAGES"], "w") as f:
+    json.dump(pages, f)
+"""
+
+HOSTILE_DESCRIPTION = "<script>alert(1)</script>\x1b[31m\x1b]0;pwned\x07 & more"
+
+
+def _forging_browser(tmp_path: Path, forged: list[dict[str, str]], then: str) -> dict[str, str]:
+    script = tmp_path / "forging_browser.py"
+    script.write_text(FORGING_BROWSER, encoding="utf-8")
+    return {
+        "BROWSER": f"{sys.executable} {script} %s",
+        "FORGED": json.dumps(forged),
+        "FORGE_THEN": then,
+        "FORGED_PAGES": str(tmp_path / "forged-pages.json"),
+    }
+
+
+def test_callbacks_with_another_state_are_ignored_and_the_real_login_completes(tmp_path: Path) -> None:
+    forged = [
+        {"error": "access_denied", "error_description": HOSTILE_DESCRIPTION, "state": "not-the-state"},
+        {"error": "access_denied", "error_description": HOSTILE_DESCRIPTION},  # no state at all
+        {"code": "forged-code", "state": "not-the-state"},
+        {"code": "forged-code"},
+    ]
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        s = Setup(tmp_path, upstream)
+        login = s.run("login", "secure", **_forging_browser(tmp_path, forged, "login"))
+        stats = upstream.stats()
+    assert login.returncode == 0, login.stderr  # none of the forged callbacks aborted the login
+    assert "secure: logged in" in login.stdout and stats["authorize"] == 1
+    pages = json.loads((tmp_path / "forged-pages.json").read_text())
+    assert len(pages) == len(forged)
+    for status, body in pages:
+        assert status == 400 and "not part of a login in progress" in body
+        assert "<script>" not in body and "alert" not in body and "forged-code" not in body
+
+
+def test_the_error_page_and_the_terminal_show_the_servers_error_escaped(tmp_path: Path) -> None:
+    forged = [{"error": "access_denied", "error_description": HOSTILE_DESCRIPTION, "state": "<the real state>"}]
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        s = Setup(tmp_path, upstream)
+        login = s.run("login", "secure", **_forging_browser(tmp_path, forged, "stop"))
+    ((status, body),) = json.loads((tmp_path / "forged-pages.json").read_text())
+    assert status == 400
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "<script>" not in body
+    assert "\x1b" not in body and "\x07" not in body
+    assert login.returncode == 1  # the login was refused, at once (not after the login timeout)
+    assert "the login was refused: <script>alert(1)</script>\\x1b[31m\\x1b]0;pwned\\x07 & more" in login.stderr
+    assert "\x1b" not in login.stderr + login.stdout and "\x07" not in login.stderr + login.stdout

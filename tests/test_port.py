@@ -383,3 +383,24 @@ async def test_past_max_stale_the_bridge_fails_closed(
             await raw_call(client, "alpha__echo", {"text": "x"})
     status = run_status(config, home, env)
     assert status["allowlist"]["failed_closed"] is True and "max_stale" in status["allowlist"]["note"]
+
+
+@pytest.mark.parametrize("identifier", ["team/docs", "team\\docs", "host:8080", "../up"])
+def test_an_entity_whose_identifier_cannot_be_a_server_name_is_skipped_with_a_warning(
+    tmp_path: Path, double: PortDouble, upstreams: dict[str, LocalUpstream], identifier: str
+) -> None:
+    publish(double, upstreams, ["echo"])
+    double.upsert_entity("_mcp_server", mcp_server_entity(identifier, upstreams["alpha"].url, ["*"], auth_type="none"))
+    config, env = bridge_config(tmp_path, double, upstreams)
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", "status", "--json", "--log-level", "warning", "--config", str(config)],
+        env=bridge_env(tmp_path / "home", env),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["server"] for r in json.loads(done.stdout)["servers"]) == ["alpha", "beta"]  # the rest load
+    (warning,) = [json.loads(line) for line in done.stderr.splitlines() if "allowlist.entity_skipped" in line]
+    assert warning["entity"] == identifier and "may only use ASCII letters" in warning["reason"]

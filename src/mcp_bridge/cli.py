@@ -19,6 +19,7 @@ from mcp_bridge import __version__
 from mcp_bridge.config import LoadedConfig, home_dir, load_config
 from mcp_bridge.errors import BridgeError, ConfigError
 from mcp_bridge.logs import activate, clean, configure, get_logger, register_secrets
+from mcp_bridge.terminal import printable, printable_json
 
 if TYPE_CHECKING:
     import anyio
@@ -121,8 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _out(text: str, end: str = "\n") -> None:
+    """Print for a person. What commands print holds text from servers, Port and browsers: it goes through the one
+    sanitiser (:func:`~mcp_bridge.terminal.printable`), never to the terminal as is."""
+    print(printable(text), end=end)
+
+
+def _out_json(data: Any, **dumps: Any) -> None:
+    """Print JSON: as ``json.dumps(data, **dumps)`` makes it, with what JSON leaves unescaped (DEL, C1 controls,
+    format characters...) escaped too (:func:`~mcp_bridge.terminal.printable_json`): the same data."""
+    print(printable_json(json.dumps(data, **dumps)))
+
+
 def _err(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(printable(message), file=sys.stderr)
 
 
 def serve_config(path: str) -> int:
@@ -239,13 +252,13 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         rows = bridge.status()
         allowlist = bridge.catalog.allowlist.describe()
     if args.json:
-        print(json.dumps({"allowlist": allowlist, "servers": rows}, indent=2))
+        _out_json({"allowlist": allowlist, "servers": rows}, indent=2)
         return 0
-    print(_allowlist_line(allowlist))
+    _out(_allowlist_line(allowlist))
     if not rows:
         if not allowlist["failed_closed"]:
             where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
-            print(f"no servers approved for you ({where})")
+            _out(f"no servers approved for you ({where})")
         return 0
     table = [["SERVER", "STATE", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
     for r in rows:
@@ -258,8 +271,8 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     _print_table(table)
     blocked = [name for r in rows for name in r.get("blocked_tools", [])]
     if blocked:
-        print(f"blocked, their definition changed since approval: {', '.join(blocked)}")
-        print("  review with `mcp-bridge pins list`, then `mcp-bridge pins approve NAME` (or update tool_pins in Port)")
+        _out(f"blocked, their definition changed since approval: {', '.join(blocked)}")
+        _out("  review with `mcp-bridge pins list`, then `mcp-bridge pins approve NAME` (or update tool_pins in Port)")
     return 0
 
 
@@ -283,7 +296,7 @@ async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             }
             for e in shown
         ]
-        print(json.dumps({"tools": out}, indent=2, ensure_ascii=False))
+        _out_json({"tools": out}, indent=2, ensure_ascii=False)
         return 0
     table = [["NAME", "SERVER", "TOOL", "DESCRIPTION"]]
     for e in shown:
@@ -313,7 +326,7 @@ async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             if isinstance(exc, MCPError):
                 raise BridgeError(f"{args.name}: error {exc.error.code}: {exc.error.message}") from None
             raise
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    _out_json(result, indent=2, ensure_ascii=False)
     return 1 if result.get("isError") else 0
 
 
@@ -342,16 +355,18 @@ class _UsageError(ConfigError):
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    """Aligned columns; each cell on one line, sanitised (a line feed in a server's text cannot forge a row)."""
+    cells = [[printable(str(c), newlines=False) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    for r in cells:
+        _out("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 async def _doctor(args: argparse.Namespace) -> int:
     from mcp_bridge.doctor import render, run_checks
 
     checks = await run_checks(args.config, progress=lambda message: _err(f"... {message}"))
-    print(render(checks))
+    _out(render(checks))
     broken = [c for c in checks if not c.ok]
     if broken:
         _err(f"mcp-bridge doctor: {len(broken)} problem(s); each has its fix above")
@@ -370,18 +385,18 @@ def _install(args: argparse.Namespace) -> int:
     path = Path(args.path).expanduser() if args.path else default_path(args.client)
     change = plan(path, args.name, config)
     if not change.changed:
-        print(f"{path}: the {args.name!r} entry is already up to date; nothing written")
+        _out(f"{path}: the {args.name!r} entry is already up to date; nothing written")
         return 0
     if args.dry_run:
-        print(change.diff(), end="")
-        print(f"(dry run: {path} not written)")
+        _out(change.diff(), end="")
+        _out(f"(dry run: {path} not written)")
         return 0
     backup = apply(change)
-    print(f"{path}: {'updated' if change.before is not None else 'created'} the {args.name!r} entry")
+    _out(f"{path}: {'updated' if change.before is not None else 'created'} the {args.name!r} entry")
     if backup is not None:
-        print(f"  backup of the previous file: {backup}")
-    print("  no secret was written there: keep credentials in the environment (referenced from the config as")
-    print("  ${env:NAME}) or in the OS keyring (OAuth tokens). Restart the IDE to pick the entry up.")
+        _out(f"  backup of the previous file: {backup}")
+    _out("  no secret was written there: keep credentials in the environment (referenced from the config as")
+    _out("  ${env:NAME}) or in the OS keyring (OAuth tokens). Restart the IDE to pick the entry up.")
     return 0
 
 
@@ -394,10 +409,10 @@ async def _pins(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             raise _UsageError("pins reset needs a SERVER")
         dropped = PinStore(home_dir() / "pins.json").update(reset=args.target)
         if not dropped:
-            print(f"{args.target}: no local pins; nothing to reset")
+            _out(f"{args.target}: no local pins; nothing to reset")
             return 0
-        print(f"{args.target}: removed {dropped} local pin(s); its tools are pinned again as next seen")
-        print("  (trust on first use; pins from the allowlist, e.g. Port's tool_pins, are not local and stay)")
+        _out(f"{args.target}: removed {dropped} local pin(s); its tools are pinned again as next seen")
+        _out("  (trust on first use; pins from the allowlist, e.g. Port's tool_pins, are not local and stay)")
         return 0
     if args.action == "approve" and not args.target:
         raise _UsageError("pins approve needs a tool NAME (as `mcp-bridge tools --all` shows it)")
@@ -426,14 +441,14 @@ async def _pins(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                     }
                 )
             if args.json:
-                print(json.dumps({"pins": rows}, indent=2))
+                _out_json({"pins": rows}, indent=2)
                 return 0
             table = [["NAME", "STATE", "PINNED", "BY", "CURRENT"]]
             table += [[r["name"], r["state"], short(r["pinned"]), r["pinned_by"], short(r["current"])] for r in rows]
             _print_table(table)
             for r in rows:
                 if r["reason"]:
-                    print(f"{r['name']}: {r['reason']}")
+                    _out(f"{r['name']}: {r['reason']}")
             return 0
         entry = entries.get(args.target)
         if entry is None:
@@ -448,7 +463,7 @@ async def _pins(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         if verdict.duplicated:
             raise BridgeError(f"{args.target}: cannot be approved: {verdict.reason}")
         if not verdict.changed:
-            print(f"{args.target}: already matches its pin ({short(verdict.pinned)}, by {verdict.source})")
+            _out(f"{args.target}: already matches its pin ({short(verdict.pinned)}, by {verdict.source})")
             return 0
         if verdict.source == "allowlist":
             raise BridgeError(
@@ -463,8 +478,8 @@ async def _pins(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             tool=entry.original,
             detail=f"pinned {verdict.pinned} -> {verdict.fingerprint} by `mcp-bridge pins approve`",
         )
-    print(f"{args.target}: approved; pinned {verdict.fingerprint} (was {verdict.pinned})")
-    print("  running bridges pick the new pin up within a second")
+    _out(f"{args.target}: approved; pinned {verdict.fingerprint} (was {verdict.pinned})")
+    _out("  running bridges pick the new pin up within a second")
     return 0
 
 
@@ -523,7 +538,7 @@ async def _login(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     how = "logged in" if opened else "already logged in (stored tokens work)"
     expires = upstream.token_expires_at()
     left = f"; the access token is valid for {max(0, expires - time.time()) / 60:.0f} more min" if expires else ""
-    print(f"{args.server}: {how}; {tools} tools offered{left}")
+    _out(f"{args.server}: {how}; {tools} tools offered{left}")
     return 0
 
 
@@ -541,7 +556,7 @@ async def _logout(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     revoked = await revoke_tokens(storage, server.auth)
     storage.clear_all()
     _note(loaded, "logout", args.server, ok=True, error=None)
-    print(f"{args.server}: logged out; stored tokens deleted" + ("; the server revoked them" if revoked else ""))
+    _out(f"{args.server}: logged out; stored tokens deleted" + ("; the server revoked them" if revoked else ""))
     return 0
 
 
@@ -562,7 +577,7 @@ async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     trail = AuditTrail(loaded.settings, home_dir())
     try:
         if trail.spool is None:
-            print("audit: events stay local (no `port:` or `port.audit_blueprint: null`); nothing is spooled")
+            _out("audit: events stay local (no `port:` or `port.audit_blueprint: null`); nothing is spooled")
             return 0
         port = loaded.settings.port
         assert port is not None and port.audit_blueprint is not None
@@ -572,18 +587,18 @@ async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             async with PortClient(port) as client:
                 shipper = Shipper(trail, client, port.audit_blueprint, loaded.settings.timeouts.call + 30)
                 left = await shipper.flush(30.0)
-            print(f"audit: shipped {shipper.shipped} events to Port; {left} waiting")
+            _out(f"audit: shipped {shipper.shipped} events to Port; {left} waiting")
             if left:
                 last = trail.spool.stats().last_error
                 _err(f"mcp-bridge: {left} events are still waiting" + (f" (last error: {last})" if last else ""))
             return 1 if left else 0
         stats = trail.spool.stats()
         if args.json:
-            print(json.dumps(stats.__dict__, indent=2))
+            _out_json(stats.__dict__, indent=2)
             return 0
         age = f"{stats.oldest_age:.0f}s" if stats.oldest_age is not None else "-"
-        print(f"pending: {stats.pending} (calls in progress: {stats.in_progress}); oldest: {age}")
-        print(f"last error: {stats.last_error or '-'}; dropped (spool full): {stats.dropped}")
+        _out(f"pending: {stats.pending} (calls in progress: {stats.in_progress}); oldest: {age}")
+        _out(f"last error: {stats.last_error or '-'}; dropped (spool full): {stats.dropped}")
         return 0
     finally:
         trail.close()

@@ -28,8 +28,13 @@ APP_NAME = "mcp-bridge"
 _REF = re.compile(r"\$\{(env|keyring):([A-Za-z_][A-Za-z0-9_]*)\}")
 """``${env:NAME}`` (an environment variable) or ``${keyring:NAME}`` (a secret stored with ``mcp-bridge secret``)."""
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_SERVER_NAME = re.compile(r"^(?!\.{1,2}$)[\w@.+:\\/=-]+$")
-"""A server's name is its namespace: Port's entity identifier alphabet (exposed names are sanitized anyway)."""
+_SERVER_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
+"""A server's name is its namespace, and may one day name a file or a URI (``mcp-bridge://<server>/...``): ASCII
+letters, digits, ``_``, ``-`` and ``.``, not starting with ``.`` or ``-``, not ending with ``.``, no ``..``
+(:func:`server_name_ok` matches it against the whole name). A subset of Port's
+entity identifiers (which also allow Unicode letters and ``@ + : \\ / =``), without the characters that are unsafe in a
+path or a URI authority (``/ \\ : @``, ``.`` and ``..``, a leading ``-`` that reads as an option)."""
+SERVER_NAME_RULE = "ASCII letters, digits, '_', '-' and '.', not starting with '-' or '.', not ending with '.', no '..'"
 
 
 class _Model(BaseModel):
@@ -285,10 +290,8 @@ class Settings(_Model):
     @classmethod
     def _server_names(cls, v: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
         for name in v:
-            if not _SERVER_NAME.match(name or ""):
-                raise ValueError(
-                    f"server name {name!r} may only use letters, digits and @ _ . + : \\ / = - (no spaces)"
-                )
+            if not server_name_ok(name or ""):
+                raise ValueError(f"server name {name!r} may only use {SERVER_NAME_RULE}")
         return v
 
     @model_validator(mode="after")
@@ -311,8 +314,8 @@ class LoadedConfig:
 
 
 def server_name_ok(name: str) -> bool:
-    """Whether ``name`` can be a server's name (its namespace): Port's entity identifier alphabet."""
-    return bool(_SERVER_NAME.match(name))
+    """Whether ``name`` can be a server's name (its namespace): see :data:`SERVER_NAME_RULE`."""
+    return bool(_SERVER_NAME.fullmatch(name))
 
 
 def default_config_path() -> Path:

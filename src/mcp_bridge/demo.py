@@ -29,6 +29,7 @@ import yaml
 
 from mcp_bridge.demo_backends import AUDIT_BLUEPRINT, DemoBackends
 from mcp_bridge.errors import BridgeError
+from mcp_bridge.terminal import printable
 
 CLIENT_NAME = "mcp-bridge-demo-ide"
 SETTLE_SECONDS = 30.0  # how long the demo waits for all three servers' tools (the OAuth login included)
@@ -40,10 +41,11 @@ class DemoFailed(BridgeError):
 
 @dataclass
 class Transcript:
-    """The demo's output: the transcript to stdout, progress and problems to stderr."""
+    """The demo's output: the transcript to stdout, progress and problems to stderr (both sanitised as every
+    command's output is: :func:`~mcp_bridge.terminal.printable`)."""
 
-    out: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
-    err: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+    out: Callable[[str], None] = field(default=lambda line: print(printable(line), flush=True))
+    err: Callable[[str], None] = field(default=lambda line: print(printable(line), file=sys.stderr, flush=True))
     problems: list[str] = field(default_factory=list)
 
     def section(self, title: str) -> None:

@@ -21,15 +21,15 @@ import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import PrivateAttr, ValidationError
 
 from mcp_bridge import __version__
 from mcp_bridge.bridge import Bridge, error_text
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
-from mcp_bridge.handshake import EarlyStart
+from mcp_bridge.handshake import EarlyStart, request_id_ok
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.stdio import ide_pipes
 from mcp_bridge.upstream import ProgressFn
@@ -43,8 +43,8 @@ Notify = Callable[[str], Awaitable[None]]
 _DRAIN_ON_EOF_SECONDS = 2.0
 
 _WIRE_DUMP: dict[str, Any] = {"by_alias": True, "exclude_unset": True}
-"""How the SDK's ``stdio_server`` encodes every message it writes: ``model_dump_json(by_alias=True,
-exclude_unset=True)``."""
+"""How every message is encoded on stdout (:func:`serve_stdio`'s writer), as the SDK's ``stdio_server`` encodes
+them: ``model_dump_json(by_alias=True, exclude_unset=True)``."""
 
 _MARKER = f"mcp-bridge-tools-{uuid.uuid4().hex}"
 """Stands in for the tools while a response's envelope is encoded; the tools' JSON replaces it."""
@@ -104,13 +104,35 @@ class Front:
             on_read_resource=self._read_resource,
         )
         # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
-        # the span costs time on every call. Ours remember the IDE's session and reuse the last tools/list answer.
-        self.server.middleware[:] = [self._remember_client, self._reuse_tools_answer]
+        # the span costs time on every call. Ours refuse requests before initialize saying so, remember the IDE's
+        # session and reuse the last tools/list answer.
+        self.server.middleware[:] = [self._require_initialize, self._remember_client, self._reuse_tools_answer]
+        self._initialized = False
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(
             NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
         )
+
+    async def _require_initialize(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """A request before ``initialize`` is refused saying so (-32600, "Server not initialized"), where the SDK
+        answers "Invalid request parameters" (-32602), which sends an IDE looking for a fault in its params.
+
+        The same gate as the SDK's (which stays behind it): ``ping`` and ``initialize`` itself pass, a method nobody
+        serves stays "Method not found", notifications are the SDK's to drop, the gate opens with a successful
+        ``initialize`` (or a bare ``notifications/initialized``), and the stateless 2026-07-28 era has none.
+        """
+        if self._initialized or ctx.method in ("initialize", "ping"):
+            result = await call_next(ctx)
+            self._initialized = self._initialized or ctx.method == "initialize"  # it did not raise: accepted
+            return result
+        if ctx.request_id is None:  # a notification
+            if ctx.method == "notifications/initialized":
+                self._initialized = True
+            return await call_next(ctx)
+        if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS and self.server.get_request_handler(ctx.method):
+            raise MCPError(types.INVALID_REQUEST, "Server not initialized: send initialize first")
+        return await call_next(ctx)
 
     async def _remember_client(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if not self._client_known and ctx.method != "initialize":
@@ -348,25 +370,31 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
     front = Front(bridge)
     early = early or EarlyStart()
     drop_id = early.request_id if early.answered else None
-    async with (
-        ide_pipes(prefix=early.consumed) as (stdin, stdout),
-        stdio_server(stdin=stdin, stdout=stdout) as (read, write),
-    ):
+    async with ide_pipes(prefix=early.consumed) as (stdin, stdout):
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](0)
+        write, to_stdout = anyio.create_memory_object_stream[SessionMessage](0)
         pending: set[Any] = set()
         answered = anyio.Event()
 
         async def pump_in() -> None:
+            """Each line from the IDE, parsed as the SDK's ``stdio_server`` parses it (once: this is the hot path),
+            to the server; a line that is no valid request gets its JSON-RPC error here (:func:`_bad_line_error`,
+            :func:`_refusal`)."""
             nonlocal answered
             async with send:
-                async for item in read:
-                    if isinstance(item, Exception):
-                        await write.send(SessionMessage(_bad_line_error(item)))
+                async for line in stdin:
+                    try:
+                        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                    except ValidationError as exc:
+                        await write.send(SessionMessage(_bad_line_error(exc, line)))
                         continue
-                    if isinstance(item.message, types.JSONRPCRequest):
-                        pending.add(item.message.id)
-                    await send.send(item)
+                    if isinstance(message, types.JSONRPCRequest):
+                        pending.add(message.id)
+                    elif isinstance(message, types.JSONRPCNotification) and (refusal := _refusal(line)) is not None:
+                        await write.send(SessionMessage(refusal))  # a request with an id JSON-RPC does not allow
+                        continue
+                    await send.send(SessionMessage(message))
                 # stdin ended: answer what is already being handled before the server sees EOF (it would cancel it).
                 with anyio.move_on_after(_DRAIN_ON_EOF_SECONDS):
                     while pending:
@@ -390,16 +418,27 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
             method = f"notifications/{kind}/list_changed"
             await write.send(SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method=method)))
 
-        async with receive, anyio.create_task_group() as tg:
-            tg.start_soon(pump_in)
-            tg.start_soon(pump_out)
-            tg.start_soon(front.relay_changes, notify)
-            if early.lists and early.tools_digest is not None:
-                front.answered_early()
-                tg.start_soon(front.check_early_list, early.tools_digest, notify)
-            async with out_send:
-                await front.server.run(receive, out_send, front.initialization_options())
-            tg.cancel_scope.cancel()
+        async def write_out() -> None:
+            """Every message to stdout, one line each, encoded as the SDK's ``stdio_server`` encodes them."""
+            async with to_stdout:
+                async for message in to_stdout:
+                    await stdout.write(message.message.model_dump_json(**_WIRE_DUMP) + "\n")
+
+        # The writer is outside the task group cancelled below: it ends when pump_out closes ``write``, after the
+        # last message, so that no line is cut short.
+        async with anyio.create_task_group() as writing:
+            writing.start_soon(write_out)
+            async with receive, anyio.create_task_group() as tg:
+                tg.start_soon(pump_in)
+                tg.start_soon(pump_out)
+                tg.start_soon(front.relay_changes, notify)
+                if early.lists and early.tools_digest is not None:
+                    front.answered_early()
+                    tg.start_soon(front.check_early_list, early.tools_digest, notify)
+                async with out_send:
+                    await front.server.run(receive, out_send, front.initialization_options())
+                tg.cancel_scope.cancel()
+            write.close()  # pump_out closed it already, unless it never ran
     await anyio.to_thread.run_sync(front.keeper.wait)  # the last answer kept: a start soon after can use it
 
 
@@ -414,10 +453,49 @@ def _check_early_answer(early: EarlyStart, message: types.JSONRPCResponse | type
         log.warning("front.early_initialize_differs", keys=differing)
 
 
-def _bad_line_error(exc: Exception) -> types.JSONRPCError:
-    """JSON-RPC's answer to a line that is not a valid message: -32700 for bad JSON, -32600 for a bad shape."""
-    code, message = types.INVALID_REQUEST, "Invalid Request"
-    if isinstance(exc, ValidationError) and any(e["type"] == "json_invalid" for e in exc.errors()):
-        code, message = types.PARSE_ERROR, "Parse error"
-    log.warning("front.bad_message", code=code)
-    return types.JSONRPCError(jsonrpc="2.0", id=None, error=types.ErrorData(code=code, message=message))
+def _bad_line_error(exc: ValidationError, line: str) -> types.JSONRPCError:
+    """JSON-RPC's answer to a line that is not a valid message: -32700 for bad JSON, -32600 for a bad shape.
+
+    A malformed request whose id can be read (say ``"jsonrpc": "1.0"``, or ``"params": "x"``, beside ``"id": 8``) is
+    answered under that id, so that the IDE's request resolves; anything else (no ``method``: a broken response,
+    which gets no answer of its own; not an object; an id of the wrong type) under ``id: null``, as JSON-RPC asks.
+    Only lines that failed get parsed a second time.
+    """
+    if any(e["type"] == "json_invalid" for e in exc.errors()):
+        log.warning("front.bad_message", code=types.PARSE_ERROR)
+        return types.JSONRPCError(
+            jsonrpc="2.0", id=None, error=types.ErrorData(code=types.PARSE_ERROR, message="Parse error")
+        )
+    request_id: int | str | None = None
+    with contextlib.suppress(ValueError, RecursionError):
+        message = json.loads(line)
+        if isinstance(message, dict) and "method" in message and request_id_ok(message.get("id")):
+            request_id = message["id"]
+    log.warning("front.bad_message", code=types.INVALID_REQUEST, answered_id=request_id is not None)
+    return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(**_INVALID_REQUEST))
+
+
+_INVALID_REQUEST: dict[str, Any] = {"code": types.INVALID_REQUEST, "message": "Invalid Request"}
+
+
+def _refusal(line: str) -> types.JSONRPCError | None:
+    """The answer to a line the SDK read as a notification although it carries an ``id``: a request whose id is
+    an object, an array, a float, a boolean or ``null``. JSON-RPC calls it invalid (-32600) and, its id being
+    unusable, answers it under ``id: null``; it is not handled as a notification. ``None`` for real notifications.
+
+    A float without a fraction (``1.0``) is refused too, not answered as ``1``: the SDK (and the early
+    ``initialize`` reader) take integers and strings only, and an answer under an id the IDE did not send might
+    resolve the wrong request in a client that keeps ``1`` and ``1.0`` apart.
+
+    The SDK drops unknown keys, so the line itself is looked at; only when it may hold an ``id`` key (spelled out,
+    or behind an escape) is it parsed again, which leaves the common notifications their single parse.
+    """
+    if '"id"' not in line and "\\u" not in line:
+        return None
+    with contextlib.suppress(ValueError, RecursionError):
+        message = json.loads(line)
+        if isinstance(message, dict) and "id" in message:
+            log.warning("front.bad_message", code=types.INVALID_REQUEST, reason="id of a type JSON-RPC does not allow")
+            error = types.ErrorData(**_INVALID_REQUEST, data="the id must be a string or an integer")
+            return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+    return None

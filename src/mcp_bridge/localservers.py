@@ -1,6 +1,8 @@
 """Local MCP servers for the tests and the offline demo: real SDK streamable-HTTP servers on 127.0.0.1.
 
-``python -m mcp_bridge.localservers --port N [--name NAME] [--api-key KEY] [--weird-names]`` runs one (``--oauth``
+``python -m mcp_bridge.localservers --port N [--name NAME] [--api-key KEY] [--weird-names] [--hostile]`` runs one
+(``--hostile`` adds tools whose names and descriptions hold terminal control characters, ``--hostile-listing`` fails
+its tool list with them; ``--oauth``
 runs the OAuth-protected variant of ``mcp_bridge.oauth_server``; ``--extra-tools N`` and ``--echo-delay SECONDS`` are
 for the benchmarks: N more tools, and an ``echo`` that answers late). Its tools
 cover what a bridge must pass through untouched: plain text, ``structuredContent`` with an output schema,
@@ -22,6 +24,14 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+HOSTILE_TEXT = (
+    "\x1b[31mred\x1b[0m \x1b]0;owned\x07 \x1b[2J cleared\x00 nul \x7f del \x9b31m c1 \r overwritten "
+    "\u202eevil\u202c \u2066iso\u2069 zero\u200bwidth \U000e0041\U000e0042 tags; ünïcødé ✓"
+)
+"""Text a hostile server puts in its names, titles, descriptions, results and errors: ANSI escape sequences (SGR,
+OSC window title, erase display), BEL, NUL, DEL, a C1 CSI, a carriage return, bidi override and isolate, a
+zero-width space, tag characters; and ordinary Unicode, which must come through."""
 
 WEIRD_NAMES = [
     "dots.in.name",
@@ -56,11 +66,16 @@ def build_server(
     state: _State | None = None,
     extra_tools: int = 0,
     echo_delay: float = 0.0,
+    hostile: bool = False,
+    hostile_listing: bool = False,
 ) -> Server[Any]:
     """A low-level SDK server with the tools, one prompt and resources described in the module docstring.
 
     ``extra_tools`` adds that many tools ``tool_0001``, ``tool_0002``, ... (each with a realistic description and
-    schema; a call answers with its arguments); ``echo_delay`` makes ``echo`` answer after that many seconds."""
+    schema; a call answers with its arguments); ``echo_delay`` makes ``echo`` answer after that many seconds.
+    ``hostile`` adds tools whose names, titles and descriptions hold :data:`HOSTILE_TEXT`, one answering with it
+    (``hostile_text``) and one failing with it (``hostile_error``); ``hostile_listing`` makes ``tools/list`` fail
+    with it."""
     state = state or _State(name)
     obj: dict[str, Any] = {"type": "object"}
 
@@ -90,6 +105,12 @@ def build_server(
         ),
     ]
     weird = [tool(n, f"A tool named {n!r}.") for n in WEIRD_NAMES] if weird_names else []
+    if hostile:
+        weird += [
+            tool(f"hostile\x1b[31m_name\x07\u202e{HOSTILE_TEXT[:12]}", f"First line {HOSTILE_TEXT}\nsecond line."),
+            tool("hostile_text", f"Answers with hostile text. {HOSTILE_TEXT}", title=f"Title {HOSTILE_TEXT}"),
+            tool("hostile_error", "Fails with a hostile error message."),
+        ]
     many = [
         tool(
             f"tool_{i:04d}",
@@ -107,6 +128,8 @@ def build_server(
     many_names = {t["name"] for t in many}
 
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
+        if hostile_listing:
+            raise ValueError(f"cannot list: {HOSTILE_TEXT}")
         dynamic = [tool(t, "Added at runtime; echoes its arguments.") for t in state.extra_tools]
         listed = [{**t, "description": state.descriptions.get(t["name"], t["description"])} for t in base_tools]
         return {"tools": listed + weird + many + dynamic}
@@ -116,6 +139,10 @@ def build_server(
         args = params.arguments or {}
         handler = handlers.get(params.name)
         if handler is None:
+            if hostile and params.name == "hostile_text":
+                return {"content": _text(HOSTILE_TEXT), "structuredContent": {"text": HOSTILE_TEXT}}
+            if hostile and params.name == "hostile_error":
+                raise ValueError(f"failed: {HOSTILE_TEXT}")
             if params.name in state.extra_tools or params.name in WEIRD_NAMES or params.name in many_names:
                 return {"content": _text(json.dumps({"tool": params.name, "arguments": args}))}
             raise ValueError(f"no tool {params.name!r}")
@@ -271,9 +298,19 @@ def build_app(
     weird_names: bool = False,
     extra_tools: int = 0,
     echo_delay: float = 0.0,
+    hostile: bool = False,
+    hostile_listing: bool = False,
 ) -> ASGIApp:
     state = _State(name)
-    server = build_server(name, weird_names=weird_names, state=state, extra_tools=extra_tools, echo_delay=echo_delay)
+    server = build_server(
+        name,
+        weird_names=weird_names,
+        state=state,
+        extra_tools=extra_tools,
+        echo_delay=echo_delay,
+        hostile=hostile,
+        hostile_listing=hostile_listing,
+    )
     app: ASGIApp = server.streamable_http_app(host="127.0.0.1")
     app = CountConnections(app, state)
     if api_key:
@@ -294,6 +331,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="local")
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
     parser.add_argument("--weird-names", action="store_true", help="add tools with awkward names")
+    parser.add_argument(
+        "--hostile", action="store_true", help="add tools with terminal control characters in names, descriptions..."
+    )
+    parser.add_argument(
+        "--hostile-listing", action="store_true", help="fail tools/list with terminal control characters in the error"
+    )
     parser.add_argument("--extra-tools", type=int, default=0, metavar="N", help="add N tools tool_0001.. (benchmarks)")
     parser.add_argument(
         "--echo-delay", type=float, default=0.0, metavar="SECONDS", help="echo answers after SECONDS (benchmarks)"
@@ -333,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
             weird_names=args.weird_names,
             extra_tools=args.extra_tools,
             echo_delay=args.echo_delay,
+            hostile=args.hostile,
+            hostile_listing=args.hostile_listing,
         )
     anyio.run(serve, app, args.port)
 

@@ -2,7 +2,9 @@
 
 stdout carries only the protocol, so no handler here ever writes to it. Every string that reaches a log line or an
 error message passes :func:`clean`, which masks the secrets registered with :func:`register_secrets` (credentials
-and every value the config took from the environment) and bearer-like tokens in free text.
+and every value the config took from the environment) and bearer-like tokens in free text. On a terminal, lines are
+rendered for people (not as JSON) and their text passes :func:`mcp_bridge.terminal.printable` first: a server's text
+in a log line cannot act on the terminal.
 
 structlog (and :mod:`logging` and :mod:`asyncio`, which it imports: ~80 ms) loads with the first message logged,
 not on import, so that ``serve`` can answer ``initialize`` before it (:mod:`mcp_bridge.handshake`).
@@ -17,6 +19,8 @@ import sys
 import threading
 from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
+
+from mcp_bridge.terminal import printable
 
 if TYPE_CHECKING:
     import logging
@@ -70,6 +74,13 @@ def _clean_value(value: Any) -> Any:
 def _redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event_dict.items()):
         event_dict[key] = _clean_value(value)
+    return event_dict
+
+
+def _printable_values(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str):
+            event_dict[key] = printable(value)
     return event_dict
 
 
@@ -141,8 +152,13 @@ def _apply(level: str, file: str | None, stream: TextIO | None) -> None:
         cache_logger_on_first_use=False,
     )
     tty = hasattr(stream, "isatty") and stream.isatty()
+    # On a terminal, log lines are shown as they are (not as JSON, which escapes): their text passes the one
+    # sanitiser of what reaches a terminal first, so that a server's text in an event cannot act on it.
+    rendering: list[Any] = [structlog.processors.JSONRenderer()]
+    if tty:
+        rendering = [_printable_values, structlog.dev.ConsoleRenderer(colors=True)]
     console = structlog.stdlib.ProcessorFormatter(
-        processor=structlog.dev.ConsoleRenderer(colors=tty) if tty else structlog.processors.JSONRenderer(),
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
         foreign_pre_chain=shared,
     )
     root = logging.getLogger()

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from mcp_bridge.config import (
+    SERVER_NAME_RULE,
     ApiKeyAuth,
     AuthConfig,
     NoAuth,
@@ -274,7 +275,11 @@ def map_entities(entities: list[dict[str, Any]], settings: Settings) -> tuple[di
     for entity in entities:
         ident = entity.get("identifier")
         if not isinstance(ident, str) or not server_name_ok(ident):
-            log.warning("allowlist.entity_skipped", entity=str(ident), reason="identifier unusable as a server name")
+            log.warning(
+                "allowlist.entity_skipped",
+                entity=str(ident),
+                reason=f"its identifier cannot be a server name: a server name may only use {SERVER_NAME_RULE}",
+            )
             continue
         props = entity.get("properties") or {}
         if not isinstance(props, dict) or props.get(rule.property) != rule.equals:

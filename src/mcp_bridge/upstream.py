@@ -234,8 +234,6 @@ class Upstream:
         self._wire: _Wire | None = None
         """The transport under ``_session`` (set and cleared with it), for :func:`_call_direct`."""
         self._connected = anyio.Event()
-        self._dropped = anyio.Event()
-        """Set (and replaced) each time the current session is dropped."""
         self._attempts_ended = 0
         self._attempt_ended = anyio.Event()
         """Set (and replaced) each time a connection attempt ends, connected or failed."""
@@ -275,11 +273,7 @@ class Upstream:
                         self._end_attempt()
                         delay = backoff.next()
                 finally:
-                    self._session = self._wire = None
-                    if self._connected.is_set():
-                        self._connected = anyio.Event()
-                    self._dropped.set()
-                    self._dropped = anyio.Event()
+                    self._withdraw()
                 if delay:
                     log.info("upstream.reconnect_scheduled", server=self.name, in_seconds=round(delay, 2))
                     with anyio.move_on_after(delay):
@@ -338,7 +332,10 @@ class Upstream:
             self._connected.set()
             self._end_attempt()
             self._on_listing(self.name, listing)
-            await self._serve(session)
+            try:
+                await self._serve(session)
+            finally:
+                self._withdraw()  # before the transport closes (which takes a round trip): see _withdraw
 
     async def _serve(self, session: ClientSession) -> None:
         """Wait for signals: re-list on upstream ``list_changed``, return on recycle; ping when idle."""
@@ -466,9 +463,21 @@ class Upstream:
     # ----------------------------------------------------------------- requests
 
     def request_recycle(self, session: ClientSession | None = None) -> None:
-        """Ask the supervisor to drop the session and reconnect (only if ``session`` is still the current one)."""
+        """Ask the supervisor to drop the session and reconnect (only if ``session`` is still the current one).
+
+        The session is withdrawn at once: a request from now on waits for the new one (:meth:`_wait_session`)
+        instead of going out on a connection that is about to close under it."""
         if session is None or session is self._session:
+            self._withdraw()
             self._signal(_RECYCLE)
+
+    def _withdraw(self) -> None:
+        """No new request goes to the current session: it is being dropped. Requests already sent on it keep it
+        until the supervisor closes the transport; new ones wait, like requests to a server still connecting, for
+        the supervisor's next connection attempt."""
+        self._session = self._wire = None
+        if self._connected.is_set():
+            self._connected = anyio.Event()
 
     async def _wait_session(self) -> ClientSession:
         """The live session; if there is none, the outcome of the next connection attempt (bounded)."""
@@ -479,8 +488,9 @@ class Upstream:
         session = self._session
         if session is not None and self._connected.is_set():
             return session
-        # Connecting now: wait for that attempt. Waiting out a backoff: try again at once instead, and report that
-        # attempt's outcome rather than making the caller sit through the whole delay.
+        # Connecting now (also reconnecting: a session being dropped is withdrawn at once): wait for that attempt.
+        # Waiting out a backoff: try again at once instead, and report that attempt's outcome rather than making the
+        # caller sit through the whole delay.
         seen = self._attempts_ended
         if self.state == "error":
             self._retry_now.set()
@@ -540,8 +550,7 @@ class Upstream:
                     # Never reached the server (no connection), or the server rejected the session before running
                     # the request: reconnect and try again.
                     log.info("upstream.retry_unsent", server=self.name, attempt=attempt + 1, reason=exc.error.message)
-                    self.request_recycle(session)
-                    await self._await_new_session(session)
+                    self.request_recycle(session)  # withdrawn: the next round waits for the new session
                     continue
                 if code == types.REQUEST_TIMEOUT:
                     raise UpstreamTimeout(self.name, f"timed out: no answer within {timeout:g}s") from None
@@ -552,13 +561,6 @@ class Upstream:
                     ) from None
                 raise
         raise UpstreamUnavailable(self.name, f"not reachable: {self.last_error or 'could not connect'}")
-
-    async def _await_new_session(self, old: ClientSession) -> None:
-        """Wait (bounded) until the supervisor has replaced ``old``, so a retry does not reuse a dead session."""
-        dropped = self._dropped
-        if self._session is old and not self._stopped:
-            with anyio.move_on_after(self.timeouts.connect):
-                await dropped.wait()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -14,13 +14,17 @@ is. Where it falls short, :class:`BridgeOAuthProvider` extends it:
 :class:`Login` owns the interactive part: one browser flow per server across every bridge process (a file lock; the
 others wait, then reuse the stored tokens), a cooldown so ``serve`` never reopens a browser on its own within
 minutes, an authorization URL that must be https (or http on loopback), ``webbrowser`` (never a shell) with the URL
-printed when no browser opens, and a loopback callback listener.
+printed when no browser opens, and a loopback callback listener that takes only the callback carrying the ``state``
+of its own authorization request (any local page can send the browser there with an error or a code of its choosing;
+such a request gets a neutral page and the login goes on waiting) and shows everything it echoes escaped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
+import html
 import json
 import threading
 import time
@@ -43,6 +47,7 @@ from mcp_bridge.auth.store import OAuthState, ServerTokenStorage
 from mcp_bridge.config import OAuthAuth, is_loopback_host
 from mcp_bridge.errors import AuthRequired
 from mcp_bridge.logs import get_logger
+from mcp_bridge.terminal import printable
 
 log = get_logger(__name__)
 
@@ -240,6 +245,8 @@ class Login:
         self._result: AuthorizationCodeResult | None = None
         self._error = "no reason given"
         self._got_result = anyio.Event()
+        self._state: str | None = None
+        """The ``state`` of the authorization request in flight: a callback without it is not ours to take."""
 
     def started_with(self, access_token: str | None) -> None:
         self._initial_access = access_token
@@ -252,7 +259,9 @@ class Login:
         if not self.policy.interactive:
             raise AuthRequired(self.name, f"needs a login: run `mcp-bridge login {self.name}`")
         self._result, self._error, self._got_result = None, "no reason given", anyio.Event()  # a fresh flow
-        scope = parse_qs(parts.query).get("scope", [""])[0]
+        query = parse_qs(parts.query)
+        scope = query.get("scope", [""])[0]
+        self._state = query.get("state", [None])[0]  # the SDK puts a fresh random one in every authorization URL
         await self._acquire_lock()
         try:
             tokens = await self.storage.get_tokens()
@@ -296,7 +305,7 @@ class Login:
     def _print_url(url: str) -> None:
         import sys
 
-        sys.stderr.write(f"mcp-bridge: to log in, open this URL in a browser:\n  {url}\n")
+        sys.stderr.write(f"mcp-bridge: to log in, open this URL in a browser:\n  {printable(url, newlines=False)}\n")
         sys.stderr.flush()
 
     async def callback(self) -> AuthorizationCodeResult:
@@ -371,22 +380,44 @@ class Login:
             if method != "GET" or parts.path != CALLBACK_PATH:
                 await _respond(stream, 404, "Not found.")
                 return
+            if not self._ours(query.get("state")):
+                # Any page the browser shows can send it here, with an error or a code of its choosing: neither
+                # may end (or finish) the login. It goes on waiting for the authorization server's own redirect.
+                log.warning("oauth.callback_ignored", server=self.name, reason="state does not match the login's")
+                await _respond(stream, 400, "This request is not part of a login in progress; it was ignored.")
+                return
             if "error" in query:
-                self._error = query.get("error_description") or query["error"]
+                self._error = _shown(query.get("error_description") or query["error"])
                 await _respond(stream, 400, f"Login failed: {self._error}.")
                 self._got_result.set()
                 return
-            if not query.get("code") or not query.get("state"):
-                await _respond(stream, 400, "The login callback is missing its code or state.")
+            if not query.get("code"):
+                await _respond(stream, 400, "The login callback is missing its code.")
                 return
             self._result = AuthorizationCodeResult(code=query["code"], state=query["state"], iss=query.get("iss"))
             await _respond(stream, 200, f"mcp-bridge is logged in to {self.name}. You can close this tab.")
             self._got_result.set()
 
+    def _ours(self, state: str | None) -> bool:
+        """Whether a callback carries the ``state`` of the authorization request this login sent."""
+        expected = self._state
+        return bool(expected and state) and hmac.compare_digest(str(state).encode(), str(expected).encode())
+
+
+_SHOWN_CHARS = 300
+
+
+def _shown(text: str) -> str:
+    """An authorization server's (or anyone's) error text as the login reports it: cut short, and safe for a
+    terminal (the page escapes it again, as HTML)."""
+    if len(text) > _SHOWN_CHARS:
+        text = text[:_SHOWN_CHARS] + "…"
+    return printable(text, newlines=False)
+
 
 async def _respond(stream: anyio.abc.SocketStream, status: int, text: str) -> None:
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}[status]
-    body = f"<!doctype html><title>mcp-bridge</title><p>{text}</p>".encode()
+    body = f"<!doctype html><title>mcp-bridge</title><p>{html.escape(text)}</p>".encode()
     head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
     await stream.send(head.encode() + b"Connection: close\r\n\r\n" + body)
 
