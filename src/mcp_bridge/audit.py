@@ -24,6 +24,7 @@ import anyio
 
 from mcp_bridge import __version__
 from mcp_bridge.config import Settings
+from mcp_bridge.files import open_private
 from mcp_bridge.logs import clean, enabled_for, get_logger
 
 log = get_logger("mcp_bridge.audit")
@@ -163,7 +164,8 @@ def to_entity(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class JsonlCopy:
-    """The optional local copy: one JSON line per finished event, rotated by size (3 old files kept)."""
+    """The optional local copy: one JSON line per finished event, rotated by size (3 old files kept); private (0600)
+    like every file the bridge writes, the rotated ones too."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
@@ -178,7 +180,13 @@ class JsonlCopy:
                     if older.exists():
                         older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
                 self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                for i in (1, 2, 3):  # kept from before the copy was private, perhaps
+                    older = self.path.with_name(f"{self.path.name}.{i}")
+                    if older.exists() and os.name == "posix":
+                        os.chmod(older, 0o600)
+            fd, note = open_private(self.path)
+            if note:
+                log.warning("audit.jsonl_permissions", path=str(self.path), note=note)
             with os.fdopen(fd, "a", encoding="utf-8") as f:
                 f.write(line)
         except OSError as exc:
