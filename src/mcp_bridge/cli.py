@@ -153,13 +153,15 @@ def _serve_command(loaded: LoadedConfig) -> int:
     """
     from mcp_bridge.handshake import answer_initialize
     from mcp_bridge.policy import initial_allowlist, loading_from_port
+    from mcp_bridge.spoolcheck import instructions_note
 
     home = home_dir()
     allowlist = initial_allowlist(loaded.settings, home)
     offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
+    instructions = offered.instructions(loaded.settings.naming.separator) + instructions_note(loaded.settings, home)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        early = answer_initialize(offered.instructions(loaded.settings.naming.separator))
+        early = answer_initialize(instructions)
         activate()  # the logging setup, deferred until the IDE had its answer
         early = _answer_lists_while_loading(loaded, home, allowlist, early)
         if early.ended:
