@@ -1,12 +1,15 @@
 """A spool that cannot take events (a damaged file, a full disk) denies calls, naming the file and the fix; the bridge
-stays up and audits again once the spool can take events."""
+stays up; ``status`` and ``doctor`` say it; ``mcp-bridge audit reset`` moves a damaged spool aside (kept) and bridges,
+running ones included, audit again."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import random
+import re
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -67,6 +70,18 @@ def completed_texts(double: PortDouble) -> list[str]:
     )
 
 
+def spool_texts(path: Path) -> list[str]:
+    """The ``text`` argument of every call event in the spool file at ``path`` (read only)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        events = [json.loads(p) for (p,) in db.execute("SELECT payload FROM events")]
+    return sorted(e["arguments"]["text"] for e in events if e.get("kind") == "call")
+
+
+def moved_aside(home: Path) -> list[Path]:
+    """The spool files ``audit reset`` moved aside (not their -wal and -shm)."""
+    return sorted(p for p in home.iterdir() if re.fullmatch(r"audit\.db\.broken-\d{8}T\d{6}Z(-\d+)?", p.name))
+
+
 @pytest.mark.anyio
 async def test_a_damaged_spool_denies_every_call_naming_the_file_and_the_fix_and_the_bridge_stays_up(
     tmp_path: Path, cfg: Path, home: Path, double: PortDouble
@@ -86,11 +101,93 @@ async def test_a_damaged_spool_denies_every_call_naming_the_file_and_the_fix_and
             assert str(spool) in message and "damaged" in message and RESET in message
         assert await tool_names(client) == ["alpha__echo"]  # still serving after the denials
 
+        status = cli(home, cfg, "status")
+        assert status.returncode == 0, status.stderr  # issue 14 decides status's exit codes
+        assert "every tool call is denied" in status.stdout and str(spool) in status.stdout
+        assert RESET in status.stdout
+        as_json = json.loads(cli(home, cfg, "status", "--json").stdout)["audit"]
+        assert as_json["state"] == "damaged" and RESET in as_json["problem"]
+
+        doctor = cli(home, cfg, "doctor")
+        assert doctor.returncode == 1
+        lines = doctor.stdout.splitlines()
+        found = next(i for i, x in enumerate(lines) if x.startswith("✗ audit spool"))
+        assert str(spool) in lines[found] and "damaged" in lines[found]
+        assert "fix:" in lines[found + 1] and RESET in lines[found + 1]
     log = stderr.read_text()
     assert "Traceback" not in log
     assert "front.early_initialize_differs" not in log  # the SDK's instructions carry the same note
     assert spool.read_bytes() == GARBAGE  # denied calls never touch the damaged file
     assert completed_texts(double) == []  # nothing went out unaudited
+
+
+@pytest.mark.anyio
+async def test_audit_reset_moves_the_damaged_spool_aside_and_running_and_new_bridges_audit_again(
+    tmp_path: Path, cfg: Path, home: Path, double: PortDouble
+) -> None:
+    spool = home / "audit.db"
+    spool.write_bytes(GARBAGE)
+    (home / "audit.db-wal").write_bytes(b"wal of the damaged spool")
+    async with bridge_client(cfg, home, env=ENV, stderr_path=tmp_path / "a.log") as client:
+        with pytest.raises(MCPError, match="audit reset"):
+            await raw_call(client, "alpha__echo", {"text": "before the reset"})
+
+        reset = cli(home, cfg, "audit", "reset")
+        assert reset.returncode == 0, reset.stderr
+        (aside,) = moved_aside(home)
+        wal = aside.with_name(aside.name + "-wal")
+        assert aside.read_bytes() == GARBAGE and wal.read_bytes() == b"wal of the damaged spool"  # kept, with its log
+        assert stat.S_IMODE(aside.stat().st_mode) == stat.S_IMODE(wal.stat().st_mode) == 0o600
+        assert str(aside) in reset.stdout and "fresh spool" in reset.stdout
+
+        # the running bridge uses the fresh spool from its next call
+        result = await raw_call(client, "alpha__echo", {"text": "running bridge"})
+        assert result["content"][0]["text"] == "alpha: running bridge"
+    async with bridge_client(cfg, home, env=ENV, stderr_path=tmp_path / "b.log") as client:
+        result = await raw_call(client, "alpha__echo", {"text": "new bridge"})
+        assert result["content"][0]["text"] == "alpha: new bridge"
+    assert completed_texts(double) == ["new bridge", "running bridge"]  # each bridge flushed on exit
+    healthy = cli(home, cfg, "doctor")
+    assert "✓ audit spool" in healthy.stdout, healthy.stdout
+    assert aside.read_bytes() == GARBAGE  # kept
+
+
+def test_audit_reset_leaves_a_healthy_spool_alone_unless_forced(tmp_path: Path, cfg: Path, home: Path) -> None:
+    nothing = cli(home, cfg, "audit", "reset")
+    assert nothing.returncode == 0 and "nothing to reset" in nothing.stdout
+    spool = home / "audit.db"
+    from mcp_bridge.spool import Spool
+
+    waiting = Spool(spool)  # a healthy spool with an event waiting to be shipped
+    waiting.put({"id": "mcpb-1", "kind": "call", "arguments": {"text": "waiting"}}, closed=True)
+    waiting.close()
+    before = spool.stat().st_ino
+
+    refused = cli(home, cfg, "audit", "reset")
+    assert refused.returncode == 2  # usage: the command needs --force for this
+    assert "healthy" in refused.stderr and "--force" in refused.stderr and "1 event" in refused.stderr
+    assert spool.stat().st_ino == before and moved_aside(home) == []
+
+    forced = cli(home, cfg, "audit", "reset", "--force")
+    assert forced.returncode == 0, forced.stderr
+    (aside,) = moved_aside(home)
+    assert spool_texts(aside) == ["waiting"]  # kept, events and all
+    assert spool.stat().st_ino != before and spool_texts(spool) == []  # a fresh spool
+
+
+@pytest.mark.anyio
+async def test_a_bridge_holding_a_spool_moved_aside_writes_its_next_events_into_the_fresh_one(
+    tmp_path: Path, cfg: Path, home: Path, double: PortDouble
+) -> None:
+    double.fail_next("bulk", status=503, times=100_000)  # events stay in the spool
+    async with bridge_client(cfg, home, env=ENV, stderr_path=tmp_path / "bridge.log") as client:
+        await raw_call(client, "alpha__echo", {"text": "old spool"})
+        forced = cli(home, cfg, "audit", "reset", "--force")
+        assert forced.returncode == 0, forced.stderr
+        await raw_call(client, "alpha__echo", {"text": "fresh spool"})
+        (aside,) = moved_aside(home)
+        assert spool_texts(home / "audit.db") == ["fresh spool"]
+        assert spool_texts(aside) == ["old spool"]
 
 
 LIMITED = (

@@ -17,8 +17,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -346,3 +347,101 @@ def _stats(db: sqlite3.Connection) -> SpoolStats:
         last_error=meta.get("last_error"),
         dropped=int(meta.get("dropped", 0)),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------- recovery
+
+
+@dataclass(frozen=True)
+class Health:
+    """What :func:`check` found in the spool at :attr:`path`."""
+
+    path: Path
+    state: Literal["missing", "ok", "damaged", "unwritable"]
+    """``missing``: no file yet (the first event creates it); ``damaged``: not a usable spool (``audit reset``);
+    ``unwritable``: intact as far as can be seen, but it cannot be written now (a full disk, permissions)."""
+    problem: AuditUnavailable | None = None
+    pending: int = 0
+    """Events waiting to be shipped (for a healthy spool)."""
+    identity: tuple[int, int] | None = None
+    """(device, inode) of the file checked: :func:`move_aside` moves only that file."""
+
+
+def check(path: Path) -> Health:
+    """Open the spool at ``path`` as a bridge does, verify it (SQLite's ``quick_check``, the spool's tables) and write
+    to it once: what a call would meet. Never raises."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Health(path, "missing")
+    except OSError as exc:
+        problem = spoolcheck.from_error(path, exc)
+        return Health(path, "unwritable", problem)
+    identity = (st.st_dev, st.st_ino)
+    spool = Spool(path)
+    try:
+        if spool.problem is None:
+            rows = spool._run(lambda db: db.execute("PRAGMA quick_check").fetchall())
+            if rows != [("ok",)]:
+                found = "; ".join(str(r[0]) for r in rows[:3])
+                return Health(path, "damaged", spoolcheck.damaged(path, f"integrity check: {found}"), 0, identity)
+            stats = spool.stats()
+            spool._run(
+                lambda db: db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('checked_at', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(time.time()),),
+                )
+            )
+            return Health(path, "ok", None, stats.pending, identity)
+    except AuditUnavailable:
+        pass  # in spool.problem
+    finally:
+        spool.close()
+    found_problem = spool.problem
+    assert found_problem is not None
+    return Health(path, "damaged" if found_problem.damaged else "unwritable", found_problem, 0, identity)
+
+
+class SpoolChanged(Exception):
+    """The file at the spool's path is not the one checked (another ``audit reset`` replaced it meanwhile)."""
+
+
+def move_aside(path: Path, identity: tuple[int, int] | None) -> tuple[list[tuple[Path, Path]], AuditUnavailable | None]:
+    """Rename the spool at ``path`` (the file :func:`check` saw: ``identity``) and its ``-wal`` and ``-shm`` to
+    ``<name>.broken-<UTC time>`` (plus the same suffixes, so SQLite opens them together) and start a fresh spool at
+    ``path``: the renames as pairs, and why the fresh spool could not be made, if it could not.
+
+    Nothing is deleted. Done under the lock bridges take to open the spool, so none opens the old database with the
+    new write-ahead log or the other way round. A bridge that has the old file open keeps writing to it until its next
+    write, after which it notices (:class:`Spool`) and writes that event again into the fresh spool.
+
+    Raises :class:`SpoolChanged`, :class:`OSError` (a rename failed; on Windows, while a bridge has the file open)
+    or :class:`filelock.Timeout`.
+    """
+    with _lock(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise SpoolChanged(f"{path} is gone (moved by another `{spoolcheck.RESET_COMMAND}`?)") from None
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            raise SpoolChanged(f"{path} was replaced while it was checked (by another `{spoolcheck.RESET_COMMAND}`?)")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        base, n = f"{path.name}.broken-{stamp}", 1
+        while any(path.with_name(f"{base}{suffix}").exists() for suffix in _COMPANIONS):
+            n += 1
+            base = f"{path.name}.broken-{stamp}-{n}"
+        moved: list[tuple[Path, Path]] = []
+        for suffix in _COMPANIONS:
+            source, target = Path(f"{path}{suffix}"), path.with_name(f"{base}{suffix}")
+            if source.exists():
+                os.rename(source, target)
+                moved.append((source, target))
+                with contextlib.suppress(OSError):  # kept as it was, but private like the spool
+                    os.chmod(target, 0o600)
+        try:
+            db, _ = _connect(path)
+            db.close()
+        except (sqlite3.Error, OSError) as exc:
+            return moved, spoolcheck.from_error(path, exc)
+    return moved, None
