@@ -22,6 +22,7 @@ from mcp_bridge import handshake
 from mcp_bridge.config import parse_config
 from mcp_bridge.handshake import initialize_result, parse_initialize
 from mcp_bridge.policy import ALLOWLIST_CACHE, AllowlistCache, cache_key, initial_allowlist, loading_from_port
+from mcp_bridge.spoolcheck import instructions_note
 from port_double import mcp_server_entity
 
 OFF = {handshake.ENV_SWITCH: "0"}
@@ -71,6 +72,7 @@ ALLOWLISTS = {
     "local servers": ({"servers": SERVERS}, False, "Internal docs — ünïcode"),
     "Port, cached": ({"port": PORT}, True, "Docs from Port — ü"),
     "Port, nothing cached yet": ({"port": PORT}, False, "being loaded from Port"),
+    "Port, cached, damaged audit spool": ({"port": PORT}, True, "mcp-bridge audit reset"),
 }
 
 
@@ -92,9 +94,11 @@ async def test_the_hand_built_answer_equals_the_sdk_fronts(
     if cached:
         assert loaded.settings.port is not None
         AllowlistCache(home / ALLOWLIST_CACHE, cache_key(loaded.settings.port)).save(ENTITIES, time.time())
+    if "damaged" in allowlist_kind:
+        (home / "audit.db").write_bytes(b"not an SQLite database" * 100)
     allowlist = initial_allowlist(loaded.settings, home)
     offered = allowlist if allowlist is not None else loading_from_port()
-    instructions = offered.instructions(loaded.settings.naming.separator)
+    instructions = offered.instructions(loaded.settings.naming.separator) + instructions_note(loaded.settings, home)
     request = init_request(request_id, version)
 
     bridge = Bridge(loaded, home, initial=allowlist)

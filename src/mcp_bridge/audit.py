@@ -8,6 +8,7 @@ to Port in the background; otherwise they stay local (the JSONL copy, when confi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,10 @@ import anyio
 
 from mcp_bridge import __version__
 from mcp_bridge.config import Settings
+from mcp_bridge.errors import AuditUnavailable
+from mcp_bridge.files import open_private
 from mcp_bridge.logs import clean, enabled_for, get_logger
+from mcp_bridge.spoolcheck import SPOOL_FILE, spools
 
 log = get_logger("mcp_bridge.audit")
 
@@ -39,7 +43,6 @@ EVENT_KINDS = (
     "tool_pin_approved",
 )
 """Every ``event_type`` an event can have (the audit blueprint in README enumerates exactly these)."""
-SPOOL_FILE = "audit.db"
 _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd|phrase)?|secret|token|api[-_]?key|apikey|auth(orization)?|cookie|credential|private[-_]?key|"
     r"session|signature|bearer)"
@@ -163,7 +166,8 @@ def to_entity(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class JsonlCopy:
-    """The optional local copy: one JSON line per finished event, rotated by size (3 old files kept)."""
+    """The optional local copy: one JSON line per finished event, rotated by size (3 old files kept); private (0600)
+    like every file the bridge writes, the rotated ones too."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
@@ -178,7 +182,13 @@ class JsonlCopy:
                     if older.exists():
                         older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
                 self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                for i in (1, 2, 3):  # kept from before the copy was private, perhaps
+                    older = self.path.with_name(f"{self.path.name}.{i}")
+                    if older.exists() and os.name == "posix":
+                        os.chmod(older, 0o600)
+            fd, note = open_private(self.path)
+            if note:
+                log.warning("audit.jsonl_permissions", path=str(self.path), note=note)
             with os.fdopen(fd, "a", encoding="utf-8") as f:
                 f.write(line)
         except OSError as exc:
@@ -193,11 +203,12 @@ class AuditTrail:
 
         self.settings = settings
         self.policy = settings.audit.arguments
-        port = settings.port
-        self.ships = port is not None and port.audit_blueprint is not None
+        self.ships = spools(settings)
         self.spool: Spool | None = (
             Spool(home / SPOOL_FILE, max_events=settings.audit.spool_max_events) if self.ships else None
         )
+        if self.spool is not None and self.spool.problem is not None:
+            log.error("audit.spool_unavailable", error=str(self.spool.problem))
         self.jsonl = (
             JsonlCopy(Path(settings.audit.jsonl).expanduser(), settings.audit.jsonl_max_bytes)
             if settings.audit.jsonl
@@ -226,24 +237,43 @@ class AuditTrail:
             arguments_digest=digest(arguments or {}) if self.policy != "none" else None,
         )
 
+    def check(self) -> None:
+        """Raise :class:`~mcp_bridge.errors.AuditUnavailable` when no event can be recorded now (the spool cannot
+        be opened): a call is denied before anything else is done for it."""
+        if self.spool is not None:
+            self.spool.ready()
+
     def begin(self, event: Event) -> None:
-        """The ``In Progress`` row: durable before the call leaves."""
+        """The ``In Progress`` row: durable before the call leaves (:class:`~mcp_bridge.errors.AuditUnavailable`
+        when the spool cannot take it: then the call must not leave)."""
         if self.spool is not None:
             self.spool.put(event.to_record(self.context()), closed=False)
 
     def end(self, event: Event) -> None:
-        """The final row: durable before the answer goes back."""
+        """The final row: durable before the answer goes back.
+
+        When the spool cannot take it, the event still goes to the JSONL copy and to the log (``audit.unrecorded``,
+        an error), and :class:`~mcp_bridge.errors.AuditUnavailable` is raised: the answer must not go back."""
         event.replied_at = event.replied_at or time.time()
         level = {"Completed": 10, "Failed": 20, "Denied": 30}.get(event.status, 20)  # debug / info / warning
         logged = level > 10 or enabled_for(level)
         if self.spool is None and self.jsonl is None and not logged:
             return  # nothing keeps this event: do not build it
         record = event.to_record(self.context())
+        failure: AuditUnavailable | None = None
         if self.spool is not None:
-            self.spool.put(record, closed=True)
-            self.wake.set()
+            try:
+                self.spool.put(record, closed=True)
+            except AuditUnavailable as exc:
+                failure = exc
+            else:
+                self.wake.set()
         if self.jsonl is not None:
             self.jsonl.write(record)
+        if failure is not None:
+            fields = {k: v for k, v in record.items() if k != "arguments"}
+            log.error("audit.unrecorded", reason=str(failure), **fields)
+            raise failure
         if logged:
             log.log(level, "audit.event", **{k: v for k, v in record.items() if k != "arguments"})
 
@@ -264,7 +294,10 @@ class AuditTrail:
         event = Event(
             kind=kind, status=status, server=server, tool=tool, error=error, detail=detail, asked_at=now, replied_at=now
         )
-        self.end(event)
+        # A spool that cannot take it: the event is in the log (``audit.unrecorded``); what it records happened
+        # already (a login, an allowlist change), so nothing is refused for it.
+        with contextlib.suppress(AuditUnavailable):
+            self.end(event)
 
     def close(self) -> None:
         if self.spool is not None:

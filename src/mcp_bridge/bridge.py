@@ -22,10 +22,18 @@ from mcp_bridge.audit import AuditTrail, Shipper
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
-from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName, UpstreamError, UpstreamUnavailable
+from mcp_bridge.errors import (
+    AuditUnavailable,
+    BridgeError,
+    PolicyDenied,
+    UnknownName,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.pins import Pins, Verdict
 from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes, loading_from_port
+from mcp_bridge.spoolcheck import instructions_note
 from mcp_bridge.upstream import Backoff, ProgressFn, Upstream, describe_error
 
 log = get_logger(__name__)
@@ -113,7 +121,10 @@ class Bridge:
                         self._write_cache(*self._cache_snapshot())
                     if self.shipper is not None:  # on shutdown, flush what is waiting, within a deadline
                         with anyio.CancelScope(shield=True):
-                            await self.shipper.flush(_FLUSH_ON_EXIT_SECONDS)
+                            try:
+                                await self.shipper.flush(_FLUSH_ON_EXIT_SECONDS)
+                            except AuditUnavailable as exc:  # the spool cannot be read: the next bridge ships
+                                log.warning("audit.flush_skipped", error=str(exc))
                     tg.cancel_scope.cancel()
                     self._tg = None
         except ExceptionGroup as group:
@@ -364,20 +375,23 @@ class Bridge:
         """Route, check, forward, and audit one tool call; returns the upstream's raw result.
 
         The audit event is on disk before the call leaves (``In Progress``) and again, final, before the result is
-        returned: each a small local commit, so a killed bridge loses no call the IDE saw answered.
+        returned: each a small local commit, so a killed bridge loses no call the IDE saw answered. A spool that
+        cannot take the first denies the call (:class:`~mcp_bridge.errors.AuditUnavailable`, naming the file and the
+        fix); one that cannot take the last withholds the result.
         """
         event = self.audit.call(exposed, arguments)
         try:
             try:
+                self.audit.check()  # a spool that cannot take the event denies the call at once
                 entry = await self._route_tool(exposed)
-            except (UnknownName, PolicyDenied) as exc:
+                event.server, event.tool = entry.server, entry.original
+                self.audit.begin(event)
+            except (UnknownName, PolicyDenied, AuditUnavailable) as exc:
                 event.status, event.error, event.error_class = "Denied", str(exc), type(exc).__name__
                 if isinstance(exc, PolicyDenied):
                     event.server, event.tool = exc.server, exc.tool
                 log.warning("bridge.call_denied", tool=exposed, reason=event.error)
                 raise
-            event.server, event.tool = entry.server, entry.original
-            self.audit.begin(event)
             upstream = self.upstreams.get(entry.server)
             if upstream is None:
                 raise UpstreamUnavailable(entry.server, "not connected")
@@ -391,15 +405,29 @@ class Bridge:
             event.status = "Failed" if result.get("isError") else "Completed"
             if result.get("isError"):
                 event.error_class = "ToolError"
-            return result
         except BaseException as exc:
             if event.status == "In Progress":
                 event.status = "Failed"
                 event.error_class = type(exc).__name__
                 event.error = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else error_text(exc)
+            try:
+                self.audit.end(event)
+            except AuditUnavailable as audit_exc:
+                if isinstance(exc, UnknownName | PolicyDenied):  # a denial that cannot be recorded: why, and the fix
+                    raise audit_exc from exc
+                # otherwise the call's own failure (or cancellation) goes on; the event is in the log
             raise
-        finally:
+        try:
             self.audit.end(event)
+        except AuditUnavailable as exc:
+            raise AuditUnavailable(
+                f"{exposed!r} ran on server {event.server!r}, but its audit record could not be completed, so its "
+                f"result is withheld (the call may have had effects; do not simply repeat it): {exc}",
+                path=exc.path,
+                reason=exc.reason,
+                damaged=exc.damaged,
+            ) from None
+        return result
 
     async def _route_tool(self, exposed: str) -> ToolEntry:
         return await self._route("tool", exposed, self.catalog.route_tool)
@@ -472,6 +500,15 @@ class Bridge:
         return upstream
 
     # ------------------------------------------------------------------ reporting
+
+    def instructions(self) -> str:
+        """What ``initialize`` tells the model: the allowlist's servers, and a note when every call will be denied
+        because the audit spool is damaged (the same words ``serve`` answers with before the SDK loads)."""
+        text = self.catalog.allowlist.instructions(self.settings.naming.separator)
+        spool = self.audit.spool
+        if spool is not None and spool.identity() is None:  # not open: reading the file cannot drop SQLite's locks
+            text += instructions_note(self.settings, self.home)
+        return text
 
     def status(self) -> list[dict[str, Any]]:
         rows = []

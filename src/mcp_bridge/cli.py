@@ -63,9 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--path", metavar="FILE", help="the client's config file (default: its usual place on this OS)")
     p.add_argument("--name", default="bridge", help="the entry's name in mcpServers (default: bridge; keep it short)")
     p.add_argument("--dry-run", action="store_true", help="show the change, write nothing")
-    p = sub.add_parser("audit", parents=[common], help="the audit spool: `audit status`, `audit flush`")
-    p.add_argument("action", choices=["status", "flush"])
+    p = sub.add_parser("audit", parents=[common], help="the audit spool: `audit status`, `audit flush`, `audit reset`")
+    p.add_argument("action", choices=["status", "flush", "reset"])
     p.add_argument("--json", action="store_true", help="machine-readable output (status)")
+    p.add_argument(
+        "--force", action="store_true", help="reset: move the spool aside even when it is not damaged (kept)"
+    )
     p = sub.add_parser(
         "demo", parents=[common], help="the whole flow offline: local servers, a Port stand-in, a scripted IDE"
     )
@@ -166,13 +169,15 @@ def _serve_command(loaded: LoadedConfig) -> int:
     """
     from mcp_bridge.handshake import answer_initialize
     from mcp_bridge.policy import initial_allowlist, loading_from_port
+    from mcp_bridge.spoolcheck import instructions_note
 
     home = home_dir()
     allowlist = initial_allowlist(loaded.settings, home)
     offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
+    instructions = offered.instructions(loaded.settings.naming.separator) + instructions_note(loaded.settings, home)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        early = answer_initialize(offered.instructions(loaded.settings.naming.separator))
+        early = answer_initialize(instructions)
         activate()  # the logging setup, deferred until the IDE had its answer
         early = _answer_lists_while_loading(loaded, home, allowlist, early)
         if early.ended:
@@ -251,10 +256,13 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         await _settle(bridge, loaded)
         rows = bridge.status()
         allowlist = bridge.catalog.allowlist.describe()
+    audit = await _audit_health(loaded)
     if args.json:
-        _out_json({"allowlist": allowlist, "servers": rows}, indent=2)
+        _out_json({"allowlist": allowlist, "servers": rows, "audit": audit}, indent=2)
         return 0
     _out(_allowlist_line(allowlist))
+    if audit["problem"]:
+        _out(f"audit: FAILED CLOSED, every tool call is denied\n  {audit['problem']}")
     if not rows:
         if not allowlist["failed_closed"]:
             where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
@@ -336,6 +344,20 @@ async def _settle(bridge: Any, loaded: LoadedConfig) -> None:
     if port is not None:
         await bridge.wait_allowlist(port.timeout * 4 + 15)
     await bridge.wait_settled(loaded.settings.timeouts.connect)
+
+
+async def _audit_health(loaded: LoadedConfig) -> dict[str, Any]:
+    """The audit spool as a call would meet it (``status``): its state, and the problem with its fix."""
+    import anyio
+
+    from mcp_bridge.spool import check
+    from mcp_bridge.spoolcheck import spool_path, spools
+
+    if not spools(loaded.settings):
+        return {"spool": None, "state": "local", "problem": None, "pending": 0}
+    health = await anyio.to_thread.run_sync(check, spool_path(home_dir()))
+    problem = str(health.problem) if health.problem is not None else None
+    return {"spool": str(health.path), "state": health.state, "problem": problem, "pending": health.pending}
 
 
 def _allowlist_line(allowlist: dict[str, Any]) -> str:
@@ -572,8 +594,13 @@ def _note(loaded: LoadedConfig, kind: str, server: str, *, ok: bool, error: str 
 
 
 async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    from mcp_bridge.audit import AuditTrail, Shipper
+    import anyio
 
+    from mcp_bridge.audit import AuditTrail, Shipper
+    from mcp_bridge.spoolcheck import spool_path
+
+    if args.action == "reset":  # the file itself, whatever the config says (it may be left from another one)
+        return await anyio.to_thread.run_sync(_audit_reset, spool_path(home_dir()), args.force)
     trail = AuditTrail(loaded.settings, home_dir())
     try:
         if trail.spool is None:
@@ -602,6 +629,50 @@ async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return 0
     finally:
         trail.close()
+
+
+def _audit_reset(path: Path, force: bool) -> int:
+    """``audit reset``: a damaged spool (or any, with ``--force``) is moved aside, kept, and a fresh one started."""
+    from filelock import Timeout
+
+    from mcp_bridge.spool import SpoolChanged, check, move_aside
+
+    health = check(path)
+    if health.state == "missing":
+        _out(f"audit: no spool at {path}; nothing to reset (the first event creates it)")
+        return 0
+    if health.state == "ok" and not force:
+        raise _UsageError(
+            f"the audit spool {path} is healthy ({health.pending} event(s) waiting to be shipped); nothing to reset. "
+            "`mcp-bridge audit reset --force` moves it aside all the same (kept; the events in it are then not shipped)"
+        )
+    if health.state == "unwritable" and not force:
+        assert health.problem is not None
+        raise BridgeError(
+            f"the audit spool {path} cannot be written ({health.problem.reason}), but the file is not damaged, so it "
+            "stays where it is: free space on the disk that holds it and check that it is writable. "
+            "`mcp-bridge audit reset --force` moves it aside all the same (kept; the events in it are then not shipped)"
+        )
+    try:
+        moved, fresh_problem = move_aside(path, health.identity)
+    except SpoolChanged as exc:
+        raise BridgeError(f"{exc}; nothing was moved: run `mcp-bridge audit reset` again") from None
+    except Timeout:
+        raise BridgeError(f"{path}: another mcp-bridge process holds {path}.lock; try again") from None
+    except OSError as exc:
+        hint = " (on Windows, quit the IDEs whose bridges use it first)" if sys.platform == "win32" else ""
+        raise BridgeError(f"could not move {path} aside: {exc.strerror or exc}{hint}") from None
+    if health.problem is not None:
+        _out(f"audit: the spool was {health.state}: {health.problem.reason}")
+    else:
+        _out(f"audit: the spool was healthy; moved aside as asked (--force) with {health.pending} event(s) in it")
+    for source, target in moved:
+        _out(f"  moved aside (kept): {source} -> {target}")
+    if fresh_problem is not None:
+        raise BridgeError(f"could not start a fresh spool: {fresh_problem}")
+    _out(f"  started a fresh spool: {path}")
+    _out("  running bridges use the fresh spool from their next call; events left in the old file are not shipped")
+    return 0
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]]] = {

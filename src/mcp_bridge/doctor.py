@@ -1,7 +1,8 @@
 """``mcp-bridge doctor``: check the setup end to end and say, for each problem, exactly what to do.
 
-:func:`run_checks` runs the checks in order (config, keyring, Port, allowlist, each server, tool names, tool count),
-each bounded in time, and returns one :class:`Check` per finding; :func:`render` turns them into lines for a person.
+:func:`run_checks` runs the checks in order (config, keyring, Port, the audit spool, allowlist, each server, tool
+names, tool count), each bounded in time, and returns one :class:`Check` per finding; :func:`render` turns them into
+lines for a person.
 Nothing here prints (the CLI prints ``render(...)``) or opens a browser (logins are non-interactive), and every
 message built from an exception goes through :func:`~mcp_bridge.logs.clean`.
 """
@@ -19,6 +20,7 @@ from mcp_bridge.config import LoadedConfig, OAuthAuth, Settings, home_dir, load_
 from mcp_bridge.errors import ConfigError
 from mcp_bridge.logs import clean, register_secrets
 from mcp_bridge.policy import Allowlist
+from mcp_bridge.spoolcheck import RESET_COMMAND, spool_path, spools
 
 IDE_ENTRY = "mcp-bridge"
 """The IDE entry name assumed when estimating what Cursor counts into a tool name's length."""
@@ -27,6 +29,7 @@ CURSOR_TOOL_WARNING = 80
 TOOL_CAP = 128
 _KEYRING_SECONDS = 10.0
 _SETTLE_MARGIN = 15.0
+_SPOOL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ async def run_checks(
     checks.append(keyring_check)
     if port_check is not None:
         checks.append(port_check)
+    if spools(settings):
+        say("checking the audit spool...")
+        checks.append(await _check_audit_spool(home))
     checks.extend(allowlist_checks)
 
     usable = {n for n in allowlist.servers if n not in allowlist.problems}
@@ -186,6 +192,43 @@ async def _check_port(settings: Settings, home: Path) -> Check:
             return _fail("port", str(exc), f"check port.preset / port.blueprint: {blueprint!r} must exist in Port")
         return _fail("port", str(exc), "fix what Port's message above says, then run `mcp-bridge doctor` again")
     return _ok("port", f"{port.api_url}: credentials accepted; {len(entities)} approved entities in {blueprint!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------- audit
+
+
+async def _check_audit_spool(home: Path) -> Check:
+    """The spool as a call meets it: opened, verified and written once (:func:`mcp_bridge.spool.check`)."""
+    from mcp_bridge.spool import check
+
+    path = spool_path(home)
+    name = "audit spool"
+    try:
+        with anyio.fail_after(_SPOOL_SECONDS):
+            health = await anyio.to_thread.run_sync(check, path, abandon_on_cancel=True)
+    except TimeoutError:
+        return _fail(
+            name,
+            f"{path} did not answer within {_SPOOL_SECONDS:g}s",
+            "check the disk that holds it; if the file is damaged, run `mcp-bridge audit reset`",
+        )
+    if health.state == "missing":
+        return _ok(name, f"{path}: none yet (the first event creates it)")
+    if health.state == "ok":
+        return _ok(name, f"{path}: healthy; {health.pending} event(s) waiting to be shipped")
+    assert health.problem is not None
+    if health.state == "damaged":
+        return _fail(
+            name,
+            f"{path} is damaged ({health.problem.reason}); every tool call is denied (no call may go unaudited)",
+            f"run `{RESET_COMMAND}`: it moves the damaged file aside (kept) and starts a fresh spool",
+        )
+    return _fail(
+        name,
+        f"{path} cannot be written ({health.problem.reason}); every tool call is denied (no call may go unaudited)",
+        f"free space on the disk that holds it and check that the file is writable; if it is damaged, run "
+        f"`{RESET_COMMAND}`",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- allowlist

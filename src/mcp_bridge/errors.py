@@ -6,6 +6,7 @@ Every error a user can meet is a ``BridgeError``; the CLI maps them to exit code
     ├── ConfigError             the config file or the environment it names is wrong (exit 2)
     ├── PolicyDenied            the allowlist or the user's ``disabled_tools`` does not allow this name
     ├── UnknownName             no exposed tool, prompt or resource has this name (or, for a resource, several)
+    ├── AuditUnavailable        the audit spool cannot record events (damaged, disk full): calls are denied
     └── UpstreamError           something went wrong talking to one remote server (carries ``server``)
         ├── UpstreamUnavailable not connected (connecting, reconnecting, or failed); the call never left
         ├── UpstreamTimeout     the server accepted the call but did not answer in ``timeouts.call``
@@ -53,6 +54,21 @@ class UnknownName(BridgeError):
         super().__init__(message or f"unknown {kind} {name!r}")
         self.kind = kind
         self.name = name
+
+
+class AuditUnavailable(BridgeError):
+    """The audit spool cannot record an event: no call may go unaudited, so calls are denied until it can.
+
+    The message names the file, what is wrong and the fix (``mcp-bridge audit reset`` for a damaged file, free
+    space for a full disk)."""
+
+    def __init__(self, message: str, *, path: str, reason: str, damaged: bool) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+        """What is wrong, in a few words (SQLite's or the operating system's)."""
+        self.damaged = damaged
+        """The file itself is damaged (``audit reset`` is the fix), rather than unwritable for now."""
 
 
 class UpstreamError(BridgeError):

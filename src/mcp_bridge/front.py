@@ -94,7 +94,7 @@ class Front:
         self.server: Server[Any] = Server(
             "mcp-bridge",
             version=__version__,
-            instructions=bridge.catalog.allowlist.instructions(bridge.settings.naming.separator),
+            instructions=bridge.instructions(),
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
             on_list_prompts=self._list_prompts,

@@ -170,8 +170,9 @@ def _apply(level: str, file: str | None, stream: TextIO | None) -> None:
     err = logging.StreamHandler(stream)
     err.setFormatter(console)
     handlers.append(err)
+    notes: list[str] = []
     if file:
-        fh = logging.FileHandler(file, encoding="utf-8")
+        fh = _private_file_handler(file, notes)
         fh.setFormatter(
             structlog.stdlib.ProcessorFormatter(processor=structlog.processors.JSONRenderer(), foreign_pre_chain=shared)
         )
@@ -186,6 +187,26 @@ def _apply(level: str, file: str | None, stream: TextIO | None) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
     # The SDK logs a traceback for every ended OAuth flow, also for "needs a login", which the bridge reports itself.
     logging.getLogger("mcp.client.auth").setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.CRITICAL)
+    for note in notes:  # structlog's own logger: this module's holds the lock this runs under
+        structlog.get_logger(__name__).warning("log.file_permissions", path=file, note=note)
+
+
+def _private_file_handler(file: str, notes: list[str]) -> logging.FileHandler:
+    """A ``FileHandler`` whose file is private (0600), also when it opens the file again; notes go to ``notes``.
+
+    The log holds tool names, URLs, digests and the user's email: only its owner reads it, like every state file."""
+    import logging
+
+    from mcp_bridge.files import open_private
+
+    class PrivateFileHandler(logging.FileHandler):
+        def _open(self) -> Any:
+            fd, note = open_private(self.baseFilename)
+            if note:
+                notes.append(note)
+            return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    return PrivateFileHandler(file, encoding="utf-8")
 
 
 def enabled_for(level: int) -> bool:
