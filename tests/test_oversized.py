@@ -57,7 +57,7 @@ class Oversized:
             headers = [(b"mcp-session-id", f"session-{self.sessions}".encode())]
             await _reply(send, 200, "application/json", _answer(request_id, result), headers)
         elif method == "tools/list":
-            tools = [{"name": n, "inputSchema": {"type": "object"}} for n in ("huge", "echo")]
+            tools = [{"name": n, "inputSchema": {"type": "object"}} for n in ("huge", "huge_json", "echo")]
             await _reply(send, 200, "application/json", _answer(request_id, {"tools": tools}))
         elif method == "tools/call":
             name = message["params"]["name"]
@@ -65,11 +65,30 @@ class Oversized:
             self.calls.append((name, session))
             if name == "huge":
                 await self._huge(send, request_id)
+            elif name == "huge_json":
+                await self._huge_json(send, request_id)
             else:
                 text = f"echo: {message['params'].get('arguments', {}).get('text', '')}"
                 await _reply(send, 200, "application/json", _answer(request_id, {"content": [_text(text)]}))
         else:
             await _reply(send, 200, "application/json", _answer(request_id, {}))
+
+    @staticmethod
+    async def _huge_json(send: Send, request_id: Any) -> None:
+        """A valid JSON-RPC answer, as one JSON body of more than the limit (endless, as far as the bridge cares)."""
+        opening, _, closing = _answer(request_id, {"content": [_text("")]}).decode().partition('"text": ""')
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        chunks = [
+            f'{opening}"text": "'.encode(),
+            *[b"a" * _MIB] * (MAX_MESSAGE_BYTES // _MIB + 1),
+            f'"{closing}'.encode(),
+        ]
+        try:
+            for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client hung up once it had seen too much
 
     @staticmethod
     async def _huge(send: Send, request_id: Any) -> None:
@@ -141,3 +160,18 @@ async def test_the_call_after_an_oversized_answer_waits_for_the_reconnect(tmp_pa
     assert server.sessions == 2  # the bridge reconnected after the oversized answer
     # and the call after it was sent once, on the new session
     assert server.calls == [("echo", "session-1"), ("huge", "session-1"), ("echo", "session-2")]
+
+
+async def test_a_json_answer_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    """The SDK reads a JSON answer whole: past the limit the bridge stops reading and refuses it; the session (and
+    the next call) goes on."""
+    server = Oversized()
+    async with serving(server) as url:
+        config = write_config(tmp_path / "config.yaml", {"big": {"url": url, "allowed_tools": ["*"]}})
+        async with bridge_client(config, tmp_path / "home", stderr_path=tmp_path / "bridge.log") as client:
+            with anyio.fail_after(60), pytest.raises(MCPError) as too_big:
+                await raw_call(client, "big__huge_json")
+            after = await raw_call(client, "big__echo", {"text": "after"})
+    assert too_big.value.error.message == "server 'big': the server's answer is larger than the 64 MiB limit; refused"
+    assert after["content"][0]["text"] == "echo: after"
+    assert server.sessions == 1

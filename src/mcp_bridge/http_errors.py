@@ -77,8 +77,17 @@ def _is_jsonrpc_error(body: bytes) -> bool:
     return isinstance(error, dict) and isinstance(error.get("code"), int) and isinstance(error.get("message"), str)
 
 
+class AnswerTooLarge(httpx2.StreamError):
+    """A JSON answer longer than the bridge takes (raised while the SDK reads it, which reports a parse error)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answer larger than the {limit >> 20} MiB limit")
+
+
 def explain_not_mcp(code: int, message: str) -> str | None:
-    """One line for the SDK's errors about a 200 answer that is not MCP; ``None`` for any other error."""
+    """One line for the SDK's errors about a 200 answer that is not MCP (or too large); ``None`` for any other."""
+    if code == types.PARSE_ERROR and "answer larger than the " in message:
+        return "the server's answer is " + message[message.index("larger than the ") :] + "; refused"
     if code == types.PARSE_ERROR and message.startswith("Failed to parse JSON response"):
         return "the URL answered with JSON that is not an MCP message; is it the server's MCP endpoint?"
     if code == types.INVALID_REQUEST and message.startswith("Unexpected content type: "):

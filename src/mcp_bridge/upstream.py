@@ -51,7 +51,13 @@ from mcp_bridge.auth.oauth import LoginCompletedElsewhere
 from mcp_bridge.catalog import Listing
 from mcp_bridge.config import OAuthAuth, ServerConfig, TimeoutsConfig
 from mcp_bridge.errors import AuthRequired, BridgeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from mcp_bridge.http_errors import HTTP_ERROR, explain_http_error, explain_not_mcp, http_error_to_explain
+from mcp_bridge.http_errors import (
+    HTTP_ERROR,
+    AnswerTooLarge,
+    explain_http_error,
+    explain_not_mcp,
+    http_error_to_explain,
+)
 from mcp_bridge.logs import clean, get_logger
 
 log = get_logger(__name__)
@@ -130,11 +136,34 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
             message = f"could not connect: {type(exc).__name__}: {exc}"
             body = {"jsonrpc": "2.0", "id": None, "error": {"code": NOT_SENT, "message": message}}
             return httpx2.Response(503, json=body, request=request)
-        if request.method == "POST" and response.headers.get("content-type", "").startswith("text/event-stream"):
+        kind = response.headers.get("content-type", "") if request.method == "POST" else ""
+        if kind.startswith("text/event-stream"):
             response.stream = _DrainOnClose(response.stream)
+        elif kind.startswith("application/json") and response.status_code < 400:
+            response.stream = _Capped(response.stream, MAX_MESSAGE_BYTES)
         elif request.method == "POST" and response.status_code >= 400 and http_error_to_explain(request, response):
             return await explain_http_error(request, response)
         return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Capped(httpx2.AsyncByteStream):
+    """A JSON answer, read only up to ``limit`` bytes: the SDK reads a JSON answer whole, and an endless one from a
+    hostile server would fill memory. Past the limit the read fails (:class:`AnswerTooLarge`), and the request with
+    it; the session goes on. (Streamed answers have the same limit per event, in the SDK's SSE reader.)"""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner, self._limit = inner, limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise AnswerTooLarge(self._limit)
+            yield chunk
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -559,6 +588,10 @@ class Upstream:
                     raise UpstreamUnavailable(
                         self.name, "connection lost while the request was in flight (it may have run; not retried)"
                     ) from None
+                if code == HTTP_ERROR:  # an HTTP failure, not the server's JSON-RPC answer (http_errors)
+                    raise UpstreamError(self.name, exc.error.message) from None
+                if (not_mcp := explain_not_mcp(code, exc.error.message)) is not None:
+                    raise UpstreamError(self.name, not_mcp) from None
                 raise
         raise UpstreamUnavailable(self.name, f"not reachable: {self.last_error or 'could not connect'}")
 
