@@ -262,3 +262,31 @@ def test_doctor_says_how_to_fix_a_missing_file_and_an_unset_variable(tmp_path: P
     assert "fix: export NOPE_TOKEN in the environment the bridge starts in;" in done.stdout
     assert "`mcp-bridge secret set NOPE_TOKEN` and write ${keyring:NOPE_TOKEN}" in done.stdout
     assert "edit the file named above" not in done.stdout
+
+
+def closed_early(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``mcp-bridge ARGS | head -c 1``: the reader takes one byte of stdout and goes away while the command still
+    writes (its output is larger than a pipe holds, so it is blocked writing when the pipe closes)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        env=bridge_env(tmp_path / "home", env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1)
+        proc.stdout.close()
+        err = proc.stderr.read().decode("utf-8", "replace")
+        return proc.wait(60), err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    """`mcp-bridge call ... | head`: no BrokenPipeError traceback; the exit code a shell shows for SIGPIPE."""
+    big = json.dumps({"text": "x" * 100_000})
+    code, err = closed_early(tmp_path, "call", "alpha__echo", "--args", big, "--config", str(config), env=alpha.env())
+    assert (code, err) == (141, "")
+    ide = tmp_path / "mcp.json"  # `install --dry-run | head`: a diff longer than a pipe holds
+    ide.write_text(json.dumps({"mcpServers": {}, "note": "y" * 200_000}), encoding="utf-8")
+    args = ["install", "--dry-run", "--client", "cursor", "--path", str(ide), "--config", str(config)]
+    code, err = closed_early(tmp_path, *args, env=alpha.env())
+    assert (code, err) == (141, "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -90,7 +91,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+BROKEN_PIPE_EXIT = 128 + 13
+"""The exit code when the reader of stdout went away (``mcp-bridge tools | head``): 128 + SIGPIPE, what a shell
+shows for any command stopped by a closed pipe."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, not at exit: a closed pipe is found while it can still be handled
+        return code
+    except BaseException as exc:
+        if not _broken_pipe(exc):
+            raise
+        # Nothing more can reach the reader; point stdout at devnull so that Python's own flush at exit does not
+        # fail again, and end without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_EXIT
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` is a closed stdout (alone, or all that a task group's exception group holds)."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_broken_pipe(inner) for inner in exc.exceptions)
+    return False
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
