@@ -290,3 +290,60 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, config
     args = ["install", "--dry-run", "--client", "cursor", "--path", str(ide), "--config", str(config)]
     code, err = closed_early(tmp_path, *args, env=alpha.env())
     assert (code, err) == (141, "")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--config", "/nonexistent.yaml"],
+        ["demo", "--serve", "--config", "/nonexistent.yaml"],
+        ["--config", "/nonexistent.yaml", "demo"],
+        ["install", "--client", "cursor", "--log-level", "debug"],
+        ["install", "--client", "cursor", "--log-file", "install.log"],
+        ["audit", "flush", "--json"],
+        ["audit", "status", "--force"],
+        ["pins", "list", "docs__search"],
+        ["pins", "approve", "docs__search", "--json"],
+        ["pins", "list", "--fingerprint", "sha256:00"],
+    ],
+)
+def test_an_option_the_command_would_ignore_is_refused_with_the_reason(tmp_path: Path, args: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        env=bridge_env(tmp_path / "home"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    command = next(a for a in args if not a.startswith("-") and "." not in a)
+    assert f"mcp-bridge {command}: error: `{command}" in done.stderr and "does not take" in done.stderr
+    assert not (tmp_path / "home" / "user-home" / ".cursor").exists()  # install wrote nothing
+
+
+def test_options_before_the_command_go_to_it(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    log = tmp_path / "tools.log"
+    done = run(
+        tmp_path,
+        "--config",
+        str(config),
+        "--log-level",
+        "info",
+        "--log-file",
+        str(log),
+        "tools",
+        "--json",
+        env=alpha.env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "alpha__echo" in done.stdout and "upstream.state" in log.read_text(encoding="utf-8")
+
+
+def test_doctor_takes_the_log_options(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    log = tmp_path / "doctor.log"
+    args = ["doctor", "--config", str(config), "--log-level", "info", "--log-file", str(log)]
+    done = run(tmp_path, *args, env=alpha.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "upstream.state" in log.read_text(encoding="utf-8")

@@ -31,64 +31,144 @@ if TYPE_CHECKING:
 log = get_logger("mcp_bridge.cli")
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="config file (default: $MCP_BRIDGE_CONFIG, then the user dir)")
-    common.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (default: config `log.level`)"
-    )
-    common.add_argument("--log-file", metavar="PATH", help="also write JSON logs to this file")
+COMMON_OPTIONS = ("config", "log_level", "log_file")
+"""What most commands take: the config file and where their log goes."""
 
+_REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
+    # command -> the common options it does not take, and why (the message when one is given anyway)
+    "install": (("log_level", "log_file"), "it only edits the IDE's file, and writes no log"),
+    "demo": (
+        ("config",),
+        "the demo runs on a config of its own, in a temporary directory (`mcp-bridge status --config PATH` and "
+        "`mcp-bridge tools --config PATH` show yours)",
+    ),
+}
+
+_ONLY_WITH: dict[tuple[str, str], tuple[str, ...]] = {
+    # (command, option) -> the actions that take it; given with another action, it is refused
+    ("audit", "json"): ("status",),
+    ("audit", "force"): ("reset",),
+    ("pins", "json"): ("list",),
+    ("pins", "fingerprint"): ("approve",),
+    ("pins", "target"): ("approve", "reset"),
+}
+
+
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
+    """The common options ``command`` takes; those it does not take are parsed (hidden) only to be refused with
+    the reason (:func:`_check_options`), instead of argparse's bare "unrecognized arguments"."""
+    refused = _REFUSED.get(command, ((), ""))[0]
+    if "config" in refused:
+        p.add_argument("--config", dest="refused_config", help=argparse.SUPPRESS)
+    else:
+        p.add_argument("--config", metavar="PATH", help="config file (default: $MCP_BRIDGE_CONFIG, then the user dir)")
+    if "log_level" in refused:
+        p.add_argument("--log-level", dest="refused_log_level", help=argparse.SUPPRESS)
+    else:
+        p.add_argument(
+            "--log-level", choices=["debug", "info", "warning", "error"], help="log level (default: config `log.level`)"
+        )
+    if "log_file" in refused:
+        p.add_argument("--log-file", dest="refused_log_file", help=argparse.SUPPRESS)
+    else:
+        p.add_argument("--log-file", metavar="PATH", help="also write JSON logs to this file")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own (for errors that show that command's usage)."""
     parser = argparse.ArgumentParser(
         prog="mcp-bridge",
         description="A local MCP gateway: the approved remote MCP servers' tools behind one stdio entry.",
-        parents=[common],
     )
+    # Given before the command, these go to the command (which must take them): `mcp-bridge --config X status`.
+    parser.add_argument(
+        "--config",
+        dest="top_config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="config file (for `serve`, "
+        "the default command, or the command that follows; default: $MCP_BRIDGE_CONFIG, then the user dir)",
+    )
+    parser.add_argument(
+        "--log-level",
+        dest="top_log_level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: config `log.level`)",
+    )
+    parser.add_argument(
+        "--log-file", dest="top_log_file", default=argparse.SUPPRESS, metavar="PATH", help="also write JSON logs here"
+    )
+    parser.set_defaults(config=None, log_level=None, log_file=None)
     parser.add_argument("--version", action="version", version=f"mcp-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="serve MCP on stdio (what the IDE runs; the default)")
-    p = sub.add_parser("status", parents=[common], help="each server's connection state and tool counts")
+    subs: dict[str, argparse.ArgumentParser] = {}
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        _add_common(p, name)
+        subs[name] = p
+        return p
+
+    command("serve", help="serve MCP on stdio (what the IDE runs; the default)")
+    p = command("status", help="each server's connection state and tool counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("tools", parents=[common], help="the merged tool list as the IDE sees it")
+    p = command("tools", help="the merged tool list as the IDE sees it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="also show tools the allowlist hides, with the reason")
-    p = sub.add_parser("login", parents=[common], help="log in to an OAuth server (opens a browser)")
+    p = command("login", help="log in to an OAuth server (opens a browser)")
     p.add_argument("server", help="the server's name (its namespace)")
-    p = sub.add_parser("logout", parents=[common], help="revoke and delete a server's stored OAuth tokens")
+    p = command("logout", help="revoke and delete a server's stored OAuth tokens")
     p.add_argument("server", help="the server's name (its namespace)")
-    sub.add_parser(
-        "doctor", parents=[common], help="check the config, keyring, Port, servers and names; say how to fix"
-    )
-    p = sub.add_parser("install", parents=[common], help="add the bridge to Cursor's or Claude Desktop's MCP servers")
+    command("doctor", help="check the config, keyring, Port, servers and names; say how to fix")
+    p = command("install", help="add the bridge to Cursor's or Claude Desktop's MCP servers")
     p.add_argument("--client", required=True, choices=["claude-desktop", "cursor"])
     p.add_argument("--path", metavar="FILE", help="the client's config file (default: its usual place on this OS)")
     p.add_argument("--name", default="bridge", help="the entry's name in mcpServers (default: bridge; keep it short)")
     p.add_argument("--dry-run", action="store_true", help="show the change, write nothing")
-    p = sub.add_parser("audit", parents=[common], help="the audit spool: `audit status`, `audit flush`, `audit reset`")
+    p = command("audit", help="the audit spool: `audit status`, `audit flush`, `audit reset`")
     p.add_argument("action", choices=["status", "flush", "reset"])
     p.add_argument("--json", action="store_true", help="machine-readable output (status)")
     p.add_argument(
         "--force", action="store_true", help="reset: move the spool aside even when it is not damaged (kept)"
     )
-    p = sub.add_parser(
-        "demo", parents=[common], help="the whole flow offline: local servers, a Port stand-in, a scripted IDE"
-    )
+    p = command("demo", help="the whole flow offline: local servers, a Port stand-in, a scripted IDE")
     p.add_argument(
         "--serve", action="store_true", help="keep the demo's backends up and serve the bridge on stdio (for an IDE)"
     )
-    p = sub.add_parser(
-        "pins", parents=[common], help="tool-definition pins: `pins list`, `pins approve NAME`, `pins reset SERVER`"
-    )
+    p = command("pins", help="tool-definition pins: `pins list`, `pins approve NAME`, `pins reset SERVER`")
     p.add_argument("action", choices=["list", "approve", "reset"])
     p.add_argument("target", nargs="?", metavar="NAME|SERVER", help="approve: exposed tool name; reset: server name")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.add_argument(
         "--fingerprint", metavar="FP", help="approve: only if the tool's current fingerprint is this one (from list)"
     )
-    p = sub.add_parser("call", parents=[common], help="call one tool by its exposed name and print the result")
+    p = command("call", help="call one tool by its exposed name and print the result")
     p.add_argument("name", help="exposed tool name, e.g. docs__search")
     p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
-    return parser
+    return parser, subs
+
+
+def _check_options(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, subs: dict[str, argparse.ArgumentParser]
+) -> None:
+    """Refuse an option the command would ignore (exit 2, saying why); hand options given before the command to it."""
+    command = args.command or "serve"
+    usage = subs.get(command, parser)
+    refused, why = _REFUSED.get(command, ((), ""))
+    for name in COMMON_OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        before = getattr(args, f"top_{name}", None)
+        if name in refused and (before is not None or getattr(args, f"refused_{name}", None) is not None):
+            usage.error(f"`{command}` does not take {flag}: {why}")
+        if before is not None and getattr(args, name) is None:
+            setattr(args, name, before)
+    action = getattr(args, "action", None)
+    for (owner, option), actions in _ONLY_WITH.items():
+        if owner == command and getattr(args, option, None) not in (None, False) and action not in actions:
+            what = "a NAME" if option == "target" else "--" + option.replace("_", "-")
+            takers = " and ".join(f"`{command} {a}`" for a in actions)
+            usage.error(f"`{command} {action}` does not take {what} (only {takers})")
 
 
 BROKEN_PIPE_EXIT = 128 + 13
@@ -123,9 +203,10 @@ def _broken_pipe(exc: BaseException) -> bool:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = _parser()
+    parser, subs = _parser()
     try:
         args = parser.parse_args(argv)
+        _check_options(args, parser, subs)
     except SystemExit as exc:  # argparse already printed usage; keep its code (2 for usage errors)
         return int(exc.code or 0)
     command = args.command or "serve"
@@ -133,13 +214,17 @@ def _main(argv: Sequence[str] | None) -> int:
         if command == "install":
             return _install(args)
         if command == "doctor":  # before loading the config: a broken config is one of the things it reports
+            configure(level=args.log_level or "error", file=args.log_file)
             return _run(_doctor, args)
         if command == "demo":  # it writes its own config
             from mcp_bridge import demo
 
             if not args.serve:
                 configure(level=args.log_level or "error", file=args.log_file)
-            return demo.run(serve=args.serve)
+                return demo.run()
+            options = [*(["--log-level", args.log_level] if args.log_level else [])]
+            options += ["--log-file", args.log_file] if args.log_file else []
+            return demo.run(serve=True, serve_options=options)
         loaded = load_config(args.config)
         register_secrets(loaded.secrets)
         level = args.log_level or loaded.settings.log.level
@@ -173,9 +258,10 @@ def _err(message: str) -> None:
     print(printable(message), file=sys.stderr)
 
 
-def serve_config(path: str) -> int:
-    """Serve on stdio with the config at ``path`` (``demo --serve``): the same path as ``mcp-bridge serve``."""
-    return main(["serve", "--config", path])
+def serve_config(path: str, *options: str) -> int:
+    """Serve on stdio with the config at ``path`` (``demo --serve``): the same path as ``mcp-bridge serve``;
+    ``options``: its ``--log-level`` and ``--log-file``."""
+    return main(["serve", "--config", path, *options])
 
 
 def _run(func: Callable[..., Awaitable[int]], *args: Any) -> int:
