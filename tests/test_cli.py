@@ -66,6 +66,8 @@ def test_status_reports_an_unreachable_server_with_its_error(tmp_path: Path) -> 
     done = run(tmp_path, "status", "--json", "--config", str(config))
     (row,) = json.loads(done.stdout)["servers"]
     assert row["state"] in ("error", "connecting") and row["last_error"]
+    assert done.returncode == 1  # a server in error: the setup does not work
+    assert run(tmp_path, "status", "--config", str(config)).returncode == 1
 
 
 def test_call_prints_the_result_and_exits_by_is_error(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
@@ -347,3 +349,31 @@ def test_doctor_takes_the_log_options(tmp_path: Path, config: Path, alpha: Local
     done = run(tmp_path, *args, env=alpha.env())
     assert done.returncode == 0, done.stdout + done.stderr
     assert "upstream.state" in log.read_text(encoding="utf-8")
+
+
+def test_tools_says_why_the_list_is_short_and_exits_1_when_a_server_failed(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    gone = f"http://127.0.0.1:{free_port()}/mcp"
+    quiet = {k: v for k, v in alpha.server_config().items() if k != "allowed_tools"}  # no allowed_tools
+    servers = {"alpha": alpha.server_config(["echo"]), "gone": {"url": gone, "allowed_tools": ["*"]}, "quiet": quiet}
+    cfg = write_config(tmp_path / "config.yaml", servers, timeouts={"connect": 3})
+    done = run(tmp_path, "tools", "--config", str(cfg), env=alpha.env())
+    assert done.returncode == 1
+    listed, why = done.stdout.split("Why the list is short:\n")
+    assert "alpha__echo" in listed and "quiet__" not in listed
+    assert f"✗ server gone: cannot connect to {gone}: could not connect" in why
+    assert "    fix: check the URL and that the server is up" in why
+    assert f"! server quiet: connected ({alpha.url}); it has no `allowed_tools`, so none of its 10 tools" in why
+    assert "1 problem(s) keep tools out of the list" in done.stderr
+    as_json = run(tmp_path, "tools", "--json", "--config", str(cfg), env=alpha.env())
+    assert as_json.returncode == 1
+    problems = {p["about"]: p for p in json.loads(as_json.stdout)["problems"]}
+    assert problems["server gone"]["failed"] is True and "could not connect" in problems["server gone"]["detail"]
+    assert problems["server quiet"]["failed"] is False and "allowed_tools" in problems["server quiet"]["fix"]
+    # A server without allowed_tools is a choice, not a failure: said, exit 0 (and status is 0 too).
+    del servers["gone"]
+    write_config(cfg, servers)
+    done = run(tmp_path, "tools", "--config", str(cfg), env=alpha.env())
+    assert done.returncode == 0 and "! server quiet: connected" in done.stdout and done.stderr == ""
+    assert run(tmp_path, "status", "--config", str(cfg), env=alpha.env()).returncode == 0

@@ -368,16 +368,22 @@ async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
 
 async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
+    from mcp_bridge.doctor import listing_checks
 
     bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
     async with bridge.running():
         await _settle(bridge, loaded)
         rows = bridge.status()
+        pinned_out = [e for e in bridge.catalog.entries() if e.blocked]
+        checks = listing_checks(bridge.catalog.allowlist, rows, pinned_out, loaded.settings.timeouts.connect)
         allowlist = bridge.catalog.allowlist.describe()
     audit = await _audit_health(loaded)
+    # 1 when the bridge fails closed (allowlist or audit) or a server's tools cannot be served (down, no answer,
+    # waiting for a login, blocked by their pins): what a script checking the setup needs to know.
+    code = 1 if audit["problem"] or any(not c.ok for c in checks) else 0
     if args.json:
         _out_json({"allowlist": allowlist, "servers": rows, "audit": audit}, indent=2)
-        return 0
+        return code
     _out(_allowlist_line(allowlist))
     if audit["problem"]:
         _out(f"audit: FAILED CLOSED, every tool call is denied\n  {audit['problem']}")
@@ -385,7 +391,7 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         if not allowlist["failed_closed"]:
             where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
             _out(f"no servers approved for you ({where})")
-        return 0
+        return code
     table = [["SERVER", "STATE", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
     for r in rows:
         tools = f"{r['tools_allowed']} of {r['tools_offered']}"
@@ -399,16 +405,22 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if blocked:
         _out(f"blocked, their definition changed since approval: {', '.join(blocked)}")
         _out("  review with `mcp-bridge pins list`, then `mcp-bridge pins approve NAME` (or update tool_pins in Port)")
-    return 0
+    return code
 
 
 async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
+    from mcp_bridge.doctor import listing_checks, render
 
     bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
     async with bridge.running():
         await _settle(bridge, loaded)
         entries = sorted(bridge.catalog.entries(), key=lambda e: e.exposed)
+        blocked = [e for e in entries if e.blocked]
+        rows = bridge.status()
+        checks = listing_checks(bridge.catalog.allowlist, rows, blocked, loaded.settings.timeouts.connect)
+    failed = len([c for c in checks if not c.ok])
+    code = 1 if failed else 0
     shown = [e for e in entries if args.all or e.denial is None]
     if args.json:
         out = [
@@ -422,14 +434,23 @@ async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             }
             for e in shown
         ]
-        _out_json({"tools": out}, indent=2, ensure_ascii=False)
-        return 0
+        problems = [{"about": c.name, "failed": not c.ok, "detail": c.detail, "fix": c.fix} for c in checks]
+        _out_json({"tools": out, "problems": problems}, indent=2, ensure_ascii=False)
+        if failed:
+            _err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list (see `problems`)")
+        return code
     table = [["NAME", "SERVER", "TOOL", "DESCRIPTION"]]
     for e in shown:
         desc = e.description if e.denial is None else f"[hidden: {e.denial}]"
         table.append([e.exposed, e.server, e.original, desc[:80]])
     _print_table(table)
-    return 0
+    if checks:
+        _out("")
+        _out("Why the list is short:" if shown else "Why the list is empty:")
+        _out(render(checks))
+    if failed:
+        _err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list; each has its fix above")
+    return code
 
 
 async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
