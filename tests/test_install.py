@@ -38,6 +38,7 @@ def test_the_entry_is_added_other_entries_are_kept_and_a_backup_is_written(tmp_p
     ide.write_text(json.dumps(original))
     done = install(tmp_path, "--client", "claude-desktop", "--path", str(ide), "--config", str(config))
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{ide}: added the 'bridge' entry\n")  # it was not there: not "updated"
     data = json.loads(ide.read_text())
     assert data["mcpServers"]["other"] == original["mcpServers"]["other"] and data["globalShortcut"] == "Ctrl+Space"
     entry = data["mcpServers"]["bridge"]
@@ -92,3 +93,14 @@ def test_each_client_has_its_default_file_on_each_os() -> None:
     assert win == Path("C:/Users/u/AppData/Roaming/Claude/claude_desktop_config.json")
     linux = default_path("claude-desktop", platform="linux", environ=env)
     assert linux == Path("/home/u/.config/Claude/claude_desktop_config.json")
+
+
+def test_the_message_says_whether_the_file_was_created_or_the_entry_updated(tmp_path: Path, config: Path) -> None:
+    ide = tmp_path / "new" / "mcp.json"
+    created = install(tmp_path, "--client", "cursor", "--path", str(ide), "--config", str(config))
+    assert created.returncode == 0 and created.stdout.startswith(f"{ide}: created, with the 'bridge' entry\n")
+    data = json.loads(ide.read_text())
+    data["mcpServers"]["bridge"]["args"] = ["serve"]  # an older entry, to be replaced
+    ide.write_text(json.dumps(data))
+    updated = install(tmp_path, "--client", "cursor", "--path", str(ide), "--config", str(config))
+    assert updated.returncode == 0 and updated.stdout.startswith(f"{ide}: updated the 'bridge' entry\n")

@@ -553,7 +553,10 @@ def _install(args: argparse.Namespace) -> int:
         _out(f"(dry run: {path} not written)")
         return 0
     backup = apply(change)
-    _out(f"{path}: {'updated' if change.before is not None else 'created'} the {args.name!r} entry")
+    if change.outcome == "created":
+        _out(f"{path}: created, with the {args.name!r} entry")
+    else:
+        _out(f"{path}: {change.outcome} the {args.name!r} entry")
     if backup is not None:
         _out(f"  backup of the previous file: {backup}")
     _out("  no secret was written there: keep credentials in the environment (referenced from the config as")
