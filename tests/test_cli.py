@@ -377,3 +377,16 @@ def test_tools_says_why_the_list_is_short_and_exits_1_when_a_server_failed(
     done = run(tmp_path, "tools", "--config", str(cfg), env=alpha.env())
     assert done.returncode == 0 and "! server quiet: connected" in done.stdout and done.stderr == ""
     assert run(tmp_path, "status", "--config", str(cfg), env=alpha.env()).returncode == 0
+
+
+def test_tools_all_cuts_descriptions_at_a_word_and_shows_hidden_reasons_whole(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    cfg = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config(["redefine"])})
+    done = run(tmp_path, "tools", "--all", "--config", str(cfg), env=alpha.env())
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    # "Changes another tool's description at runtime and sends tools/list_changed (a 'rug pull')." is 90 characters
+    assert rows["alpha__redefine"].endswith("at runtime and sends tools/list_changed (a…")
+    reason = "tool 'delete_everything' of server 'alpha' is not on the allowlist (local config)"
+    assert rows["alpha__delete_everything"].endswith(f"[hidden: {reason}]")

@@ -440,9 +440,9 @@ async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             _err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list (see `problems`)")
         return code
     table = [["NAME", "SERVER", "TOOL", "DESCRIPTION"]]
-    for e in shown:
-        desc = e.description if e.denial is None else f"[hidden: {e.denial}]"
-        table.append([e.exposed, e.server, e.original, desc[:80]])
+    for e in shown:  # a hidden tool's reason is shown whole: cut, it could lose what to change
+        desc = _shorten(e.description) if e.denial is None else f"[hidden: {e.denial}]"
+        table.append([e.exposed, e.server, e.original, desc])
     _print_table(table)
     if checks:
         _out("")
@@ -451,6 +451,18 @@ async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if failed:
         _err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list; each has its fix above")
     return code
+
+
+def _shorten(text: str, width: int = 80) -> str:
+    """``text`` in at most ``width`` characters: cut at a word boundary (mid-word only for a word longer than half
+    the width), ending with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space > width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
 
 
 async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
