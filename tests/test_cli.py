@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -390,3 +391,16 @@ def test_tools_all_cuts_descriptions_at_a_word_and_shows_hidden_reasons_whole(
     assert rows["alpha__redefine"].endswith("at runtime and sends tools/list_changed (a…")
     reason = "tool 'delete_everything' of server 'alpha' is not on the allowlist (local config)"
     assert rows["alpha__delete_everything"].endswith(f"[hidden: {reason}]")
+
+
+def test_each_command_help_says_what_the_command_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_bridge.cli import main
+
+    assert main(["--help"]) == 0
+    commands = re.findall(r"^    ([a-z]+)  +", capsys.readouterr().out, re.MULTILINE)
+    assert {"serve", "status", "tools", "call", "demo", "install", "doctor"} <= set(commands)
+    for command in commands:
+        assert main([command, "--help"]) == 0
+        usage, first = capsys.readouterr().out.split("\n\n")[:2]
+        assert usage.startswith(f"usage: mcp-bridge {command}")
+        assert not first.endswith(":") and len(first.split()) >= 8, f"`{command} --help` has no description: {first}"

@@ -54,6 +54,33 @@ _ONLY_WITH: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+_DESCRIPTIONS = {
+    # What `mcp-bridge COMMAND --help` says the command does, first.
+    "serve": "Serve MCP on stdin and stdout: the command Cursor or Claude Desktop runs (also with no command at "
+    "all). stdout carries only the protocol; logs go to stderr, or to --log-file.",
+    "status": "Where the allowlist came from, and each approved server's state (connected, connecting, needs_auth, "
+    "error) with its tools allowed of offered, token expiry and last error. Exit 1 when something fails.",
+    "tools": "The tools as the IDE sees them: merged, namespaced, filtered by the allowlist; and why the list is "
+    "short when a server is down, needs a login or allows nothing. Exit 1 when a server failed.",
+    "login": "Log in to one OAuth server in the browser and keep its tokens in the OS keyring; running bridges "
+    "pick them up within seconds.",
+    "logout": "Revoke one server's OAuth tokens (where the server supports revocation) and delete everything "
+    "stored for it.",
+    "doctor": "Check the config, the keyring, Port, the audit spool, the allowlist, each server, the tool names "
+    "and the tool count; say how to fix each problem. Exit 1 when a check failed.",
+    "install": "Add the bridge to Cursor's or Claude Desktop's MCP servers, pointing at the config: one entry, "
+    "every other entry kept, a backup of the previous file written.",
+    "audit": "The audit spool: `status` shows the events waiting and the last error, `flush` ships them to Port "
+    "now, `reset` moves a damaged spool aside (kept) and starts a fresh one.",
+    "demo": "The whole flow offline, on this machine: three local MCP servers, a Port stand-in, the bridge and a "
+    "scripted IDE session. With --serve, serve that bridge on stdio for an IDE.",
+    "pins": "Tool-definition pins: `list` shows each allowed tool's pin and state, `approve NAME` accepts a "
+    "changed tool's new definition, `reset SERVER` forgets a server's local pins.",
+    "call": "Call one tool by its exposed name through the same allowlist and audit as the IDE, and print the "
+    "raw result. Exit 1 when the call failed or its result is an error.",
+}
+
+
 def _add_common(p: argparse.ArgumentParser, command: str) -> None:
     """The common options ``command`` takes; those it does not take are parsed (hidden) only to be refused with
     the reason (:func:`_check_options`), instead of argparse's bare "unrecognized arguments"."""
@@ -105,7 +132,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     subs: dict[str, argparse.ArgumentParser] = {}
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, description=_DESCRIPTIONS[name])
         _add_common(p, name)
         subs[name] = p
         return p
