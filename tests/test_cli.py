@@ -404,3 +404,54 @@ def test_each_command_help_says_what_the_command_does(capsys: pytest.CaptureFixt
         usage, first = capsys.readouterr().out.split("\n\n")[:2]
         assert usage.startswith(f"usage: mcp-bridge {command}")
         assert not first.endswith(":") and len(first.split()) >= 8, f"`{command} --help` has no description: {first}"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal is POSIX")
+def test_serve_started_on_a_terminal_says_what_it_is_for_and_still_serves(tmp_path: Path) -> None:
+    import os
+    import pty
+    import select
+
+    cfg = write_config(tmp_path / "config.yaml", {})
+    master, terminal = pty.openpty()
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(cfg)],
+            env=bridge_env(tmp_path / "home"),
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as proc:
+            assert proc.stderr is not None
+            said = b""
+            deadline = time.monotonic() + 30
+            while b"Ctrl-D or Ctrl-C ends it." not in said and time.monotonic() < deadline:
+                if select.select([proc.stderr], [], [], 0.5)[0]:
+                    chunk = os.read(proc.stderr.fileno(), 65536)
+                    if not chunk:
+                        break
+                    said += chunk
+            assert proc.poll() is None  # still serving: an IDE could still speak to it
+            proc.terminate()
+            out, rest = proc.communicate(timeout=30)
+    finally:
+        os.close(terminal)
+        os.close(master)
+    err = (said + rest).decode()
+    assert proc.returncode == 0 and out == b""  # stdout stays the protocol's
+    assert err.startswith("mcp-bridge serve: this speaks MCP (JSON-RPC) on stdin and stdout, for an IDE"), err
+    assert "`mcp-bridge demo`" in err and "`mcp-bridge tools`" in err
+
+
+def test_serve_on_a_pipe_says_nothing_of_terminals(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", {})
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(cfg)],
+        env=bridge_env(tmp_path / "home"),
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "") and "this speaks MCP" not in done.stderr

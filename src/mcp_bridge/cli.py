@@ -320,6 +320,14 @@ def _serve_command(loaded: LoadedConfig) -> int:
     allowlist = initial_allowlist(loaded.settings, home)
     offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
     instructions = offered.instructions(loaded.settings.naming.separator) + instructions_note(loaded.settings, home)
+    if _stdin_is_a_terminal():  # a person, not an IDE: say what this is, then serve as ever (an IDE may follow)
+        _err(
+            "mcp-bridge serve: this speaks MCP (JSON-RPC) on stdin and stdout, for an IDE such as Cursor or Claude "
+            "Desktop to run as its command; it is waiting for one now.\n"
+            "  To try the bridge by hand: `mcp-bridge demo` (offline, everything on this machine), or "
+            "`mcp-bridge tools` and `mcp-bridge status` for your config.\n"
+            "  Ctrl-D or Ctrl-C ends it."
+        )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         early = answer_initialize(instructions)
@@ -335,6 +343,13 @@ def _serve_command(loaded: LoadedConfig) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return _run(_serve, loaded, home, allowlist, early)
+
+
+def _stdin_is_a_terminal() -> bool:
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
 
 
 def _load_front() -> None:
