@@ -86,6 +86,9 @@ async def test_demo_serve_is_an_ide_command(tmp_path: Path) -> None:
     assert '"args": [' in err and '"demo",' in err and '"--serve"' in err  # the entry to paste
     assert "@modelcontextprotocol/inspector" in err
     assert '"event": "serve.start"' in log.read_text(encoding="utf-8")
+    # The headless browser logged in: no login URL is shown to a person who need not open it.
+    assert "open this URL" not in err and "/authorize?" not in err
+    assert '"event": "serve.login_in_headless_browser"' in log.read_text(encoding="utf-8")
     with anyio.fail_after(10):  # the backends and the temporary directory go when the IDE closes stdin
         while list(tmp_path.glob("mcp-bridge-demo-*")):
             await anyio.sleep(0.1)

@@ -204,8 +204,13 @@ shows for any command stopped by a closed pipe."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return _guarded(lambda: _main(argv))
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    """Run a command; a reader of stdout that went away ends it quietly (:data:`BROKEN_PIPE_EXIT`)."""
     try:
-        code = _main(argv)
+        code = run()
         if sys.stdout is not None:
             sys.stdout.flush()  # here, not at exit: a closed pipe is found while it can still be handled
         return code
@@ -229,7 +234,9 @@ def _broken_pipe(exc: BaseException) -> bool:
     return False
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, *, headless_browser: bool = False) -> int:
+    """The command line ``argv``; ``headless_browser``: logins are done by a program, not a person (``demo
+    --serve``), so ``serve`` announces no login URL."""
     parser, subs = _parser()
     try:
         args = parser.parse_args(argv)
@@ -259,7 +266,7 @@ def _main(argv: Sequence[str] | None) -> int:
             level = "error" if level == "info" else level  # hand-run commands: stderr keeps to real errors
         configure(level=level, file=args.log_file or loaded.settings.log.file, defer=command == "serve")
         if command == "serve":
-            return _serve_command(loaded)
+            return _serve_command(loaded, headless_browser=headless_browser)
         handler: Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]] = _COMMANDS[command]
         return _run(handler, args, loaded)
     except BridgeError as exc:
@@ -287,8 +294,9 @@ def _err(message: str) -> None:
 
 def serve_config(path: str, *options: str) -> int:
     """Serve on stdio with the config at ``path`` (``demo --serve``): the same path as ``mcp-bridge serve``;
-    ``options``: its ``--log-level`` and ``--log-file``."""
-    return main(["serve", "--config", path, *options])
+    ``options``: its ``--log-level`` and ``--log-file``. The demo's headless browser does its logins, so no login
+    URL is announced (a person need not open it)."""
+    return _guarded(lambda: _main(["serve", "--config", path, *options], headless_browser=True))
 
 
 def _run(func: Callable[..., Awaitable[int]], *args: Any) -> int:
@@ -305,7 +313,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
 
-def _serve_command(loaded: LoadedConfig) -> int:
+def _serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> int:
     """``serve``: answer ``initialize`` first, then load the SDK (about a second) and serve.
 
     The IDE's first message is read and, when it is ``initialize``, answered before anything heavy is imported
@@ -342,7 +350,7 @@ def _serve_command(loaded: LoadedConfig) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return _run(_serve, loaded, home, allowlist, early)
+    return _run(_serve, loaded, home, allowlist, early, headless_browser)
 
 
 def _stdin_is_a_terminal() -> bool:
@@ -375,13 +383,20 @@ def _answer_lists_while_loading(
     return warmstart.answer_lists_while_loading(early, prepared, _load_front)
 
 
-async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart) -> int:
+async def _serve(
+    loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart, headless_browser: bool
+) -> int:
     import anyio
 
+    from mcp_bridge.auth import AuthEnv
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.front import serve_stdio
 
-    bridge = Bridge(loaded, home, initial=allowlist)
+    def logged_only(server: str, url: str) -> None:
+        log.info("serve.login_in_headless_browser", server=server)
+
+    auth_env = AuthEnv.for_serve(loaded.settings, home, announce=logged_only if headless_browser else None)
+    bridge = Bridge(loaded, home, initial=allowlist, auth_env=auth_env)
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, tg.cancel_scope, bridge)

@@ -275,5 +275,6 @@ def _serve(t: Transcript, config: Path, options: list[str]) -> int:
     t.err("claude_desktop_config.json), or run the MCP Inspector with the same command:")
     t.err(json.dumps({"mcpServers": {"bridge-demo": entry}}, indent=2))
     t.err(f"  npx @modelcontextprotocol/inspector {' '.join([command, *entry['args']])}")
-    t.err("Each run starts fresh backends on new ports; stop with Ctrl-C or by closing stdin.")
+    t.err("Each run starts fresh backends on new ports; stop with Ctrl-C or by closing stdin. The `oauth` server's")
+    t.err("login runs in the demo's headless browser: no browser opens and there is no URL to visit.")
     return serve_config(str(config), *options)
