@@ -37,6 +37,11 @@ COMMON_OPTIONS = ("config", "log_level", "log_file")
 _REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
     # command -> the common options it does not take, and why (the message when one is given anyway)
     "install": (("log_level", "log_file"), "it only edits the IDE's file, and writes no log"),
+    "secret": (
+        ("config", "log_level", "log_file"),
+        "it reads no config and writes no log: a secret is stored in the OS keyring before a config refers to it "
+        "as ${keyring:NAME}",
+    ),
     "demo": (
         ("config",),
         "the demo runs on a config of its own, in a temporary directory (`mcp-bridge status --config PATH` and "
@@ -51,6 +56,8 @@ _ONLY_WITH: dict[tuple[str, str], tuple[str, ...]] = {
     ("pins", "json"): ("list",),
     ("pins", "fingerprint"): ("approve",),
     ("pins", "target"): ("approve", "reset"),
+    ("secret", "json"): ("list",),
+    ("secret", "name"): ("set", "delete"),
 }
 
 
@@ -76,9 +83,14 @@ _DESCRIPTIONS = {
     "scripted IDE session. With --serve, serve that bridge on stdio for an IDE.",
     "pins": "Tool-definition pins: `list` shows each allowed tool's pin and state, `approve NAME` accepts a "
     "changed tool's new definition, `reset SERVER` forgets a server's local pins.",
+    "secret": "Secrets in the OS keyring, for a config to use as ${keyring:NAME} where the IDE does not pass the "
+    "environment: `set NAME` (the value from a prompt or stdin, never the command line), `delete NAME`, `list`.",
     "call": "Call one tool by its exposed name through the same allowlist and audit as the IDE, and print the "
     "raw result. Exit 1 when the call failed or its result is an error.",
 }
+
+
+_POSITIONAL = frozenset({"target", "name"})
 
 
 def _add_common(p: argparse.ArgumentParser, command: str) -> None:
@@ -170,6 +182,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     p.add_argument(
         "--fingerprint", metavar="FP", help="approve: only if the tool's current fingerprint is this one (from list)"
     )
+    p = command("secret", help="store a secret in the OS keyring for ${keyring:NAME}: `secret set|delete|list`")
+    p.add_argument("action", choices=["set", "delete", "list"])
+    p.add_argument("name", nargs="?", metavar="NAME", help="the secret's name (letters, digits, _), as in the config")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p = command("call", help="call one tool by its exposed name and print the result")
     p.add_argument("name", help="exposed tool name, e.g. docs__search")
     p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
@@ -193,7 +209,7 @@ def _check_options(
     action = getattr(args, "action", None)
     for (owner, option), actions in _ONLY_WITH.items():
         if owner == command and getattr(args, option, None) not in (None, False) and action not in actions:
-            what = "a NAME" if option == "target" else "--" + option.replace("_", "-")
+            what = "a NAME" if option in _POSITIONAL else "--" + option.replace("_", "-")
             takers = " and ".join(f"`{command} {a}`" for a in actions)
             usage.error(f"`{command} {action}` does not take {what} (only {takers})")
 
@@ -247,6 +263,9 @@ def _main(argv: Sequence[str] | None, *, headless_browser: bool = False) -> int:
     try:
         if command == "install":
             return _install(args)
+        if command == "secret":  # no config: a secret is stored before a config refers to it
+            configure(level="error")
+            return _secret(args)
         if command == "doctor":  # before loading the config: a broken config is one of the things it reports
             configure(level=args.log_level or "error", file=args.log_file)
             return _run(_doctor, args)
@@ -271,6 +290,8 @@ def _main(argv: Sequence[str] | None, *, headless_browser: bool = False) -> int:
         return _run(handler, args, loaded)
     except BridgeError as exc:
         _err(f"mcp-bridge: {clean(str(exc))}")
+        if isinstance(exc, ConfigError) and exc.fix:
+            _err(f"  fix: {clean(exc.fix)}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -605,13 +626,22 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     """Not async and no bridge: it only edits the IDE's file (the config must exist, it is what the entry points at)."""
-    from mcp_bridge.config import resolve_config_path
+    from mcp_bridge.config import env_references, resolve_config_path
     from mcp_bridge.install import apply, default_path, plan
 
     config = resolve_config_path(args.config)
     if not config.is_file():
         raise _UsageError(f"{config}: no config file there; create it first (see config.example.yaml)")
     load_config(str(config))  # a broken config would only fail later, inside the IDE: refuse it now
+    variables = env_references(config.read_text(encoding="utf-8"))
+    if variables:  # this shell has them (the config loaded); the IDE started from the Dock or a menu will not
+        listed = ", ".join(variables)
+        _err(f"mcp-bridge install: warning: the config takes {listed} from the environment (${{env:...}}).")
+        _err("  Claude Desktop and Cursor started from the Dock, the Start menu or a desktop launcher do not get a")
+        _err("  shell's environment, so the bridge they start would stop at the first missing variable. Store each in")
+        first = variables[0]
+        _err(f"  the OS keyring instead, e.g. `mcp-bridge secret set {first}` (it asks for the value), and write")
+        _err(f"  ${{keyring:{first}}} where the config says ${{env:{first}}}.")
     path = Path(args.path).expanduser() if args.path else default_path(args.client)
     change = plan(path, args.name, config)
     if not change.changed:
@@ -628,8 +658,86 @@ def _install(args: argparse.Namespace) -> int:
         _out(f"{path}: {change.outcome} the {args.name!r} entry")
     if backup is not None:
         _out(f"  backup of the previous file: {backup}")
-    _out("  no secret was written there: keep credentials in the environment (referenced from the config as")
-    _out("  ${env:NAME}) or in the OS keyring (OAuth tokens). Restart the IDE to pick the entry up.")
+    _out("  no secret was written there: keep credentials in the OS keyring (`mcp-bridge secret set NAME`, written")
+    _out("  ${keyring:NAME} in the config; OAuth tokens go there by themselves). Restart the IDE to pick the entry up.")
+    return 0
+
+
+def _secret(args: argparse.Namespace) -> int:
+    """``secret set|delete|list``: named secrets in the OS keyring (:class:`~mcp_bridge.keyring_store.NamedSecrets`).
+    A value is read from a prompt that does not echo (stdin a terminal) or from stdin, never from the command line
+    (which other users' ``ps`` and the shell's history show); no value is ever printed."""
+    import keyring.errors
+
+    from mcp_bridge.keyring_store import KeyringUnavailable, NamedSecrets
+
+    secrets = NamedSecrets(home_dir())
+    try:
+        if args.action == "list":
+            return _secret_list(secrets, args.json)
+        if not args.name:
+            raise _UsageError(f"`secret {args.action}` needs a NAME, e.g. `mcp-bridge secret {args.action} DOCS_TOKEN`")
+        name = NamedSecrets.check_name(args.name)
+        backend = secrets.backend  # no keyring: say so before asking for the value
+        if args.action == "delete":
+            if secrets.delete(name):
+                _out(f"{name}: deleted from the keyring; a config that refers to ${{keyring:{name}}} now stops with")
+                _out(f"  an error until `mcp-bridge secret set {name}` stores it again")
+            else:
+                _out(f"{name}: no such secret (see `mcp-bridge secret list`); nothing to delete")
+            return 0
+        value = _read_secret(name)
+        register_secrets([value])
+        secrets.set(name, value)
+    except KeyringUnavailable as exc:
+        raise BridgeError(str(exc)) from None
+    except keyring.errors.KeyringError as exc:
+        raise BridgeError(f"the keyring refused: {type(exc).__name__}: {clean(str(exc))}") from None
+    _out(f"{name}: stored in the keyring ({backend.name}). Refer to it in the config as ${{keyring:{name}}},")
+    _out(f'  e.g. `value: "Bearer ${{keyring:{name}}}"`; running bridges read it when they next load the config.')
+    return 0
+
+
+def _read_secret(name: str) -> str:
+    """The value: from a prompt without echo when stdin is a terminal, else all of stdin less one line end."""
+    if _stdin_is_a_terminal():
+        import getpass
+
+        try:
+            value = getpass.getpass(f"Value of {name} (not shown): ")
+        except EOFError:
+            value = ""
+    else:
+        value = sys.stdin.read()
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+    if not value.strip():
+        raise _UsageError(f"{name}: the value is empty; nothing stored (type it at the prompt, or pipe it in)")
+    return value
+
+
+def _secret_list(secrets: Any, as_json: bool) -> int:
+    """The names stored with ``secret set``, when, and whether the keyring still holds each; never a value."""
+    from mcp_bridge.keyring_store import KeyringUnavailable
+
+    names = secrets.names()
+    problem = None
+    try:
+        held = {name: secrets.get(name) is not None for name in names}
+    except KeyringUnavailable as exc:
+        problem, held = str(exc), {}
+    rows = [{"name": n, "set_at": when, "in_keyring": held.get(n)} for n, when in sorted(names.items())]
+    if as_json:
+        _out_json({"secrets": rows}, indent=2)
+    elif not rows:
+        _out(f"no secrets stored with `mcp-bridge secret set` (the names are kept in {secrets.index})")
+    else:
+        table = [["NAME", "SET (UTC)", "IN THE KEYRING"]]
+        for r in rows:
+            there = {True: "yes", False: "no: gone from the keyring; set it again", None: "unknown"}[r["in_keyring"]]
+            table.append([r["name"], r["set_at"], there])
+        _print_table(table)
+    if problem is not None:
+        raise BridgeError(problem)
     return 0
 
 
