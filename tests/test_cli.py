@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -66,6 +67,8 @@ def test_status_reports_an_unreachable_server_with_its_error(tmp_path: Path) -> 
     done = run(tmp_path, "status", "--json", "--config", str(config))
     (row,) = json.loads(done.stdout)["servers"]
     assert row["state"] in ("error", "connecting") and row["last_error"]
+    assert done.returncode == 1  # a server in error: the setup does not work
+    assert run(tmp_path, "status", "--config", str(config)).returncode == 1
 
 
 def test_call_prints_the_result_and_exits_by_is_error(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
@@ -262,3 +265,194 @@ def test_doctor_says_how_to_fix_a_missing_file_and_an_unset_variable(tmp_path: P
     assert "fix: export NOPE_TOKEN in the environment the bridge starts in;" in done.stdout
     assert "`mcp-bridge secret set NOPE_TOKEN` and write ${keyring:NOPE_TOKEN}" in done.stdout
     assert "edit the file named above" not in done.stdout
+
+
+def closed_early(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``mcp-bridge ARGS | head -c 1``: the reader takes one byte of stdout and goes away while the command still
+    writes (its output is larger than a pipe holds, so it is blocked writing when the pipe closes)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        env=bridge_env(tmp_path / "home", env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1)
+        proc.stdout.close()
+        err = proc.stderr.read().decode("utf-8", "replace")
+        return proc.wait(60), err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    """`mcp-bridge call ... | head`: no BrokenPipeError traceback; the exit code a shell shows for SIGPIPE."""
+    big = json.dumps({"text": "x" * 100_000})
+    code, err = closed_early(tmp_path, "call", "alpha__echo", "--args", big, "--config", str(config), env=alpha.env())
+    assert (code, err) == (141, "")  # nothing on stderr: no traceback, no "Exception ignored"
+    ide = tmp_path / "mcp.json"  # `install --dry-run | head`: a diff longer than a pipe holds
+    ide.write_text(json.dumps({"mcpServers": {}, "note": "y" * 200_000}), encoding="utf-8")
+    args = ["install", "--dry-run", "--client", "cursor", "--path", str(ide), "--config", str(config)]
+    code, err = closed_early(tmp_path, *args, env=alpha.env())
+    assert code == 141 and "Traceback" not in err and "Error" not in err and "Exception" not in err, err
+    assert err.startswith("mcp-bridge install: warning: the config takes TEST_UPSTREAM_KEY_ALPHA")  # its warning
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--config", "/nonexistent.yaml"],
+        ["demo", "--serve", "--config", "/nonexistent.yaml"],
+        ["--config", "/nonexistent.yaml", "demo"],
+        ["install", "--client", "cursor", "--log-level", "debug"],
+        ["install", "--client", "cursor", "--log-file", "install.log"],
+        ["audit", "flush", "--json"],
+        ["audit", "status", "--force"],
+        ["pins", "list", "docs__search"],
+        ["pins", "approve", "docs__search", "--json"],
+        ["pins", "list", "--fingerprint", "sha256:00"],
+    ],
+)
+def test_an_option_the_command_would_ignore_is_refused_with_the_reason(tmp_path: Path, args: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        env=bridge_env(tmp_path / "home"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    command = next(a for a in args if not a.startswith("-") and "." not in a)
+    assert f"mcp-bridge {command}: error: `{command}" in done.stderr and "does not take" in done.stderr
+    assert not (tmp_path / "home" / "user-home" / ".cursor").exists()  # install wrote nothing
+
+
+def test_options_before_the_command_go_to_it(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    log = tmp_path / "tools.log"
+    done = run(
+        tmp_path,
+        "--config",
+        str(config),
+        "--log-level",
+        "info",
+        "--log-file",
+        str(log),
+        "tools",
+        "--json",
+        env=alpha.env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "alpha__echo" in done.stdout and "upstream.state" in log.read_text(encoding="utf-8")
+
+
+def test_doctor_takes_the_log_options(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    log = tmp_path / "doctor.log"
+    args = ["doctor", "--config", str(config), "--log-level", "info", "--log-file", str(log)]
+    done = run(tmp_path, *args, env=alpha.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "upstream.state" in log.read_text(encoding="utf-8")
+
+
+def test_tools_says_why_the_list_is_short_and_exits_1_when_a_server_failed(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    gone = f"http://127.0.0.1:{free_port()}/mcp"
+    quiet = {k: v for k, v in alpha.server_config().items() if k != "allowed_tools"}  # no allowed_tools
+    servers = {"alpha": alpha.server_config(["echo"]), "gone": {"url": gone, "allowed_tools": ["*"]}, "quiet": quiet}
+    cfg = write_config(tmp_path / "config.yaml", servers, timeouts={"connect": 3})
+    done = run(tmp_path, "tools", "--config", str(cfg), env=alpha.env())
+    assert done.returncode == 1
+    listed, why = done.stdout.split("Why the list is short:\n")
+    assert "alpha__echo" in listed and "quiet__" not in listed
+    assert f"✗ server gone: cannot connect to {gone}: could not connect" in why
+    assert "    fix: check the URL and that the server is up" in why
+    assert f"! server quiet: connected ({alpha.url}); it has no `allowed_tools`, so none of its 10 tools" in why
+    assert "1 problem(s) keep tools out of the list" in done.stderr
+    as_json = run(tmp_path, "tools", "--json", "--config", str(cfg), env=alpha.env())
+    assert as_json.returncode == 1
+    problems = {p["about"]: p for p in json.loads(as_json.stdout)["problems"]}
+    assert problems["server gone"]["failed"] is True and "could not connect" in problems["server gone"]["detail"]
+    assert problems["server quiet"]["failed"] is False and "allowed_tools" in problems["server quiet"]["fix"]
+    # A server without allowed_tools is a choice, not a failure: said, exit 0 (and status is 0 too).
+    del servers["gone"]
+    write_config(cfg, servers)
+    done = run(tmp_path, "tools", "--config", str(cfg), env=alpha.env())
+    assert done.returncode == 0 and "! server quiet: connected" in done.stdout and done.stderr == ""
+    assert run(tmp_path, "status", "--config", str(cfg), env=alpha.env()).returncode == 0
+
+
+def test_tools_all_cuts_descriptions_at_a_word_and_shows_hidden_reasons_whole(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    cfg = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config(["redefine"])})
+    done = run(tmp_path, "tools", "--all", "--config", str(cfg), env=alpha.env())
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    # "Changes another tool's description at runtime and sends tools/list_changed (a 'rug pull')." is 90 characters
+    assert rows["alpha__redefine"].endswith("at runtime and sends tools/list_changed (a…")
+    reason = "tool 'delete_everything' of server 'alpha' is not on the allowlist (local config)"
+    assert rows["alpha__delete_everything"].endswith(f"[hidden: {reason}]")
+
+
+def test_each_command_help_says_what_the_command_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_bridge.cli import main
+
+    assert main(["--help"]) == 0
+    commands = re.findall(r"^    ([a-z]+)  +", capsys.readouterr().out, re.MULTILINE)
+    assert {"serve", "status", "tools", "call", "demo", "install", "doctor"} <= set(commands)
+    for command in commands:
+        assert main([command, "--help"]) == 0
+        usage, first = capsys.readouterr().out.split("\n\n")[:2]
+        assert usage.startswith(f"usage: mcp-bridge {command}")
+        assert not first.endswith(":") and len(first.split()) >= 8, f"`{command} --help` has no description: {first}"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal is POSIX")
+def test_serve_started_on_a_terminal_says_what_it_is_for_and_still_serves(tmp_path: Path) -> None:
+    import os
+    import pty
+    import select
+
+    cfg = write_config(tmp_path / "config.yaml", {})
+    master, terminal = pty.openpty()
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(cfg)],
+            env=bridge_env(tmp_path / "home"),
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as proc:
+            assert proc.stderr is not None
+            said = b""
+            deadline = time.monotonic() + 30
+            while b"Ctrl-D or Ctrl-C ends it." not in said and time.monotonic() < deadline:
+                if select.select([proc.stderr], [], [], 0.5)[0]:
+                    chunk = os.read(proc.stderr.fileno(), 65536)
+                    if not chunk:
+                        break
+                    said += chunk
+            assert proc.poll() is None  # still serving: an IDE could still speak to it
+            proc.terminate()
+            out, rest = proc.communicate(timeout=30)
+    finally:
+        os.close(terminal)
+        os.close(master)
+    err = (said + rest).decode()
+    assert proc.returncode == 0 and out == b""  # stdout stays the protocol's
+    assert err.startswith("mcp-bridge serve: this speaks MCP (JSON-RPC) on stdin and stdout, for an IDE"), err
+    assert "`mcp-bridge demo`" in err and "`mcp-bridge tools`" in err
+
+
+def test_serve_on_a_pipe_says_nothing_of_terminals(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", {})
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_bridge", "serve", "--config", str(cfg)],
+        env=bridge_env(tmp_path / "home"),
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "") and "this speaks MCP" not in done.stderr

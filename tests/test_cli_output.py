@@ -56,7 +56,8 @@ def run(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess
 
 def test_tools_shows_names_and_descriptions_escaped_and_json_keeps_the_data(tmp_path: Path, config: Path) -> None:
     table = run(tmp_path, config, "tools")
-    assert table.returncode == 0, table.stderr
+    assert table.returncode == 1, table.stderr  # the server `broken` cannot list: said, escaped (run checks)
+    assert "✗ server broken: cannot connect to" in table.stdout
     (row,) = [line for line in table.stdout.splitlines() if "First line" in line]
     assert row.split()[1:3] == ["hostile", "hostile\\x1b[31m_name\\x07\\u202e\\x1b[31mred\\x1b[0m"]  # the original
     assert f"First line {SHOWN}"[:80] in row  # the description's first line, cut as always

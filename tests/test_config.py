@@ -740,9 +740,11 @@ def test_example_port_block_parses_when_uncommented() -> None:
         lines[i] = re.sub(r"^(\s*)# ?", r"\1", lines[i], count=1)
     text = "".join(lines)
 
-    port = parse_config(text, environ=example_environ(text)).settings.port
+    stored = {name: f"stored-value-of-{name}" for name in re.findall(r"\$\{keyring:(\w+)\}", text)}
+    port = parse_config(text, environ=example_environ(text), keyring=stored.get).settings.port
 
     assert port is not None
+    assert port.client_secret == "stored-value-of-PORT_CLIENT_SECRET"  # from the keyring, as the example advises
     assert port.api_url == "https://api.port.io"
     assert port.effective_blueprint == "_mcp_server"
     assert port.effective_approval.property == "exposed" and port.effective_approval.equals is True

@@ -70,9 +70,9 @@ def test_demo_config_carries_no_secret() -> None:
 @pytest.mark.anyio
 async def test_demo_serve_is_an_ide_command(tmp_path: Path) -> None:
     """`demo --serve` is what an IDE or the MCP Inspector runs: MCP on stdio over the demo's backends."""
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "mcp_bridge", "demo", "--serve"], env=demo_env(tmp_path)
-    )
+    log = tmp_path / "serve.log"  # --log-level and --log-file go to the bridge it serves
+    args = ["-m", "mcp_bridge", "demo", "--serve", "--log-level", "info", "--log-file", str(log)]
+    params = StdioServerParameters(command=sys.executable, args=args, env=demo_env(tmp_path))
     stderr_path = tmp_path / "serve-stderr.log"
     with stderr_path.open("w", encoding="utf-8") as errlog:
         ide = types.Implementation(name="pytest-ide", version="1.0")
@@ -85,6 +85,10 @@ async def test_demo_serve_is_an_ide_command(tmp_path: Path) -> None:
     err = stderr_path.read_text(encoding="utf-8")
     assert '"args": [' in err and '"demo",' in err and '"--serve"' in err  # the entry to paste
     assert "@modelcontextprotocol/inspector" in err
+    assert '"event": "serve.start"' in log.read_text(encoding="utf-8")
+    # The headless browser logged in: no login URL is shown to a person who need not open it.
+    assert "open this URL" not in err and "/authorize?" not in err
+    assert '"event": "serve.login_in_headless_browser"' in log.read_text(encoding="utf-8")
     with anyio.fail_after(10):  # the backends and the temporary directory go when the IDE closes stdin
         while list(tmp_path.glob("mcp-bridge-demo-*")):
             await anyio.sleep(0.1)

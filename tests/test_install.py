@@ -13,10 +13,10 @@ from harness import bridge_env, write_config
 from mcp_bridge.install import default_path
 
 
-def install(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def install(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mcp_bridge", "install", *args],
-        env=bridge_env(tmp_path / "home"),
+        env=bridge_env(tmp_path / "home", env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,6 +38,7 @@ def test_the_entry_is_added_other_entries_are_kept_and_a_backup_is_written(tmp_p
     ide.write_text(json.dumps(original))
     done = install(tmp_path, "--client", "claude-desktop", "--path", str(ide), "--config", str(config))
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{ide}: added the 'bridge' entry\n")  # it was not there: not "updated"
     data = json.loads(ide.read_text())
     assert data["mcpServers"]["other"] == original["mcpServers"]["other"] and data["globalShortcut"] == "Ctrl+Space"
     entry = data["mcpServers"]["bridge"]
@@ -92,3 +93,41 @@ def test_each_client_has_its_default_file_on_each_os() -> None:
     assert win == Path("C:/Users/u/AppData/Roaming/Claude/claude_desktop_config.json")
     linux = default_path("claude-desktop", platform="linux", environ=env)
     assert linux == Path("/home/u/.config/Claude/claude_desktop_config.json")
+
+
+def test_the_message_says_whether_the_file_was_created_or_the_entry_updated(tmp_path: Path, config: Path) -> None:
+    ide = tmp_path / "new" / "mcp.json"
+    created = install(tmp_path, "--client", "cursor", "--path", str(ide), "--config", str(config))
+    assert created.returncode == 0 and created.stdout.startswith(f"{ide}: created, with the 'bridge' entry\n")
+    data = json.loads(ide.read_text())
+    data["mcpServers"]["bridge"]["args"] = ["serve"]  # an older entry, to be replaced
+    ide.write_text(json.dumps(data))
+    updated = install(tmp_path, "--client", "cursor", "--path", str(ide), "--config", str(config))
+    assert updated.returncode == 0 and updated.stdout.startswith(f"{ide}: updated the 'bridge' entry\n")
+
+
+def test_a_config_that_reads_the_environment_gets_a_warning_naming_the_variables(tmp_path: Path, config: Path) -> None:
+    ide = tmp_path / "mcp.json"
+    quiet = install(tmp_path, "--client", "cursor", "--path", str(ide), "--config", str(config))
+    assert quiet.returncode == 0 and quiet.stderr == ""  # no ${env:...}: nothing to warn about
+    assert "mcp-bridge secret set NAME" in quiet.stdout and "${keyring:NAME}" in quiet.stdout
+    env_config = tmp_path / "env.yaml"
+    env_config.write_text(
+        "# ${env:ONLY_IN_A_COMMENT} does not count\n"
+        "servers:\n"
+        "  docs:\n"
+        "    url: https://docs.example.com/mcp\n"
+        "    auth: {type: api_key, value: 'Bearer ${env:DOCS_TOKEN}'}\n"
+        "  wiki:\n"
+        "    url: https://wiki.example.com/mcp\n"
+        "    auth: {type: oauth, client_secret: '${env:WIKI_SECRET}'}\n",
+        encoding="utf-8",
+    )
+    values = {"DOCS_TOKEN": "docs-value-0001", "WIKI_SECRET": "wiki-value-0001"}
+    done = install(tmp_path, "--client", "cursor", "--path", str(ide), "--config", str(env_config), env=values)
+    assert done.returncode == 0, done.stderr
+    assert "warning: the config takes DOCS_TOKEN, WIKI_SECRET from the environment" in done.stderr
+    assert "ONLY_IN_A_COMMENT" not in done.stderr
+    assert "`mcp-bridge secret set DOCS_TOKEN`" in done.stderr and "${keyring:DOCS_TOKEN}" in done.stderr
+    assert "do not get a" in done.stderr and "Dock" in done.stderr
+    assert not any(v in done.stdout + done.stderr + ide.read_text() for v in values.values())

@@ -185,6 +185,17 @@ def test_tokens_appear_in_no_log_stdout_or_file_under_the_bridge_home(tmp_path: 
             assert secret not in text
 
 
+def test_tools_and_status_say_a_server_needs_a_login_and_exit_1(tmp_path: Path) -> None:
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        s = Setup(tmp_path, upstream)
+        tools = s.run("tools")
+        status = s.run("status")
+    assert tools.returncode == 1 and "Why the list is empty:" in tools.stdout
+    assert "✗ server secure: needs a login" in tools.stdout and "fix: run `mcp-bridge login secure`" in tools.stdout
+    assert status.returncode == 1 and "needs_auth" in status.stdout
+    assert s.opens() == 0  # hand-run commands never open a browser
+
+
 def test_without_a_keyring_backend_the_error_names_the_options(tmp_path: Path) -> None:
     with LocalOAuthUpstream("secure", tmp_path) as upstream:
         s = Setup(tmp_path, upstream)

@@ -132,8 +132,14 @@ async def test_a_changed_tool_is_blocked_audited_and_comes_back_when_approved(
         assert denied_call["exposed_name"] == "alpha__echo"
 
         # status and doctor show it; pins list says why.
-        status = json.loads(cli(tmp_path, cfg, "status", "--json").stdout)
+        status_done = cli(tmp_path, cfg, "status", "--json")
+        status = json.loads(status_done.stdout)
         assert status["servers"][0]["blocked_tools"] == ["alpha__echo"]
+        assert status_done.returncode == 1  # a tool the IDE should have is held back
+        tools = cli(tmp_path, cfg, "tools")
+        assert (
+            tools.returncode == 1 and "✗ tool pins: 1 tool(s) blocked because their definition changed" in tools.stdout
+        )
         doctor = cli(tmp_path, cfg, "doctor")
         assert doctor.returncode == 1 and "✗ tool pins" in doctor.stdout and "alpha__echo" in doctor.stdout
         listed = cli(tmp_path, cfg, "pins", "list", "--json")

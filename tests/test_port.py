@@ -329,7 +329,7 @@ async def test_port_down_at_startup_with_a_cache_gives_full_service(
         assert (await raw_call(client, "alpha__echo", {"text": "cached"}))["content"][0]["text"] == "alpha: cached"
 
 
-def run_status(config: Path, home: Path, env: dict[str, str]) -> dict[str, Any]:
+def run_status(config: Path, home: Path, env: dict[str, str], *, exit_code: int = 0) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "mcp_bridge", "status", "--json", "--config", str(config)],
         env=bridge_env(home, env),
@@ -338,7 +338,7 @@ def run_status(config: Path, home: Path, env: dict[str, str]) -> dict[str, Any]:
         timeout=90,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == exit_code, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
@@ -354,7 +354,7 @@ async def test_port_down_without_a_cache_serves_no_tools_and_says_why(
         assert "being loaded from Port" in (client.instructions or "")
         with pytest.raises(MCPError):
             await raw_call(client, "alpha__echo", {"text": "x"})
-    status = run_status(config, tmp_path / "home", env)
+    status = run_status(config, tmp_path / "home", env, exit_code=1)
     assert status["allowlist"]["failed_closed"] is True
     assert (
         "Port is unavailable" in status["allowlist"]["note"] and "no allowlist is cached" in status["allowlist"]["note"]
@@ -381,7 +381,7 @@ async def test_past_max_stale_the_bridge_fails_closed(
         assert await tool_names(client) == []
         with pytest.raises(MCPError):
             await raw_call(client, "alpha__echo", {"text": "x"})
-    status = run_status(config, home, env)
+    status = run_status(config, home, env, exit_code=1)
     assert status["allowlist"]["failed_closed"] is True and "max_stale" in status["allowlist"]["note"]
 
 

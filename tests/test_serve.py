@@ -234,3 +234,29 @@ async def test_a_tool_list_over_one_mib_comes_through_and_is_cached(tmp_path: Pa
             assert (await raw_call(client, "big__echo", {"text": "x"}))["content"][0]["text"] == "big: x"
     cached = json.loads((tmp_path / "home" / "catalog.json").read_text(encoding="utf-8"))
     assert len(cached["servers"]["big"]["tools"]) == 3010
+
+
+async def test_the_config_can_come_from_mcp_bridge_config_alone(
+    tmp_path: Path, upstreams: dict[str, LocalUpstream]
+) -> None:
+    """What the MCP Inspector runs (its own CLI takes `--config`, so the bridge gets none): the bare command, with
+    `-e MCP_BRIDGE_CONFIG=/abs/config.yaml` in its environment."""
+    import sys
+
+    import mcp_types as types
+    from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    from harness import bridge_env
+
+    config = write_config(tmp_path / "inspector.yaml", {"alpha": upstreams["alpha"].server_config(["echo"])})
+    home = tmp_path / "home"
+    env = {**bridge_env(home), "MCP_BRIDGE_CONFIG": str(config)}  # bridge_env drops MCP_BRIDGE_*: add it after
+    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_bridge"], env=env)
+    home.mkdir()
+    with (tmp_path / "stderr.log").open("w", encoding="utf-8") as errlog:
+        ide = types.Implementation(name="pytest-inspector", version="1.0")
+        async with Client(stdio_client(params, errlog=errlog), mode="legacy", client_info=ide) as client:
+            assert await tool_names(client) == ["alpha__echo"]
+            result = await raw_call(client, "alpha__echo", {"text": "from the inspector"})
+            assert result["content"][0]["text"] == "alpha: from the inspector"

@@ -102,10 +102,12 @@ async def test_a_damaged_spool_denies_every_call_naming_the_file_and_the_fix_and
         assert await tool_names(client) == ["alpha__echo"]  # still serving after the denials
 
         status = cli(home, cfg, "status")
-        assert status.returncode == 0, status.stderr  # issue 14 decides status's exit codes
+        assert status.returncode == 1, status.stderr  # the bridge fails closed: every call is denied
         assert "every tool call is denied" in status.stdout and str(spool) in status.stdout
         assert RESET in status.stdout
-        as_json = json.loads(cli(home, cfg, "status", "--json").stdout)["audit"]
+        as_json_done = cli(home, cfg, "status", "--json")
+        assert as_json_done.returncode == 1
+        as_json = json.loads(as_json_done.stdout)["audit"]
         assert as_json["state"] == "damaged" and RESET in as_json["problem"]
 
         doctor = cli(home, cfg, "doctor")

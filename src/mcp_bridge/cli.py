@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -30,84 +31,253 @@ if TYPE_CHECKING:
 log = get_logger("mcp_bridge.cli")
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="config file (default: $MCP_BRIDGE_CONFIG, then the user dir)")
-    common.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (default: config `log.level`)"
-    )
-    common.add_argument("--log-file", metavar="PATH", help="also write JSON logs to this file")
+COMMON_OPTIONS = ("config", "log_level", "log_file")
+"""What most commands take: the config file and where their log goes."""
 
+_REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
+    # command -> the common options it does not take, and why (the message when one is given anyway)
+    "install": (("log_level", "log_file"), "it only edits the IDE's file, and writes no log"),
+    "secret": (
+        ("config", "log_level", "log_file"),
+        "it reads no config and writes no log: a secret is stored in the OS keyring before a config refers to it "
+        "as ${keyring:NAME}",
+    ),
+    "demo": (
+        ("config",),
+        "the demo runs on a config of its own, in a temporary directory (`mcp-bridge status --config PATH` and "
+        "`mcp-bridge tools --config PATH` show yours)",
+    ),
+}
+
+_ONLY_WITH: dict[tuple[str, str], tuple[str, ...]] = {
+    # (command, option) -> the actions that take it; given with another action, it is refused
+    ("audit", "json"): ("status",),
+    ("audit", "force"): ("reset",),
+    ("pins", "json"): ("list",),
+    ("pins", "fingerprint"): ("approve",),
+    ("pins", "target"): ("approve", "reset"),
+    ("secret", "json"): ("list",),
+    ("secret", "name"): ("set", "delete"),
+}
+
+
+_DESCRIPTIONS = {
+    # What `mcp-bridge COMMAND --help` says the command does, first.
+    "serve": "Serve MCP on stdin and stdout: the command Cursor or Claude Desktop runs (also with no command at "
+    "all). stdout carries only the protocol; logs go to stderr, or to --log-file.",
+    "status": "Where the allowlist came from, and each approved server's state (connected, connecting, needs_auth, "
+    "error) with its tools allowed of offered, token expiry and last error. Exit 1 when something fails.",
+    "tools": "The tools as the IDE sees them: merged, namespaced, filtered by the allowlist; and why the list is "
+    "short when a server is down, needs a login or allows nothing. Exit 1 when a server failed.",
+    "login": "Log in to one OAuth server in the browser and keep its tokens in the OS keyring; running bridges "
+    "pick them up within seconds.",
+    "logout": "Revoke one server's OAuth tokens (where the server supports revocation) and delete everything "
+    "stored for it.",
+    "doctor": "Check the config, the keyring, Port, the audit spool, the allowlist, each server, the tool names "
+    "and the tool count; say how to fix each problem. Exit 1 when a check failed.",
+    "install": "Add the bridge to Cursor's or Claude Desktop's MCP servers, pointing at the config: one entry, "
+    "every other entry kept, a backup of the previous file written.",
+    "audit": "The audit spool: `status` shows the events waiting and the last error, `flush` ships them to Port "
+    "now, `reset` moves a damaged spool aside (kept) and starts a fresh one.",
+    "demo": "The whole flow offline, on this machine: three local MCP servers, a Port stand-in, the bridge and a "
+    "scripted IDE session. With --serve, serve that bridge on stdio for an IDE.",
+    "pins": "Tool-definition pins: `list` shows each allowed tool's pin and state, `approve NAME` accepts a "
+    "changed tool's new definition, `reset SERVER` forgets a server's local pins.",
+    "secret": "Secrets in the OS keyring, for a config to use as ${keyring:NAME} where the IDE does not pass the "
+    "environment: `set NAME` (the value from a prompt or stdin, never the command line), `delete NAME`, `list`.",
+    "call": "Call one tool by its exposed name through the same allowlist and audit as the IDE, and print the "
+    "raw result. Exit 1 when the call failed or its result is an error.",
+}
+
+
+_POSITIONAL = frozenset({"target", "name"})
+
+
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
+    """The common options ``command`` takes; those it does not take are parsed (hidden) only to be refused with
+    the reason (:func:`_check_options`), instead of argparse's bare "unrecognized arguments"."""
+    refused = _REFUSED.get(command, ((), ""))[0]
+    if "config" in refused:
+        p.add_argument("--config", dest="refused_config", help=argparse.SUPPRESS)
+    else:
+        p.add_argument("--config", metavar="PATH", help="config file (default: $MCP_BRIDGE_CONFIG, then the user dir)")
+    if "log_level" in refused:
+        p.add_argument("--log-level", dest="refused_log_level", help=argparse.SUPPRESS)
+    else:
+        p.add_argument(
+            "--log-level", choices=["debug", "info", "warning", "error"], help="log level (default: config `log.level`)"
+        )
+    if "log_file" in refused:
+        p.add_argument("--log-file", dest="refused_log_file", help=argparse.SUPPRESS)
+    else:
+        p.add_argument("--log-file", metavar="PATH", help="also write JSON logs to this file")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own (for errors that show that command's usage)."""
     parser = argparse.ArgumentParser(
         prog="mcp-bridge",
         description="A local MCP gateway: the approved remote MCP servers' tools behind one stdio entry.",
-        parents=[common],
     )
+    # Given before the command, these go to the command (which must take them): `mcp-bridge --config X status`.
+    parser.add_argument(
+        "--config",
+        dest="top_config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="config file (for `serve`, "
+        "the default command, or the command that follows; default: $MCP_BRIDGE_CONFIG, then the user dir)",
+    )
+    parser.add_argument(
+        "--log-level",
+        dest="top_log_level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: config `log.level`)",
+    )
+    parser.add_argument(
+        "--log-file", dest="top_log_file", default=argparse.SUPPRESS, metavar="PATH", help="also write JSON logs here"
+    )
+    parser.set_defaults(config=None, log_level=None, log_file=None)
     parser.add_argument("--version", action="version", version=f"mcp-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="serve MCP on stdio (what the IDE runs; the default)")
-    p = sub.add_parser("status", parents=[common], help="each server's connection state and tool counts")
+    subs: dict[str, argparse.ArgumentParser] = {}
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=_DESCRIPTIONS[name])
+        _add_common(p, name)
+        subs[name] = p
+        return p
+
+    command("serve", help="serve MCP on stdio (what the IDE runs; the default)")
+    p = command("status", help="each server's connection state and tool counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("tools", parents=[common], help="the merged tool list as the IDE sees it")
+    p = command("tools", help="the merged tool list as the IDE sees it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="also show tools the allowlist hides, with the reason")
-    p = sub.add_parser("login", parents=[common], help="log in to an OAuth server (opens a browser)")
+    p = command("login", help="log in to an OAuth server (opens a browser)")
     p.add_argument("server", help="the server's name (its namespace)")
-    p = sub.add_parser("logout", parents=[common], help="revoke and delete a server's stored OAuth tokens")
+    p = command("logout", help="revoke and delete a server's stored OAuth tokens")
     p.add_argument("server", help="the server's name (its namespace)")
-    sub.add_parser(
-        "doctor", parents=[common], help="check the config, keyring, Port, servers and names; say how to fix"
-    )
-    p = sub.add_parser("install", parents=[common], help="add the bridge to Cursor's or Claude Desktop's MCP servers")
+    command("doctor", help="check the config, keyring, Port, servers and names; say how to fix")
+    p = command("install", help="add the bridge to Cursor's or Claude Desktop's MCP servers")
     p.add_argument("--client", required=True, choices=["claude-desktop", "cursor"])
     p.add_argument("--path", metavar="FILE", help="the client's config file (default: its usual place on this OS)")
     p.add_argument("--name", default="bridge", help="the entry's name in mcpServers (default: bridge; keep it short)")
     p.add_argument("--dry-run", action="store_true", help="show the change, write nothing")
-    p = sub.add_parser("audit", parents=[common], help="the audit spool: `audit status`, `audit flush`, `audit reset`")
+    p = command("audit", help="the audit spool: `audit status`, `audit flush`, `audit reset`")
     p.add_argument("action", choices=["status", "flush", "reset"])
     p.add_argument("--json", action="store_true", help="machine-readable output (status)")
     p.add_argument(
         "--force", action="store_true", help="reset: move the spool aside even when it is not damaged (kept)"
     )
-    p = sub.add_parser(
-        "demo", parents=[common], help="the whole flow offline: local servers, a Port stand-in, a scripted IDE"
-    )
+    p = command("demo", help="the whole flow offline: local servers, a Port stand-in, a scripted IDE")
     p.add_argument(
         "--serve", action="store_true", help="keep the demo's backends up and serve the bridge on stdio (for an IDE)"
     )
-    p = sub.add_parser(
-        "pins", parents=[common], help="tool-definition pins: `pins list`, `pins approve NAME`, `pins reset SERVER`"
-    )
+    p = command("pins", help="tool-definition pins: `pins list`, `pins approve NAME`, `pins reset SERVER`")
     p.add_argument("action", choices=["list", "approve", "reset"])
     p.add_argument("target", nargs="?", metavar="NAME|SERVER", help="approve: exposed tool name; reset: server name")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.add_argument(
         "--fingerprint", metavar="FP", help="approve: only if the tool's current fingerprint is this one (from list)"
     )
-    p = sub.add_parser("call", parents=[common], help="call one tool by its exposed name and print the result")
+    p = command("secret", help="store a secret in the OS keyring for ${keyring:NAME}: `secret set|delete|list`")
+    p.add_argument("action", choices=["set", "delete", "list"])
+    p.add_argument("name", nargs="?", metavar="NAME", help="the secret's name (letters, digits, _), as in the config")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    p = command("call", help="call one tool by its exposed name and print the result")
     p.add_argument("name", help="exposed tool name, e.g. docs__search")
     p.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object (default: {})")
-    return parser
+    return parser, subs
+
+
+def _check_options(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, subs: dict[str, argparse.ArgumentParser]
+) -> None:
+    """Refuse an option the command would ignore (exit 2, saying why); hand options given before the command to it."""
+    command = args.command or "serve"
+    usage = subs.get(command, parser)
+    refused, why = _REFUSED.get(command, ((), ""))
+    for name in COMMON_OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        before = getattr(args, f"top_{name}", None)
+        if name in refused and (before is not None or getattr(args, f"refused_{name}", None) is not None):
+            usage.error(f"`{command}` does not take {flag}: {why}")
+        if before is not None and getattr(args, name) is None:
+            setattr(args, name, before)
+    action = getattr(args, "action", None)
+    for (owner, option), actions in _ONLY_WITH.items():
+        if owner == command and getattr(args, option, None) not in (None, False) and action not in actions:
+            what = "a NAME" if option in _POSITIONAL else "--" + option.replace("_", "-")
+            takers = " and ".join(f"`{command} {a}`" for a in actions)
+            usage.error(f"`{command} {action}` does not take {what} (only {takers})")
+
+
+BROKEN_PIPE_EXIT = 128 + 13
+"""The exit code when the reader of stdout went away (``mcp-bridge tools | head``): 128 + SIGPIPE, what a shell
+shows for any command stopped by a closed pipe."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    return _guarded(lambda: _main(argv))
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    """Run a command; a reader of stdout that went away ends it quietly (:data:`BROKEN_PIPE_EXIT`)."""
+    try:
+        code = run()
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, not at exit: a closed pipe is found while it can still be handled
+        return code
+    except BaseException as exc:
+        if not _broken_pipe(exc):
+            raise
+        # Nothing more can reach the reader; point stdout at devnull so that Python's own flush at exit does not
+        # fail again, and end without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_EXIT
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` is a closed stdout (alone, or all that a task group's exception group holds)."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_broken_pipe(inner) for inner in exc.exceptions)
+    return False
+
+
+def _main(argv: Sequence[str] | None, *, headless_browser: bool = False) -> int:
+    """The command line ``argv``; ``headless_browser``: logins are done by a program, not a person (``demo
+    --serve``), so ``serve`` announces no login URL."""
+    parser, subs = _parser()
     try:
         args = parser.parse_args(argv)
+        _check_options(args, parser, subs)
     except SystemExit as exc:  # argparse already printed usage; keep its code (2 for usage errors)
         return int(exc.code or 0)
     command = args.command or "serve"
     try:
         if command == "install":
             return _install(args)
+        if command == "secret":  # no config: a secret is stored before a config refers to it
+            configure(level="error")
+            return _secret(args)
         if command == "doctor":  # before loading the config: a broken config is one of the things it reports
+            configure(level=args.log_level or "error", file=args.log_file)
             return _run(_doctor, args)
         if command == "demo":  # it writes its own config
             from mcp_bridge import demo
 
             if not args.serve:
                 configure(level=args.log_level or "error", file=args.log_file)
-            return demo.run(serve=args.serve)
+                return demo.run()
+            options = [*(["--log-level", args.log_level] if args.log_level else [])]
+            options += ["--log-file", args.log_file] if args.log_file else []
+            return demo.run(serve=True, serve_options=options)
         loaded = load_config(args.config)
         register_secrets(loaded.secrets)
         level = args.log_level or loaded.settings.log.level
@@ -115,11 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             level = "error" if level == "info" else level  # hand-run commands: stderr keeps to real errors
         configure(level=level, file=args.log_file or loaded.settings.log.file, defer=command == "serve")
         if command == "serve":
-            return _serve_command(loaded)
+            return _serve_command(loaded, headless_browser=headless_browser)
         handler: Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]] = _COMMANDS[command]
         return _run(handler, args, loaded)
     except BridgeError as exc:
         _err(f"mcp-bridge: {clean(str(exc))}")
+        if isinstance(exc, ConfigError) and exc.fix:
+            _err(f"  fix: {clean(exc.fix)}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -141,9 +313,11 @@ def _err(message: str) -> None:
     print(printable(message), file=sys.stderr)
 
 
-def serve_config(path: str) -> int:
-    """Serve on stdio with the config at ``path`` (``demo --serve``): the same path as ``mcp-bridge serve``."""
-    return main(["serve", "--config", path])
+def serve_config(path: str, *options: str) -> int:
+    """Serve on stdio with the config at ``path`` (``demo --serve``): the same path as ``mcp-bridge serve``;
+    ``options``: its ``--log-level`` and ``--log-file``. The demo's headless browser does its logins, so no login
+    URL is announced (a person need not open it)."""
+    return _guarded(lambda: _main(["serve", "--config", path, *options], headless_browser=True))
 
 
 def _run(func: Callable[..., Awaitable[int]], *args: Any) -> int:
@@ -160,7 +334,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
 
-def _serve_command(loaded: LoadedConfig) -> int:
+def _serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> int:
     """``serve``: answer ``initialize`` first, then load the SDK (about a second) and serve.
 
     The IDE's first message is read and, when it is ``initialize``, answered before anything heavy is imported
@@ -175,6 +349,14 @@ def _serve_command(loaded: LoadedConfig) -> int:
     allowlist = initial_allowlist(loaded.settings, home)
     offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
     instructions = offered.instructions(loaded.settings.naming.separator) + instructions_note(loaded.settings, home)
+    if _stdin_is_a_terminal():  # a person, not an IDE: say what this is, then serve as ever (an IDE may follow)
+        _err(
+            "mcp-bridge serve: this speaks MCP (JSON-RPC) on stdin and stdout, for an IDE such as Cursor or Claude "
+            "Desktop to run as its command; it is waiting for one now.\n"
+            "  To try the bridge by hand: `mcp-bridge demo` (offline, everything on this machine), or "
+            "`mcp-bridge tools` and `mcp-bridge status` for your config.\n"
+            "  Ctrl-D or Ctrl-C ends it."
+        )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         early = answer_initialize(instructions)
@@ -189,7 +371,14 @@ def _serve_command(loaded: LoadedConfig) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return _run(_serve, loaded, home, allowlist, early)
+    return _run(_serve, loaded, home, allowlist, early, headless_browser)
+
+
+def _stdin_is_a_terminal() -> bool:
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
 
 
 def _load_front() -> None:
@@ -215,13 +404,20 @@ def _answer_lists_while_loading(
     return warmstart.answer_lists_while_loading(early, prepared, _load_front)
 
 
-async def _serve(loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart) -> int:
+async def _serve(
+    loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart, headless_browser: bool
+) -> int:
     import anyio
 
+    from mcp_bridge.auth import AuthEnv
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.front import serve_stdio
 
-    bridge = Bridge(loaded, home, initial=allowlist)
+    def logged_only(server: str, url: str) -> None:
+        log.info("serve.login_in_headless_browser", server=server)
+
+    auth_env = AuthEnv.for_serve(loaded.settings, home, announce=logged_only if headless_browser else None)
+    bridge = Bridge(loaded, home, initial=allowlist, auth_env=auth_env)
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
@@ -250,16 +446,22 @@ async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
 
 async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
+    from mcp_bridge.doctor import listing_checks
 
     bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
     async with bridge.running():
         await _settle(bridge, loaded)
         rows = bridge.status()
+        pinned_out = [e for e in bridge.catalog.entries() if e.blocked]
+        checks = listing_checks(bridge.catalog.allowlist, rows, pinned_out, loaded.settings.timeouts.connect)
         allowlist = bridge.catalog.allowlist.describe()
     audit = await _audit_health(loaded)
+    # 1 when the bridge fails closed (allowlist or audit) or a server's tools cannot be served (down, no answer,
+    # waiting for a login, blocked by their pins): what a script checking the setup needs to know.
+    code = 1 if audit["problem"] or any(not c.ok for c in checks) else 0
     if args.json:
         _out_json({"allowlist": allowlist, "servers": rows, "audit": audit}, indent=2)
-        return 0
+        return code
     _out(_allowlist_line(allowlist))
     if audit["problem"]:
         _out(f"audit: FAILED CLOSED, every tool call is denied\n  {audit['problem']}")
@@ -267,7 +469,7 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         if not allowlist["failed_closed"]:
             where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
             _out(f"no servers approved for you ({where})")
-        return 0
+        return code
     table = [["SERVER", "STATE", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
     for r in rows:
         tools = f"{r['tools_allowed']} of {r['tools_offered']}"
@@ -281,16 +483,22 @@ async def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if blocked:
         _out(f"blocked, their definition changed since approval: {', '.join(blocked)}")
         _out("  review with `mcp-bridge pins list`, then `mcp-bridge pins approve NAME` (or update tool_pins in Port)")
-    return 0
+    return code
 
 
 async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
+    from mcp_bridge.doctor import listing_checks, render
 
     bridge = Bridge(loaded, home_dir(), auth_env=_no_browser(loaded))
     async with bridge.running():
         await _settle(bridge, loaded)
         entries = sorted(bridge.catalog.entries(), key=lambda e: e.exposed)
+        blocked = [e for e in entries if e.blocked]
+        rows = bridge.status()
+        checks = listing_checks(bridge.catalog.allowlist, rows, blocked, loaded.settings.timeouts.connect)
+    failed = len([c for c in checks if not c.ok])
+    code = 1 if failed else 0
     shown = [e for e in entries if args.all or e.denial is None]
     if args.json:
         out = [
@@ -304,14 +512,35 @@ async def _tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             }
             for e in shown
         ]
-        _out_json({"tools": out}, indent=2, ensure_ascii=False)
-        return 0
+        problems = [{"about": c.name, "failed": not c.ok, "detail": c.detail, "fix": c.fix} for c in checks]
+        _out_json({"tools": out, "problems": problems}, indent=2, ensure_ascii=False)
+        if failed:
+            _err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list (see `problems`)")
+        return code
     table = [["NAME", "SERVER", "TOOL", "DESCRIPTION"]]
-    for e in shown:
-        desc = e.description if e.denial is None else f"[hidden: {e.denial}]"
-        table.append([e.exposed, e.server, e.original, desc[:80]])
+    for e in shown:  # a hidden tool's reason is shown whole: cut, it could lose what to change
+        desc = _shorten(e.description) if e.denial is None else f"[hidden: {e.denial}]"
+        table.append([e.exposed, e.server, e.original, desc])
     _print_table(table)
-    return 0
+    if checks:
+        _out("")
+        _out("Why the list is short:" if shown else "Why the list is empty:")
+        _out(render(checks))
+    if failed:
+        _err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list; each has its fix above")
+    return code
+
+
+def _shorten(text: str, width: int = 80) -> str:
+    """``text`` in at most ``width`` characters: cut at a word boundary (mid-word only for a word longer than half
+    the width), ending with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space > width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
 
 
 async def _call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
@@ -397,13 +626,22 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     """Not async and no bridge: it only edits the IDE's file (the config must exist, it is what the entry points at)."""
-    from mcp_bridge.config import resolve_config_path
+    from mcp_bridge.config import env_references, resolve_config_path
     from mcp_bridge.install import apply, default_path, plan
 
     config = resolve_config_path(args.config)
     if not config.is_file():
         raise _UsageError(f"{config}: no config file there; create it first (see config.example.yaml)")
     load_config(str(config))  # a broken config would only fail later, inside the IDE: refuse it now
+    variables = env_references(config.read_text(encoding="utf-8"))
+    if variables:  # this shell has them (the config loaded); the IDE started from the Dock or a menu will not
+        listed = ", ".join(variables)
+        _err(f"mcp-bridge install: warning: the config takes {listed} from the environment (${{env:...}}).")
+        _err("  Claude Desktop and Cursor started from the Dock, the Start menu or a desktop launcher do not get a")
+        _err("  shell's environment, so the bridge they start would stop at the first missing variable. Store each in")
+        first = variables[0]
+        _err(f"  the OS keyring instead, e.g. `mcp-bridge secret set {first}` (it asks for the value), and write")
+        _err(f"  ${{keyring:{first}}} where the config says ${{env:{first}}}.")
     path = Path(args.path).expanduser() if args.path else default_path(args.client)
     change = plan(path, args.name, config)
     if not change.changed:
@@ -414,11 +652,92 @@ def _install(args: argparse.Namespace) -> int:
         _out(f"(dry run: {path} not written)")
         return 0
     backup = apply(change)
-    _out(f"{path}: {'updated' if change.before is not None else 'created'} the {args.name!r} entry")
+    if change.outcome == "created":
+        _out(f"{path}: created, with the {args.name!r} entry")
+    else:
+        _out(f"{path}: {change.outcome} the {args.name!r} entry")
     if backup is not None:
         _out(f"  backup of the previous file: {backup}")
-    _out("  no secret was written there: keep credentials in the environment (referenced from the config as")
-    _out("  ${env:NAME}) or in the OS keyring (OAuth tokens). Restart the IDE to pick the entry up.")
+    _out("  no secret was written there: keep credentials in the OS keyring (`mcp-bridge secret set NAME`, written")
+    _out("  ${keyring:NAME} in the config; OAuth tokens go there by themselves). Restart the IDE to pick the entry up.")
+    return 0
+
+
+def _secret(args: argparse.Namespace) -> int:
+    """``secret set|delete|list``: named secrets in the OS keyring (:class:`~mcp_bridge.keyring_store.NamedSecrets`).
+    A value is read from a prompt that does not echo (stdin a terminal) or from stdin, never from the command line
+    (which other users' ``ps`` and the shell's history show); no value is ever printed."""
+    import keyring.errors
+
+    from mcp_bridge.keyring_store import KeyringUnavailable, NamedSecrets
+
+    secrets = NamedSecrets(home_dir())
+    try:
+        if args.action == "list":
+            return _secret_list(secrets, args.json)
+        if not args.name:
+            raise _UsageError(f"`secret {args.action}` needs a NAME, e.g. `mcp-bridge secret {args.action} DOCS_TOKEN`")
+        name = NamedSecrets.check_name(args.name)
+        backend = secrets.backend  # no keyring: say so before asking for the value
+        if args.action == "delete":
+            if secrets.delete(name):
+                _out(f"{name}: deleted from the keyring; a config that refers to ${{keyring:{name}}} now stops with")
+                _out(f"  an error until `mcp-bridge secret set {name}` stores it again")
+            else:
+                _out(f"{name}: no such secret (see `mcp-bridge secret list`); nothing to delete")
+            return 0
+        value = _read_secret(name)
+        register_secrets([value])
+        secrets.set(name, value)
+    except KeyringUnavailable as exc:
+        raise BridgeError(str(exc)) from None
+    except keyring.errors.KeyringError as exc:
+        raise BridgeError(f"the keyring refused: {type(exc).__name__}: {clean(str(exc))}") from None
+    _out(f"{name}: stored in the keyring ({backend.name}). Refer to it in the config as ${{keyring:{name}}},")
+    _out(f'  e.g. `value: "Bearer ${{keyring:{name}}}"`; running bridges read it when they next load the config.')
+    return 0
+
+
+def _read_secret(name: str) -> str:
+    """The value: from a prompt without echo when stdin is a terminal, else all of stdin less one line end."""
+    if _stdin_is_a_terminal():
+        import getpass
+
+        try:
+            value = getpass.getpass(f"Value of {name} (not shown): ")
+        except EOFError:
+            value = ""
+    else:
+        value = sys.stdin.read()
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+    if not value.strip():
+        raise _UsageError(f"{name}: the value is empty; nothing stored (type it at the prompt, or pipe it in)")
+    return value
+
+
+def _secret_list(secrets: Any, as_json: bool) -> int:
+    """The names stored with ``secret set``, when, and whether the keyring still holds each; never a value."""
+    from mcp_bridge.keyring_store import KeyringUnavailable
+
+    names = secrets.names()
+    problem = None
+    try:
+        held = {name: secrets.get(name) is not None for name in names}
+    except KeyringUnavailable as exc:
+        problem, held = str(exc), {}
+    rows = [{"name": n, "set_at": when, "in_keyring": held.get(n)} for n, when in sorted(names.items())]
+    if as_json:
+        _out_json({"secrets": rows}, indent=2)
+    elif not rows:
+        _out(f"no secrets stored with `mcp-bridge secret set` (the names are kept in {secrets.index})")
+    else:
+        table = [["NAME", "SET (UTC)", "IN THE KEYRING"]]
+        for r in rows:
+            there = {True: "yes", False: "no: gone from the keyring; set it again", None: "unknown"}[r["in_keyring"]]
+            table.append([r["name"], r["set_at"], there])
+        _print_table(table)
+    if problem is not None:
+        raise BridgeError(problem)
     return 0
 
 

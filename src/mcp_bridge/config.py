@@ -482,6 +482,29 @@ class _Interpolation:
         return value
 
 
+def env_references(text: str) -> list[str]:
+    """The environment variables a config's values refer to as ``${env:NAME}`` (comments do not count), sorted;
+    empty when the text is not valid YAML (loading it says why)."""
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return []
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            names.update(name for kind, name in _REF.findall(value) if kind == "env")
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(raw)
+    return sorted(names)
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:

@@ -68,7 +68,8 @@ def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip() for r in rows]
 
 
-def run(serve: bool = False) -> int:
+def run(serve: bool = False, serve_options: list[str] | None = None) -> int:
+    """The demo; with ``serve``, ``demo --serve`` (``serve_options``: the bridge's ``--log-level``/``--log-file``)."""
     t = Transcript()
     work = Path(tempfile.mkdtemp(prefix="mcp-bridge-demo-"))
     keep = False
@@ -82,7 +83,7 @@ def run(serve: bool = False) -> int:
             # The bridge (this process's with --serve, subprocesses otherwise) reads its secrets and home from here.
             os.environ.update({**backends.env(), "MCP_BRIDGE_HOME": str(home)})
             if serve:
-                return _serve(t, config)
+                return _serve(t, config, serve_options or [])
             try:
                 anyio.run(_session, t, backends, config, home, work)
             except DemoFailed as exc:
@@ -261,7 +262,7 @@ async def _audit(t: Transcript, backends: DemoBackends) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _serve(t: Transcript, config: Path) -> int:
+def _serve(t: Transcript, config: Path, options: list[str]) -> int:
     """Serve the bridge on stdio in this process, over the running backends, until the client closes stdin."""
     from mcp_bridge.cli import serve_config
     from mcp_bridge.install import bridge_command
@@ -274,5 +275,6 @@ def _serve(t: Transcript, config: Path) -> int:
     t.err("claude_desktop_config.json), or run the MCP Inspector with the same command:")
     t.err(json.dumps({"mcpServers": {"bridge-demo": entry}}, indent=2))
     t.err(f"  npx @modelcontextprotocol/inspector {' '.join([command, *entry['args']])}")
-    t.err("Each run starts fresh backends on new ports; stop with Ctrl-C or by closing stdin.")
-    return serve_config(str(config))
+    t.err("Each run starts fresh backends on new ports; stop with Ctrl-C or by closing stdin. The `oauth` server's")
+    t.err("login runs in the demo's headless browser: no browser opens and there is no URL to visit.")
+    return serve_config(str(config), *options)

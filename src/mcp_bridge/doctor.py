@@ -256,10 +256,7 @@ async def _check_allowlist(settings: Settings, home: Path) -> tuple[Allowlist, l
         )
         return allowlist, checks
     if count == 0:
-        if allowlist.source == "Port":
-            fix = "ask your Port admin to approve MCP servers for you (or check port.preset / port.approved_when)"
-        else:
-            fix = "add servers under `servers:` in the config"
+        fix = _NO_SERVERS_FIX_PORT if allowlist.source == "Port" else _NO_SERVERS_FIX_LOCAL
         checks.append(_warn("allowlist", detail, fix))
     elif allowlist.note:
         checks.append(
@@ -338,6 +335,46 @@ async def _check_servers(loaded: LoadedConfig, home: Path, allowlist: Allowlist,
     return checks
 
 
+def listing_checks(allowlist: Allowlist, rows: list[dict[str, Any]], blocked: list[Any], connect: float) -> list[Check]:
+    """What keeps tools out of a running bridge's list, worded as the doctor words it (failures and warnings only):
+    the allowlist failed closed or approves nothing; a server approved but unusable, down, silent, waiting for a
+    login or with no tool allowed; tools blocked by their pins. ``rows``: :meth:`Bridge.status`; ``blocked``: the
+    catalog's blocked entries. For ``mcp-bridge tools`` and ``status``."""
+    if allowlist.failed_closed:
+        fix = "run `mcp-bridge doctor`: it checks Port (network, credentials) and says what to fix"
+        return [_fail("allowlist", f"FAILED CLOSED, no tools are allowed: {allowlist.note}", fix)]
+    checks: list[Check] = []
+    if not allowlist.servers:
+        if allowlist.source == "Port":
+            checks.append(_warn("allowlist", "no servers approved for you in Port", _NO_SERVERS_FIX_PORT))
+        else:
+            checks.append(_warn("allowlist", "no servers under `servers:` in the config", _NO_SERVERS_FIX_LOCAL))
+    for name, problem in sorted(allowlist.problems.items()):
+        checks.append(_fail(f"server {name}", "approved but cannot be used yet", problem))
+    for row in rows:
+        name = row["server"]
+        if name in allowlist.problems:
+            continue
+        check = _server_check(name, row, connect, keyring_ok=True)
+        server = allowlist.servers.get(name)
+        if check.warning and server is not None and not server.allowed_tools:
+            check = _warn(
+                check.name,
+                f"connected ({row.get('url') or ''}); it has no `allowed_tools`, so none of its "
+                f"{row.get('tools_offered', 0)} tools is listed",
+                check.fix,
+            )
+        if not check.ok or check.warning:
+            checks.append(check)
+    if blocked:
+        checks.append(_pins_check(blocked))
+    return checks
+
+
+_NO_SERVERS_FIX_PORT = "ask your Port admin to approve MCP servers for you (or check port.preset / port.approved_when)"
+_NO_SERVERS_FIX_LOCAL = "add servers under `servers:` in the config"
+
+
 def _pins_check(blocked: list[Any]) -> Check:
     if not blocked:
         return _ok("tool pins", "every allowed tool matches its approved definition")
@@ -412,4 +449,4 @@ def _count_check(count: int) -> Check:
     return _ok("tool count", detail)
 
 
-__all__ = ["Check", "render", "run_checks"]
+__all__ = ["Check", "listing_checks", "render", "run_checks"]

@@ -57,6 +57,15 @@ class Plan:
     before: str | None
     after: str
     changed: bool
+    existed: bool
+    """The file already had an entry of this name (changed: it is updated; otherwise it is added)."""
+
+    @property
+    def outcome(self) -> str:
+        """What writing it does, in words: ``created`` (the file), ``added`` or ``updated`` (the entry)."""
+        if self.before is None:
+            return "created"
+        return "updated" if self.existed else "added"
 
     def diff(self) -> str:
         old = (self.before or "").splitlines(keepends=True)
@@ -84,10 +93,11 @@ def plan(path: Path, name: str, config: Path) -> Plan:
         raise ConfigError(f"{path}: `mcpServers` is not a JSON object; left it untouched")
     command, prefix = bridge_command()
     entry = {"command": command, "args": [*prefix, "serve", "--config", str(config.resolve())]}
+    existed = name in servers
     changed = servers.get(name) != entry
     servers[name] = entry
     after = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    return Plan(path=path, before=before, after=after, changed=changed)
+    return Plan(path=path, before=before, after=after, changed=changed, existed=existed)
 
 
 def apply(p: Plan) -> Path | None:

@@ -57,6 +57,12 @@ class KeyringBackend:
             )
         self._keyring = keyring
 
+    @property
+    def name(self) -> str:
+        """The backend in use, e.g. ``keyring.backends.macOS.Keyring``."""
+        backend = type(self._keyring.get_keyring())
+        return f"{backend.__module__}.{backend.__name__}"
+
     def get(self, key: str) -> str | None:
         value = self._keyring.get_password(KEYRING_SERVICE, key)
         return value if isinstance(value, str) else None

@@ -7,7 +7,7 @@ lives in :mod:`mcp_bridge.auth.oauth`, its storage in :mod:`mcp_bridge.auth.stor
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,10 +49,19 @@ class AuthEnv:
     policy: LoginPolicy
 
     @classmethod
-    def for_serve(cls, settings: Settings, home: Path) -> AuthEnv:
+    def for_serve(
+        cls, settings: Settings, home: Path, *, announce: Callable[[str, str], None] | None = None
+    ) -> AuthEnv:
+        """``serve``'s: a browser login when needed (``auto_login``); its URL goes to stderr unless ``announce``
+        takes it (``demo --serve``, whose headless browser does the login: no URL for a person to open)."""
         from mcp_bridge.auth.oauth import LoginPolicy
 
-        policy = LoginPolicy(interactive=settings.auto_login, cooldown=LOGIN_COOLDOWN, timeout=settings.timeouts.login)
+        policy = LoginPolicy(
+            interactive=settings.auto_login,
+            cooldown=LOGIN_COOLDOWN,
+            timeout=settings.timeouts.login,
+            announce=announce,
+        )
         return cls(home, settings.token_store, policy)
 
     def storage_path(self, server_url: str) -> Path:
