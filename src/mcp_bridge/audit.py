@@ -24,10 +24,10 @@ from typing import Any, Literal
 import anyio
 
 from mcp_bridge import __version__
+from mcp_bridge.backoff import Backoff
 from mcp_bridge.config import Settings
 from mcp_bridge.errors import AuditUnavailable
-from mcp_bridge.files import open_private
-from mcp_bridge.logs import clean, enabled_for, get_logger
+from mcp_bridge.logs import clean, enabled_for, get_logger, open_private
 from mcp_bridge.spoolcheck import SPOOL_FILE, spools
 
 log = get_logger("mcp_bridge.audit")
@@ -318,8 +318,6 @@ class Shipper:
 
     async def run(self) -> None:
         """Ship forever (until cancelled); back off while Port fails."""
-        from mcp_bridge.upstream import Backoff
-
         backoff = Backoff(initial=1.0, cap=60.0)
         while True:
             try:

@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from mcp_bridge.audit import AuditTrail, Shipper
 from mcp_bridge.auth import AuthEnv
+from mcp_bridge.backoff import Backoff
 from mcp_bridge.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
 from mcp_bridge.errors import (
@@ -34,7 +35,7 @@ from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.pins import Pins, Verdict
 from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes, loading_from_port
 from mcp_bridge.spoolcheck import instructions_note
-from mcp_bridge.upstream import Backoff, ProgressFn, Upstream, describe_error
+from mcp_bridge.upstream import ProgressFn, Upstream, describe_error
 
 log = get_logger(__name__)
 

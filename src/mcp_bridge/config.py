@@ -34,6 +34,7 @@ letters, digits, ``_``, ``-`` and ``.``, not starting with ``.`` or ``-``, not e
 (:func:`server_name_ok` matches it against the whole name). A subset of Port's
 entity identifiers (which also allow Unicode letters and ``@ + : \\ / =``), without the characters that are unsafe in a
 path or a URI authority (``/ \\ : @``, ``.`` and ``..``, a leading ``-`` that reads as an option)."""
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 SERVER_NAME_RULE = "ASCII letters, digits, '_', '-' and '.', not starting with '-' or '.', not ending with '.', no '..'"
 
 
@@ -88,6 +89,15 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def normalize_pin(value: object) -> str | None:
+    """A pin as written in Port or the config (``sha256:<hex>`` or bare hex, any case) → ``sha256:<hex>``;
+    ``None`` when it is not a SHA-256 fingerprint at all."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower().removeprefix("sha256:")
+    return f"sha256:{text}" if _HEX64.fullmatch(text) else None
+
+
 class ServerConfig(_Model):
     """One remote MCP server reached over streamable HTTP."""
 
@@ -107,8 +117,6 @@ class ServerConfig(_Model):
     @field_validator("tool_pins")
     @classmethod
     def _pins_are_fingerprints(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        from mcp_bridge.pins import normalize_pin
-
         for tool, pin in (v or {}).items():
             if normalize_pin(pin) is None:
                 raise ValueError(f"tool_pins[{tool!r}] is not a sha256 fingerprint (sha256:<64 hex digits>)")

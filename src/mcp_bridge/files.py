@@ -3,14 +3,14 @@
 A state file is a cache or a record the bridge can rebuild or do without, so reading one never fails: a missing,
 unreadable or malformed file reads as ``None`` (the unreadable case logged).
 
-Files the bridge appends to (the log file, the audit JSONL copy) are private too: :func:`open_private`.
+Files the bridge appends to (the log file, the audit JSONL copy) are private too:
+:func:`mcp_bridge.logs.open_private`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,25 +44,3 @@ def write_private_json(path: Path, payload: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def open_private(path: str | os.PathLike[str]) -> tuple[int, str | None]:
-    """Open ``path`` for appending, created with mode 0600; an existing file that others may read is narrowed to 0600.
-
-    Returns the descriptor and, when the file was readable by others, a note saying what was done (for the caller to
-    log: this module's logger may not be usable yet, e.g. while the log file itself is being opened)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    if os.name != "posix":  # permission bits mean little elsewhere (Windows: only read-only)
-        return fd, None
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not mode & 0o077:
-        return fd, None
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError as exc:  # not the owner: the file still works, and the caller says what is wrong
-        return fd, f"the file is readable by others (mode {mode:04o}) and could not be made private: {exc.strerror}"
-    return fd, f"the file was readable by others (mode {mode:04o}); it is now private (0600)"

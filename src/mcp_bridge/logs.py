@@ -10,11 +10,15 @@ structlog (and :mod:`logging` and :mod:`asyncio`, which it imports: ~80 ms) load
 not on import, so that ``serve`` can answer ``initialize`` before it (:mod:`mcp_bridge.handshake`).
 :func:`configure` with ``defer=True`` only records the settings; they take effect with that first message at or
 above the level, or at :func:`activate`.
+
+Files the bridge appends to (the log file, the audit JSONL copy) are private (0600): :func:`open_private`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
@@ -197,8 +201,6 @@ def _private_file_handler(file: str, notes: list[str]) -> logging.FileHandler:
     The log holds tool names, URLs, digests and the user's email: only its owner reads it, like every state file."""
     import logging
 
-    from mcp_bridge.files import open_private
-
     class PrivateFileHandler(logging.FileHandler):
         def _open(self) -> Any:
             fd, note = open_private(self.baseFilename)
@@ -207,6 +209,28 @@ def _private_file_handler(file: str, notes: list[str]) -> logging.FileHandler:
             return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     return PrivateFileHandler(file, encoding="utf-8")
+
+
+def open_private(path: str | os.PathLike[str]) -> tuple[int, str | None]:
+    """Open ``path`` for appending, created with mode 0600; an existing file that others may read is narrowed to 0600.
+
+    Returns the descriptor and, when the file was readable by others, a note saying what was done (for the caller to
+    log: this module's logger may not be usable yet, e.g. while the log file itself is being opened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    if os.name != "posix":  # permission bits mean little elsewhere (Windows: only read-only)
+        return fd, None
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not mode & 0o077:
+        return fd, None
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError as exc:  # not the owner: the file still works, and the caller says what is wrong
+        return fd, f"the file is readable by others (mode {mode:04o}) and could not be made private: {exc.strerror}"
+    return fd, f"the file was readable by others (mode {mode:04o}); it is now private (0600)"
 
 
 def enabled_for(level: int) -> bool:

@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
 from mcp_bridge.catalog import by_name, duplicate_reason
+from mcp_bridge.config import ServerConfig, normalize_pin
 from mcp_bridge.errors import BridgeError
 from mcp_bridge.files import write_private_json
 from mcp_bridge.logs import get_logger
-
-if TYPE_CHECKING:
-    from mcp_bridge.config import ServerConfig
 
 log = get_logger(__name__)
 
@@ -44,7 +41,6 @@ FINGERPRINTED = ("name", "description", "inputSchema", "outputSchema", "annotati
 OnChange = Literal["block", "warn", "accept"]
 Listed = tuple[dict[str, Mapping[str, Any]], dict[str, int]]  # catalog.by_name's answer
 PinSource = Literal["allowlist", "local", "none"]
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def definition_of(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,15 +51,6 @@ def definition_of(tool: Mapping[str, Any]) -> dict[str, Any]:
 def fingerprint(tool: Mapping[str, Any]) -> str:
     canonical = json.dumps(definition_of(tool), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def normalize_pin(value: object) -> str | None:
-    """A pin as written in Port or the config (``sha256:<hex>`` or bare hex, any case) → ``sha256:<hex>``;
-    ``None`` when it is not a SHA-256 fingerprint at all."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip().lower().removeprefix("sha256:")
-    return f"sha256:{text}" if _HEX64.fullmatch(text) else None
 
 
 def short(fp: str | None) -> str:

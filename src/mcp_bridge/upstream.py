@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import random
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -48,6 +47,7 @@ from pydantic import RootModel
 from mcp_bridge import __version__
 from mcp_bridge.auth import AuthEnv, auth_for
 from mcp_bridge.auth.oauth import LoginCompletedElsewhere
+from mcp_bridge.backoff import Backoff
 from mcp_bridge.catalog import Listing
 from mcp_bridge.config import OAuthAuth, ServerConfig, TimeoutsConfig
 from mcp_bridge.errors import AuthRequired, BridgeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -100,21 +100,6 @@ _DRAIN_SECONDS = 0.05
 _DRAIN_BYTES = 1 << 16
 _KEEPALIVE_SECONDS = 30.0
 _RECYCLE, _TOOLS, _PROMPTS, _RESOURCES = "recycle", "tools", "prompts", "resources"
-
-
-class Backoff:
-    """Exponential backoff with full jitter: a random delay in [base/2, base], base doubling up to ``cap``."""
-
-    def __init__(self, initial: float = 0.5, cap: float = 30.0) -> None:
-        self.initial, self.cap, self.attempt = initial, cap, 0
-
-    def next(self) -> float:
-        base = min(self.cap, self.initial * 2.0**self.attempt)
-        self.attempt += 1
-        return base / 2 + random.random() * base / 2  # noqa: S311 - jitter, not cryptography
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class _GuardedTransport(httpx2.AsyncBaseTransport):
