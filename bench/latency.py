@@ -64,7 +64,7 @@ TARGET_RATIO_P50 = 1.2
 IMPORT_RUNS = 5
 FULL_LIST_TIMEOUT = 60.0
 EARLY_OFF = {"MCP_BRIDGE_EARLY_INITIALIZE": "0"}
-PRE_ANSWER_IMPORTS = "import mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.policy"
+PRE_ANSWER_IMPORTS = "import mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.governance.allowlist"
 """What ``serve`` imports before it answers ``initialize``."""
 
 

@@ -70,9 +70,9 @@ from common import (
 )
 
 sys.path.insert(0, str(ROOT / "tests"))  # the Port double lives with the tests
-from mcp_bridge.catalog import Catalog, CatalogCache, Listing
 from mcp_bridge.config import NamingConfig, ServerConfig
-from mcp_bridge.policy import Allowlist
+from mcp_bridge.governance.allowlist import Allowlist
+from mcp_bridge.governance.catalog import Catalog, CatalogCache, Listing
 from port_double import PortDouble, mcp_server_entity
 
 BASE_TOOLS = 9  # what localservers has without --extra-tools

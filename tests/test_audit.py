@@ -19,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 from harness import LocalUpstream, bridge_client, bridge_env, raw_call, run_cli, write_config
 from mcp_bridge.audit import AuditTrail, Shipper, redact, to_entity
 from mcp_bridge.config import parse_config
-from mcp_bridge.port import PortClient
+from mcp_bridge.governance.port import PortClient
 from mcp_bridge.spool import Spool
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
 

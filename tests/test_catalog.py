@@ -27,7 +27,7 @@ from harness import (
     write_config,
 )
 from hostile import Hostile, serving, tool
-from mcp_bridge.pins import PinStore, fingerprint
+from mcp_bridge.governance.pins import PinStore, fingerprint
 from port_double import PortDouble, mcp_server_entity
 
 pytestmark = pytest.mark.anyio

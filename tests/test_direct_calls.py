@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from mcp_bridge import upstream as upstream_module
-from mcp_bridge.catalog import Listing
 from mcp_bridge.config import ServerConfig, TimeoutsConfig
+from mcp_bridge.governance.catalog import Listing
 from mcp_bridge.upstream import Upstream, _call_direct, _send
 
 pytestmark = pytest.mark.anyio

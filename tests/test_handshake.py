@@ -20,8 +20,14 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from harness import LocalUpstream, bridge_client, bridge_env, bridge_process, raw_call, tool_names, write_config
 from mcp_bridge import handshake
 from mcp_bridge.config import parse_config
+from mcp_bridge.governance.allowlist import (
+    ALLOWLIST_CACHE,
+    AllowlistCache,
+    cache_key,
+    initial_allowlist,
+    loading_from_port,
+)
 from mcp_bridge.handshake import initialize_result, parse_initialize
-from mcp_bridge.policy import ALLOWLIST_CACHE, AllowlistCache, cache_key, initial_allowlist, loading_from_port
 from mcp_bridge.spoolcheck import instructions_note
 from port_double import mcp_server_entity
 
@@ -293,7 +299,7 @@ def test_nothing_heavy_is_imported_before_the_answer(tmp_path: Path) -> None:
         "structlog",
     ]
     code = (
-        "import sys, mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.policy;"
+        "import sys, mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.governance.allowlist;"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
     )
     done = subprocess.run(

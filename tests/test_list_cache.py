@@ -15,10 +15,10 @@ from mcp.shared.message import SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from mcp_bridge.bridge import Bridge
-from mcp_bridge.catalog import Listing
 from mcp_bridge.config import parse_config
 from mcp_bridge.front import Front, _PreEncoded
-from mcp_bridge.policy import initial_allowlist
+from mcp_bridge.governance.allowlist import initial_allowlist
+from mcp_bridge.governance.catalog import Listing
 
 pytestmark = pytest.mark.anyio
 
@@ -231,8 +231,8 @@ def test_a_pre_encoded_response_dumps_normally_when_asked_otherwise() -> None:
 def test_a_deferred_rebuild_is_never_hidden_behind_an_old_version() -> None:
     """Listings arriving together are applied with ``rebuild=False``: the version (what the kept answer is keyed by)
     and every read still see them at once, and what they changed is reported once."""
-    from mcp_bridge.catalog import Catalog
-    from mcp_bridge.policy import Allowlist
+    from mcp_bridge.governance.allowlist import Allowlist
+    from mcp_bridge.governance.catalog import Catalog
 
     loaded = parse_config(json.dumps(CONFIG), environ={})
     catalog = Catalog(loaded.settings.naming, Allowlist(servers=loaded.settings.servers))

@@ -25,7 +25,8 @@ from harness import (
     wait_for,
 )
 from harness import write_config as write_servers
-from mcp_bridge.pins import PinStore, diff_summary, fingerprint, normalize_pin
+from mcp_bridge.config import normalize_pin
+from mcp_bridge.governance.pins import PinStore, diff_summary, fingerprint
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
 
 pytestmark = pytest.mark.anyio

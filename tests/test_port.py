@@ -29,8 +29,8 @@ from harness import (
     write_config,
 )
 from mcp_bridge.config import PortConfig, Settings, parse_config
-from mcp_bridge.policy import ALLOWLIST_CACHE, PortSource, map_entities
-from mcp_bridge.port import PortClient, PortError
+from mcp_bridge.governance.allowlist import ALLOWLIST_CACHE, PortSource, map_entities
+from mcp_bridge.governance.port import PortClient, PortError
 from port_double import PortDouble, mcp_server_entity, registry_entity
 
 SECRET = "port-secret-value-0001"

@@ -19,10 +19,16 @@ import pytest
 
 from harness import LocalUpstream, SilentServer, bridge_env, bridge_process, write_config
 from mcp_bridge import __version__, warmstart
-from mcp_bridge.catalog import CACHE_FILE, CatalogCache, Listing
 from mcp_bridge.config import parse_config
+from mcp_bridge.governance.allowlist import (
+    ALLOWLIST_CACHE,
+    AllowlistCache,
+    cache_key,
+    initial_allowlist,
+    loading_from_port,
+)
+from mcp_bridge.governance.catalog import CACHE_FILE, CatalogCache, Listing
 from mcp_bridge.handshake import HANDSHAKE_PROTOCOL_VERSIONS
-from mcp_bridge.policy import ALLOWLIST_CACHE, AllowlistCache, cache_key, initial_allowlist, loading_from_port
 from port_double import mcp_server_entity
 from test_handshake import exchange, init_request, lines_of
 
@@ -227,7 +233,7 @@ def test_the_early_list_loads_nothing_heavy(tmp_path: Path) -> None:
     )
     code = (
         "import sys; from pathlib import Path; from mcp_bridge import warmstart; from mcp_bridge.config import"
-        " load_config; from mcp_bridge.policy import initial_allowlist;"
+        " load_config; from mcp_bridge.governance.allowlist import initial_allowlist;"
         f" s = load_config({str(config)!r}).settings; h = Path({str(home)!r});"
         " tools = warmstart.cached_tools(s, h, initial_allowlist(s, h)); print(len(tools));"
         f" print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"

@@ -334,7 +334,7 @@ class Shipper:
 
     async def ship_once(self) -> int:
         """Ship one batch; the number of events Port acknowledged (0: nothing to ship)."""
-        from mcp_bridge.port import PortError
+        from mcp_bridge.governance.port import PortError
 
         batch = self.spool.claim(interrupted_after=self.interrupted_after)
         if not batch:

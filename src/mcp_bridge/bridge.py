@@ -21,7 +21,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp_bridge.audit import AuditTrail, Shipper
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.backoff import Backoff
-from mcp_bridge.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
 from mcp_bridge.errors import (
     AuditUnavailable,
@@ -31,9 +30,17 @@ from mcp_bridge.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from mcp_bridge.governance.allowlist import (
+    Allowlist,
+    AllowlistSource,
+    LocalSource,
+    PortSource,
+    changes,
+    loading_from_port,
+)
+from mcp_bridge.governance.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
+from mcp_bridge.governance.pins import Pins, Verdict
 from mcp_bridge.logs import clean, get_logger
-from mcp_bridge.pins import Pins, Verdict
-from mcp_bridge.policy import Allowlist, AllowlistSource, LocalSource, PortSource, changes, loading_from_port
 from mcp_bridge.spoolcheck import instructions_note
 from mcp_bridge.upstream import ProgressFn, Upstream, describe_error
 
@@ -58,8 +65,8 @@ class Bridge:
         initial: Allowlist | None = None,
     ) -> None:
         """``initial``: what the source offers at once, when the caller already asked
-        (:func:`~mcp_bridge.policy.initial_allowlist`, which ``serve`` needs before this module is imported);
-        otherwise (and while it is ``None``) the source is asked."""
+        (:func:`~mcp_bridge.governance.allowlist.initial_allowlist`, which ``serve`` needs before this module is
+        imported); otherwise (and while it is ``None``) the source is asked."""
         self.settings = loaded.settings
         self.home = home
         self._given_source = source
@@ -142,7 +149,7 @@ class Bridge:
         """The one Port client (allowlist and audit share it), or ``None`` without ``port:``."""
         if self.settings.port is None:
             return None
-        from mcp_bridge.port import PortClient
+        from mcp_bridge.governance.port import PortClient
 
         return await stack.enter_async_context(PortClient(self.settings.port))
 
@@ -553,7 +560,7 @@ async def load_allowlist(settings: Settings, home: Path) -> Allowlist:
     """The allowlist as ``serve`` would see it now (for commands that act on one server)."""
     if settings.port is None:
         return await LocalSource(settings).load()
-    from mcp_bridge.port import PortClient
+    from mcp_bridge.governance.port import PortClient
 
     async with PortClient(settings.port) as client:
         return await PortSource(settings, client, home).load()

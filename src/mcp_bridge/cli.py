@@ -25,8 +25,8 @@ from mcp_bridge.terminal import printable, printable_json
 if TYPE_CHECKING:
     import anyio
 
+    from mcp_bridge.governance.allowlist import Allowlist
     from mcp_bridge.handshake import EarlyStart
-    from mcp_bridge.policy import Allowlist
 
 log = get_logger("mcp_bridge.cli")
 
@@ -341,8 +341,8 @@ def _serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> i
     (:mod:`mcp_bridge.handshake`): the instructions need only the config and the allowlist known now. SIGTERM in
     that window stops cleanly (exit 0), as it does once serving.
     """
+    from mcp_bridge.governance.allowlist import initial_allowlist, loading_from_port
     from mcp_bridge.handshake import answer_initialize
-    from mcp_bridge.policy import initial_allowlist, loading_from_port
     from mcp_bridge.spoolcheck import instructions_note
 
     home = home_dir()
@@ -743,7 +743,7 @@ def _secret_list(secrets: Any, as_json: bool) -> int:
 
 async def _pins(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
-    from mcp_bridge.pins import PinStore, definition_of, short
+    from mcp_bridge.governance.pins import PinStore, definition_of, short
 
     if args.action == "reset":
         if not args.target:
@@ -928,7 +928,7 @@ async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         port = loaded.settings.port
         assert port is not None and port.audit_blueprint is not None
         if args.action == "flush":
-            from mcp_bridge.port import PortClient
+            from mcp_bridge.governance.port import PortClient
 
             async with PortClient(port) as client:
                 shipper = Shipper(trail, client, port.audit_blueprint, loaded.settings.timeouts.call + 30)

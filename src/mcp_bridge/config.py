@@ -292,7 +292,7 @@ class Settings(_Model):
     """Where OAuth tokens live: the OS keyring, or (explicit, weaker) one 0600 file under $MCP_BRIDGE_HOME."""
     on_tool_change: Literal["block", "warn", "accept"] = "block"
     """What a tool whose definition no longer matches its pin becomes: hidden and denied, kept with a warning, or
-    kept and re-pinned (see :mod:`mcp_bridge.pins`). Every change is audited."""
+    kept and re-pinned (see :mod:`mcp_bridge.governance.pins`). Every change is audited."""
 
     @field_validator("servers")
     @classmethod

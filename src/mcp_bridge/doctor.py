@@ -18,8 +18,8 @@ import anyio
 
 from mcp_bridge.config import LoadedConfig, OAuthAuth, Settings, home_dir, load_config
 from mcp_bridge.errors import ConfigError
+from mcp_bridge.governance.allowlist import Allowlist
 from mcp_bridge.logs import clean, register_secrets
-from mcp_bridge.policy import Allowlist
 from mcp_bridge.spoolcheck import RESET_COMMAND, spool_path, spools
 
 IDE_ENTRY = "mcp-bridge"
@@ -169,8 +169,8 @@ async def _check_keyring(settings: Settings, allowlist: Allowlist, say: Callable
 
 
 async def _check_port(settings: Settings, home: Path) -> Check:
-    from mcp_bridge.policy import PortSource
-    from mcp_bridge.port import PortClient, PortError, PortUnavailable
+    from mcp_bridge.governance.allowlist import PortSource
+    from mcp_bridge.governance.port import PortClient, PortError, PortUnavailable
 
     port = settings.port
     assert port is not None

@@ -48,9 +48,9 @@ from mcp_bridge import __version__
 from mcp_bridge.auth import AuthEnv, auth_for
 from mcp_bridge.auth.oauth import LoginCompletedElsewhere
 from mcp_bridge.backoff import Backoff
-from mcp_bridge.catalog import Listing
 from mcp_bridge.config import OAuthAuth, ServerConfig, TimeoutsConfig
 from mcp_bridge.errors import AuthRequired, BridgeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_bridge.governance.catalog import Listing
 from mcp_bridge.http_errors import (
     HTTP_ERROR,
     AnswerTooLarge,

@@ -3,9 +3,9 @@
 ``serve`` answers ``initialize`` before the SDK is imported (:mod:`mcp_bridge.handshake`); the IDE's next request is
 ``tools/list``, and the SDK takes about a second to load. When the disk caches already describe every approved
 server, the first list need not wait for that: the catalog the bridge would serve from those caches is rebuilt here
-(with the bridge's own :class:`~mcp_bridge.catalog.Catalog` and :class:`~mcp_bridge.pins.Pins`, neither of which
-needs the SDK), and when its tools are exactly the tools of an answer the SDK made before, that answer's bytes go
-out again under the new request's id.
+(with the bridge's own :class:`~mcp_bridge.governance.catalog.Catalog` and
+:class:`~mcp_bridge.governance.pins.Pins`, neither of which needs the SDK), and when its tools are exactly the
+tools of an answer the SDK made before, that answer's bytes go out again under the new request's id.
 
 The SDK's answers are kept by the front (:class:`AnswerKeeper`): one file per protocol version, ``tools-answer-
 <version>`` in ``$MCP_BRIDGE_HOME``, holding the ``result`` as the SDK's stdio writer encoded it and the SHA-256 of
@@ -187,8 +187,8 @@ def read_answer(home: Path, protocol_version: str, digest: str) -> bytes | None:
 def cached_tools(settings: Any, home: Path, allowlist: Any) -> list[dict[str, Any]] | None:
     """The tools the bridge would list from its disk caches alone, before any upstream is back; ``None`` when the
     caches do not cover every approved server (the ordinary path then waits for them, as it should)."""
-    from mcp_bridge.catalog import CACHE_FILE, Catalog, CatalogCache
-    from mcp_bridge.pins import Pins
+    from mcp_bridge.governance.catalog import CACHE_FILE, Catalog, CatalogCache
+    from mcp_bridge.governance.pins import Pins
 
     cached = CatalogCache(home / CACHE_FILE).load()
     catalog = Catalog(settings.naming, allowlist)

@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
-from mcp_bridge.catalog import by_name, duplicate_reason
 from mcp_bridge.config import ServerConfig, normalize_pin
 from mcp_bridge.errors import BridgeError
 from mcp_bridge.files import write_private_json
+from mcp_bridge.governance.catalog import by_name, duplicate_reason
 from mcp_bridge.logs import get_logger
 
 log = get_logger(__name__)
@@ -222,7 +222,7 @@ class Verdict:
     reason: str | None  # why it is blocked or flagged (a changed definition, a malformed pin, a duplicated name)
     duplicated: bool = False
     """The server lists this name with different definitions: refused whatever the pins say (see
-    :func:`mcp_bridge.catalog.by_name`)."""
+    :func:`mcp_bridge.governance.catalog.by_name`)."""
 
     @property
     def changed(self) -> bool:

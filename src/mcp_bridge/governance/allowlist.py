@@ -182,7 +182,7 @@ class PortSource:
         return _from_cache(self._settings, entities, fetched_at, why="Port not asked yet")
 
     async def load(self) -> Allowlist:
-        from mcp_bridge.port import PortError
+        from mcp_bridge.governance.port import PortError
 
         blueprint = self._port.effective_blueprint
         try:

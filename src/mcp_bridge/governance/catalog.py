@@ -1,9 +1,9 @@
 """The merged catalog: every server's tools, prompts and resources under exposed names, and the routing tables.
 
-Names come from :mod:`mcp_bridge.naming` over the whole set, so they are unique across servers and stable across
-restarts. Every tool gets a route (so a denied call can say *why*), but only allowed ones are listed. The last
-listing of each server is kept on disk (:class:`CatalogCache`) so that a restarted bridge can answer ``tools/list``
-before its upstreams are back.
+Names come from :mod:`~mcp_bridge.governance.naming` over the whole set, so they are unique across servers and
+stable across restarts. Every tool gets a route (so a denied call can say *why*), but only allowed ones are listed.
+The last listing of each server is kept on disk (:class:`CatalogCache`) so that a restarted bridge can answer
+``tools/list`` before its upstreams are back.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 from mcp_bridge.config import NamingConfig
 from mcp_bridge.errors import PolicyDenied, UnknownName
 from mcp_bridge.files import read_json_object, write_private_json
+from mcp_bridge.governance.allowlist import Allowlist
+from mcp_bridge.governance.naming import assign_names
+from mcp_bridge.governance.resource_routes import ResourceRoutes
 from mcp_bridge.logs import get_logger
-from mcp_bridge.naming import assign_names
-from mcp_bridge.policy import Allowlist
-from mcp_bridge.resource_routes import ResourceRoutes
 
 log = get_logger(__name__)
 
@@ -88,7 +88,7 @@ class ToolEntry:
     """Known only from the disk cache: the server has not connected in this run yet."""
     blocked: bool = False
     """Hidden because its definition no longer matches its pin, or because the server lists its name with different
-    definitions (``denial`` says which); see :mod:`mcp_bridge.pins` and :func:`by_name`."""
+    definitions (``denial`` says which); see :mod:`mcp_bridge.governance.pins` and :func:`by_name`."""
     duplicated: bool = False
     """Blocked because the server lists its name with different definitions (:func:`by_name`)."""
 
@@ -315,7 +315,7 @@ class Catalog:
         return self._routes.templates()
 
     def route_resource(self, uri: str) -> tuple[str, str]:
-        """(server, URI to send it) for a URI the IDE reads (the rules of :mod:`mcp_bridge.resource_routes`)."""
+        """(server, URI to send it) for a URI the IDE reads (the rules of :mod:`.resource_routes`)."""
         self._fresh()
         return self._routes.route(uri)
 
