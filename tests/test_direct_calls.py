@@ -1,4 +1,4 @@
-"""``tools/call`` through the upstream's transport directly (``upstream._call_direct``): on the wire and in what it
+"""``tools/call`` through the upstream's transport directly (``upstream.wire.call_direct``): on the wire and in what it
 returns or raises, the same as the SDK session's own ``send_request``, case by case against a scripted server."""
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from mcp_bridge import upstream as upstream_module
 from mcp_bridge.config import ServerConfig, TimeoutsConfig
 from mcp_bridge.governance.catalog import Listing
-from mcp_bridge.upstream import Upstream, _call_direct, _send
+from mcp_bridge.upstream import wire as upstream_module
+from mcp_bridge.upstream.supervisor import Upstream
+from mcp_bridge.upstream.wire import call_direct as _call_direct
+from mcp_bridge.upstream.wire import send_raw as _send
 
 pytestmark = pytest.mark.anyio
 

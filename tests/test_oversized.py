@@ -1,5 +1,5 @@
-"""An answer over the size limit (``upstream.MAX_MESSAGE_BYTES``) costs that call, and only that call: the bridge
-reconnects, and the next call waits (at most ``timeouts.connect``) for the new session instead of failing."""
+"""An answer over the size limit (``upstream.transport.MAX_MESSAGE_BYTES``) costs that call, and only that call: the
+bridge reconnects, and the next call waits (at most ``timeouts.connect``) for the new session instead of failing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 from starlette.types import Receive, Scope, Send
 
 from harness import bridge_client, free_port, raw_call, write_config
-from mcp_bridge.upstream import MAX_MESSAGE_BYTES
+from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""The running bridge: the allowlist, one :class:`~mcp_bridge.upstream.Upstream` per approved server, the catalog.
+"""The running bridge: the allowlist, one :class:`~mcp_bridge.upstream.supervisor.Upstream` per server, the catalog.
 
 :class:`Bridge` is what ``serve`` puts behind the stdio front, and what the debug commands (``status``, ``tools``,
 ``call``) run in-process. It owns one task group; each upstream's supervisor is a task in it and never raises, so
@@ -24,10 +24,8 @@ from mcp_bridge.backoff import Backoff
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
 from mcp_bridge.errors import (
     AuditUnavailable,
-    BridgeError,
     PolicyDenied,
     UnknownName,
-    UpstreamError,
     UpstreamUnavailable,
 )
 from mcp_bridge.governance.allowlist import (
@@ -40,9 +38,9 @@ from mcp_bridge.governance.allowlist import (
 )
 from mcp_bridge.governance.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.governance.pins import Pins, Verdict
-from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.logs import get_logger
 from mcp_bridge.spoolcheck import instructions_note
-from mcp_bridge.upstream import ProgressFn, Upstream, describe_error
+from mcp_bridge.upstream.supervisor import ProgressFn, Upstream, describe_error, error_text
 
 log = get_logger(__name__)
 
@@ -547,13 +545,6 @@ def _same_connection(new: ServerConfig | None, old: ServerConfig | None) -> bool
     if new is None or old is None:
         return False
     return (new.url, new.auth, new.allow_insecure_http) == (old.url, old.auth, old.allow_insecure_http)
-
-
-def error_text(exc: BaseException) -> str:
-    """A user-facing, secret-free message for any failure of a request."""
-    if isinstance(exc, UpstreamError | BridgeError):
-        return clean(str(exc))
-    return describe_error(exc)
 
 
 async def load_allowlist(settings: Settings, home: Path) -> Allowlist:

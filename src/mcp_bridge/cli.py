@@ -854,7 +854,7 @@ async def _login(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
     from mcp_bridge.auth import AuthEnv
     from mcp_bridge.auth.oauth import LoginPolicy
-    from mcp_bridge.upstream import Upstream
+    from mcp_bridge.upstream.supervisor import Upstream
 
     server = await _oauth_server(loaded, args.server)
     opened: list[str] = []

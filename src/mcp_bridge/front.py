@@ -27,12 +27,12 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import PrivateAttr, ValidationError
 
 from mcp_bridge import __version__
-from mcp_bridge.bridge import Bridge, error_text
+from mcp_bridge.bridge import Bridge
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
 from mcp_bridge.handshake import EarlyStart, request_id_ok
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.stdio import ide_pipes
-from mcp_bridge.upstream import ProgressFn
+from mcp_bridge.upstream.supervisor import ProgressFn, error_text
 from mcp_bridge.warmstart import AnswerKeeper, tools_digest
 
 log = get_logger(__name__)

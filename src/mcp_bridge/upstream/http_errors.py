@@ -2,10 +2,10 @@
 
 The SDK's transport keeps only a JSON-RPC error of its own making when a POST fails at the HTTP level: a 404 reads
 ``-32601 Not Found`` (as if a *method* were unknown), any other status ``Server returned an error response``, and the
-status is gone. The bridge's transport (:class:`mcp_bridge.upstream._GuardedTransport`) replaces such a response,
-before the SDK sees it, with a JSON-RPC error of code :data:`HTTP_ERROR` whose message names the status and what it
-likely means ("the URL answered HTTP 404 (Not Found): is the path /mcp right?"). A server's own JSON-RPC error sent
-with a 4xx status (which the spec allows) passes unchanged, as do 401 and 403 (the OAuth flow above the transport
+status is gone. The bridge's transport (:class:`~mcp_bridge.upstream.transport.GuardedTransport`) replaces such a
+response, before the SDK sees it, with a JSON-RPC error of code :data:`HTTP_ERROR` whose message names the status and
+what it likely means ("the URL answered HTTP 404 (Not Found): is the path /mcp right?"). A server's own JSON-RPC error
+sent with a 4xx status (which the spec allows) passes unchanged, as do 401 and 403 (the OAuth flow above the transport
 answers those) and a 404 on an established session (the server forgot it: the bridge reconnects).
 
 The SDK's parse failures of a 200 answer that is not MCP (a web page, some other JSON) carry a whole validation

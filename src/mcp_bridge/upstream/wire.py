@@ -1,0 +1,294 @@
+"""The wire under an upstream's session, and the direct ``tools/call`` path through it.
+
+``tools/call`` takes a shorter way than the session's :meth:`~mcp.client.session.ClientSession.send_request`: it is
+POSTed through the session's own transport object (:func:`call_direct`), which skips three task hops and two
+in-memory streams per call and gives the same bytes on the wire, the same result checks and the same errors.
+
+Copied from the MCP SDK, ``mcp`` 2.3.0, and built on its internals (:data:`DIRECT_CALLS` says whether they are
+there): :func:`open_wire` is the body of ``mcp.client.streamable_http.streamable_http_client``, keeping hold of the
+transport it builds; :func:`call_direct` does what ``ClientSession.send_request`` and the session's dispatcher do
+with one request and its answer (:class:`_Answer`, :func:`_cancel_upstream`). Check them against the SDK's code
+when the SDK is upgraded (``tests/test_direct_calls.py`` compares the two ways case by case).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import httpx2
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectSendStream
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT, coerce_request_id
+from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_NAME_HEADER, MCP_PROTOCOL_VERSION_HEADER, encode_header_value
+from mcp.shared.message import ClientMessageMetadata, SessionMessage
+from mcp_types import methods as _methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import RootModel
+
+from mcp_bridge.logs import get_logger
+from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES
+
+log = get_logger(__name__)
+
+
+class _Raw(RootModel[dict[str, Any]]):
+    """A result kept as the raw dict the server sent (pass-through: no re-validation against output schemas)."""
+
+
+async def send_raw(session: ClientSession, request: Any, **kwargs: Any) -> dict[str, Any]:
+    return (await session.send_request(request, _Raw, **kwargs)).root
+
+
+try:  # SDK internals the direct tools/call path (call_direct) is built on; without them calls take the SDK's way
+    from mcp.client.session import _clamp_inbound_ttl, _later_revision_fields
+    from mcp.client.streamable_http import RequestContext, StreamableHTTPTransport
+    from mcp.shared._context_streams import create_context_streams
+
+    DIRECT_CALLS = all(
+        callable(getattr(StreamableHTTPTransport, name, None))
+        for name in ("_handle_post_request", "_prepare_headers", "post_writer", "handle_get_stream")
+    )
+except ImportError:  # pragma: no cover - another SDK release
+    DIRECT_CALLS = False
+
+
+_FIRST_DIRECT_ID = 1 << 30
+"""Request ids of direct calls count up from here: the session's own ids count up from 1, and the two must never
+meet on one connection. Below 2**31, for servers that keep ids in 32 bits."""
+_ANSWER_HOPS = 5
+"""Event-loop rounds a direct call's POST task lets pass after handing over the answer, before the transport cleans
+up after it (reads the rest of the stream, returns the connection to the pool, and closes the SSE reader's
+generators, each through a loop wake-up and a task of its own; together as long as the answer's own way out).
+The answer's way to the IDE takes about as many task hops (the caller, the front's dispatcher, the relay to the
+stdio writer, the writer), one loop round each, so it goes first instead of sharing the rounds with the clean-up.
+Fewer hops than this cost nothing; more only share some rounds again."""
+_COURTESY_CANCEL_SECONDS = 5.0
+"""How long the ``notifications/cancelled`` of an abandoned call may take to go out (the SDK's bound too)."""
+
+
+@dataclass
+class Wire:
+    """One connection's streamable-HTTP transport, as :func:`open_wire` opened it for the session above it."""
+
+    transport: StreamableHTTPTransport
+    http: httpx2.AsyncClient
+    inbound: Any
+    """What the session reads from: the transport puts every message from the server here."""
+    tasks: anyio.abc.TaskGroup
+    """The transport's task group: its POSTs run (and fail) here."""
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(_FIRST_DIRECT_ID))
+
+
+@contextlib.asynccontextmanager
+async def open_wire(url: str, http: httpx2.AsyncClient) -> AsyncIterator[tuple[Any, Any, Wire | None]]:
+    """``streamable_http_client(url, http_client=http)``'s streams, and the transport under them.
+
+    It is that function's body, keeping hold of what it builds (it hands out only the two streams), so that a
+    tools/call can be POSTed through the same transport (:func:`call_direct`). Without the SDK internals that
+    needs (:data:`DIRECT_CALLS`), it is that function, and the wire is ``None``.
+    """
+    if not DIRECT_CALLS:
+        async with streamable_http_client(url, http_client=http, max_sse_event_size=MAX_MESSAGE_BYTES) as (r, w):
+            yield r, w, None
+        return
+    # The transport hands its URL only to httpx2, which takes a parsed URL as well as a string: parsed once here,
+    # not again for every request (a third of the cost of building one).
+    transport = StreamableHTTPTransport(cast(str, httpx2.URL(url)), max_sse_event_size=MAX_MESSAGE_BYTES)
+    inbound, read = create_context_streams[SessionMessage | Exception](0)
+    write, outbound = create_context_streams[SessionMessage](0)
+    async with inbound, read, write, outbound, anyio.create_task_group() as tasks:
+
+        def start_get_stream() -> None:
+            tasks.start_soon(transport.handle_get_stream, http, inbound)
+
+        tasks.start_soon(transport.post_writer, http, outbound, inbound, write, start_get_stream, tasks)
+        try:
+            yield read, write, Wire(transport, http, inbound, tasks)
+        finally:
+            if transport.session_id:
+                await transport.terminate_session(http)
+            tasks.cancel_scope.cancel()
+    await anyio.lowlevel.cancel_shielded_checkpoint()  # as the SDK's does after its task group (a coverage fix)
+
+
+class _Answer:
+    """Where the transport puts what comes back on one direct call's POST, in place of the session's stream.
+
+    The answer to the call goes to the caller; progress under the call's token goes to its callback and, like
+    everything else (the server's requests and notifications), on to the session, which handles it as if it had
+    come through its own stream. This is what the session's dispatcher does with these messages.
+    """
+
+    def __init__(
+        self,
+        request_id: int,
+        answer: MemoryObjectSendStream[dict[str, Any] | types.ErrorData],
+        inbound: Any,
+        progress: ProgressFnT | None,
+    ) -> None:
+        self.request_id = request_id
+        self._answer = answer
+        self._inbound = inbound
+        self.progress = progress
+        """The caller's progress callback; ``None`` once the caller stopped waiting (later progress is dropped)."""
+
+    async def send(self, item: SessionMessage | Exception) -> None:
+        message = item.message if isinstance(item, SessionMessage) else None
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and (
+            message.id is not None and coerce_request_id(message.id) == self.request_id
+        ):
+            outcome = message.result if isinstance(message, types.JSONRPCResponse) else message.error
+            try:
+                self._answer.send_nowait(outcome)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.debug("upstream.late_answer_dropped", request_id=self.request_id)  # as the session drops them
+                return
+            for _ in range(_ANSWER_HOPS):  # the answer's way to the IDE first, then the transport's clean-up
+                await anyio.lowlevel.checkpoint()
+            return
+        if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
+            await self._relay_progress(message.params)
+        await self._inbound.send(item)
+
+    async def _relay_progress(self, params: Any) -> None:
+        """What the session's dispatcher does with a progress notification: the same checks, the same call."""
+        progress = self.progress
+        match params:
+            case {"progressToken": str() | int() as token, "progress": int() | float() as value} if (
+                progress is not None
+                and not isinstance(token, bool)
+                and not isinstance(value, bool)
+                and coerce_request_id(token) == self.request_id
+            ):
+                total, text = params.get("total"), params.get("message")
+                try:
+                    await progress(
+                        float(value),
+                        float(total) if isinstance(total, int | float) else None,
+                        text if isinstance(text, str) else None,
+                    )
+                except Exception:  # a failing callback must not break the call (the dispatcher contains it too)
+                    log.exception("upstream.progress_callback_failed")
+            case _:
+                pass
+
+
+_NO_ANSWER = types.ErrorData(code=types.INTERNAL_ERROR, message="the server's answer named another request")
+
+
+async def _post(
+    transport: StreamableHTTPTransport,
+    context: RequestContext,
+    answer: MemoryObjectSendStream[dict[str, Any] | types.ErrorData],
+) -> None:
+    """The transport's own POST of one request, run in the transport's task group as its own POSTs are: a failure
+    here ends the connection, as it does for them, and the caller gets "Connection closed".
+
+    The transport answers every request it POSTs (with the server's answer, or an error of its own making) except
+    when the server answers with another request's id: the session's caller then waits out its timeout, which is
+    of no use; this one gets :data:`_NO_ANSWER` at once.
+    """
+    with answer:
+        await transport._handle_post_request(context)
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):  # answered already
+            answer.send_nowait(_NO_ANSWER)
+
+
+async def call_direct(
+    wire: Wire,
+    session: ClientSession,
+    request: types.CallToolRequest,
+    *,
+    read_timeout: float,
+    progress: ProgressFnT | None,
+) -> dict[str, Any]:
+    """What ``send_raw(session, request, request_read_timeout_seconds=read_timeout, progress_callback=progress)``
+    does, without the session's dispatcher and the transport's writer task in between.
+
+    What goes on the wire is what the session would send (the request as ``send_request`` dumps and stamps it, an
+    id of its own, the same headers, through the transport's own POST handling: redirects, error statuses, JSON or
+    SSE answers, resumption); what comes back is checked as ``send_request`` checks it (validated against the
+    negotiated protocol version, fields of later revisions dropped); a timeout and a cancelled caller send the same
+    ``notifications/cancelled`` and raise the same errors (``tests/test_direct_calls.py`` compares the two ways).
+    Not done: the dispatcher's OpenTelemetry span (the bridge exports no traces). Only for handshake-era sessions,
+    which is what the bridge opens.
+    """
+    version = session.protocol_version
+    if version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        return await send_raw(session, request, request_read_timeout_seconds=read_timeout, progress_callback=progress)
+    data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+    method: str = data["method"]
+    headers = {MCP_PROTOCOL_VERSION_HEADER: version}
+    params: dict[str, Any] = dict(data.get("params") or {})
+    if (key := type(request).name_param) is not None and isinstance(name := params.get(key), str):
+        headers[MCP_NAME_HEADER] = encode_header_value(name)
+    request_id = next(wire.ids)
+    meta = dict(params.get("_meta") or {})
+    if progress is not None:
+        meta["progressToken"] = request_id  # the request id is the progress token, as the session makes it
+    if meta:
+        params["_meta"] = meta
+    else:
+        params.pop("_meta", None)
+    if params:
+        message = types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
+    else:  # no "params": null on the wire
+        message = types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method)
+    metadata = ClientMessageMetadata(headers=headers)
+    send, receive = anyio.create_memory_object_stream[dict[str, Any] | types.ErrorData](1)
+    answer = _Answer(request_id, send, wire.inbound, progress)
+    context = RequestContext(
+        client=wire.http,
+        session_id=wire.transport.session_id,
+        session_message=SessionMessage(message, metadata=metadata),
+        metadata=metadata,
+        read_stream_writer=cast(Any, answer),  # it takes what the transport sends: see _Answer.send
+    )
+    try:
+        wire.tasks.start_soon(_post, wire.transport, context, send)
+    except RuntimeError:  # the transport's task group has ended: the connection is closing
+        send.close()
+        receive.close()
+        raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
+    try:
+        with receive, anyio.move_on_after(read_timeout) as clock:
+            try:
+                outcome = await receive.receive()
+            except anyio.EndOfStream:  # the POST failed, or the connection is closing
+                raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
+    except anyio.get_cancelled_exc_class():
+        await _cancel_upstream(session, request_id, "caller cancelled", shield=True)
+        raise
+    finally:
+        answer.progress = None
+    if clock.cancelled_caught:
+        await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
+        raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {method!r} timed out")
+    if isinstance(outcome, types.ErrorData):
+        raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
+    # What send_request does with a result before it returns it.
+    _clamp_inbound_ttl(outcome)
+    with contextlib.suppress(KeyError):
+        _methods.validate_server_result(method, version, outcome)
+    if not (foreign := _later_revision_fields(method, version)).isdisjoint(outcome):
+        outcome = {k: v for k, v in outcome.items() if k not in foreign}
+    return _Raw.model_validate(outcome, by_name=False).root
+
+
+async def _cancel_upstream(session: ClientSession, request_id: int, reason: str, *, shield: bool) -> None:
+    """The courtesy ``notifications/cancelled`` the session sends for a request it stops waiting for."""
+    params = types.CancelledNotificationParams(request_id=request_id, reason=reason)
+    with anyio.move_on_after(_COURTESY_CANCEL_SECONDS, shield=shield) as bound:
+        await session.send_notification(types.CancelledNotification(params=params))
+    if bound.cancelled_caught:
+        log.warning("upstream.cancel_not_sent", request_id=request_id, reason=reason)
