@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from common import git_commit, load_average
-from mcp_bridge.audit import AuditTrail, new_event_id
+from mcp_bridge.audit.spool import MAX_BATCH, Spool
+from mcp_bridge.audit.trail import AuditTrail, new_event_id
 from mcp_bridge.config import Settings, parse_config
 from mcp_bridge.logs import configure
-from mcp_bridge.spool import MAX_BATCH, Spool
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

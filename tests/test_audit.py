@@ -17,10 +17,11 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from harness import LocalUpstream, bridge_client, bridge_env, raw_call, run_cli, write_config
-from mcp_bridge.audit import AuditTrail, Shipper, redact, to_entity
+from mcp_bridge.audit.shipper import Shipper, to_entity
+from mcp_bridge.audit.spool import Spool
+from mcp_bridge.audit.trail import AuditTrail, redact
 from mcp_bridge.config import parse_config
 from mcp_bridge.governance.port import PortClient
-from mcp_bridge.spool import Spool
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
 
 SECRET = "port-secret-for-audit-tests"
@@ -297,7 +298,7 @@ async def test_under_redacted_secrets_reach_neither_port_nor_the_local_file(
 def test_the_readme_blueprint_accepts_every_kind_of_event(tmp_path: Path) -> None:
     """The audit blueprint JSON users paste into Port (README) enumerates exactly the event kinds the bridge emits,
     and the Port double holding that blueprint stores an event of each kind."""
-    from mcp_bridge.audit import EVENT_KINDS, Event
+    from mcp_bridge.audit.trail import EVENT_KINDS, Event
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     start = readme.index('{\n  "identifier": "mcp_tool_invocation"')

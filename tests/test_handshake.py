@@ -19,6 +19,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 
 from harness import LocalUpstream, bridge_client, bridge_env, bridge_process, raw_call, tool_names, write_config
 from mcp_bridge import handshake
+from mcp_bridge.audit.spoolcheck import instructions_note
 from mcp_bridge.config import parse_config
 from mcp_bridge.governance.allowlist import (
     ALLOWLIST_CACHE,
@@ -28,7 +29,6 @@ from mcp_bridge.governance.allowlist import (
     loading_from_port,
 )
 from mcp_bridge.handshake import initialize_result, parse_initialize
-from mcp_bridge.spoolcheck import instructions_note
 from port_double import mcp_server_entity
 
 OFF = {handshake.ENV_SWITCH: "0"}

@@ -158,7 +158,7 @@ def test_audit_reset_leaves_a_healthy_spool_alone_unless_forced(tmp_path: Path, 
     nothing = cli(home, cfg, "audit", "reset")
     assert nothing.returncode == 0 and "nothing to reset" in nothing.stdout
     spool = home / "audit.db"
-    from mcp_bridge.spool import Spool
+    from mcp_bridge.audit.spool import Spool
 
     waiting = Spool(spool)  # a healthy spool with an event waiting to be shipped
     waiting.put({"id": "mcpb-1", "kind": "call", "arguments": {"text": "waiting"}}, closed=True)
@@ -287,7 +287,7 @@ async def test_a_full_disk_denies_calls_naming_the_file_and_the_fix_and_no_answe
 def test_opening_the_spool_twice_in_one_process_keeps_the_first_connections_locks(tmp_path: Path) -> None:
     """A descriptor of the spool closed in a process drops that process's SQLite locks: another process could then
     delete the write-ahead log still in use here (its events lost). Opening the spool again must not do that."""
-    from mcp_bridge.spool import Spool
+    from mcp_bridge.audit.spool import Spool
 
     path = tmp_path / "audit.db"
     first = Spool(path)

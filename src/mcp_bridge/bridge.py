@@ -18,7 +18,9 @@ import anyio.abc
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from mcp_bridge.audit import AuditTrail, Shipper
+from mcp_bridge.audit.shipper import Shipper
+from mcp_bridge.audit.spoolcheck import instructions_note
+from mcp_bridge.audit.trail import AuditTrail
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.backoff import Backoff
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
@@ -39,7 +41,6 @@ from mcp_bridge.governance.allowlist import (
 from mcp_bridge.governance.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.governance.pins import Pins, Verdict
 from mcp_bridge.logs import get_logger
-from mcp_bridge.spoolcheck import instructions_note
 from mcp_bridge.upstream.supervisor import ProgressFn, Upstream, describe_error, error_text
 
 log = get_logger(__name__)

@@ -341,9 +341,9 @@ def _serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> i
     (:mod:`mcp_bridge.handshake`): the instructions need only the config and the allowlist known now. SIGTERM in
     that window stops cleanly (exit 0), as it does once serving.
     """
+    from mcp_bridge.audit.spoolcheck import instructions_note
     from mcp_bridge.governance.allowlist import initial_allowlist, loading_from_port
     from mcp_bridge.handshake import answer_initialize
-    from mcp_bridge.spoolcheck import instructions_note
 
     home = home_dir()
     allowlist = initial_allowlist(loaded.settings, home)
@@ -579,8 +579,8 @@ async def _audit_health(loaded: LoadedConfig) -> dict[str, Any]:
     """The audit spool as a call would meet it (``status``): its state, and the problem with its fix."""
     import anyio
 
-    from mcp_bridge.spool import check
-    from mcp_bridge.spoolcheck import spool_path, spools
+    from mcp_bridge.audit.spool import check
+    from mcp_bridge.audit.spoolcheck import spool_path, spools
 
     if not spools(loaded.settings):
         return {"spool": None, "state": "local", "problem": None, "pending": 0}
@@ -903,7 +903,7 @@ async def _logout(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 def _note(loaded: LoadedConfig, kind: str, server: str, *, ok: bool, error: str | None) -> None:
     """Record a login or logout in the audit trail (shipped by the next bridge that ships)."""
-    from mcp_bridge.audit import AuditTrail
+    from mcp_bridge.audit.trail import AuditTrail
 
     trail = AuditTrail(loaded.settings, home_dir())
     try:
@@ -915,8 +915,9 @@ def _note(loaded: LoadedConfig, kind: str, server: str, *, ok: bool, error: str 
 async def _audit(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     import anyio
 
-    from mcp_bridge.audit import AuditTrail, Shipper
-    from mcp_bridge.spoolcheck import spool_path
+    from mcp_bridge.audit.shipper import Shipper
+    from mcp_bridge.audit.spoolcheck import spool_path
+    from mcp_bridge.audit.trail import AuditTrail
 
     if args.action == "reset":  # the file itself, whatever the config says (it may be left from another one)
         return await anyio.to_thread.run_sync(_audit_reset, spool_path(home_dir()), args.force)
@@ -954,7 +955,7 @@ def _audit_reset(path: Path, force: bool) -> int:
     """``audit reset``: a damaged spool (or any, with ``--force``) is moved aside, kept, and a fresh one started."""
     from filelock import Timeout
 
-    from mcp_bridge.spool import SpoolChanged, check, move_aside
+    from mcp_bridge.audit.spool import SpoolChanged, check, move_aside
 
     health = check(path)
     if health.state == "missing":

@@ -16,11 +16,11 @@ from typing import Any
 
 import anyio
 
+from mcp_bridge.audit.spoolcheck import RESET_COMMAND, spool_path, spools
 from mcp_bridge.config import LoadedConfig, OAuthAuth, Settings, home_dir, load_config
 from mcp_bridge.errors import ConfigError
 from mcp_bridge.governance.allowlist import Allowlist
 from mcp_bridge.logs import clean, register_secrets
-from mcp_bridge.spoolcheck import RESET_COMMAND, spool_path, spools
 
 IDE_ENTRY = "mcp-bridge"
 """The IDE entry name assumed when estimating what Cursor counts into a tool name's length."""
@@ -198,8 +198,8 @@ async def _check_port(settings: Settings, home: Path) -> Check:
 
 
 async def _check_audit_spool(home: Path) -> Check:
-    """The spool as a call meets it: opened, verified and written once (:func:`mcp_bridge.spool.check`)."""
-    from mcp_bridge.spool import check
+    """The spool as a call meets it: opened, verified and written once (:func:`mcp_bridge.audit.spool.check`)."""
+    from mcp_bridge.audit.spool import check
 
     path = spool_path(home)
     name = "audit spool"

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 from filelock import FileLock, Timeout
 
-from mcp_bridge import spoolcheck
+from mcp_bridge.audit import spoolcheck
 from mcp_bridge.errors import AuditUnavailable
 from mcp_bridge.logs import get_logger
 

@@ -1,8 +1,8 @@
 """What is wrong with the audit spool, in words a user can act on.
 
-Every call's event goes into the spool (``$MCP_BRIDGE_HOME/audit.db``, :mod:`mcp_bridge.spool`) before the call goes
-anywhere, so a spool that cannot take it (a damaged file, a full disk) denies the call: no call goes unaudited. This
-module words the problem and its fix once, for the error the IDE gets, ``status``, ``doctor`` and ``audit reset``.
+Every call's event goes into the spool (``$MCP_BRIDGE_HOME/audit.db``, :mod:`mcp_bridge.audit.spool`) before the call
+goes anywhere, so a spool that cannot take it (a damaged file, a full disk) denies the call: no call goes unaudited.
+This module words the problem and its fix once, for the error the IDE gets, ``status``, ``doctor`` and ``audit reset``.
 It also spots a damaged file by its first bytes, without :mod:`sqlite3`, so that ``serve`` can say so in the
 ``initialize`` instructions it answers before anything heavy is loaded (:mod:`mcp_bridge.handshake`).
 """
@@ -73,7 +73,7 @@ def header_problem(path: Path) -> str | None:
     one (or is missing or empty, which SQLite takes as a new database, or cannot be read: opening it will say).
 
     Only where this process has no SQLite connection to the file: closing the descriptor read here would drop the
-    connection's locks (see :func:`mcp_bridge.spool._connect`)."""
+    connection's locks (see :func:`mcp_bridge.audit.spool._connect`)."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(_MAGIC))
