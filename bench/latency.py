@@ -64,7 +64,7 @@ TARGET_RATIO_P50 = 1.2
 IMPORT_RUNS = 5
 FULL_LIST_TIMEOUT = 60.0
 EARLY_OFF = {"MCP_BRIDGE_EARLY_INITIALIZE": "0"}
-PRE_ANSWER_IMPORTS = "import mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.governance.allowlist"
+PRE_ANSWER_IMPORTS = "import mcp_bridge.cli, mcp_bridge.ide.handshake, mcp_bridge.governance.allowlist"
 """What ``serve`` imports before it answers ``initialize``."""
 
 
@@ -138,7 +138,12 @@ async def run_startup(upstreams: list[Upstream], size: int, work: Path, spawns: 
 
 def time_imports(env: dict[str, str], cwd: Path) -> dict[str, float]:
     """Median wall time of ``python -c CODE`` over IMPORT_RUNS fresh interpreters, per code snippet."""
-    snippets = ["pass", "import mcp.server.lowlevel", PRE_ANSWER_IMPORTS, "import mcp_bridge.front"]
+    snippets = [
+        "pass",
+        "import mcp.server.lowlevel",
+        PRE_ANSWER_IMPORTS,
+        "import mcp_bridge.bridge, mcp_bridge.ide.front",
+    ]
     out = {}
     for code in snippets:
         runs = []

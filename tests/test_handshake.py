@@ -18,7 +18,6 @@ from mcp_types import methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 from harness import LocalUpstream, bridge_client, bridge_env, bridge_process, raw_call, tool_names, write_config
-from mcp_bridge import handshake
 from mcp_bridge.audit.spoolcheck import instructions_note
 from mcp_bridge.config import parse_config
 from mcp_bridge.governance.allowlist import (
@@ -28,7 +27,8 @@ from mcp_bridge.governance.allowlist import (
     initial_allowlist,
     loading_from_port,
 )
-from mcp_bridge.handshake import initialize_result, parse_initialize
+from mcp_bridge.ide import handshake
+from mcp_bridge.ide.handshake import initialize_result, parse_initialize
 from port_double import mcp_server_entity
 
 OFF = {handshake.ENV_SWITCH: "0"}
@@ -91,7 +91,7 @@ async def test_the_hand_built_answer_equals_the_sdk_fronts(
 ) -> None:
     """Built as ``serve`` builds it, before the SDK loads; against the front's answer, as ``serve`` runs it."""
     from mcp_bridge.bridge import Bridge
-    from mcp_bridge.front import Front
+    from mcp_bridge.ide.front import Front
 
     raw, cached, expected_text = ALLOWLISTS[allowlist_kind]
     loaded = parse_config(json.dumps(raw), environ={})
@@ -299,7 +299,7 @@ def test_nothing_heavy_is_imported_before_the_answer(tmp_path: Path) -> None:
         "structlog",
     ]
     code = (
-        "import sys, mcp_bridge.cli, mcp_bridge.handshake, mcp_bridge.governance.allowlist;"
+        "import sys, mcp_bridge.cli, mcp_bridge.ide.handshake, mcp_bridge.governance.allowlist;"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
     )
     done = subprocess.run(

@@ -16,9 +16,9 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from mcp_bridge.bridge import Bridge
 from mcp_bridge.config import parse_config
-from mcp_bridge.front import Front, _PreEncoded
 from mcp_bridge.governance.allowlist import initial_allowlist
 from mcp_bridge.governance.catalog import Listing
+from mcp_bridge.ide.front import Front, _PreEncoded
 
 pytestmark = pytest.mark.anyio
 

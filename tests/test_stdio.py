@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_bridge.stdio import _LoopReader, _nonblocking, _ThreadReader, _Writer
+from mcp_bridge.ide.stdio import _LoopReader, _nonblocking, _ThreadReader, _Writer
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from harness import LocalUpstream, SilentServer, bridge_env, bridge_process, write_config
-from mcp_bridge import __version__, warmstart
+from mcp_bridge import __version__
 from mcp_bridge.config import parse_config
 from mcp_bridge.governance.allowlist import (
     ALLOWLIST_CACHE,
@@ -28,7 +28,8 @@ from mcp_bridge.governance.allowlist import (
     loading_from_port,
 )
 from mcp_bridge.governance.catalog import CACHE_FILE, CatalogCache, Listing
-from mcp_bridge.handshake import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_bridge.ide import warmstart
+from mcp_bridge.ide.handshake import HANDSHAKE_PROTOCOL_VERSIONS
 from port_double import mcp_server_entity
 from test_handshake import exchange, init_request, lines_of
 
@@ -232,7 +233,7 @@ def test_the_early_list_loads_nothing_heavy(tmp_path: Path) -> None:
         json.dumps({"version": 1, "servers": {"alpha": {"url": "http://127.0.0.1:9/mcp", **listing}}})
     )
     code = (
-        "import sys; from pathlib import Path; from mcp_bridge import warmstart; from mcp_bridge.config import"
+        "import sys; from pathlib import Path; from mcp_bridge.ide import warmstart; from mcp_bridge.config import"
         " load_config; from mcp_bridge.governance.allowlist import initial_allowlist;"
         f" s = load_config({str(config)!r}).settings; h = Path({str(home)!r});"
         " tools = warmstart.cached_tools(s, h, initial_allowlist(s, h)); print(len(tools));"

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import anyio
 
     from mcp_bridge.governance.allowlist import Allowlist
-    from mcp_bridge.handshake import EarlyStart
+    from mcp_bridge.ide.handshake import EarlyStart
 
 log = get_logger("mcp_bridge.cli")
 
@@ -338,12 +338,12 @@ def _serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> i
     """``serve``: answer ``initialize`` first, then load the SDK (about a second) and serve.
 
     The IDE's first message is read and, when it is ``initialize``, answered before anything heavy is imported
-    (:mod:`mcp_bridge.handshake`): the instructions need only the config and the allowlist known now. SIGTERM in
+    (:mod:`mcp_bridge.ide.handshake`): the instructions need only the config and the allowlist known now. SIGTERM in
     that window stops cleanly (exit 0), as it does once serving.
     """
     from mcp_bridge.audit.spoolcheck import instructions_note
     from mcp_bridge.governance.allowlist import initial_allowlist, loading_from_port
-    from mcp_bridge.handshake import answer_initialize
+    from mcp_bridge.ide.handshake import answer_initialize
 
     home = home_dir()
     allowlist = initial_allowlist(loaded.settings, home)
@@ -365,7 +365,7 @@ def _serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> i
         if early.ended:
             log.info("serve.stop", during="startup", reason="stdin ended; every request was answered")
             return 0
-        import mcp_bridge.front  # noqa: F401  the SDK and the rest of the bridge (loaded already, or failing again)
+        _load_front()  # the SDK and the rest of the bridge (loaded already, or failing again)
     except _Terminated:
         log.info("serve.stop", signal="SIGTERM", during="startup")
         return 0
@@ -382,17 +382,19 @@ def _stdin_is_a_terminal() -> bool:
 
 
 def _load_front() -> None:
-    import mcp_bridge.front  # noqa: F401
+    """The SDK and the rest of the bridge: the IDE side (the front) and the bridge behind it."""
+    import mcp_bridge.bridge
+    import mcp_bridge.ide.front  # noqa: F401
 
 
 def _answer_lists_while_loading(
     loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart
 ) -> EarlyStart:
     """Load the SDK; while it loads, answer ``tools/list`` from the warm disk cache when that cache describes every
-    approved server (:mod:`mcp_bridge.warmstart`)."""
+    approved server (:mod:`mcp_bridge.ide.warmstart`)."""
     if not early.answered or early.result is None or sys.platform == "win32":  # select() on pipes is POSIX only
         return early
-    from mcp_bridge import warmstart
+    from mcp_bridge.ide import warmstart
 
     if early.client_name in warmstart.IGNORES_LIST_CHANGED:
         log.debug("warmstart.skipped", reason="the IDE ignores list_changed", client=early.client_name)
@@ -411,7 +413,7 @@ async def _serve(
 
     from mcp_bridge.auth import AuthEnv
     from mcp_bridge.bridge import Bridge
-    from mcp_bridge.front import serve_stdio
+    from mcp_bridge.ide.front import serve_stdio
 
     def logged_only(server: str, url: str) -> None:
         log.info("serve.login_in_headless_browser", server=server)

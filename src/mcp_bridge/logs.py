@@ -7,7 +7,7 @@ rendered for people (not as JSON) and their text passes :func:`mcp_bridge.termin
 in a log line cannot act on the terminal.
 
 structlog (and :mod:`logging` and :mod:`asyncio`, which it imports: ~80 ms) loads with the first message logged,
-not on import, so that ``serve`` can answer ``initialize`` before it (:mod:`mcp_bridge.handshake`).
+not on import, so that ``serve`` can answer ``initialize`` before it (:mod:`mcp_bridge.ide.handshake`).
 :func:`configure` with ``defer=True`` only records the settings; they take effect with that first message at or
 above the level, or at :func:`activate`.
 

@@ -4,7 +4,7 @@ Every call's event goes into the spool (``$MCP_BRIDGE_HOME/audit.db``, :mod:`mcp
 goes anywhere, so a spool that cannot take it (a damaged file, a full disk) denies the call: no call goes unaudited.
 This module words the problem and its fix once, for the error the IDE gets, ``status``, ``doctor`` and ``audit reset``.
 It also spots a damaged file by its first bytes, without :mod:`sqlite3`, so that ``serve`` can say so in the
-``initialize`` instructions it answers before anything heavy is loaded (:mod:`mcp_bridge.handshake`).
+``initialize`` instructions it answers before anything heavy is loaded (:mod:`mcp_bridge.ide.handshake`).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def instructions_note(settings: Settings, home: Path) -> str:
     """A line for the ``initialize`` instructions when the spool is damaged (every call will be denied), else ``""``.
 
     Read from the file's first bytes (:func:`header_problem`, with its caveat), so that the early answer
-    (:mod:`mcp_bridge.handshake`) and the SDK's carry the same words."""
+    (:mod:`mcp_bridge.ide.handshake`) and the SDK's carry the same words."""
     if not spools(settings):
         return ""
     path = spool_path(home)

@@ -27,13 +27,13 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import PrivateAttr, ValidationError
 
 from mcp_bridge import __version__
-from mcp_bridge.bridge import Bridge
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
-from mcp_bridge.handshake import EarlyStart, request_id_ok
+from mcp_bridge.ide.backend import Backend
+from mcp_bridge.ide.handshake import EarlyStart, request_id_ok
+from mcp_bridge.ide.stdio import ide_pipes
+from mcp_bridge.ide.warmstart import AnswerKeeper, tools_digest
 from mcp_bridge.logs import clean, get_logger
-from mcp_bridge.stdio import ide_pipes
 from mcp_bridge.upstream.supervisor import ProgressFn, error_text
-from mcp_bridge.warmstart import AnswerKeeper, tools_digest
 
 log = get_logger(__name__)
 
@@ -64,7 +64,7 @@ class _ToolsAnswer:
     encoded: str | None = None
     """``tools`` as the SDK's stdio writer encodes it, made on the first stdio answer that carries them."""
     kept: bool = False
-    """Handed to the :class:`~mcp_bridge.warmstart.AnswerKeeper` (for the next start's early answer)."""
+    """Handed to the :class:`~mcp_bridge.ide.warmstart.AnswerKeeper` (for the next start's early answer)."""
 
 
 class _PreEncoded(types.JSONRPCResponse):
@@ -82,7 +82,7 @@ class _PreEncoded(types.JSONRPCResponse):
 class Front:
     """Handlers of the IDE-facing server, bound to one :class:`Bridge`."""
 
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Backend) -> None:
         self.bridge = bridge
         self._client_known = False
         self._listed: set[str] = set()
@@ -214,7 +214,7 @@ class Front:
 
     def _keep(self, answer: _ToolsAnswer, request_id: Any, line: str) -> None:
         """Keep the answer's ``result`` on disk, for the next start to answer its first list from
-        (:mod:`mcp_bridge.warmstart`), cut out of the line exactly as the SDK's writer made it."""
+        (:mod:`mcp_bridge.ide.warmstart`), cut out of the line exactly as the SDK's writer made it."""
         head = '{"jsonrpc":"2.0","id":' + json.dumps(request_id, ensure_ascii=False, separators=(",", ":"))
         head += ',"result":'
         if line.startswith(head) and line.endswith("}"):
@@ -270,7 +270,7 @@ class Front:
         self._first_list_done = True
 
     async def check_early_list(self, digest: str, notify: Notify) -> None:
-        """The IDE's first ``tools/list`` was answered from the warm cache (:mod:`mcp_bridge.warmstart`). Once the
+        """The IDE's first ``tools/list`` was answered from the warm cache (:mod:`mcp_bridge.ide.warmstart`). Once the
         servers are back (or the startup wait is over), the catalog's tools are compared with the ones it got; when
         they differ, it is told to list again. From then on it hears of every change, as after any list."""
         await self.bridge.wait_settled(self.bridge.settings.timeouts.startup_wait)
@@ -360,7 +360,7 @@ async def _guard(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         raise MCPError(types.INTERNAL_ERROR, f"the server sent an invalid result ({problems} problem(s))") from None
 
 
-async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
+async def serve_stdio(bridge: Backend, early: EarlyStart | None = None) -> None:
     """Serve the bridge on this process's stdin/stdout until the IDE closes stdin (or the task is cancelled).
 
     ``early``: what ``serve`` read (and perhaps answered) before the SDK was loaded. Those bytes are read first; an

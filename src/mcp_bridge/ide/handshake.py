@@ -1,12 +1,12 @@
 """``initialize``, answered before the SDK is imported.
 
-Importing the MCP SDK takes about a second on a small machine, and the IDE waits for the ``initialize`` answer
-before it does anything else. So ``serve`` reads the IDE's first line itself, with little more than the standard
-library loaded, and when it is a well-formed ``initialize`` request it writes the answer at once, built here by hand;
-only then does it import the SDK. The SDK's server is later fed that same request first, so its session is
-initialized exactly as it always is, and its own answer to it is dropped by id (:func:`mcp_bridge.front.serve_stdio`).
-Anything else on the first line (another method, a notification, a batch, a line that is not JSON, or an
-``initialize`` whose shape is in any doubt) reaches the SDK unchanged and is answered as before.
+Importing the MCP SDK takes about a second on a small machine, and the IDE waits for the ``initialize`` answer before it
+does anything else. So ``serve`` reads the IDE's first line itself, with little more than the standard library loaded,
+and when it is a well-formed ``initialize`` request it writes the answer at once, built here by hand; only then does it
+import the SDK. The SDK's server is later fed that same request first, so its session is initialized exactly as it
+always is, and its own answer to it is dropped by id (:func:`mcp_bridge.ide.front.serve_stdio`). Anything else on the
+first line (another method, a notification, a batch, a line that is not JSON, or an ``initialize`` whose shape is in any
+doubt) reaches the SDK unchanged and is answered as before.
 
 The hand-built result must be what the SDK-based front sends for the same request: the protocol versions below are
 the SDK's handshake versions, the capabilities are the ones the front's server declares, and ``serverInfo`` and the
@@ -66,10 +66,10 @@ class EarlyStart:
     client_name: str | None = None
     """``clientInfo.name`` of the ``initialize`` answered early."""
     lists: tuple[int | str, ...] = ()
-    """The ids of ``tools/list`` requests answered from the warm cache (:mod:`mcp_bridge.warmstart`); their lines
+    """The ids of ``tools/list`` requests answered from the warm cache (:mod:`mcp_bridge.ide.warmstart`); their lines
     are not in :attr:`consumed`: the SDK never sees them."""
     tools_digest: str | None = None
-    """:func:`mcp_bridge.warmstart.tools_digest` of the tools those answers listed."""
+    """:func:`mcp_bridge.ide.warmstart.tools_digest` of the tools those answers listed."""
     ended: bool = False
     """stdin ended while answering early, and every line read had been answered or was a notification: there is
     nothing left to serve."""

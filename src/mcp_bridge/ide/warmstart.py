@@ -1,6 +1,6 @@
 """``tools/list`` answered from the warm disk cache while the SDK is still loading.
 
-``serve`` answers ``initialize`` before the SDK is imported (:mod:`mcp_bridge.handshake`); the IDE's next request is
+``serve`` answers ``initialize`` before the SDK is imported (:mod:`mcp_bridge.ide.handshake`); the IDE's next request is
 ``tools/list``, and the SDK takes about a second to load. When the disk caches already describe every approved
 server, the first list need not wait for that: the catalog the bridge would serve from those caches is rebuilt here
 (with the bridge's own :class:`~mcp_bridge.governance.catalog.Catalog` and
@@ -15,11 +15,11 @@ that no longer holds: any of these changes the digest or the header, and the lis
 
 What is answered early is what the ordinary path would answer before any upstream is back: the last catalog on disk,
 under the allowlist known now (the config's, or Port's cached one if it is younger than ``port.refresh_interval``),
-never a definition that fails its pin. A list answered here is taken out of what the SDK reads. Once the bridge runs
-and its servers are back (or ``timeouts.startup_wait`` has passed), the front compares the catalog's tools with the
-ones listed early, and when they differ (a server changed its tools, Port changed the allowlist) the IDE gets
-``notifications/tools/list_changed`` (:meth:`mcp_bridge.front.Front.check_early_list`). Calls are checked against the
-live allowlist and pins as always. Claude Desktop ignores that notification, so its first list is never answered
+never a definition that fails its pin. A list answered here is taken out of what the SDK reads. Once the bridge runs and
+its servers are back (or ``timeouts.startup_wait`` has passed), the front compares the catalog's tools with the ones
+listed early, and when they differ (a server changed its tools, Port changed the allowlist) the IDE gets
+``notifications/tools/list_changed`` (:meth:`mcp_bridge.ide.front.Front.check_early_list`). Calls are checked against
+the live allowlist and pins as always. Claude Desktop ignores that notification, so its first list is never answered
 here (:data:`IGNORES_LIST_CHANGED`).
 
 Only a well-formed ``tools/list`` without a cursor is answered, and only while every line before it was one this
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp_bridge import __version__
-from mcp_bridge.handshake import HANDSHAKE_PROTOCOL_VERSIONS, EarlyStart, request_id_ok, write_all
+from mcp_bridge.ide.handshake import HANDSHAKE_PROTOCOL_VERSIONS, EarlyStart, request_id_ok, write_all
 from mcp_bridge.logs import get_logger
 
 log = get_logger(__name__)
