@@ -28,7 +28,7 @@ from harness import write_config as write_servers
 from mcp_bridge.pins import PinStore, diff_summary, fingerprint, normalize_pin
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ide_mode")]
 
 ECHO = {
     "name": "echo",
