@@ -428,6 +428,8 @@ async def serve_stdio(bridge: Bridge, early: EarlyStart | None = None) -> None:
     """
     front = Front(bridge)
     early = early or EarlyStart()
+    if early.version is not None:  # the first line told the era (its lists may have been answered already)
+        front.modern = early.modern
     drop_id = early.request_id if early.answered else None
     async with ide_pipes(prefix=early.consumed) as (stdin, stdout):
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
