@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import harness
 from everything import everything_server
 
 
@@ -13,6 +14,17 @@ from everything import everything_server
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only (the bridge targets asyncio)."""
     return "asyncio"
+
+
+@pytest.fixture(params=harness.IDE_MODES)
+def ide_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per IDE mode (``pytestmark = pytest.mark.usefixtures("ide_mode")`` in a module): the
+    bridge must serve an IDE of either protocol era, and the SDK's default (discovery first) too."""
+    harness.ide_mode = request.param
+    try:
+        yield request.param
+    finally:
+        harness.ide_mode = "legacy"
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import anyio
+import anyio.abc
 import mcp_types as types
 import yaml
 from mcp import Client, StdioServerParameters
@@ -160,6 +161,43 @@ class Notifications:
     def rearm(self) -> None:
         self.tools_changed = anyio.Event()
 
+    async def listen(self, client: Client, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """A modern IDE's list changes: they come on a ``subscriptions/listen`` stream, recorded here as the
+        handshake era's ``list_changed`` notifications they stand for (the stream is acknowledged before this
+        returns to ``start``, so no change after it is missed)."""
+        from mcp.shared.subscriptions import event_to_notification
+
+        async with client.listen(tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True) as s:
+            task_status.started()
+            async for event in s:
+                await self(event_to_notification(event, {}))
+
+
+IDE_MODES = ("legacy", "auto", "2026-07-28")
+"""The SDK client's modes: the handshake era, discovery first (the SDK's default), and the 2026-07-28 era pinned."""
+
+ide_mode = "legacy"
+"""The mode :func:`bridge_client` connects in unless told otherwise; the ``ide_mode`` fixture (conftest.py) sets it
+for a test run in each mode."""
+
+
+def is_modern(client: Client) -> bool:
+    return client.protocol_version == "2026-07-28"
+
+
+def era_neutral(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without what only its era adds (2026-07-28: ``resultType``, the cache fields, the answering
+    server's identity stamp in ``_meta``): what a pass-through comparison across eras compares."""
+    out = {k: v for k, v in result.items() if k not in ("resultType", "ttlMs", "cacheScope")}
+    meta = out.get("_meta")
+    if isinstance(meta, dict):
+        rest = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
+        if rest:
+            out["_meta"] = rest
+        else:
+            del out["_meta"]
+    return out
+
 
 @asynccontextmanager
 async def bridge_process(
@@ -184,8 +222,10 @@ async def bridge_client(
     env: dict[str, str] | None = None,
     notifications: Notifications | None = None,
     stderr_path: Path | None = None,
+    mode: str | None = None,
 ) -> AsyncIterator[Client]:
-    """Spawn ``mcp-bridge serve`` and connect to it as an IDE would (handshake era, over stdio)."""
+    """Spawn ``mcp-bridge serve`` and connect to it as an IDE would, over stdio, in ``mode`` (default
+    :data:`ide_mode`). With ``notifications`` in the modern era, a listen stream feeds them."""
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_bridge", "serve", "--config", str(config)],
@@ -196,11 +236,17 @@ async def bridge_client(
     with open(errlog_path, "a", encoding="utf-8") as errlog:
         async with Client(
             stdio_client(params, errlog=errlog),  # a transport: the bridge's stderr goes to the file
-            mode="legacy",
+            mode=mode or ide_mode,  # type: ignore[arg-type]
             message_handler=notifications,
             client_info=types.Implementation(name="pytest-ide", version="1.0"),
         ) as client:
-            yield client
+            if notifications is None or not is_modern(client):
+                yield client
+                return
+            async with anyio.create_task_group() as tg:
+                await tg.start(notifications.listen, client)
+                yield client
+                tg.cancel_scope.cancel()
 
 
 async def raw_call(

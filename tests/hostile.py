@@ -18,6 +18,7 @@ import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -31,6 +32,8 @@ class Hostile:
     resources: list[dict[str, Any]] = field(default_factory=list)
     templates: list[dict[str, Any]] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    metas: list[dict[str, Any]] = field(default_factory=list)
+    """The ``_meta`` of each call, as it arrived."""
     reads: list[str] = field(default_factory=list)
     port: int = 0
     session: Any = None
@@ -72,6 +75,7 @@ def _build(state: Hostile) -> Server[Any]:
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
         seen(ctx)
         state.calls.append((params.name, dict(params.arguments or {})))
+        state.metas.append(dict(ctx.meta or {}))
         return {"content": [{"type": "text", "text": f"{state.name} ran {params.name}"}]}
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
@@ -95,6 +99,8 @@ def _build(state: Hostile) -> Server[Any]:
         seen(ctx)
         uri = str(params.uri)
         state.reads.append(uri)
+        if uri.startswith("missing:"):  # a handshake-era server's "resource not found"
+            raise MCPError(-32002, f"no resource {uri}")
         return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": f"{state.name} read {uri}"}]}
 
     return Server(

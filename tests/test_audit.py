@@ -73,6 +73,7 @@ def run(tmp_path: Path, cfg: Path, *args: str) -> subprocess.CompletedProcess[st
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("ide_mode")
 async def test_n_calls_give_n_entities_with_the_right_fields_and_a_denied_call_is_recorded(
     tmp_path: Path, double: PortDouble, alpha: LocalUpstream
 ) -> None:
@@ -107,6 +108,7 @@ async def test_n_calls_give_n_entities_with_the_right_fields_and_a_denied_call_i
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("ide_mode")
 async def test_an_allowlist_change_in_port_is_audited_with_its_server(
     tmp_path: Path, double: PortDouble, alpha: LocalUpstream
 ) -> None:
@@ -127,6 +129,7 @@ async def test_an_allowlist_change_in_port_is_audited_with_its_server(
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("ide_mode")
 async def test_events_wait_in_the_spool_while_port_fails_and_all_arrive_after_recovery(
     tmp_path: Path, double: PortDouble, alpha: LocalUpstream
 ) -> None:
@@ -204,6 +207,7 @@ async def test_sigkill_at_random_moments_loses_no_answered_call(
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("ide_mode")
 async def test_three_bridges_sharing_one_spool_lose_nothing(
     tmp_path: Path, double: PortDouble, alpha: LocalUpstream
 ) -> None:
@@ -279,6 +283,7 @@ def test_redacted_arguments_never_carry_secret_values() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("ide_mode")
 async def test_under_redacted_secrets_reach_neither_port_nor_the_local_file(
     tmp_path: Path, double: PortDouble, alpha: LocalUpstream
 ) -> None:

@@ -15,7 +15,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.message import SessionMessage
 from mcp_types import methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from harness import LocalUpstream, bridge_client, bridge_env, bridge_process, raw_call, tool_names, write_config
 from mcp_bridge.audit.spoolcheck import instructions_note
@@ -28,7 +28,7 @@ from mcp_bridge.governance.allowlist import (
     loading_from_port,
 )
 from mcp_bridge.ide import handshake
-from mcp_bridge.ide.handshake import initialize_result, parse_initialize
+from mcp_bridge.ide.handshake import discover_result, initialize_result, parse_discover, parse_initialize
 from port_double import mcp_server_entity
 
 OFF = {handshake.ENV_SWITCH: "0"}
@@ -37,6 +37,27 @@ OFF = {handshake.ENV_SWITCH: "0"}
 def init_request(request_id: Any = 1, version: Any = "2025-06-18", **params: Any) -> dict[str, Any]:
     body = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "raw-ide", "version": "0"}}
     return {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": {**body, **params}}
+
+
+def envelope(version: Any = "2026-07-28", **meta: Any) -> dict[str, Any]:
+    base = {
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-ide", "version": "0"},
+    }
+    return {k: v for k, v in {**base, **meta}.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def discover_request(request_id: Any = 1, version: Any = "2026-07-28", **meta: Any) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "server/discover",
+        "params": {"_meta": envelope(version, **meta)},
+    }
 
 
 SERVERS = {
@@ -51,6 +72,7 @@ SERVERS = {
 def test_the_handshake_versions_are_the_sdks() -> None:
     assert handshake.HANDSHAKE_PROTOCOL_VERSIONS == HANDSHAKE_PROTOCOL_VERSIONS
     assert handshake.LATEST_HANDSHAKE_VERSION == LATEST_HANDSHAKE_VERSION
+    assert handshake.MODERN_VERSIONS == MODERN_PROTOCOL_VERSIONS
 
 
 async def sdk_initialize(front: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +138,14 @@ async def test_the_hand_built_answer_equals_the_sdk_fronts(
     assert hand_built == sdk
     assert expected_text in sdk["result"]["instructions"]  # the instructions really were compared
 
+    probe = discover_request(request_id)  # a 2026-07-28 IDE's first request
+    bridge = Bridge(loaded, home, initial=allowlist)
+    async with bridge.running():
+        sdk = await sdk_initialize(Front(bridge), probe)
+    assert parse_discover(json.dumps(probe).encode()) == (request_id, "2026-07-28", "raw-ide")
+    hand_built = {"jsonrpc": "2.0", "id": request_id, "result": discover_result(instructions)}
+    assert json.dumps(hand_built) == json.dumps(sdk)  # key order too: the SDK's answer is dropped, this one sent
+
 
 # A line the early path answers must be one the SDK accepts as a valid initialize; the rest go to the SDK.
 ANSWERED = [
@@ -148,6 +178,48 @@ NOT_ANSWERED: list[Any] = [
     "not json",
     "",
 ]
+
+
+DISCOVER_ANSWERED = [
+    discover_request(),
+    discover_request("d-1"),
+    discover_request(**{"io.modelcontextprotocol/clientInfo": _DROP}),
+    discover_request(**{"io.modelcontextprotocol/logLevel": "debug"}),
+    discover_request(**{"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}, "sampling": {}}}),
+    discover_request(**{"progressToken": 3, "vendor/x": 1}),
+]
+DISCOVER_NOT_ANSWERED: list[Any] = [
+    discover_request(version="2025-11-25"),
+    discover_request(version="2099-01-01"),
+    discover_request(version=7),
+    discover_request(**{"io.modelcontextprotocol/clientCapabilities": _DROP}),
+    discover_request(**{"io.modelcontextprotocol/clientCapabilities": {"roots": True}}),
+    discover_request(**{"io.modelcontextprotocol/clientInfo": {"name": "x"}}),
+    discover_request(**{"io.modelcontextprotocol/logLevel": "loud"}),
+    discover_request(**{"io.modelcontextprotocol/somethingNew": 1}),
+    discover_request(1.0),
+    {**discover_request(), "params": {"_meta": envelope(), "cursor": "x"}},
+    {**discover_request(), "params": {}},
+    {**discover_request(), "method": "tools/list"},
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "answered"), [(m, True) for m in DISCOVER_ANSWERED] + [(m, False) for m in DISCOVER_NOT_ANSWERED]
+)
+def test_only_discovery_probes_the_sdk_answers_so_are_answered_early(message: Any, answered: bool) -> None:
+    """Answered early: what the SDK's modern loop certainly answers with the discovery result (its inbound ladder and
+    envelope checks). Anything else (another version: the SDK's -32022; a malformed envelope) is left to it."""
+    from mcp.server.connection import Connection
+    from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
+
+    line = json.dumps(message).encode()
+    parsed = parse_discover(line)
+    assert (parsed is not None) == answered
+    if parsed is not None:
+        route = classify_inbound_request(message)
+        assert not isinstance(route, InboundLadderRejection)
+        Connection.from_envelope(route.protocol_version, route.client_info, route.client_capabilities, outbound=None)  # type: ignore[arg-type]
 
 
 def sdk_accepts_initialize(line: bytes) -> bool:
@@ -211,6 +283,13 @@ SCENARIOS: dict[str, bytes] = {
     "an initialize the SDK refuses first": lines_of(init_request(clientInfo={"name": "x"}), init_request(2), LIST),
     "an initialize of JSON-RPC 1.0 first": lines_of({**init_request(8), "jsonrpc": "1.0"}, init_request(), LIST),
     "an initialize with a float id first": lines_of(init_request(1.0), init_request(2), INITIALIZED, LIST),
+    "discover first": lines_of(
+        discover_request(), {**LIST, "params": {"_meta": envelope()}}, {**PING, "params": {"_meta": envelope()}}
+    ),
+    "discover first, at a version not served": lines_of(
+        discover_request(version="2099-01-01"), discover_request(2), {**LIST, "params": {"_meta": envelope()}}
+    ),
+    "a modern tools/list first": lines_of({**LIST, "params": {"_meta": envelope()}}, discover_request(3)),
 }
 
 
@@ -229,12 +308,15 @@ async def test_the_ide_sees_the_same_bytes_with_and_without_the_early_answer(tmp
     (fast, fast_stderr), (sdk, sdk_stderr) = results[True], results[False]
     assert fast == sdk
     assert fast, "the scenario must produce answers to compare"
-    took_early_path = "serve.initialize_answered_early" in fast_stderr
-    assert took_early_path == scenario.startswith("initialize first")
-    assert "serve.initialize_answered_early" not in sdk_stderr
+    event = "serve.discover_answered_early" if scenario.startswith("discover") else "serve.initialize_answered_early"
+    took_early_path = event in fast_stderr
+    assert took_early_path == (
+        scenario.startswith(("initialize first", "discover first")) and "not served" not in scenario
+    )
+    assert "answered_early" not in sdk_stderr
     if took_early_path:
         # answered before the SDK was even loaded, and the SDK's own answer (dropped) was the same
-        assert fast_stderr.index("serve.initialize_answered_early") < fast_stderr.index("serve.start")
+        assert fast_stderr.index(event) < fast_stderr.index("serve.start")
     assert "early_initialize_differs" not in fast_stderr
     assert [m.get("id") for m in fast].count(1) <= 1  # one answer per request, never two
 

@@ -12,7 +12,7 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp.shared.message import SessionMessage
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from mcp_bridge.bridge import Bridge
 from mcp_bridge.config import parse_config
@@ -21,6 +21,8 @@ from mcp_bridge.governance.catalog import Listing
 from mcp_bridge.ide.front import Front, _PreEncoded
 
 pytestmark = pytest.mark.anyio
+
+VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
 
 CONFIG = {
     "servers": {
@@ -101,6 +103,8 @@ class Conversation:
     def __init__(self, front: Front) -> None:
         self.front = front
         self.pre_encoded: list[bool] = []
+        self.envelope: dict[str, Any] | None = None
+        """A modern connection's ``_meta`` envelope, put on every request."""
 
     async def __aenter__(self) -> Conversation:
         self._tg = anyio.create_task_group()
@@ -119,6 +123,10 @@ class Conversation:
 
     async def request(self, request_id: Any, method: str, params: Any = None) -> str:
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if self.envelope is not None and (params is None or isinstance(params, dict)):
+            params = dict(params or {})
+            meta = params.get("_meta")
+            params["_meta"] = {**self.envelope, **meta} if isinstance(meta, dict) else meta or self.envelope
         if params is not None:
             body["params"] = params
         await self._send_in.send(SessionMessage(types.jsonrpc_message_adapter.validate_python(body, by_name=False)))
@@ -128,6 +136,13 @@ class Conversation:
         return reply.message.model_dump_json(by_alias=True, exclude_unset=True)  # as the SDK's stdio writer does
 
     async def initialize(self, version: str) -> None:
+        if version in MODERN_PROTOCOL_VERSIONS:  # no handshake: every request carries its envelope
+            self.envelope = {
+                "io.modelcontextprotocol/protocolVersion": version,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "ide", "version": "1"},
+            }
+            return
         params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "ide", "version": "1"}}
         await self.request(0, "initialize", params)
         note = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized")
@@ -144,10 +159,10 @@ async def both(bridge: Bridge, version: str, requests: list[tuple[Any, str, Any]
             expected = await slow.request(request_id, method, params)
             got = await fast.request(request_id, method, params)
             assert got == expected, (request_id, method)
-        return fast.pre_encoded[1:]
+        return fast.pre_encoded[-len(requests) :]
 
 
-@pytest.mark.parametrize("version", HANDSHAKE_PROTOCOL_VERSIONS)
+@pytest.mark.parametrize("version", VERSIONS)
 async def test_repeated_lists_are_the_sdks_bytes(bridge: Bridge, version: str) -> None:
     lists = [(1, "tools/list", None), ("two", "tools/list", {}), (2**40, "tools/list", {"_meta": {"k": "ü"}})]
     lists += [(4, "tools/list", {"cursor": "ignored"}), (5, "tools/list", None)]
@@ -171,7 +186,7 @@ async def test_the_answer_holds_what_the_ide_saw_before(bridge: Bridge) -> None:
     assert "検索 🔎" in line  # raw UTF-8 on the wire, as the SDK writes it
 
 
-@pytest.mark.parametrize("version", HANDSHAKE_PROTOCOL_VERSIONS)
+@pytest.mark.parametrize("version", VERSIONS)
 async def test_a_catalog_change_is_in_the_next_list(bridge: Bridge, version: str) -> None:
     catalog = bridge.catalog
     async with Conversation(Front(bridge)) as fast, Conversation(sdk_only(bridge)) as slow:
@@ -208,16 +223,18 @@ async def test_a_catalog_change_is_in_the_next_list(bridge: Bridge, version: str
     assert fast.pre_encoded[-1]
 
 
-async def test_bad_params_still_get_the_sdks_error(bridge: Bridge) -> None:
+@pytest.mark.parametrize("version", ["2025-11-25", *MODERN_PROTOCOL_VERSIONS])
+async def test_bad_params_still_get_the_sdks_error(bridge: Bridge, version: str) -> None:
     requests: list[tuple[Any, str, Any]] = [(1, "tools/list", None), (2, "tools/list", {"cursor": 5})]
     requests += [(3, "tools/list", {"_meta": 1}), (4, "tools/list", None)]
-    pre_encoded = await both(bridge, "2025-11-25", requests)
+    pre_encoded = await both(bridge, version, requests)
     assert pre_encoded == [True, False, False, True]
 
 
-async def test_other_messages_pass_unchanged(bridge: Bridge) -> None:
+@pytest.mark.parametrize("version", ["2025-11-25", *MODERN_PROTOCOL_VERSIONS])
+async def test_other_messages_pass_unchanged(bridge: Bridge, version: str) -> None:
     requests: list[tuple[Any, str, Any]] = [(1, "tools/list", None), (2, "ping", None), (3, "prompts/list", None)]
-    pre_encoded = await both(bridge, "2025-11-25", requests)
+    pre_encoded = await both(bridge, version, requests)
     assert pre_encoded == [True, False, False]
 
 

@@ -29,7 +29,7 @@ from mcp_bridge.config import normalize_pin
 from mcp_bridge.governance.pins import PinStore, diff_summary, fingerprint
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ide_mode")]
 
 ECHO = {
     "name": "echo",

@@ -16,13 +16,14 @@ from harness import (
     Notifications,
     bridge_client,
     direct_client,
+    era_neutral,
     raw_call,
     tool_names,
     upstream_pair,
     write_config,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ide_mode")]
 
 BETA_ALLOWED = ["echo", "add", "fail", "meta", "slow"]
 
@@ -94,7 +95,7 @@ async def test_results_through_the_bridge_equal_direct_results(
     async with direct_client(upstreams["beta"]) as direct:
         expected = [await raw_call(direct, name, args) for name, args in CASES]
     async with bridge_client(config, tmp_path / "home", env=env) as client:
-        got = [await raw_call(client, f"beta__{name}", args) for name, args in CASES]
+        got = [era_neutral(await raw_call(client, f"beta__{name}", args)) for name, args in CASES]
     assert got == expected
     # The interesting fields really were there to compare.
     assert expected[1]["structuredContent"] == {"sum": 42}

@@ -31,7 +31,7 @@ from mcp_bridge.governance.catalog import CACHE_FILE, CatalogCache, Listing
 from mcp_bridge.ide import warmstart
 from mcp_bridge.ide.handshake import HANDSHAKE_PROTOCOL_VERSIONS
 from port_double import mcp_server_entity
-from test_handshake import exchange, init_request, lines_of
+from test_handshake import discover_request, envelope, exchange, init_request, lines_of
 
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 
@@ -45,18 +45,33 @@ def list_request(request_id: Any = 2, **params: Any) -> dict[str, Any]:
 
 PING = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
 SESSION = lines_of(init_request(1, "2025-11-25"), INITIALIZED, list_request(), PING)
+MODERN_PROMPTS = {"jsonrpc": "2.0", "id": 3, "method": "prompts/list", "params": {"_meta": envelope()}}
+SESSIONS = {  # (what the IDE sends, the protocol version of its answers, the ids it gets: its lines' ids)
+    "handshake": (SESSION, "2025-11-25", [1, 2, 3]),
+    "2026-07-28, discovery first": (
+        lines_of(discover_request(1), list_request(2, _meta=envelope()), MODERN_PROMPTS),
+        "2026-07-28",
+        [1, 2, 3],
+    ),
+    "2026-07-28, a list first": (
+        lines_of(list_request(2, _meta=envelope()), MODERN_PROMPTS),
+        "2026-07-28",
+        [2, 3],
+    ),
+}
 
 
 def answered_early(stderr: str) -> bool:
     return "warmstart.tools_list_answered" in stderr
 
 
-async def warm(config: Path, home: Path) -> list[Any]:
+async def warm(config: Path, home: Path, session: str = "handshake") -> list[Any]:
     """One ordinary session (the SDK answers the list, the front keeps that answer); its output."""
-    out, stderr = await exchange(config, home, SESSION, early=True)
+    stdin, version, _ = SESSIONS[session]
+    out, stderr = await exchange(config, home, stdin, early=True)
     assert not answered_early(stderr)
     assert [m for m in out if "id" not in m] == []  # its list was the catalog as it is: nothing changed since
-    assert (home / "tools-answer-2025-11-25").exists()
+    assert (home / f"tools-answer-{version}").exists()
     return out
 
 
@@ -84,17 +99,19 @@ def tool_names(answer: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.anyio
-async def test_a_warm_start_answers_the_first_list_at_once_with_the_sdks_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("session", sorted(SESSIONS))
+async def test_a_warm_start_answers_the_first_list_at_once_with_the_sdks_bytes(tmp_path: Path, session: str) -> None:
+    stdin, _, ids = SESSIONS[session]
     with LocalUpstream("alpha", tmp_path) as alpha, LocalUpstream("beta", tmp_path) as beta:
         servers = {"alpha": alpha.server_config(), "beta": beta.server_config(["echo", "add"])}
         config = debug_config(tmp_path, servers)
         home = tmp_path / "home"
-        first = await warm(config, home)
+        first = await warm(config, home, session)
         shutil.copytree(home, tmp_path / "home-off")
         results: dict[bool, tuple[list[Any], str]] = {}
 
         async def run(early: bool) -> None:
-            results[early] = await exchange(config, home if early else tmp_path / "home-off", SESSION, early=early)
+            results[early] = await exchange(config, home if early else tmp_path / "home-off", stdin, early=early)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run, True)
@@ -102,8 +119,10 @@ async def test_a_warm_start_answers_the_first_list_at_once_with_the_sdks_bytes(t
     (fast, fast_stderr), (sdk, sdk_stderr) = results[True], results[False]
     # initialize, the list and the ping: what the SDK alone sends (it answers the ping first: its list waits)
     assert by_id(fast) == by_id(sdk) == by_id(first)
-    assert [m["id"] for m in fast] == [1, 2, 3] and [m["id"] for m in sdk] == [1, 3, 2]
-    names = tool_names(fast[1])
+    assert [m["id"] for m in fast] == ids
+    if session == "handshake":
+        assert [m["id"] for m in sdk] == [1, 3, 2]
+    names = tool_names(by_id(fast)[2])
     assert "alpha__echo" in names and [n for n in names if n.startswith("beta__")] == ["beta__add", "beta__echo"]
     assert answered_early(fast_stderr) and not answered_early(sdk_stderr)
     # before the SDK was loaded (serve.start is logged once the bridge runs); the live list turned out the same
@@ -274,6 +293,22 @@ def test_only_plain_lists_are_answered_early(message: Any, kind: str) -> None:
     assert warmstart.classify(line)[0] == kind
 
 
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        (list_request(7, _meta=envelope()), "list"),
+        (list_request(7, _meta={**envelope(), "progressToken": 1, "io.modelcontextprotocol/logLevel": "info"}), "list"),
+        (list_request(7), "other"),  # no envelope: the SDK refuses it on a modern connection
+        (list_request(7, _meta=envelope("2099-01-01")), "other"),
+        (list_request(7, _meta=envelope(**{"io.modelcontextprotocol/clientCapabilities": None})), "other"),
+        (list_request(7, _meta=envelope(), cursor="abc"), "other"),
+        (INITIALIZED, "other"),  # no handshake in this era
+    ],
+)
+def test_in_the_2026_era_only_lists_with_a_good_envelope_are_answered_early(message: Any, kind: str) -> None:
+    assert warmstart.classify(json.dumps(message).encode(), "2026-07-28")[0] == kind
+
+
 def test_an_answer_is_used_only_for_the_same_tools_bridge_and_sdk(tmp_path: Path) -> None:
     tools = [{"name": "a__echo", "description": "ünï", "inputSchema": {"type": "object", "b": 1.0, "a": 1}}]
     result = json.dumps({"tools": tools}, ensure_ascii=False)
@@ -300,7 +335,7 @@ def test_the_keeper_writes_the_latest_answer_from_a_thread(tmp_path: Path) -> No
     for n in range(20):
         tools = [{"name": f"t{n}"}]
         keeper.keep(tmp_path, version, tools, json.dumps({"tools": tools}))
-    keeper.keep(tmp_path, "2026-07-28", [], "{}")  # not a handshake version: never answered early, never kept
+    keeper.keep(tmp_path, "1999-01-01", [], "{}")  # a version the bridge does not serve: never kept
     keeper.wait()
     last = [{"name": "t19"}]
     assert (

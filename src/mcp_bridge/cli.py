@@ -392,7 +392,7 @@ def _answer_lists_while_loading(
 ) -> EarlyStart:
     """Load the SDK; while it loads, answer ``tools/list`` from the warm disk cache when that cache describes every
     approved server (:mod:`mcp_bridge.ide.warmstart`)."""
-    if not early.answered or early.result is None or sys.platform == "win32":  # select() on pipes is POSIX only
+    if early.version is None or sys.platform == "win32":  # select() on pipes is POSIX only
         return early
     from mcp_bridge.ide import warmstart
 
@@ -400,7 +400,7 @@ def _answer_lists_while_loading(
         log.debug("warmstart.skipped", reason="the IDE ignores list_changed", client=early.client_name)
         return early
 
-    prepared = warmstart.prepare(loaded.settings, home, allowlist, str(early.result["protocolVersion"]))
+    prepared = warmstart.prepare(loaded.settings, home, allowlist, str(early.version))
     if prepared is None:
         return early
     return warmstart.answer_lists_while_loading(early, prepared, _load_front)

@@ -21,12 +21,15 @@ import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import PrivateAttr, ValidationError
 
 from mcp_bridge import __version__
+from mcp_bridge.era import finish, forwarded_meta, is_modern
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
 from mcp_bridge.ide.backend import Backend
 from mcp_bridge.ide.handshake import EarlyStart, request_id_ok
@@ -45,6 +48,15 @@ _DRAIN_ON_EOF_SECONDS = 2.0
 _WIRE_DUMP: dict[str, Any] = {"by_alias": True, "exclude_unset": True}
 """How every message is encoded on stdout (:func:`serve_stdio`'s writer), as the SDK's ``stdio_server`` encodes
 them: ``model_dump_json(by_alias=True, exclude_unset=True)``."""
+
+_RESOURCE_NOT_FOUND = -32002
+"""A handshake-era server's "resource not found" (retired in 2026-07-28, where it is -32602)."""
+
+_EVENTS: dict[str, ToolsListChanged | PromptsListChanged | ResourcesListChanged] = {
+    "tools": ToolsListChanged(),
+    "prompts": PromptsListChanged(),
+    "resources": ResourcesListChanged(),
+}
 
 _MARKER = f"mcp-bridge-tools-{uuid.uuid4().hex}"
 """Stands in for the tools while a response's envelope is encoded; the tools' JSON replaces it."""
@@ -91,6 +103,10 @@ class Front:
         self._reusing: set[int] = set()  # id() of the contexts of tools/list requests answered from _tools_answer
         self.keeper = AnswerKeeper()
         self._shapes = _Shapes()
+        self.modern: bool | None = None
+        """The IDE's era, from its first request (None until then): the SDK serves one era per connection too."""
+        self._bus = InMemorySubscriptionBus()
+        """List changes for a modern IDE, delivered on its ``subscriptions/listen`` streams."""
         self.server: Server[Any] = Server(
             "mcp-bridge",
             version=__version__,
@@ -102,16 +118,40 @@ class Front:
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource,
+            on_subscriptions_listen=ListenHandler(self._bus),
         )
+        self.server.add_request_handler("server/discover", types.RequestParams, self._discover)
         # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
         # the span costs time on every call. Ours refuse requests before initialize saying so, remember the IDE's
         # session and reuse the last tools/list answer.
-        self.server.middleware[:] = [self._require_initialize, self._remember_client, self._reuse_tools_answer]
+        self.server.middleware[:] = [
+            self._note_era,
+            self._require_initialize,
+            self._remember_client,
+            self._reuse_tools_answer,
+        ]
         self._initialized = False
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(
             NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
+        )
+
+    async def _note_era(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if self.modern is None and ctx.request_id is not None:
+            self.modern = is_modern(ctx.protocol_version)
+        return await call_next(ctx)
+
+    async def _discover(self, ctx: ServerRequestContext[Any], params: types.RequestParams | None) -> Any:
+        """``server/discover``: the SDK's answer, except that resource subscriptions are not offered (the bridge
+        relays list changes, not updates of single resources; the SDK would offer them with the listen stream)."""
+        capabilities = self.server.get_capabilities(protocol_version=ctx.protocol_version)
+        if capabilities.resources is not None:
+            capabilities.resources = capabilities.resources.model_copy(update={"subscribe": False})
+        return types.DiscoverResult(
+            supported_versions=list(MODERN_PROTOCOL_VERSIONS),
+            capabilities=capabilities,
+            instructions=self.server.instructions,
         )
 
     async def _require_initialize(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -153,9 +193,9 @@ class Front:
 
     async def _list_tools(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         await self._first_list("tools")
-        if id(ctx) in self._reusing:
-            return {"tools": []}  # the SDK checks and shapes the rest of the answer; _reuse_tools_answer adds the tools
-        return {"tools": self.bridge.catalog.tools()}
+        if id(ctx) in self._reusing:  # the SDK checks and shapes the rest of the answer; _reuse_tools_answer adds them
+            return finish(ctx.protocol_version, {"tools": []}, cacheable=True)
+        return finish(ctx.protocol_version, {"tools": self.bridge.catalog.tools()}, cacheable=True)
 
     async def _reuse_tools_answer(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """``tools/list`` without the SDK validating the whole catalog on every list: the request still goes
@@ -222,36 +262,42 @@ class Front:
 
     async def _list_prompts(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         await self._first_list("prompts")
-        return {"prompts": self.bridge.catalog.prompts()}
+        return finish(ctx.protocol_version, {"prompts": self.bridge.catalog.prompts()}, cacheable=True)
 
     async def _list_resources(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         await self._first_list("resources")
-        return {"resources": self.bridge.catalog.resources()}
+        return finish(ctx.protocol_version, {"resources": self.bridge.catalog.resources()}, cacheable=True)
 
     async def _list_templates(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         await self._first_list("resources")
-        return {"resourceTemplates": self.bridge.catalog.templates()}
+        return finish(ctx.protocol_version, {"resourceTemplates": self.bridge.catalog.templates()}, cacheable=True)
 
     # ------------------------------------------------------------------ requests
 
     async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
-        meta = dict(ctx.meta or {})
-        token = meta.pop("progress_token", None)
-        meta.pop("progressToken", None)
+        meta = ctx.meta or {}
+        token = meta.get("progress_token", meta.get("progressToken"))
         progress = _relay_progress(ctx) if token is not None else None
-        return await _guard(self.bridge.call_tool(params.name, params.arguments, meta=meta or None, progress=progress))
+        work = self.bridge.call_tool(params.name, params.arguments, meta=forwarded_meta(meta), progress=progress)
+        return finish(ctx.protocol_version, await _guard(work, ctx.protocol_version))
 
     async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
-        return await _guard(self.bridge.get_prompt(params.name, params.arguments))
+        work = self.bridge.get_prompt(params.name, params.arguments)
+        return finish(ctx.protocol_version, await _guard(work, ctx.protocol_version))
 
     async def _read_resource(self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
-        return await _guard(self.bridge.read_resource(str(params.uri)))
+        work = self.bridge.read_resource(str(params.uri))
+        return finish(ctx.protocol_version, await _guard(work, ctx.protocol_version), cacheable=True)
 
     # ------------------------------------------------------------------ notifications
 
     async def relay_changes(self, notify: Notify) -> None:
-        """Tell the IDE which lists changed, for the lists it has already fetched."""
+        """Tell the IDE which lists changed, for the lists it has already fetched (a modern IDE: on its listen
+        streams, which say themselves which kinds they want)."""
         async for kinds in self.bridge.changes:
+            if self.modern:
+                await self._publish(kinds)
+                continue
             told = [kind for kind in ("tools", "prompts", "resources") if kind in kinds and kind in self._listed]
             answer = self._tools_answer
             if "tools" in told and answer is not None and answer.key[0] == self.bridge.catalog.version:
@@ -279,8 +325,17 @@ class Front:
         if now == digest:
             return
         log.info("front.early_list_differs")
+        if self.modern:
+            await self._publish({"tools"})
+            return
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await notify("tools")
+
+    async def _publish(self, kinds: set[str]) -> None:
+        for kind in ("tools", "prompts", "resources"):
+            if kind in kinds:
+                await self._bus.publish(_EVENTS[kind])
+        log.info("front.list_changed", kinds=sorted(kinds), via="subscriptions/listen")
 
 
 class _Shapes:
@@ -305,7 +360,8 @@ class _Shapes:
         new = [t for t in tools if (hit := self._shaped.get((id(t), version))) is None or hit[0] is not t]
         if new:
             try:
-                shaped_new = serialize_server_result("tools/list", version, {"tools": new})["tools"]
+                result = finish(version, {"tools": new}, cacheable=True)  # a modern result's own fields too
+                shaped_new = serialize_server_result("tools/list", version, result)["tools"]
             except (ValidationError, KeyError, ValueError) as exc:
                 log.warning("front.tools_unshapeable", error=f"{type(exc).__name__}")
                 return None
@@ -345,14 +401,17 @@ def _relay_progress(ctx: ServerRequestContext[Any]) -> ProgressFn:
     return relay
 
 
-async def _guard(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """Await a bridge request, turning its failures into JSON-RPC errors the IDE understands."""
+async def _guard(work: Awaitable[dict[str, Any]], version: str | None = None) -> dict[str, Any]:
+    """Await a bridge request, turning its failures into JSON-RPC errors the IDE understands (in its era)."""
     try:
         return await work
     except (UnknownName, PolicyDenied) as exc:
         raise MCPError(types.INVALID_PARAMS, clean(str(exc))) from None
     except MCPError as exc:  # the upstream's own JSON-RPC error: pass it on, cleaned
-        raise MCPError(exc.error.code, clean(exc.error.message), exc.error.data) from None
+        code = exc.error.code
+        if code == _RESOURCE_NOT_FOUND and is_modern(version):  # 2026-07-28 says "not found" with -32602
+            code = types.INVALID_PARAMS
+        raise MCPError(code, clean(exc.error.message), exc.error.data) from None
     except BridgeError as exc:
         raise MCPError(types.INTERNAL_ERROR, error_text(exc)) from None
     except ValidationError as exc:
@@ -369,6 +428,8 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None) -> None:
     """
     front = Front(bridge)
     early = early or EarlyStart()
+    if early.version is not None:  # the first line told the era (its lists may have been answered already)
+        front.modern = early.modern
     drop_id = early.request_id if early.answered else None
     async with ide_pipes(prefix=early.consumed) as (stdin, stdout):
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)

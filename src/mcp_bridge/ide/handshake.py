@@ -1,4 +1,4 @@
-"""``initialize``, answered before the SDK is imported.
+"""``initialize`` (or ``server/discover``), answered before the SDK is imported.
 
 Importing the MCP SDK takes about a second on a small machine, and the IDE waits for the ``initialize`` answer before it
 does anything else. So ``serve`` reads the IDE's first line itself, with little more than the standard library loaded,
@@ -12,6 +12,10 @@ The hand-built result must be what the SDK-based front sends for the same reques
 the SDK's handshake versions, the capabilities are the ones the front's server declares, and ``serverInfo`` and the
 instructions are the front's. ``tests/test_handshake.py`` holds both paths to each other, and the front logs a
 warning should the answer it drops ever differ from the one sent.
+
+An IDE of the 2026-07-28 era opens with ``server/discover`` instead (the SDK client's default, ``auto``): that probe is
+answered early the same way, when its ``_meta`` envelope is one the SDK certainly accepts at a version the bridge
+serves; the SDK is fed it too (it is what makes the SDK serve the connection in that era) and its answer is dropped.
 
 Set ``MCP_BRIDGE_EARLY_INITIALIZE=0`` to turn this off: the SDK then reads and answers the first line itself.
 
@@ -47,6 +51,19 @@ CAPABILITIES: Mapping[str, Any] = {
 }
 """What the front's server declares: its list, call, prompt and resource handlers, with every ``listChanged``."""
 
+MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
+"""The SDK's ``mcp_types.version.MODERN_PROTOCOL_VERSIONS`` (a test keeps them equal)."""
+
+MODERN_CAPABILITIES: Mapping[str, Any] = {
+    "prompts": {"listChanged": True},
+    "resources": {"listChanged": True, "subscribe": False},
+    "tools": {"listChanged": True},
+}
+"""What the front's ``server/discover`` declares (list changes on ``subscriptions/listen``; no resource updates)."""
+
+ENVELOPE = "io.modelcontextprotocol/"
+_LOG_LEVELS = frozenset({"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"})
+
 _CHUNK = 1 << 16
 _REQUEST_KEYS = frozenset({"jsonrpc", "id", "method", "params"})
 _CAPABILITY_OBJECTS = ("experimental", "sampling", "elicitation", "roots", "extensions", "tasks")
@@ -70,6 +87,9 @@ class EarlyStart:
     are not in :attr:`consumed`: the SDK never sees them."""
     tools_digest: str | None = None
     """:func:`mcp_bridge.ide.warmstart.tools_digest` of the tools those answers listed."""
+    version: str | None = None
+    """The protocol version of the connection, when the first line told it (``initialize`` answered early: the one
+    agreed; a 2026-07-28 request: its envelope's)."""
     ended: bool = False
     """stdin ended while answering early, and every line read had been answered or was a notification: there is
     nothing left to serve."""
@@ -77,6 +97,10 @@ class EarlyStart:
     @property
     def answered(self) -> bool:
         return self.result is not None
+
+    @property
+    def modern(self) -> bool:
+        return self.version in MODERN_VERSIONS
 
 
 def negotiate(requested: str) -> str:
@@ -94,6 +118,88 @@ def initialize_result(requested_version: str, instructions: str) -> dict[str, An
     }
 
 
+def discover_result(instructions: str) -> dict[str, Any]:
+    """The ``server/discover`` result the front sends, as on the wire (the SDK's key order)."""
+    return {
+        "cacheScope": "private",
+        "capabilities": json.loads(json.dumps(MODERN_CAPABILITIES)),
+        "instructions": instructions,
+        "resultType": "complete",
+        "supportedVersions": list(MODERN_VERSIONS),
+        "ttlMs": 0,
+        "_meta": {ENVELOPE + "serverInfo": {"name": SERVER_NAME, "version": __version__}},
+    }
+
+
+def modern_envelope(params: object) -> tuple[str, str | None] | None:
+    """``(protocol version, client name or None)`` when ``params._meta`` is a 2026-07-28 envelope the SDK certainly
+    accepts at a version the bridge serves; ``None`` for anything else (no envelope, a malformed one, another
+    version: the SDK answers those itself)."""
+    if not isinstance(params, dict):
+        return None
+    meta = params.get("_meta")
+    if not isinstance(meta, dict):
+        return None
+    version, capabilities = meta.get(ENVELOPE + "protocolVersion"), meta.get(ENVELOPE + "clientCapabilities")
+    if version not in MODERN_VERSIONS or not isinstance(capabilities, dict) or not _capabilities_ok(capabilities):
+        return None
+    info = meta.get(ENVELOPE + "clientInfo")
+    if info is not None and not _client_info_ok(info):
+        return None
+    level = meta.get(ENVELOPE + "logLevel")
+    if level is not None and level not in _LOG_LEVELS:
+        return None
+    known = {ENVELOPE + k for k in ("protocolVersion", "clientCapabilities", "clientInfo", "logLevel")}
+    if any(str(k).startswith(ENVELOPE) and k not in known for k in meta):
+        return None
+    return str(version), (info["name"] if isinstance(info, dict) else None)
+
+
+def parse_discover(line: bytes) -> tuple[int | str, str, str | None] | None:
+    """``(id, protocol version, client name)`` when ``line`` is a ``server/discover`` request the SDK certainly
+    answers with the bridge's discovery result; ``None`` for anything else."""
+    message = _request(line, "server/discover")
+    if message is None:
+        return None
+    params = message.get("params")
+    if not isinstance(params, dict) or not params.keys() <= {"_meta"}:
+        return None
+    envelope = modern_envelope(params)
+    return None if envelope is None else (message["id"], *envelope)
+
+
+def _request(line: bytes, method: str | None = None) -> dict[str, Any] | None:
+    """``line`` as a JSON-RPC request (for ``method``, or any) with an id the SDK takes and no other keys; else
+    ``None``."""
+    try:
+        message = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or not message.keys() <= _REQUEST_KEYS:
+        return None
+    if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
+        return None
+    if (method is not None and message["method"] != method) or not request_id_ok(message.get("id")):
+        return None
+    return message
+
+
+def _capabilities_ok(capabilities: dict[str, Any]) -> bool:
+    if not all(isinstance(capabilities.get(key), dict | None) for key in _CAPABILITY_OBJECTS):
+        return False
+    return all(isinstance(v, dict) for v in (capabilities.get("experimental") or {}).values())
+
+
+def _client_info_ok(info: object) -> bool:
+    if not isinstance(info, dict):
+        return False
+    if not (isinstance(info.get("name"), str) and isinstance(info.get("version"), str)):
+        return False
+    if not all(isinstance(info.get(key), str | None) for key in _OPTIONAL_INFO_STRINGS):
+        return False
+    return isinstance(info.get("icons", []), list)
+
+
 def parse_initialize(line: bytes) -> tuple[int | str, str] | None:
     """``(id, requested protocol version)`` when ``line`` is an ``initialize`` request the SDK certainly accepts;
     ``None`` for anything else, which then takes the ordinary path.
@@ -101,17 +207,10 @@ def parse_initialize(line: bytes) -> tuple[int | str, str] | None:
     The checks are a strict subset of the SDK's validation: an id that is an integer (not a boolean or a float) or a
     string, no keys beside the four of a request, and params with the types ``InitializeRequestParams`` requires.
     """
-    try:
-        message = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    message = _request(line, "initialize")
+    if message is None:
         return None
-    if not isinstance(message, dict) or not message.keys() <= _REQUEST_KEYS:
-        return None
-    if message.get("jsonrpc") != "2.0" or message.get("method") != "initialize":
-        return None
-    request_id = message.get("id")
-    if not request_id_ok(request_id):
-        return None
+    request_id = message["id"]
     params = message.get("params")
     if not isinstance(params, dict):
         return None
@@ -120,15 +219,7 @@ def parse_initialize(line: bytes) -> tuple[int | str, str] | None:
         return None
     if not isinstance(params.get("_meta", {}), dict):
         return None
-    if not all(isinstance(capabilities.get(key), dict | None) for key in _CAPABILITY_OBJECTS):
-        return None
-    if not all(isinstance(v, dict) for v in (capabilities.get("experimental") or {}).values()):
-        return None
-    if not (isinstance(info.get("name"), str) and isinstance(info.get("version"), str)):
-        return None
-    if not all(isinstance(info.get(key), str | None) for key in _OPTIONAL_INFO_STRINGS):
-        return None
-    if not isinstance(info.get("icons", []), list):
+    if not _capabilities_ok(capabilities) or not _client_info_ok(info):
         return None
     return request_id, version
 
@@ -139,7 +230,8 @@ def request_id_ok(request_id: object) -> TypeGuard[int | str]:
 
 
 def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 1) -> EarlyStart:
-    """Read the IDE's first line; when it is ``initialize``, answer it on ``stdout_fd`` at once.
+    """Read the IDE's first line; when it is ``initialize`` or ``server/discover``, answer it on ``stdout_fd`` at
+    once.
 
     Blocks until the first line (or end of input) arrives. Whatever was read is handed back in
     :attr:`EarlyStart.consumed` for the SDK's reader, answered or not.
@@ -149,11 +241,24 @@ def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 
     log.debug("serve.awaiting_first_message")
     consumed = _read_first_line(stdin_fd)
     line, newline, _ = consumed.partition(b"\n")
-    parsed = parse_initialize(line) if newline else None
-    if parsed is None:
+    if not newline:
         return EarlyStart(consumed=consumed)
-    request_id, requested = parsed
-    result = initialize_result(requested, instructions)
+    client_name: str | None
+    parsed = parse_initialize(line)
+    if parsed is not None:
+        request_id, requested = parsed
+        result = initialize_result(requested, instructions)
+        version = str(result["protocolVersion"])
+        client_name = json.loads(line)["params"]["clientInfo"]["name"]  # a string: parse_initialize checked it
+    elif (discover := parse_discover(line)) is not None:
+        request_id, version, client_name = discover
+        result = discover_result(instructions)
+    else:  # a 2026-07-28 IDE that opens with a request of another kind still tells its era
+        message = _request(line)
+        envelope = modern_envelope(message.get("params")) if message is not None else None
+        if envelope is None:
+            return EarlyStart(consumed=consumed)
+        return EarlyStart(consumed=consumed, version=envelope[0], client_name=envelope[1])
     frame = {"jsonrpc": "2.0", "id": request_id, "result": result}
     data = (json.dumps(frame, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     try:
@@ -161,9 +266,8 @@ def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 
     except OSError as exc:  # the IDE is gone or stdout is unusable: let the ordinary path meet the same fate
         log.warning("serve.early_initialize_failed", error=f"{type(exc).__name__}: {exc}")
         return EarlyStart(consumed=consumed)
-    log.debug("serve.initialize_answered_early", protocol_version=result["protocolVersion"])
-    client_name = json.loads(line)["params"]["clientInfo"]["name"]  # a string: parse_initialize checked it
-    return EarlyStart(consumed=consumed, request_id=request_id, result=result, client_name=client_name)
+    log.debug("serve.discover_answered_early" if parsed is None else "serve.initialize_answered_early", version=version)
+    return EarlyStart(consumed=consumed, request_id=request_id, result=result, client_name=client_name, version=version)
 
 
 def _read_first_line(fd: int) -> bytes:

@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from mcp_bridge import __version__
-from mcp_bridge.ide.handshake import HANDSHAKE_PROTOCOL_VERSIONS, EarlyStart, request_id_ok, write_all
+from mcp_bridge.ide.handshake import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    MODERN_VERSIONS,
+    EarlyStart,
+    modern_envelope,
+    request_id_ok,
+    write_all,
+)
 from mcp_bridge.logs import get_logger
 
 log = get_logger(__name__)
@@ -54,7 +61,8 @@ the one they keep, so it waits for the servers as usual instead of coming from t
 how its users pick up a change, and must show it."""
 _PREFIX = "tools-answer-"
 _CHUNK = 1 << 16
-_MODERN_META_PREFIX = "io.modelcontextprotocol/"  # a 2026-07-28 envelope: never answered here
+_MODERN_META_PREFIX = "io.modelcontextprotocol/"  # a 2026-07-28 envelope: only at that version
+_VERSIONS = frozenset(HANDSHAKE_PROTOCOL_VERSIONS) | frozenset(MODERN_VERSIONS)
 
 
 def answer_path(home: Path, protocol_version: str) -> Path:
@@ -116,7 +124,7 @@ class AnswerKeeper:
     def keep(self, home: Path, protocol_version: str, tools: Sequence[Any], result: str) -> None:
         """``tools``: the catalog's tools the answer was made from (never changed in place); ``result``: the
         answer's ``result`` as the SDK's stdio writer encoded it."""
-        if protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        if protocol_version not in _VERSIONS:
             return
         with self._lock:
             self._next = _Kept(home, protocol_version, tools, result)
@@ -205,7 +213,7 @@ def cached_tools(settings: Any, home: Path, allowlist: Any) -> list[dict[str, An
 def prepare(settings: Any, home: Path, allowlist: Any, protocol_version: str) -> tuple[bytes, str] | None:
     """The encoded ``result`` to answer ``tools/list`` with before the SDK is loaded, and the digest of the tools it
     lists; or ``None``."""
-    if allowlist is None or protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+    if allowlist is None or protocol_version not in _VERSIONS:
         return None
     stale = _stale_port_allowlist(settings, allowlist)
     if stale:
@@ -244,9 +252,11 @@ def _stale_port_allowlist(settings: Any, allowlist: Any) -> str | None:
     return None
 
 
-def classify(line: bytes) -> tuple[str, int | str | None]:
+def classify(line: bytes, protocol_version: str | None = None) -> tuple[str, int | str | None]:
     """``("initialized", None)``, ``("list", id)`` for a ``tools/list`` this module may answer, or ``("other",
-    None)`` for anything else (which ends early answering)."""
+    None)`` for anything else (which ends early answering). In the 2026-07-28 era (``protocol_version``) a list
+    must carry a well-formed envelope at that version; in the handshake era it must carry none."""
+    modern = protocol_version in MODERN_VERSIONS
     try:
         message = json.loads(line)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -254,7 +264,7 @@ def classify(line: bytes) -> tuple[str, int | str | None]:
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return "other", None
     method, params = message.get("method"), message.get("params")
-    if method == "notifications/initialized" and message.keys() <= {"jsonrpc", "method", "params"}:
+    if method == "notifications/initialized" and not modern and message.keys() <= {"jsonrpc", "method", "params"}:
         if params is None or (isinstance(params, dict) and params.keys() <= {"_meta"}):
             return "initialized", None
         return "other", None
@@ -267,9 +277,11 @@ def classify(line: bytes) -> tuple[str, int | str | None]:
         if not isinstance(params, dict) or not params.keys() <= {"_meta"}:
             return "other", None  # a cursor, or anything else: the ordinary path
         meta = params.get("_meta", {})
-        if not isinstance(meta, dict) or any(str(k).startswith(_MODERN_META_PREFIX) for k in meta):
+        if not isinstance(meta, dict) or (not modern and any(str(k).startswith(_MODERN_META_PREFIX) for k in meta)):
             return "other", None
-    return "list", request_id
+    if modern and (envelope := modern_envelope(params)) is not None and envelope[0] == protocol_version:
+        return "list", request_id
+    return ("other", None) if modern else ("list", request_id)
 
 
 def response_line(request_id: int | str, result: bytes) -> bytes:
@@ -306,7 +318,8 @@ def answer_lists_while_loading(
     loader = threading.Thread(target=run_load, name="mcp-bridge-load", daemon=True)
     loader.start()
     buffer = early.consumed
-    pos = buffer.find(b"\n") + 1  # the first line was the initialize answered already
+    # The first line was the initialize (or discovery) answered already; a 2026-07-28 IDE may also open with a list.
+    pos = buffer.find(b"\n") + 1 if early.answered else 0
     kept = [buffer[:pos]]  # what the SDK reads: the initialize, the notifications; not the lists answered here
     answered: list[int | str] = []
     ended = False
@@ -317,7 +330,7 @@ def answer_lists_while_loading(
                 end = buffer.find(b"\n", pos)
                 if end < 0:
                     break
-                kind, request_id = classify(buffer[pos:end])
+                kind, request_id = classify(buffer[pos:end], early.version)
                 if kind == "other":
                     stop = True
                     break
