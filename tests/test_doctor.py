@@ -1,4 +1,5 @@
-"""``mcp_bridge.doctor``: each failure comes with its fix, and a healthy setup is all ✓ (in-process, real servers)."""
+"""``mcp_bridge.cli.doctor``: each failure comes with its fix, and a healthy setup is all ✓ (in-process, real
+servers)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from harness import LocalUpstream, free_port, write_config
-from mcp_bridge.doctor import Check, render, run_checks
+from mcp_bridge.cli.doctor import Check, render, run_checks
 from oauth_harness import LocalOAuthUpstream
 from port_double import PortDouble, mcp_server_entity
 
@@ -172,8 +173,8 @@ async def test_an_api_key_server_without_its_key_is_reported_with_the_allowlist(
 
 
 def test_long_names_and_many_tools_warn() -> None:
+    from mcp_bridge.cli.doctor import _count_check, _names_check
     from mcp_bridge.config import Settings
-    from mcp_bridge.doctor import _count_check, _names_check
 
     settings = Settings.model_validate({"naming": {"max_length": 64}})
     long = _names_check(settings, ["a" * 50, "short"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import bridge_env, write_config
-from mcp_bridge.install import default_path
+from mcp_bridge.cli.install import default_path
 
 
 def install(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,9 @@
 
 :func:`auth_for` returns the ``httpx2.Auth`` the upstream's HTTP client uses for every request (``None`` for no
 auth), or raises :class:`~mcp_bridge.errors.AuthRequired` when the server cannot be used until someone acts. OAuth
-lives in :mod:`mcp_bridge.auth.oauth`, its storage in :mod:`mcp_bridge.auth.store`.
+lives in :mod:`mcp_bridge.auth.oauth`, its storage in :mod:`mcp_bridge.auth.store`. Imports only the base modules
+(config, errors, logs, files, keyring_store, terminal); never ``governance``, ``upstream``, ``audit``, ``ide``,
+``bridge`` or ``cli``.
 """
 
 from __future__ import annotations

@@ -68,8 +68,10 @@ def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip() for r in rows]
 
 
-def run(serve: bool = False, serve_options: list[str] | None = None) -> int:
-    """The demo; with ``serve``, ``demo --serve`` (``serve_options``: the bridge's ``--log-level``/``--log-file``)."""
+def run(serve: Callable[[str], int] | None = None) -> int:
+    """The demo; with ``serve``, ``demo --serve``: ``serve(config_path)`` serves the bridge on stdio with the demo's
+    config (the command line's own ``serve``, given by :mod:`mcp_bridge.cli.main`, which this module does not
+    import)."""
     t = Transcript()
     work = Path(tempfile.mkdtemp(prefix="mcp-bridge-demo-"))
     keep = False
@@ -83,7 +85,7 @@ def run(serve: bool = False, serve_options: list[str] | None = None) -> int:
             # The bridge (this process's with --serve, subprocesses otherwise) reads its secrets and home from here.
             os.environ.update({**backends.env(), "MCP_BRIDGE_HOME": str(home)})
             if serve:
-                return _serve(t, config, serve_options or [])
+                return _serve(t, config, serve)
             try:
                 anyio.run(_session, t, backends, config, home, work)
             except DemoFailed as exc:
@@ -262,10 +264,9 @@ async def _audit(t: Transcript, backends: DemoBackends) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _serve(t: Transcript, config: Path, options: list[str]) -> int:
+def _serve(t: Transcript, config: Path, serve: Callable[[str], int]) -> int:
     """Serve the bridge on stdio in this process, over the running backends, until the client closes stdin."""
-    from mcp_bridge.cli import serve_config
-    from mcp_bridge.install import bridge_command
+    from mcp_bridge.cli.install import bridge_command
 
     command, args = bridge_command()
     entry = {"command": command, "args": [*args, "demo", "--serve"]}
@@ -277,4 +278,4 @@ def _serve(t: Transcript, config: Path, options: list[str]) -> int:
     t.err(f"  npx @modelcontextprotocol/inspector {' '.join([command, *entry['args']])}")
     t.err("Each run starts fresh backends on new ports; stop with Ctrl-C or by closing stdin. The `oauth` server's")
     t.err("login runs in the demo's headless browser: no browser opens and there is no URL to visit.")
-    return serve_config(str(config), *options)
+    return serve(str(config))

@@ -9,6 +9,7 @@ message built from an exception goes through :func:`~mcp_bridge.logs.clean`.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 
 from mcp_bridge.audit.spoolcheck import RESET_COMMAND, spool_path, spools
+from mcp_bridge.cli.output import err, out
 from mcp_bridge.config import LoadedConfig, OAuthAuth, Settings, home_dir, load_config
 from mcp_bridge.errors import ConfigError
 from mcp_bridge.governance.allowlist import Allowlist
@@ -450,3 +452,13 @@ def _count_check(count: int) -> Check:
 
 
 __all__ = ["Check", "listing_checks", "render", "run_checks"]
+
+
+async def doctor_command(args: argparse.Namespace) -> int:
+
+    checks = await run_checks(args.config, progress=lambda message: err(f"... {message}"))
+    out(render(checks))
+    broken = [c for c in checks if not c.ok]
+    if broken:
+        err(f"mcp-bridge doctor: {len(broken)} problem(s); each has its fix above")
+    return 1 if broken else 0

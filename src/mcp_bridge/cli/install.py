@@ -7,6 +7,7 @@ after a backup of the previous file, and only when something changes; ``--dry-ru
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import os
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mcp_bridge.cli.output import UsageError, err, out
+from mcp_bridge.config import load_config
 from mcp_bridge.errors import ConfigError
 
 Client = Literal["claude-desktop", "cursor"]
@@ -118,3 +121,41 @@ def apply(p: Plan) -> Path | None:
         Path(tmp).unlink(missing_ok=True)
         raise
     return backup
+
+
+def install_command(args: argparse.Namespace) -> int:
+    """Not async and no bridge: it only edits the IDE's file (the config must exist, it is what the entry points at)."""
+    from mcp_bridge.config import env_references, resolve_config_path
+
+    config = resolve_config_path(args.config)
+    if not config.is_file():
+        raise UsageError(f"{config}: no config file there; create it first (see config.example.yaml)")
+    load_config(str(config))  # a broken config would only fail later, inside the IDE: refuse it now
+    variables = env_references(config.read_text(encoding="utf-8"))
+    if variables:  # this shell has them (the config loaded); the IDE started from the Dock or a menu will not
+        listed = ", ".join(variables)
+        err(f"mcp-bridge install: warning: the config takes {listed} from the environment (${{env:...}}).")
+        err("  Claude Desktop and Cursor started from the Dock, the Start menu or a desktop launcher do not get a")
+        err("  shell's environment, so the bridge they start would stop at the first missing variable. Store each in")
+        first = variables[0]
+        err(f"  the OS keyring instead, e.g. `mcp-bridge secret set {first}` (it asks for the value), and write")
+        err(f"  ${{keyring:{first}}} where the config says ${{env:{first}}}.")
+    path = Path(args.path).expanduser() if args.path else default_path(args.client)
+    change = plan(path, args.name, config)
+    if not change.changed:
+        out(f"{path}: the {args.name!r} entry is already up to date; nothing written")
+        return 0
+    if args.dry_run:
+        out(change.diff(), end="")
+        out(f"(dry run: {path} not written)")
+        return 0
+    backup = apply(change)
+    if change.outcome == "created":
+        out(f"{path}: created, with the {args.name!r} entry")
+    else:
+        out(f"{path}: {change.outcome} the {args.name!r} entry")
+    if backup is not None:
+        out(f"  backup of the previous file: {backup}")
+    out("  no secret was written there: keep credentials in the OS keyring (`mcp-bridge secret set NAME`, written")
+    out("  ${keyring:NAME} in the config; OAuth tokens go there by themselves). Restart the IDE to pick the entry up.")
+    return 0

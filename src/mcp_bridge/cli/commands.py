@@ -1,0 +1,178 @@
+"""``status``, ``tools`` and ``call``: the bridge as the IDE would see it, run once by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from mcp_bridge.cli.output import UsageError, err, out, out_json, print_table
+from mcp_bridge.config import LoadedConfig, home_dir
+from mcp_bridge.errors import BridgeError
+
+
+async def status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+    from mcp_bridge.cli.doctor import listing_checks
+
+    bridge = Bridge(loaded, home_dir(), auth_env=no_browser(loaded))
+    async with bridge.running():
+        await settle(bridge, loaded)
+        rows = bridge.status()
+        pinned_out = [e for e in bridge.catalog.entries() if e.blocked]
+        checks = listing_checks(bridge.catalog.allowlist, rows, pinned_out, loaded.settings.timeouts.connect)
+        allowlist = bridge.catalog.allowlist.describe()
+    audit = await _audit_health(loaded)
+    # 1 when the bridge fails closed (allowlist or audit) or a server's tools cannot be served (down, no answer,
+    # waiting for a login, blocked by their pins): what a script checking the setup needs to know.
+    code = 1 if audit["problem"] or any(not c.ok for c in checks) else 0
+    if args.json:
+        out_json({"allowlist": allowlist, "servers": rows, "audit": audit}, indent=2)
+        return code
+    out(_allowlist_line(allowlist))
+    if audit["problem"]:
+        out(f"audit: FAILED CLOSED, every tool call is denied\n  {audit['problem']}")
+    if not rows:
+        if not allowlist["failed_closed"]:
+            where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
+            out(f"no servers approved for you ({where})")
+        return code
+    table = [["SERVER", "STATE", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
+    for r in rows:
+        tools = f"{r['tools_allowed']} of {r['tools_offered']}"
+        token = ""
+        if r.get("token_expires_at"):
+            left = r["token_expires_at"] - time.time()
+            token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
+        table.append([r["server"], r["state"], tools, r["url"], token, r["last_error"] or ""])
+    print_table(table)
+    blocked = [name for r in rows for name in r.get("blocked_tools", [])]
+    if blocked:
+        out(f"blocked, their definition changed since approval: {', '.join(blocked)}")
+        out("  review with `mcp-bridge pins list`, then `mcp-bridge pins approve NAME` (or update tool_pins in Port)")
+    return code
+
+
+async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+    from mcp_bridge.cli.doctor import listing_checks, render
+
+    bridge = Bridge(loaded, home_dir(), auth_env=no_browser(loaded))
+    async with bridge.running():
+        await settle(bridge, loaded)
+        entries = sorted(bridge.catalog.entries(), key=lambda e: e.exposed)
+        blocked = [e for e in entries if e.blocked]
+        rows = bridge.status()
+        checks = listing_checks(bridge.catalog.allowlist, rows, blocked, loaded.settings.timeouts.connect)
+    failed = len([c for c in checks if not c.ok])
+    code = 1 if failed else 0
+    shown = [e for e in entries if args.all or e.denial is None]
+    if args.json:
+        listed = [
+            {
+                "name": e.exposed,
+                "server": e.server,
+                "tool": e.original,
+                "description": e.description,
+                "allowed": e.denial is None,
+                **({"denied_because": e.denial} if e.denial else {}),
+            }
+            for e in shown
+        ]
+        problems = [{"about": c.name, "failed": not c.ok, "detail": c.detail, "fix": c.fix} for c in checks]
+        out_json({"tools": listed, "problems": problems}, indent=2, ensure_ascii=False)
+        if failed:
+            err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list (see `problems`)")
+        return code
+    table = [["NAME", "SERVER", "TOOL", "DESCRIPTION"]]
+    for e in shown:  # a hidden tool's reason is shown whole: cut, it could lose what to change
+        desc = _shorten(e.description) if e.denial is None else f"[hidden: {e.denial}]"
+        table.append([e.exposed, e.server, e.original, desc])
+    print_table(table)
+    if checks:
+        out("")
+        out("Why the list is short:" if shown else "Why the list is empty:")
+        out(render(checks))
+    if failed:
+        err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list; each has its fix above")
+    return code
+
+
+def _shorten(text: str, width: int = 80) -> str:
+    """``text`` in at most ``width`` characters: cut at a word boundary (mid-word only for a word longer than half
+    the width), ending with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space > width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
+
+
+async def call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from mcp_bridge.bridge import Bridge
+
+    try:
+        arguments = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--args is not valid JSON: {exc.msg} (at position {exc.pos})") from None
+    if not isinstance(arguments, dict):
+        raise UsageError('--args must be a JSON object, e.g. \'{"query": "x"}\'')
+    bridge = Bridge(loaded, home_dir(), auth_env=no_browser(loaded))
+    async with bridge.running():
+        await settle(bridge, loaded)
+        try:
+            result: dict[str, Any] = await bridge.call_tool(args.name, arguments)
+        except Exception as exc:
+            from mcp.shared.exceptions import MCPError
+
+            if isinstance(exc, MCPError):
+                raise BridgeError(f"{args.name}: error {exc.error.code}: {exc.error.message}") from None
+            raise
+    out_json(result, indent=2, ensure_ascii=False)
+    return 1 if result.get("isError") else 0
+
+
+async def settle(bridge: Any, loaded: LoadedConfig) -> None:
+    """For hand-run commands: the allowlist's first answer (Port gets its full retry budget), then the servers."""
+    port = loaded.settings.port
+    if port is not None:
+        await bridge.wait_allowlist(port.timeout * 4 + 15)
+    await bridge.wait_settled(loaded.settings.timeouts.connect)
+
+
+async def _audit_health(loaded: LoadedConfig) -> dict[str, Any]:
+    """The audit spool as a call would meet it (``status``): its state, and the problem with its fix."""
+    import anyio
+
+    from mcp_bridge.audit.spool import check
+    from mcp_bridge.audit.spoolcheck import spool_path, spools
+
+    if not spools(loaded.settings):
+        return {"spool": None, "state": "local", "problem": None, "pending": 0}
+    health = await anyio.to_thread.run_sync(check, spool_path(home_dir()))
+    problem = str(health.problem) if health.problem is not None else None
+    return {"spool": str(health.path), "state": health.state, "problem": problem, "pending": health.pending}
+
+
+def _allowlist_line(allowlist: dict[str, Any]) -> str:
+    line = f"allowlist: {allowlist['source']}"
+    if allowlist["fetched_at"]:
+        age = max(0.0, time.time() - allowlist["fetched_at"])
+        line += f", fetched {age:.0f}s ago" if age < 120 else f", fetched {age / 60:.0f} min ago"
+    if allowlist["failed_closed"]:
+        line += " — FAILED CLOSED, no tools are allowed"
+    if allowlist["note"]:
+        line += f"\n  {allowlist['note']}"
+    return line
+
+
+def no_browser(loaded: LoadedConfig) -> Any:
+    """Hand-run commands other than ``login`` never open a browser: a server that needs one shows ``needs_auth``."""
+    from mcp_bridge.auth import AuthEnv
+    from mcp_bridge.auth.oauth import LoginPolicy
+
+    policy = LoginPolicy(interactive=False, cooldown=0, timeout=loaded.settings.timeouts.login)
+    return AuthEnv(home_dir(), loaded.settings.token_store, policy)

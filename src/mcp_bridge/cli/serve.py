@@ -1,0 +1,134 @@
+"""``serve``, what the IDE runs: ``initialize`` answered before the SDK loads, then the bridge served on stdio."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mcp_bridge import __version__
+from mcp_bridge.cli.output import err, run, stdin_is_a_terminal
+from mcp_bridge.config import LoadedConfig, home_dir
+from mcp_bridge.logs import activate, get_logger
+
+if TYPE_CHECKING:
+    import anyio
+
+    from mcp_bridge.governance.allowlist import Allowlist
+    from mcp_bridge.ide.handshake import EarlyStart
+
+log = get_logger("mcp_bridge.cli")
+
+
+def serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> int:
+    """``serve``: answer ``initialize`` first, then load the SDK (about a second) and serve.
+
+    The IDE's first message is read and, when it is ``initialize``, answered before anything heavy is imported
+    (:mod:`mcp_bridge.ide.handshake`): the instructions need only the config and the allowlist known now. SIGTERM in
+    that window stops cleanly (exit 0), as it does once serving.
+    """
+    from mcp_bridge.audit.spoolcheck import instructions_note
+    from mcp_bridge.governance.allowlist import initial_allowlist, loading_from_port
+    from mcp_bridge.ide.handshake import answer_initialize
+
+    home = home_dir()
+    allowlist = initial_allowlist(loaded.settings, home)
+    offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
+    instructions = offered.instructions(loaded.settings.naming.separator) + instructions_note(loaded.settings, home)
+    if stdin_is_a_terminal():  # a person, not an IDE: say what this is, then serve as ever (an IDE may follow)
+        err(
+            "mcp-bridge serve: this speaks MCP (JSON-RPC) on stdin and stdout, for an IDE such as Cursor or Claude "
+            "Desktop to run as its command; it is waiting for one now.\n"
+            "  To try the bridge by hand: `mcp-bridge demo` (offline, everything on this machine), or "
+            "`mcp-bridge tools` and `mcp-bridge status` for your config.\n"
+            "  Ctrl-D or Ctrl-C ends it."
+        )
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        early = answer_initialize(instructions)
+        activate()  # the logging setup, deferred until the IDE had its answer
+        early = _answer_lists_while_loading(loaded, home, allowlist, early)
+        if early.ended:
+            log.info("serve.stop", during="startup", reason="stdin ended; every request was answered")
+            return 0
+        _load_front()  # the SDK and the rest of the bridge (loaded already, or failing again)
+    except _Terminated:
+        log.info("serve.stop", signal="SIGTERM", during="startup")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return run(_serve, loaded, home, allowlist, early, headless_browser)
+
+
+class _Terminated(BaseException):
+    """SIGTERM while ``serve`` is still starting (before the event loop handles signals)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def _load_front() -> None:
+    """The SDK and the rest of the bridge: the IDE side (the front) and the bridge behind it."""
+    import mcp_bridge.bridge
+    import mcp_bridge.ide.front  # noqa: F401
+
+
+def _answer_lists_while_loading(
+    loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart
+) -> EarlyStart:
+    """Load the SDK; while it loads, answer ``tools/list`` from the warm disk cache when that cache describes every
+    approved server (:mod:`mcp_bridge.ide.warmstart`)."""
+    if early.version is None or sys.platform == "win32":  # select() on pipes is POSIX only
+        return early
+    from mcp_bridge.ide import warmstart
+
+    if early.client_name in warmstart.IGNORES_LIST_CHANGED:
+        log.debug("warmstart.skipped", reason="the IDE ignores list_changed", client=early.client_name)
+        return early
+
+    prepared = warmstart.prepare(loaded.settings, home, allowlist, str(early.version))
+    if prepared is None:
+        return early
+    return warmstart.answer_lists_while_loading(early, prepared, _load_front)
+
+
+async def _serve(
+    loaded: LoadedConfig, home: Path, allowlist: Allowlist | None, early: EarlyStart, headless_browser: bool
+) -> int:
+    import anyio
+
+    from mcp_bridge.auth import AuthEnv
+    from mcp_bridge.bridge import Bridge
+    from mcp_bridge.ide.front import serve_stdio
+
+    def logged_only(server: str, url: str) -> None:
+        log.info("serve.login_in_headless_browser", server=server)
+
+    auth_env = AuthEnv.for_serve(loaded.settings, home, announce=logged_only if headless_browser else None)
+    bridge = Bridge(loaded, home, initial=allowlist, auth_env=auth_env)
+    log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
+    async with bridge.running(), anyio.create_task_group() as tg:
+        tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
+        await serve_stdio(bridge, early)
+        tg.cancel_scope.cancel()
+    log.info("serve.stop")
+    return 0
+
+
+async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:
+    """SIGTERM/SIGINT stop serving; SIGHUP asks the allowlist source again at once (POSIX; on Windows the IDE
+    closing stdin is what stops the bridge)."""
+    if sys.platform == "win32":
+        return
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("serve.signal", signal=signal.Signals(signum).name)
+            if signum == signal.SIGHUP:
+                bridge.refresh_now()
+                continue
+            scope.cancel()
+            return
