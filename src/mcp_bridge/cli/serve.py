@@ -101,7 +101,7 @@ async def _serve(
 
     from mcp_bridge.auth import AuthEnv
     from mcp_bridge.bridge import Bridge
-    from mcp_bridge.ide.front import serve_stdio
+    from mcp_bridge.ide.connection import serve_stdio
 
     def logged_only(server: str, url: str) -> None:
         log.info("serve.login_in_headless_browser", server=server)

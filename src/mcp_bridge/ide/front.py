@@ -1,9 +1,9 @@
-"""The stdio MCP server the IDE talks to.
+"""The MCP server the IDE talks to (:class:`Front`), in both protocol eras.
 
-It answers ``initialize`` at once (the handshake era Cursor and Claude Desktop speak, 2025-11-25 and older), waits
-briefly for upstreams on the first ``tools/list``, forwards calls with progress and cancellation, and tells the IDE
-when a list changed. stdout carries only JSON-RPC: a line that is not JSON-RPC gets an error response, never a
-crash, and nothing else is ever written there.
+It answers ``initialize`` (handshake era) or ``server/discover`` (2026-07-28), waits briefly for upstreams on the
+first ``tools/list``, forwards calls with progress and cancellation, and tells the IDE when a list changed
+(``list_changed`` notifications, or ``subscriptions/listen`` at 2026-07-28). The stdio connection that feeds it is
+:mod:`mcp_bridge.ide.connection`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from mcp_bridge import __version__
 from mcp_bridge.era import finish, forwarded_meta, is_modern
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
 from mcp_bridge.ide.backend import Backend
-from mcp_bridge.ide.handshake import EarlyStart, request_id_ok
-from mcp_bridge.ide.stdio import ide_pipes
 from mcp_bridge.ide.warmstart import AnswerKeeper, tools_digest
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.upstream.supervisor import ProgressFn, error_text
@@ -42,8 +40,6 @@ log = get_logger(__name__)
 
 Notify = Callable[[str], Awaitable[None]]
 """Sends the IDE ``notifications/{kind}/list_changed`` (kind: tools, prompts or resources)."""
-
-_DRAIN_ON_EOF_SECONDS = 2.0
 
 _WIRE_DUMP: dict[str, Any] = {"by_alias": True, "exclude_unset": True}
 """How every message is encoded on stdout (:func:`serve_stdio`'s writer), as the SDK's ``stdio_server`` encodes
@@ -417,146 +413,3 @@ async def _guard(work: Awaitable[dict[str, Any]], version: str | None = None) ->
     except ValidationError as exc:
         problems = exc.error_count()
         raise MCPError(types.INTERNAL_ERROR, f"the server sent an invalid result ({problems} problem(s))") from None
-
-
-async def serve_stdio(bridge: Backend, early: EarlyStart | None = None) -> None:
-    """Serve the bridge on this process's stdin/stdout until the IDE closes stdin (or the task is cancelled).
-
-    ``early``: what ``serve`` read (and perhaps answered) before the SDK was loaded. Those bytes are read first; an
-    ``initialize`` already answered is handled by the server all the same (that is what initializes its session),
-    and its answer, sent already, is dropped here.
-    """
-    front = Front(bridge)
-    early = early or EarlyStart()
-    if early.version is not None:  # the first line told the era (its lists may have been answered already)
-        front.modern = early.modern
-    drop_id = early.request_id if early.answered else None
-    async with ide_pipes(prefix=early.consumed) as (stdin, stdout):
-        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-        out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](0)
-        write, to_stdout = anyio.create_memory_object_stream[SessionMessage](0)
-        pending: set[Any] = set()
-        answered = anyio.Event()
-
-        async def pump_in() -> None:
-            """Each line from the IDE, parsed as the SDK's ``stdio_server`` parses it (once: this is the hot path),
-            to the server; a line that is no valid request gets its JSON-RPC error here (:func:`_bad_line_error`,
-            :func:`_refusal`)."""
-            nonlocal answered
-            async with send:
-                async for line in stdin:
-                    try:
-                        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-                    except ValidationError as exc:
-                        await write.send(SessionMessage(_bad_line_error(exc, line)))
-                        continue
-                    if isinstance(message, types.JSONRPCRequest):
-                        pending.add(message.id)
-                    elif isinstance(message, types.JSONRPCNotification) and (refusal := _refusal(line)) is not None:
-                        await write.send(SessionMessage(refusal))  # a request with an id JSON-RPC does not allow
-                        continue
-                    await send.send(SessionMessage(message))
-                # stdin ended: answer what is already being handled before the server sees EOF (it would cancel it).
-                with anyio.move_on_after(_DRAIN_ON_EOF_SECONDS):
-                    while pending:
-                        await answered.wait()
-                        answered = anyio.Event()
-
-        async def pump_out() -> None:
-            nonlocal drop_id
-            async with out_recv, write:  # the server writes through this relay now: it closes the wire when done
-                async for message in out_recv:
-                    if isinstance(message.message, types.JSONRPCResponse | types.JSONRPCError):
-                        pending.discard(message.message.id)
-                        answered.set()
-                        if drop_id is not None and message.message.id == drop_id:
-                            drop_id = None  # only the first answer with that id: the IDE may reuse ids later
-                            _check_early_answer(early, message.message)
-                            continue
-                    await write.send(front.wire_message(message))
-
-        async def notify(kind: str) -> None:
-            method = f"notifications/{kind}/list_changed"
-            await write.send(SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method=method)))
-
-        async def write_out() -> None:
-            """Every message to stdout, one line each, encoded as the SDK's ``stdio_server`` encodes them."""
-            async with to_stdout:
-                async for message in to_stdout:
-                    await stdout.write(message.message.model_dump_json(**_WIRE_DUMP) + "\n")
-
-        # The writer is outside the task group cancelled below: it ends when pump_out closes ``write``, after the
-        # last message, so that no line is cut short.
-        async with anyio.create_task_group() as writing:
-            writing.start_soon(write_out)
-            async with receive, anyio.create_task_group() as tg:
-                tg.start_soon(pump_in)
-                tg.start_soon(pump_out)
-                tg.start_soon(front.relay_changes, notify)
-                if early.lists and early.tools_digest is not None:
-                    front.answered_early()
-                    tg.start_soon(front.check_early_list, early.tools_digest, notify)
-                async with out_send:
-                    await front.server.run(receive, out_send, front.initialization_options())
-                tg.cancel_scope.cancel()
-            write.close()  # pump_out closed it already, unless it never ran
-    await anyio.to_thread.run_sync(front.keeper.wait)  # the last answer kept: a start soon after can use it
-
-
-def _check_early_answer(early: EarlyStart, message: types.JSONRPCResponse | types.JSONRPCError) -> None:
-    """The SDK's answer to the ``initialize`` answered early must be the one sent: say so loudly if it is not."""
-    sent = dict(early.result or {})
-    if isinstance(message, types.JSONRPCError):
-        log.warning("front.early_initialize_differs", sdk_error=message.error.message, sent_keys=sorted(sent))
-        return
-    if message.result != sent:
-        differing = sorted(k for k in set(sent) | set(message.result) if sent.get(k) != message.result.get(k))
-        log.warning("front.early_initialize_differs", keys=differing)
-
-
-def _bad_line_error(exc: ValidationError, line: str) -> types.JSONRPCError:
-    """JSON-RPC's answer to a line that is not a valid message: -32700 for bad JSON, -32600 for a bad shape.
-
-    A malformed request whose id can be read (say ``"jsonrpc": "1.0"``, or ``"params": "x"``, beside ``"id": 8``) is
-    answered under that id, so that the IDE's request resolves; anything else (no ``method``: a broken response,
-    which gets no answer of its own; not an object; an id of the wrong type) under ``id: null``, as JSON-RPC asks.
-    Only lines that failed get parsed a second time.
-    """
-    if any(e["type"] == "json_invalid" for e in exc.errors()):
-        log.warning("front.bad_message", code=types.PARSE_ERROR)
-        return types.JSONRPCError(
-            jsonrpc="2.0", id=None, error=types.ErrorData(code=types.PARSE_ERROR, message="Parse error")
-        )
-    request_id: int | str | None = None
-    with contextlib.suppress(ValueError, RecursionError):
-        message = json.loads(line)
-        if isinstance(message, dict) and "method" in message and request_id_ok(message.get("id")):
-            request_id = message["id"]
-    log.warning("front.bad_message", code=types.INVALID_REQUEST, answered_id=request_id is not None)
-    return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(**_INVALID_REQUEST))
-
-
-_INVALID_REQUEST: dict[str, Any] = {"code": types.INVALID_REQUEST, "message": "Invalid Request"}
-
-
-def _refusal(line: str) -> types.JSONRPCError | None:
-    """The answer to a line the SDK read as a notification although it carries an ``id``: a request whose id is
-    an object, an array, a float, a boolean or ``null``. JSON-RPC calls it invalid (-32600) and, its id being
-    unusable, answers it under ``id: null``; it is not handled as a notification. ``None`` for real notifications.
-
-    A float without a fraction (``1.0``) is refused too, not answered as ``1``: the SDK (and the early
-    ``initialize`` reader) take integers and strings only, and an answer under an id the IDE did not send might
-    resolve the wrong request in a client that keeps ``1`` and ``1.0`` apart.
-
-    The SDK drops unknown keys, so the line itself is looked at; only when it may hold an ``id`` key (spelled out,
-    or behind an escape) is it parsed again, which leaves the common notifications their single parse.
-    """
-    if '"id"' not in line and "\\u" not in line:
-        return None
-    with contextlib.suppress(ValueError, RecursionError):
-        message = json.loads(line)
-        if isinstance(message, dict) and "id" in message:
-            log.warning("front.bad_message", code=types.INVALID_REQUEST, reason="id of a type JSON-RPC does not allow")
-            error = types.ErrorData(**_INVALID_REQUEST, data="the id must be a string or an integer")
-            return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
-    return None

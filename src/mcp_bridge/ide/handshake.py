@@ -4,9 +4,9 @@ Importing the MCP SDK takes about a second on a small machine, and the IDE waits
 does anything else. So ``serve`` reads the IDE's first line itself, with little more than the standard library loaded,
 and when it is a well-formed ``initialize`` request it writes the answer at once, built here by hand; only then does it
 import the SDK. The SDK's server is later fed that same request first, so its session is initialized exactly as it
-always is, and its own answer to it is dropped by id (:func:`mcp_bridge.ide.front.serve_stdio`). Anything else on the
-first line (another method, a notification, a batch, a line that is not JSON, or an ``initialize`` whose shape is in any
-doubt) reaches the SDK unchanged and is answered as before.
+always is, and its own answer to it is dropped by id (:func:`mcp_bridge.ide.connection.serve_stdio`). Anything else
+on the first line (another method, a notification, a batch, a line that is not JSON, or an ``initialize`` whose shape
+is in any doubt) reaches the SDK unchanged and is answered as before.
 
 The hand-built result must be what the SDK-based front sends for the same request: the protocol versions below are
 the SDK's handshake versions, the capabilities are the ones the front's server declares, and ``serverInfo`` and the

@@ -1,4 +1,5 @@
-"""The IDE's pipes: stdin and stdout as line streams for :func:`mcp_bridge.ide.front.serve_stdio`, without thread hops.
+"""The IDE's pipes: stdin and stdout as line streams for :func:`mcp_bridge.ide.connection.serve_stdio`, without
+thread hops.
 
 The SDK reads stdin and writes stdout through worker threads: one hop per line in, two per message out (``write``,
 then ``flush``), each with its share of GIL hand-offs and loop wake-ups, on every call. When the IDE gives us pipes
@@ -151,7 +152,7 @@ class _Writer:
 
 @contextlib.asynccontextmanager
 async def ide_pipes(stdin_fd: int = 0, stdout_fd: int = 1, *, prefix: bytes = b"") -> AsyncIterator[tuple[Any, Any]]:
-    """(stdin lines, stdout writer) for :func:`mcp_bridge.ide.front.serve_stdio`; fd 1 goes to stderr meanwhile.
+    """(stdin lines, stdout writer) for :func:`mcp_bridge.ide.connection.serve_stdio`; fd 1 goes to stderr meanwhile.
 
     ``prefix``: bytes already read from stdin (by :func:`mcp_bridge.ide.handshake.answer_initialize`); their lines come
     first.

@@ -1,0 +1,72 @@
+"""The config: its models (:mod:`.model`) and how the file is read (:mod:`.load`). A base module: it imports only
+``errors`` and ``keyring_store`` (for ``${keyring:NAME}``), so that ``serve`` can read it before the SDK loads.
+
+A bad file raises one :class:`~mcp_bridge.errors.ConfigError` whose message names the file, the key path and the
+reason.
+"""
+
+from mcp_bridge.config.load import env_references, load_config, parse_config
+from mcp_bridge.config.model import (
+    APP_NAME,
+    ENV_CONFIG,
+    ENV_HOME,
+    PORT_PRESETS,
+    PORT_REGIONS,
+    SERVER_NAME_RULE,
+    ApiKeyAuth,
+    AuditConfig,
+    AuthConfig,
+    LoadedConfig,
+    LogConfig,
+    MissingUrl,
+    NamingConfig,
+    NoAuth,
+    OAuthAuth,
+    PortApproval,
+    PortConfig,
+    PortFields,
+    ServerConfig,
+    Settings,
+    TimeoutsConfig,
+    UserConfig,
+    default_config_path,
+    home_dir,
+    is_loopback_host,
+    normalize_pin,
+    resolve_config_path,
+    server_name_ok,
+)
+
+__all__ = [
+    "APP_NAME",
+    "ENV_CONFIG",
+    "ENV_HOME",
+    "PORT_PRESETS",
+    "PORT_REGIONS",
+    "SERVER_NAME_RULE",
+    "ApiKeyAuth",
+    "AuditConfig",
+    "AuthConfig",
+    "LoadedConfig",
+    "LogConfig",
+    "MissingUrl",
+    "NamingConfig",
+    "NoAuth",
+    "OAuthAuth",
+    "PortApproval",
+    "PortConfig",
+    "PortFields",
+    "ServerConfig",
+    "Settings",
+    "TimeoutsConfig",
+    "UserConfig",
+    "default_config_path",
+    "env_references",
+    "home_dir",
+    "is_loopback_host",
+    "load_config",
+    "normalize_pin",
+    "parse_config",
+    "resolve_config_path",
+    "server_name_ok",
+]
