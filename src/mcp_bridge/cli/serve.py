@@ -36,16 +36,16 @@ def serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> in
     allowlist = initial_allowlist(loaded.settings, home)
     offered = allowlist if allowlist is not None else loading_from_port()  # what the bridge will offer at first
     instructions = offered.instructions(loaded.settings.naming.separator) + instructions_note(loaded.settings, home)
-    if stdin_is_a_terminal():  # a person, not an IDE: say what this is, then serve as ever (an IDE may follow)
-        err(
-            "mcp-bridge serve: this speaks MCP (JSON-RPC) on stdin and stdout, for an IDE such as Cursor or Claude "
-            "Desktop to run as its command; it is waiting for one now.\n"
-            "  To try the bridge by hand: `mcp-bridge demo` (offline, everything on this machine), or "
-            "`mcp-bridge tools` and `mcp-bridge status` for your config.\n"
-            "  Ctrl-D or Ctrl-C ends it."
-        )
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # first: a SIGTERM right after the note below stops cleanly
     try:
+        if stdin_is_a_terminal():  # a person, not an IDE: say what this is, then serve as ever (an IDE may follow)
+            err(
+                "mcp-bridge serve: this speaks MCP (JSON-RPC) on stdin and stdout, for an IDE such as Cursor or Claude "
+                "Desktop to run as its command; it is waiting for one now.\n"
+                "  To try the bridge by hand: `mcp-bridge demo` (offline, everything on this machine), or "
+                "`mcp-bridge tools` and `mcp-bridge status` for your config.\n"
+                "  Ctrl-D or Ctrl-C ends it."
+            )
         early = answer_initialize(instructions)
         activate()  # the logging setup, deferred until the IDE had its answer
         early = _answer_lists_while_loading(loaded, home, allowlist, early)
