@@ -12,9 +12,9 @@
   ``{"ok": false, "error", "message"}``; 429 carries the headers of Port's rate-limit docs
   (https://docs.port.io/api-reference/rate-limits): ``x-ratelimit-limit``, ``x-ratelimit-remaining``,
   ``x-ratelimit-period`` and ``x-ratelimit-reset`` = the number of seconds until the limit resets (a delta).
-* :class:`DemoBackends` runs, in this process, the demo's three MCP servers (``mcp_bridge.localservers``: one with
-  no auth, one behind an API key, one behind OAuth with an authorization server that approves at once, from
-  ``mcp_bridge.oauth_server``) and a Port stand-in holding their ``_mcp_server`` entities.
+* :class:`DemoBackends` runs, in this process, the demo's three MCP servers (``mcp_bridge.sandbox.localservers``: one
+  with no auth, one behind an API key, one behind OAuth with an authorization server that approves at once, from
+  ``mcp_bridge.sandbox.oauth_server``) and a Port stand-in holding their ``_mcp_server`` entities.
 * ``python -m mcp_bridge.demo_backends browse URL`` is the demo's headless "browser": it follows an authorization URL
   through its redirects to the bridge's loopback callback, so the OAuth login completes with no real browser.
 
@@ -1138,8 +1138,8 @@ class DemoBackends:
         self.servers: list[DemoServer] = []
 
     def start(self) -> Self:
-        from mcp_bridge.localservers import build_app
-        from mcp_bridge.oauth_server import build_oauth_app
+        from mcp_bridge.sandbox.localservers import build_app, build_server
+        from mcp_bridge.sandbox.oauth_server import build_oauth_app
 
         try:
             self.port.start()
@@ -1164,7 +1164,7 @@ class DemoBackends:
                     "oauth",
                     ["echo", "add"],
                     "A service behind OAuth 2.1 (single sign-on).",
-                    lambda port: build_oauth_app("oauth", issuer_url=f"http://127.0.0.1:{port}"),
+                    lambda port: build_oauth_app(build_server("oauth"), issuer_url=f"http://127.0.0.1:{port}"),
                 ),
             ]
             for name, auth, allowed, description, app_for_port in specs:
