@@ -176,11 +176,20 @@ class Processes:
     upstreams: list[Upstream] = field(default_factory=list)
 
     def start_upstreams(self, names: list[str], extra_args: Sequence[str] = ()) -> list[Upstream]:
-        """``mcp_bridge.localservers`` processes on 127.0.0.1, spawned together (they boot in parallel)."""
+        """``mcp_bridge.sandbox.localservers`` processes on 127.0.0.1, spawned together (they boot in parallel)."""
         started = []
         for name in names:
             port = free_port()
-            cmd = [sys.executable, "-m", "mcp_bridge.localservers", "--port", str(port), "--name", name, *extra_args]
+            cmd = [
+                sys.executable,
+                "-m",
+                "mcp_bridge.sandbox.localservers",
+                "--port",
+                str(port),
+                "--name",
+                name,
+                *extra_args,
+            ]
             with open(self.log_dir / f"upstream-{name}.log", "ab") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
             upstream = Upstream(name, port, proc)

@@ -5,7 +5,7 @@ Run from the repository root::
 
     .venv/bin/python bench/concurrency.py [--calls 200] [--in-flight 50] [--rounds 5] [--no-write]
 
-Four local upstreams ``c0``..``c3`` (``mcp_bridge.localservers``), plus a second ``c3`` started with
+Four local upstreams ``c0``..``c3`` (``mcp_bridge.sandbox.localservers``), plus a second ``c3`` started with
 ``--echo-delay 2`` (its ``echo`` answers in 2 s). Two paths, each driven by the same SDK client code: direct (one
 streamable-HTTP SDK client per upstream, all in this process) and through one bridge over stdio. Per round, path and
 variant:

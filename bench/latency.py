@@ -13,7 +13,7 @@ It measures on this machine, in one run:
    bridge, alternating paths round by round (a quick check; ``bench/peers.py`` adds the peers side by side).
 
 It prints one markdown table and appends it to ``bench/RESULTS.md``. Upstreams are real
-``mcp_bridge.localservers`` subprocesses on 127.0.0.1; every subprocess is killed at the end, even on error or
+``mcp_bridge.sandbox.localservers`` subprocesses on 127.0.0.1; every subprocess is killed at the end, even on error or
 Ctrl-C. The bridge's stderr goes to a temporary file.
 """
 

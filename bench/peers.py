@@ -16,8 +16,8 @@ Peers, installed by this script (pinned, into ``bench/.peers/``, which git ignor
 
 A peer that cannot be installed or run is reported as such in the table, with the reason.
 
-1. Latency: one local upstream (``mcp_bridge.localservers``); each path is driven by the same SDK client code: the
-   direct path over streamable HTTP, the others spawned over stdio as an IDE spawns them. Per round and path: spawn
+1. Latency: one local upstream (``mcp_bridge.sandbox.localservers``); each path is driven by the same SDK client code:
+   the direct path over streamable HTTP, the others spawned over stdio as an IDE spawns them. Per round and path: spawn
    (or connect) → ``initialize``, ``tools/list``, 50 warm-up calls, then ``--calls`` sequential ``echo`` calls, each
    answer checked; the path order rotates every round. Values are medians across rounds of each round's p50/p99.
 2. Memory: 10 local upstreams. One bridge serving all 10, against 10 ``mcp-remote`` processes (one per server, which

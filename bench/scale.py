@@ -8,7 +8,7 @@ It measures on this machine, in one run:
 
 1. end to end, through a real bridge (``mcp-bridge serve`` over stdio) whose allowlist comes from a Port double
    (``tests/port_double.py``, in this process) listing ``--servers`` local upstreams with explicit ``allowed_tools``
-   of ``--tools`` names each (``mcp_bridge.localservers --extra-tools``):
+   of ``--tools`` names each (``mcp_bridge.sandbox.localservers --extra-tools``):
    spawn → ``initialize``, → full merged ``tools/list`` and → idle (no more CPU used), with a cold and a warm disk
    cache; once the cold bridge is idle, ``--lists`` sequential ``tools/list`` calls, and an allowlist refresh that
    changes one tool: Port's entity for one server loses (or regains) one tool, the bridge gets SIGHUP (ask Port
@@ -88,7 +88,7 @@ IDLE_WINDOW = 1.0
 STDIO_SERVER = """
 import anyio
 from mcp.server.stdio import stdio_server
-from mcp_bridge.localservers import build_server
+from mcp_bridge.sandbox.localservers import build_server
 
 async def main():
     server = build_server("big", extra_tools={extra_tools})

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from mcp_bridge.demo_backends import browse  # the demo's headless browser: loopback redirects only
+from mcp_bridge.sandbox.browser import browse  # the demo's headless browser: loopback redirects only
 
 TIMEOUT = 10.0
 

@@ -1,7 +1,7 @@
 """Test plumbing: local upstream servers as subprocesses, config files, and a bridge spawned over stdio.
 
 The bridge is always a real ``python -m mcp_bridge serve`` subprocess driven by the SDK's stdio client, the way an
-IDE drives it. Upstreams are real SDK streamable-HTTP servers (``mcp_bridge.localservers``) on 127.0.0.1.
+IDE drives it. Upstreams are real SDK streamable-HTTP servers (``mcp_bridge.sandbox.localservers``) on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 class LocalUpstream:
-    """One ``mcp_bridge.localservers`` process; can be killed and restarted on the same port."""
+    """One ``mcp_bridge.sandbox.localservers`` process; can be killed and restarted on the same port."""
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class LocalUpstream:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "mcp_bridge.localservers", "--port", str(self.port), "--name", self.name]
+        cmd = [sys.executable, "-m", "mcp_bridge.sandbox.localservers", "--port", str(self.port), "--name", self.name]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         if self.weird_names:

@@ -44,7 +44,8 @@ def browser_opens(log_path: Path) -> list[dict[str, Any]]:
 
 
 class LocalOAuthUpstream(LocalUpstream):
-    """``python -m mcp_bridge.localservers --oauth`` as a subprocess: authorization server and ``/mcp`` on one port.
+    """``python -m mcp_bridge.sandbox.localservers --oauth`` as a subprocess: authorization server and ``/mcp`` on one
+    port.
 
     Its state (clients, tokens, counters) is in memory: ``restart()`` forgets everything.
     """
@@ -74,7 +75,7 @@ class LocalOAuthUpstream(LocalUpstream):
         return f"{self.issuer}/mcp"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "mcp_bridge.localservers", "--oauth", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "mcp_bridge.sandbox.localservers", "--oauth", "--port", str(self.port)]
         cmd += ["--name", self.name, "--token-lifetime", str(self.token_lifetime)]
         if not self.auth_method_in_registration:
             cmd.append("--no-auth-method-in-registration")

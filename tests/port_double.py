@@ -1,5 +1,5 @@
-"""The Port double of the tests: ``mcp_bridge.demo_backends.PortStandIn`` with every request checked against Port's
-published OpenAPI spec.
+"""The Port double of the tests: ``mcp_bridge.sandbox.port_standin.PortStandIn`` with every request checked against
+Port's published OpenAPI spec.
 
 ``PortDouble`` serves, on 127.0.0.1 and a free port, from a background thread with its own event loop:
 
@@ -12,7 +12,7 @@ found beside the repository or through ``$PORT_OPENAPI_SPEC``): what the spec re
 admin stores are checked against the spec's entity schema, and entity properties against their blueprint's schema.
 Responses are shaped exactly as the spec's response schemas (``tests/test_port_double.py`` checks every status
 against them). Everything else (routes, tokens, search rules, faults, rate limits) is the stand-in's, the same code
-``mcp-bridge demo`` runs; see ``mcp_bridge.demo_backends``.
+``mcp-bridge demo`` runs; see ``mcp_bridge.sandbox.port_standin``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from mcp_bridge.demo_backends import (
+from mcp_bridge.sandbox.port_routes import ReceivedEntity
+from mcp_bridge.sandbox.port_shapes import (
     AUDIT_BLUEPRINT,
     BULK_PATH,
     DEFAULT_EXPIRES_IN,
@@ -43,13 +44,10 @@ from mcp_bridge.demo_backends import (
     ROUTE_PATHS,
     SEARCH_PATH,
     TOKEN_PATH,
-    PortStandIn,
-    ReceivedEntity,
-    RecordedRequest,
-    _match,
     mcp_server_entity,
     registry_entity,
 )
+from mcp_bridge.sandbox.port_standin import PortStandIn, RecordedRequest, _match
 
 __all__ = [
     "AUDIT_BLUEPRINT",
@@ -166,7 +164,7 @@ def _entity_validator() -> Validator:
 
 
 class PortDouble(PortStandIn):
-    """:class:`~mcp_bridge.demo_backends.PortStandIn` whose checks are the spec's schemas."""
+    """:class:`~mcp_bridge.sandbox.port_standin.PortStandIn` whose checks are the spec's schemas."""
 
     def _body_problem(self, route: str, body: Any) -> str | None:
         return _schema_error(request_validator(ROUTE_PATHS[route]), body)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import LocalUpstream, run_cli, write_config
-from mcp_bridge.localservers import HOSTILE_TEXT
+from mcp_bridge.sandbox.localservers import HOSTILE_TEXT
 
 UNSAFE = ["\x1b", "\x07", "\x00", "\x7f", "\x9b", "\r", "\u202e", "\u2066", "\u200b", "\U000e0041"]
 """What HOSTILE_TEXT holds that must never reach a terminal as is."""

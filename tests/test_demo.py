@@ -15,7 +15,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from harness import raw_call, tool_names
-from mcp_bridge.demo_backends import DemoBackends
+from mcp_bridge.sandbox.demo_backends import DemoBackends
 
 EXPECTED_TOOLS = {"open__echo", "open__add", "open__slow", "keyed__echo", "keyed__meta", "oauth__echo", "oauth__add"}
 

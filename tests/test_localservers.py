@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 
 from harness import Raw
-from mcp_bridge.localservers import build_server
+from mcp_bridge.sandbox.localservers import build_server
 
 
 async def _list(client: Client) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 
 from harness import LocalUpstream, bridge_client, raw_call, tool_names, write_config
 from mcp_bridge.governance.naming import assign_names, base_name
-from mcp_bridge.localservers import WEIRD_NAMES
+from mcp_bridge.sandbox.localservers import WEIRD_NAMES
 
 SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -318,7 +318,7 @@ async def test_serve_does_not_reopen_the_browser_within_the_cooldown(tmp_path: P
 # records what each got, and then (FORGE_THEN=login) logs in for real or (FORGE_THEN=stop) does nothing more.
 FORGING_BROWSER = """
 import json, os, sys, time, urllib.error, urllib.parse, urllib.request
-from mcp_bridge.demo_backends import browse
+from mcp_bridge.sandbox.browser import browse
 
 url = sys.argv[1]
 query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)

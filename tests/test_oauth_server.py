@@ -1,5 +1,5 @@
-"""The OAuth-protected local server (``mcp_bridge.oauth_server``) proven with the SDK's own OAuth client, raw HTTP,
-and the fake browser the bridge tests will use."""
+"""The OAuth-protected local server (``mcp_bridge.sandbox.oauth_server``) proven with the SDK's own OAuth client, raw
+HTTP, and the fake browser the bridge tests will use."""
 
 from __future__ import annotations
 

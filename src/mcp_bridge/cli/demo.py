@@ -1,6 +1,6 @@
 """``mcp-bridge demo``: the whole flow on this machine, offline, with no account anywhere.
 
-It starts the local backends (``mcp_bridge.demo_backends``: three MCP servers, with no auth, an API key and OAuth,
+It starts the local backends (``mcp_bridge.sandbox``: three MCP servers, with no auth, an API key and OAuth,
 and a Port stand-in that holds the allowlist and receives the audit), then runs the real bridge as a subprocess,
 speaks MCP to it over stdio the way an IDE does, and prints what happens: the allowlist Port gave, the connections
 (the OAuth login done by a headless browser against an authorization server that approves at once), the merged
@@ -27,8 +27,9 @@ from typing import Any
 import anyio
 import yaml
 
-from mcp_bridge.demo_backends import AUDIT_BLUEPRINT, DemoBackends
 from mcp_bridge.errors import BridgeError
+from mcp_bridge.sandbox.demo_backends import DemoBackends
+from mcp_bridge.sandbox.port_shapes import AUDIT_BLUEPRINT
 from mcp_bridge.terminal import printable
 
 CLIENT_NAME = "mcp-bridge-demo-ide"

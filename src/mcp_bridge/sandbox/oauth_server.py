@@ -2,9 +2,10 @@
 
 It is the authorization server *and* the protected resource, built from the SDK's own pieces:
 ``create_auth_routes`` (metadata, ``/authorize``, ``/token``, ``/register``, ``/revoke``), RFC 9728 protected-resource
-metadata at ``/.well-known/oauth-protected-resource/mcp``, and the ``localservers`` tools at ``/mcp`` behind a bearer
-token check. ``AutoApproveProvider`` approves every authorization request at once (no login page): ``/authorize``
-redirects straight to the client's ``redirect_uri`` with a code and the client's ``state``.
+metadata at ``/.well-known/oauth-protected-resource/mcp``, and the MCP server the caller passes in (the
+``localservers`` tools) at ``/mcp`` behind a bearer token check. ``AutoApproveProvider`` approves every authorization
+request at once (no login page): ``/authorize`` redirects straight to the client's ``redirect_uri`` with a code and
+the client's ``state``.
 
 Test-only routes (they exist only on this local test server, never on a real one):
 
@@ -12,7 +13,8 @@ Test-only routes (they exist only on this local test server, never on a real one
 - ``POST /_test/forget_clients``: drop every registered client (``?tokens=1`` drops the issued tokens too), so the next
   token or refresh request from an old client fails with HTTP 401 ``{"error": "invalid_client"}``.
 
-``python -m mcp_bridge.localservers --oauth --port N [--token-lifetime S] [--no-auth-method-in-registration]`` runs it.
+``python -m mcp_bridge.sandbox.localservers --oauth --port N [--token-lifetime S] [--no-auth-method-in-registration]``
+runs it.
 """
 
 from __future__ import annotations
@@ -34,14 +36,13 @@ from mcp.server.auth.provider import (
     construct_redirect_uri,
 )
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
+from mcp.server.lowlevel import Server
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from mcp_bridge.localservers import build_server
 
 DEFAULT_SCOPES = ["mcp"]
 CODE_LIFETIME = 300
@@ -282,7 +283,7 @@ class _CountRequests:
 
 
 def build_oauth_app(
-    name: str,
+    server: Server[Any],
     *,
     issuer_url: str,
     resource_url: str | None = None,
@@ -292,9 +293,9 @@ def build_oauth_app(
     scopes_supported: list[str] | None = None,
     required_scopes: list[str] | None = None,
     issue_secret_without_auth_method: bool = False,
-    weird_names: bool = False,
 ) -> Starlette:
-    """The OAuth-protected server: AS routes, RFC 9728 metadata, ``/mcp`` and the ``/_test`` routes on one app.
+    """The OAuth-protected server: AS routes, RFC 9728 metadata, ``server`` at ``/mcp`` and the ``/_test`` routes on
+    one app.
 
     ``issuer_url`` is ``http://127.0.0.1:PORT`` (the SDK accepts http for localhost/127.0.0.1/[::1] only);
     ``resource_url`` (the RFC 8707/9728 resource name; the MCP endpoint itself is always ``/mcp``) defaults to
@@ -334,7 +335,7 @@ def build_oauth_app(
             "validate_token_resource": True,
         }
     )
-    app = build_server(name, weird_names=weird_names).streamable_http_app(
+    app = server.streamable_http_app(
         host="127.0.0.1",
         auth=auth,
         token_verifier=ProviderTokenVerifier(provider),

@@ -1,9 +1,9 @@
 """Local MCP servers for the tests and the offline demo: real SDK streamable-HTTP servers on 127.0.0.1.
 
-``python -m mcp_bridge.localservers --port N [--name NAME] [--api-key KEY] [--weird-names] [--hostile]`` runs one
-(``--hostile`` adds tools whose names and descriptions hold terminal control characters, ``--hostile-listing`` fails
-its tool list with them; ``--oauth``
-runs the OAuth-protected variant of ``mcp_bridge.oauth_server``; ``--extra-tools N`` and ``--echo-delay SECONDS`` are
+``python -m mcp_bridge.sandbox.localservers --port N [--name NAME] [--api-key KEY] [--weird-names] [--hostile]``
+runs one (``--hostile`` adds tools whose names and descriptions hold terminal control characters,
+``--hostile-listing`` fails its tool list with them; ``--oauth``
+runs the OAuth-protected variant of ``oauth_server``; ``--extra-tools N`` and ``--echo-delay SECONDS`` are
 for the benchmarks: N more tools, and an ``echo`` that answers late). Its tools
 cover what a bridge must pass through untouched: plain text, ``structuredContent`` with an output schema,
 ``isError``, ``_meta``, progress, cancellation (recorded, and reported by the ``stats`` tool), a call that never
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--echo-delay", type=float, default=0.0, metavar="SECONDS", help="echo answers after SECONDS (benchmarks)"
     )
-    oauth = parser.add_argument_group("OAuth", "run the OAuth-protected variant (see mcp_bridge.oauth_server)")
+    oauth = parser.add_argument_group("OAuth", "run the OAuth-protected variant (see mcp_bridge.sandbox.oauth_server)")
     oauth.add_argument("--oauth", action="store_true", help="be an auto-approving OAuth server protecting /mcp")
     oauth.add_argument("--token-lifetime", type=int, default=3600, metavar="SECONDS", help="access token lifetime")
     oauth.add_argument(
@@ -359,15 +359,14 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--oauth and --api-key are exclusive")
         if args.extra_tools or args.echo_delay:
             parser.error("--extra-tools and --echo-delay are for the plain server, not --oauth")
-        from mcp_bridge.oauth_server import build_oauth_app
+        from mcp_bridge.sandbox.oauth_server import build_oauth_app
 
         app = build_oauth_app(
-            args.name,
+            build_server(args.name, weird_names=args.weird_names),
             issuer_url=f"http://127.0.0.1:{args.port}",
             access_token_lifetime=args.token_lifetime,
             rotate_refresh_tokens=not args.no_refresh_rotation,
             issue_secret_without_auth_method=args.no_auth_method_in_registration,
-            weird_names=args.weird_names,
         )
     else:
         app = build_app(
