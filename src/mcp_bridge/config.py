@@ -6,6 +6,7 @@ The file is validated once, here, into frozen pydantic models; everything else r
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -23,6 +24,9 @@ from mcp_bridge.errors import ConfigError
 
 ENV_CONFIG = "MCP_BRIDGE_CONFIG"
 ENV_HOME = "MCP_BRIDGE_HOME"
+ENV_PROTOCOL_UPSTREAM = "MCP_BRIDGE_PROTOCOL_UPSTREAM"
+"""Overrides ``protocol.upstream`` (and every server's own ``protocol``) when set: the era the bridge speaks to
+servers, for trying or working around a server's era without editing the config."""
 APP_NAME = "mcp-bridge"
 
 _REF = re.compile(r"\$\{(env|keyring):([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -78,6 +82,27 @@ class OAuthAuth(_Model):
 
 AuthConfig = Annotated[NoAuth | ApiKeyAuth | OAuthAuth, Field(discriminator="type")]
 
+Protocol = Literal["auto", "legacy", "2026-07-28"]
+"""Which protocol era to speak on one side: ``auto`` (find out, and remember per server), ``legacy`` (the handshake
+era: ``initialize``, 2025-11-25 and older, the version agreed in the handshake) or ``2026-07-28``."""
+PROTOCOLS: tuple[str, ...] = ("auto", "legacy", "2026-07-28")
+
+
+def protocol_choice(value: object) -> object:
+    """A ``protocol`` value checked, with a message that says what to write instead (a pydantic ``before``
+    validator; the model's ``Literal`` type keeps it exact). YAML reads an unquoted ``2026-07-28`` as a date: it
+    counts as the version it spells."""
+    if isinstance(value, datetime.date):
+        value = value.isoformat()
+    if value is None or value in PROTOCOLS:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        raise ValueError(
+            f"{value!r} is not a choice here: write `legacy` for the handshake era (2025-11-25 and older; the "
+            "version is agreed in the handshake), `2026-07-28`, or `auto`"
+        )
+    raise ValueError(f"{value!r} is not one of {' | '.join(PROTOCOLS)}")
+
 
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost`` and any loopback address (127.0.0.0/8, ::1)."""
@@ -113,6 +138,10 @@ class ServerConfig(_Model):
     """When to use this server; goes into the ``instructions`` the bridge returns from ``initialize``."""
     tool_pins: dict[str, str] | None = None
     """Tool name → the fingerprint of its approved definition (``sha256:<hex>``); wins over local pins."""
+    protocol: Protocol | None = None
+    """The era to speak to this server; ``None``: ``protocol.upstream``."""
+
+    _protocol_choice = field_validator("protocol", mode="before")(protocol_choice)
 
     @field_validator("tool_pins")
     @classmethod
@@ -268,6 +297,18 @@ class AuditConfig(_Model):
     """Events kept while Port is unreachable; past it the oldest are dropped, each time with an error in the log."""
 
 
+class ProtocolConfig(_Model):
+    """Which protocol era the bridge speaks: to the IDE (``ide``) and to the servers (``upstream``)."""
+
+    ide: Protocol = "auto"
+    """``auto``: the IDE's era, whichever it speaks."""
+    upstream: Protocol = "auto"
+    """``auto``: each server's newest era, found out once (``server/discover``, else ``initialize``) and
+    remembered per server in ``$MCP_BRIDGE_HOME/upstream-eras.json``."""
+
+    _protocol_choice = field_validator("ide", "upstream", mode="before")(protocol_choice)
+
+
 class UserConfig(_Model):
     email: str | None = None
     """Recorded in audit events (Port's API has no "who am I")."""
@@ -293,6 +334,12 @@ class Settings(_Model):
     on_tool_change: Literal["block", "warn", "accept"] = "block"
     """What a tool whose definition no longer matches its pin becomes: hidden and denied, kept with a warning, or
     kept and re-pinned (see :mod:`mcp_bridge.governance.pins`). Every change is audited."""
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+
+    def upstream_protocol(self, server: ServerConfig) -> Protocol:
+        """The era to speak to ``server``: its own ``protocol``, else ``protocol.upstream`` (the environment's
+        override is already in both, see :func:`parse_config`)."""
+        return server.protocol or self.protocol.upstream
 
     @field_validator("servers")
     @classmethod
@@ -431,6 +478,7 @@ def parse_config(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(where, exc, secrets)) from None
+    settings = _protocol_from_environment(settings, environ)
     if settings.port is not None:
         secrets.add(settings.port.client_secret)
     for server in settings.servers.values():
@@ -439,6 +487,25 @@ def parse_config(
         elif isinstance(server.auth, OAuthAuth) and server.auth.client_secret:
             secrets.add(server.auth.client_secret)
     return LoadedConfig(settings=settings, path=path, secrets=frozenset(s for s in secrets if s))
+
+
+def _protocol_from_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``$MCP_BRIDGE_PROTOCOL_UPSTREAM``, when set, as ``protocol.upstream`` for every server (their own
+    ``protocol`` keys too)."""
+    value = environ.get(ENV_PROTOCOL_UPSTREAM)
+    if value is None or value == "":
+        return settings
+    try:
+        protocol_choice(value.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"${ENV_PROTOCOL_UPSTREAM}: {exc}",
+            fix=f"set it to one of {', '.join(PROTOCOLS)}, or unset it to use the config's `protocol.upstream`",
+        ) from None
+    chosen = value.strip()
+    servers = {name: server.model_copy(update={"protocol": None}) for name, server in settings.servers.items()}
+    protocol = settings.protocol.model_copy(update={"upstream": chosen})
+    return settings.model_copy(update={"protocol": protocol, "servers": servers})
 
 
 @dataclass
