@@ -29,6 +29,7 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,6 +95,12 @@ async def announce_tools_changed(ctx: ServerRequestContext[Any], state: _State) 
     if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
         await ctx.session.send_tool_list_changed()
     await state.bus.publish(ToolsListChanged())
+
+
+def _failure(message: str) -> MCPError:
+    """A handler's error that reaches the client with its message in either era (at 2026-07-28 the SDK sends
+    only "Internal server error" for an exception that is not an ``MCPError``)."""
+    return MCPError(types.INTERNAL_ERROR, message)
 
 
 def _text(text: str) -> list[dict[str, Any]]:
@@ -170,7 +177,7 @@ def build_server(
 
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         if hostile_listing:
-            raise ValueError(f"cannot list: {HOSTILE_TEXT}")
+            raise _failure(f"cannot list: {HOSTILE_TEXT}")
         dynamic = [tool(t, "Added at runtime; echoes its arguments.") for t in state.extra_tools]
         listed = [{**t, "description": state.descriptions.get(t["name"], t["description"])} for t in base_tools]
         return _complete(ctx, {"tools": listed + weird + many + dynamic}, cacheable=True)
@@ -188,10 +195,10 @@ def build_server(
             if hostile and params.name == "hostile_text":
                 return {"content": _text(HOSTILE_TEXT), "structuredContent": {"text": HOSTILE_TEXT}}
             if hostile and params.name == "hostile_error":
-                raise ValueError(f"failed: {HOSTILE_TEXT}")
+                raise _failure(f"failed: {HOSTILE_TEXT}")
             if params.name in state.extra_tools or params.name in WEIRD_NAMES or params.name in many_names:
                 return {"content": _text(json.dumps({"tool": params.name, "arguments": args}))}
-            raise ValueError(f"no tool {params.name!r}")
+            raise _failure(f"no tool {params.name!r}")
         return await handler(ctx, args)
 
     async def echo(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
@@ -292,7 +299,7 @@ def build_server(
         elif uri.startswith(f"mem://{name}/items/"):
             text = f"item {uri.rsplit('/', 1)[-1]} of {name}"
         else:
-            raise ValueError(f"no resource {uri}")
+            raise _failure(f"no resource {uri}")
         return _complete(ctx, {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}, cacheable=True)
 
     return Server(
