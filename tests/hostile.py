@@ -69,9 +69,12 @@ class Hostile:
     session: Any = None
     """The server session of the last handshake-era request: where :meth:`announce` sends."""
     bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    listener: ListenHandler = field(init=False)
+    """Serves its listen streams; closed (gracefully) when the server stops, so no stream outlives it."""
 
     def __post_init__(self) -> None:
         self.port = self.port or _free_port()
+        self.listener = ListenHandler(self.bus)
 
     @property
     def url(self) -> str:
@@ -159,7 +162,7 @@ def _build(state: Hostile) -> Server[Any]:
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
-        on_subscriptions_listen=ListenHandler(state.bus) if state.listen else None,
+        on_subscriptions_listen=state.listener if state.listen else None,
     )
 
 
@@ -282,5 +285,8 @@ async def serving(*states: Hostile | Canned, body_limit: int | None = None) -> A
         try:
             yield
         finally:
+            for state in states:
+                if isinstance(state, Hostile):
+                    state.listener.close()  # end its listen streams, or they hold their connections open
             for web in servers:
                 web.should_exit = True

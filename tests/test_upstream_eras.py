@@ -36,7 +36,7 @@ from hostile import Hostile, serving, tool
 from mcp_bridge.config import ServerConfig, TimeoutsConfig
 from mcp_bridge.governance.catalog import Listing
 from mcp_bridge.upstream import supervisor, wire
-from mcp_bridge.upstream.era import ERAS_FILE, EraStore
+from mcp_bridge.upstream.era import ERAS_FILE, MAX_AGE_SECONDS, EraStore
 from mcp_bridge.upstream.supervisor import Upstream
 
 pytestmark = pytest.mark.anyio
@@ -119,8 +119,9 @@ async def test_the_era_found_is_remembered_and_adopted_without_a_probe(tmp_path:
     hostile.posts.clear()
     async with serving(hostile), bridge_client(cfg, home) as client:
         await raw_call(client, "h__echo")
-    assert hostile.methods()[0] == "tools/list"  # adopted from memory: no probe before the first request
-    assert "initialize" not in hostile.methods()
+    methods = hostile.methods()  # adopted from memory: the listen stream, then the lists, without a probe first
+    assert methods[:2] == ["subscriptions/listen", "tools/list"] and "initialize" not in methods
+    assert methods.count("server/discover") <= 1 and methods.index("server/discover") > 1  # checked in the background
 
 
 async def test_a_remembered_era_the_server_no_longer_speaks_is_probed_again_once(tmp_path: Path) -> None:
@@ -137,14 +138,15 @@ async def test_a_remembered_era_the_server_no_longer_speaks_is_probed_again_once
     async with serving(hostile), bridge_client(cfg, home) as client:
         assert (await raw_call(client, "h__echo"))["content"][0]["text"] == "h ran echo"
     refused = [p for p in hostile.posts if p.version == MODERN]
-    assert [p.method for p in refused] == ["tools/list", "server/discover"]  # the remembered era, then the probe
+    # The remembered era (its listen stream, its first list), then the probe.
+    assert [p.method for p in refused] == ["subscriptions/listen", "tools/list", "server/discover"]
     assert hostile.methods().count("initialize") == 1
     assert _eras(home)["h"]["era"] == HANDSHAKE
 
     hostile.era, hostile.posts = "modern", []
     async with serving(hostile), bridge_client(cfg, home) as client:
         assert (await raw_call(client, "h__echo"))["content"][0]["text"] == "h ran echo"
-    assert hostile.methods()[:3] == ["initialize", "server/discover", "tools/list"]
+    assert hostile.methods()[:4] == ["initialize", "server/discover", "subscriptions/listen", "tools/list"]
     assert _eras(home)["h"]["era"] == MODERN
 
 
@@ -176,6 +178,11 @@ def test_the_store_ignores_an_entry_for_another_url(tmp_path: Path) -> None:
     assert store.get("m", "http://127.0.0.1:3/mcp") is None
     store.forget("a")
     assert store.get("a", "http://127.0.0.1:1/mcp") is None
+    store.remember("old", "http://127.0.0.1:4/mcp", HANDSHAKE, None)
+    data = json.loads((tmp_path / ERAS_FILE).read_text())
+    data["servers"]["old"]["checked_at"] -= MAX_AGE_SECONDS + 1
+    (tmp_path / ERAS_FILE).write_text(json.dumps(data))
+    assert store.get("old", "http://127.0.0.1:4/mcp") is None  # a week old: probed again
     (tmp_path / ERAS_FILE).write_text("{not json")
     assert store.get("a", "http://127.0.0.1:1/mcp") is None  # damaged: probe
 

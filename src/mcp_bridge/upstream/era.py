@@ -5,8 +5,8 @@ A server speaks the handshake era (``initialize``, a session; 2025-11-25 and old
 first connection probes: ``server/discover`` at the newest version, and the handshake when the server does not
 answer it as a 2026-07-28 server would (the SDK's own policy, :func:`negotiate_auto`). The outcome is remembered per
 server in ``$MCP_BRIDGE_HOME/upstream-eras.json`` (:class:`EraStore`: with the URL, so an entry for another URL is
-not used), and the next start adopts it without the probe's round trip: the remembered ``server/discover`` answer
-for a 2026-07-28 server, ``initialize`` for a handshake-era one.
+not used; for a week, :data:`MAX_AGE_SECONDS`), and the next start adopts it without the probe's round trip: the
+remembered ``server/discover`` answer for a 2026-07-28 server, ``initialize`` for a handshake-era one.
 
 A remembered era can go stale (the server was upgraded, or rolled back). When the server then refuses in a way only
 an era mismatch explains (:func:`era_refusal`), the memory is dropped and the connection is made again at once,
@@ -38,6 +38,9 @@ log = get_logger(__name__)
 
 ERAS_FILE = "upstream-eras.json"
 _FORMAT = 1
+MAX_AGE_SECONDS = 7 * 86400
+"""How long a found era is trusted without asking again: a server once found speaking only the handshake (or whose
+probe went unanswered in time) is probed again after this, so an upgrade is noticed even when nothing fails."""
 
 Source = Literal["probed", "remembered", "configured"]
 """How the era of a connection was chosen: found out now, taken from memory, or set in the config."""
@@ -94,7 +97,10 @@ class EraStore:
             return None
         if is_modern(version) and discover is None:
             return None
-        return Known(version, discover, float(checked) if isinstance(checked, int | float) else 0.0)
+        checked_at = float(checked) if isinstance(checked, int | float) else 0.0
+        if abs(time.time() - checked_at) > MAX_AGE_SECONDS:  # (a clock set back counts as old too)
+            return None
+        return Known(version, discover, checked_at)
 
     def remember(self, server: str, url: str, version: str, discover: dict[str, Any] | None) -> None:
         servers = self._servers()

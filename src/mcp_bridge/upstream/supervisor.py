@@ -258,11 +258,19 @@ class Upstream:
                 message_handler=self._on_message,
                 client_info=types.Implementation(name="mcp-bridge", version=__version__),
             ) as session,
+            anyio.create_task_group() as tasks,
         ):
+            self.listen = "none"
             with connect_scope:
                 url = self.config.endpoint
                 source, known = await negotiate(session, self.name, url, self.protocol, self.eras)
                 version = session.protocol_version
+                if is_modern(version) and (kinds := self._listen_kinds(session)):
+                    # The stream first, then the lists: a change in between is not missed (nothing is replayed).
+                    opened = anyio.Event()
+                    tasks.start_soon(self._listen, session, kinds, opened)
+                    with anyio.move_on_after(t.connect / 2):  # a server slow to acknowledge still gets listed
+                        await opened.wait()
                 try:
                     listing = await self._fetch_listing(session, _TOOLS, _PROMPTS, _RESOURCES, current=None)
                 except MCPError as exc:
@@ -291,19 +299,15 @@ class Upstream:
                 await self._serve(session, known)
             finally:
                 self._withdraw()  # before the transport closes (which takes a round trip): see _withdraw
+                tasks.cancel_scope.cancel()
 
     async def _serve(self, session: ClientSession, known: Known | None) -> None:
         """Keep the connection until a recycle: re-list when told of changes, and per era (see the module)."""
         self._pending.discard(_RECYCLE)  # a recycle asked of an earlier session is done
         modern = is_modern(session.protocol_version)
-        self.listen = "none"
         async with anyio.create_task_group() as tasks:
-            if modern:
-                kinds = self._listen_kinds(session)
-                if kinds:
-                    tasks.start_soon(self._listen, session, kinds)
-                if known is not None:
-                    tasks.start_soon(self._check_discover, session, known)
+            if modern and known is not None:
+                tasks.start_soon(self._check_discover, session, known)
             try:
                 await self._serve_loop(session, modern)
             finally:
@@ -349,12 +353,12 @@ class Upstream:
         offered = {_TOOLS: caps.tools, _PROMPTS: caps.prompts, _RESOURCES: caps.resources}
         return {kind for kind, cap in offered.items() if cap is not None and cap.list_changed}
 
-    async def _listen(self, session: ClientSession, kinds: set[str]) -> None:
+    async def _listen(self, session: ClientSession, kinds: set[str], opened: anyio.Event) -> None:
         """Hold a ``subscriptions/listen`` stream open; its events re-list like notifications do. A stream lost is
         opened again with backoff, and everything re-listed once it is (events are not replayed). A server that
-        refuses the request outright has no stream to offer: its lists are re-fetched by their TTL instead."""
+        refuses the request outright has no stream to offer: its lists are re-fetched by their TTL instead.
+        ``opened`` is set once the first stream is acknowledged, or has failed."""
         backoff = Backoff(initial=1.0, cap=60.0)
-        opened = False
         while True:
             since = anyio.current_time()
             try:
@@ -365,10 +369,10 @@ class Upstream:
                     resources_list_changed=_RESOURCES in kinds,
                 ) as subscription:
                     self._set_listen("active")
-                    if opened:
+                    if opened.is_set():
                         for kind in kinds:
                             self._signal(kind)
-                    opened = True
+                    opened.set()
                     async for event in subscription:
                         changed = _EVENT_KINDS.get(type(event))
                         if changed is not None:
@@ -377,14 +381,16 @@ class Upstream:
             except SubscriptionLost as exc:
                 reason = str(exc)
             except MCPError as exc:
-                if not opened:
+                if not opened.is_set():
                     log.info("upstream.listen_refused", server=self.name, error=clean(exc.error.message))
                     self._set_listen("none")
+                    opened.set()
                     return
                 reason = exc.error.message
             except TimeoutError:
                 reason = "no acknowledgment"
             self._set_listen("lost")
+            opened.set()  # the connection goes on without it for now
             if anyio.current_time() - since >= _LISTEN_STEADY_SECONDS:
                 backoff.reset()
             delay = backoff.next()
