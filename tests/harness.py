@@ -61,11 +61,15 @@ class LocalUpstream:
         weird_names: bool = False,
         extra_tools: int = 0,
         port: int = 0,
+        era: str = "both",
     ) -> None:
         self.name = name
         self.api_key = api_key
         self.weird_names = weird_names
         self.extra_tools = extra_tools
+        self.era = era
+        """The protocol eras it speaks (``localservers --era``): both, modern or handshake; may change between
+        restarts."""
         self.port = port or free_port()
         self.log_path = log_dir / f"upstream-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,6 +86,8 @@ class LocalUpstream:
             cmd.append("--weird-names")
         if self.extra_tools:
             cmd += ["--extra-tools", str(self.extra_tools)]
+        if self.era != "both":
+            cmd += ["--era", self.era]
         return cmd
 
     def start(self) -> Self:
@@ -280,7 +286,7 @@ async def tool_names(client: Client) -> list[str]:
 
 
 @asynccontextmanager
-async def direct_client(upstream: LocalUpstream) -> AsyncIterator[Client]:
+async def direct_client(upstream: LocalUpstream, mode: str = "legacy") -> AsyncIterator[Client]:
     """The SDK client talking straight to an upstream (the "direct" side of differential tests)."""
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
@@ -288,7 +294,7 @@ async def direct_client(upstream: LocalUpstream) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        Client(streamable_http_client(upstream.url, http_client=http), mode="legacy") as client,
+        Client(streamable_http_client(upstream.url, http_client=http), mode=mode) as client,  # type: ignore[arg-type]
     ):
         yield client
 

@@ -2,12 +2,18 @@
 
 It runs in the test's own event loop (uvicorn in a task), so the test changes what it lists between requests and
 makes it announce the change: ``await server.announce("tools")`` sends ``notifications/tools/list_changed`` on the
-session of the bridge's last request. Every call and read it receives is recorded, so a test can prove what reached
-it (and what must not have).
+session of the bridge's last handshake-era request, and publishes the change to 2026-07-28 clients' listen streams.
+Every call and read it receives is recorded, so a test can prove what reached it (and what must not have), and so is
+every POST (method, protocol version, ``Mcp-Param-*`` headers).
+
+``era`` narrows it to one protocol era as ``localservers --era`` does (``both``, ``modern``, ``handshake``);
+``listen=False`` makes a 2026-07-28 server that serves no ``subscriptions/listen`` (its lists then say nothing of
+changes, and a client re-lists when their ``ttl_ms`` runs out).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,8 +24,27 @@ import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_bridge.sandbox.localservers import EraGate
+
+
+@dataclass(frozen=True)
+class Post:
+    """One POST the server received: its JSON-RPC method, ``MCP-Protocol-Version`` and ``Mcp-Param-*`` headers."""
+
+    method: str | None
+    version: str | None
+    params: dict[str, str]
 
 
 @dataclass
@@ -36,11 +61,20 @@ class Hostile:
     """The ``_meta`` of each call, as it arrived."""
     reads: list[str] = field(default_factory=list)
     port: int = 0
+    era: str = "both"
+    listen: bool = True
+    ttl_ms: int = 0
+    """``ttlMs`` of its lists at 2026-07-28."""
+    posts: list[Post] = field(default_factory=list)
     session: Any = None
-    """The server session of the last request: where :meth:`announce` sends."""
+    """The server session of the last handshake-era request: where :meth:`announce` sends."""
+    bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    listener: ListenHandler = field(init=False)
+    """Serves its listen streams; closed (gracefully) when the server stops, so no stream outlives it."""
 
     def __post_init__(self) -> None:
         self.port = self.port or _free_port()
+        self.listener = ListenHandler(self.bus)
 
     @property
     def url(self) -> str:
@@ -50,14 +84,21 @@ class Hostile:
         return {"url": self.url, "allowed_tools": ["*"], **extra}
 
     async def announce(self, kind: str) -> None:
-        """``notifications/{kind}/list_changed`` to the bridge (kind: tools, prompts, resources)."""
-        assert self.session is not None, "the bridge has not sent a request yet"
+        """``notifications/{kind}/list_changed`` to the bridge (kind: tools, prompts, resources), on the last
+        handshake-era session and as an event on the 2026-07-28 listen streams."""
+        event = {"tools": ToolsListChanged, "prompts": PromptsListChanged, "resources": ResourcesListChanged}[kind]
+        await self.bus.publish(event())
+        if self.session is None:
+            return
         send = {
             "tools": self.session.send_tool_list_changed,
             "prompts": self.session.send_prompt_list_changed,
             "resources": self.session.send_resource_list_changed,
         }[kind]
         await send()
+
+    def methods(self) -> list[str | None]:
+        return [p.method for p in self.posts]
 
 
 def tool(name: str, description: str, **extra: Any) -> dict[str, Any]:
@@ -66,34 +107,41 @@ def tool(name: str, description: str, **extra: Any) -> dict[str, Any]:
 
 def _build(state: Hostile) -> Server[Any]:
     def seen(ctx: ServerRequestContext[Any]) -> None:
-        state.session = ctx.session
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            state.session = ctx.session
+
+    def complete(ctx: ServerRequestContext[Any], result: dict[str, Any], cacheable: bool = False) -> dict[str, Any]:
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return result
+        out = {**result, "resultType": "complete"}
+        return {**out, "ttlMs": state.ttl_ms, "cacheScope": "private"} if cacheable else out
 
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         seen(ctx)
-        return {"tools": list(state.tools)}
+        return complete(ctx, {"tools": list(state.tools)}, True)
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
         seen(ctx)
         state.calls.append((params.name, dict(params.arguments or {})))
         state.metas.append(dict(ctx.meta or {}))
-        return {"content": [{"type": "text", "text": f"{state.name} ran {params.name}"}]}
+        return complete(ctx, {"content": [{"type": "text", "text": f"{state.name} ran {params.name}"}]})
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         seen(ctx)
-        return {"prompts": list(state.prompts)}
+        return complete(ctx, {"prompts": list(state.prompts)}, True)
 
     async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
         seen(ctx)
         text = f"{state.name} prompt {params.name}"
-        return {"messages": [{"role": "user", "content": {"type": "text", "text": text}}]}
+        return complete(ctx, {"messages": [{"role": "user", "content": {"type": "text", "text": text}}]})
 
     async def list_resources(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         seen(ctx)
-        return {"resources": list(state.resources)}
+        return complete(ctx, {"resources": list(state.resources)}, True)
 
     async def list_templates(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         seen(ctx)
-        return {"resourceTemplates": list(state.templates)}
+        return complete(ctx, {"resourceTemplates": list(state.templates)}, True)
 
     async def read_resource(ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
         seen(ctx)
@@ -101,7 +149,8 @@ def _build(state: Hostile) -> Server[Any]:
         state.reads.append(uri)
         if uri.startswith("missing:"):  # a handshake-era server's "resource not found"
             raise MCPError(-32002, f"no resource {uri}")
-        return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": f"{state.name} read {uri}"}]}
+        result = {"contents": [{"uri": uri, "mimeType": "text/plain", "text": f"{state.name} read {uri}"}]}
+        return complete(ctx, result, True)
 
     return Server(
         state.name,
@@ -113,7 +162,48 @@ def _build(state: Hostile) -> Server[Any]:
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
+        on_subscriptions_listen=state.listener if state.listen else None,
     )
+
+
+class _Recorder:
+    """ASGI middleware: records each POST (:class:`Post`) in the server's state, then serves it."""
+
+    def __init__(self, app: ASGIApp, state: Hostile) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            event: Message = await receive()
+            body += bytes(event.get("body", b""))
+            if not event.get("more_body"):
+                break
+        try:
+            message = json.loads(body)
+        except ValueError:
+            message = None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        self.state.posts.append(
+            Post(
+                message.get("method") if isinstance(message, dict) else None,
+                headers.get("mcp-protocol-version"),
+                {k: v for k, v in headers.items() if k.startswith("mcp-param-")},
+            )
+        )
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _free_port() -> int:
@@ -174,6 +264,7 @@ async def serving(*states: Hostile | Canned, body_limit: int | None = None) -> A
             app: ASGIApp = state
             if isinstance(state, Hostile):
                 app = _build(state).streamable_http_app(host="127.0.0.1")
+                app = _Recorder(EraGate(app, state.era), state)
                 if body_limit is not None:
                     app = LimitBody(app, body_limit)
             lifespan = "on" if isinstance(state, Hostile) else "off"
@@ -194,5 +285,8 @@ async def serving(*states: Hostile | Canned, body_limit: int | None = None) -> A
         try:
             yield
         finally:
+            for state in states:
+                if isinstance(state, Hostile):
+                    state.listener.close()  # end its listen streams, or they hold their connections open
             for web in servers:
                 web.should_exit = True

@@ -24,6 +24,7 @@ from mcp_bridge.config import (
     PortApproval,
     PortConfig,
     PortFields,
+    ProtocolConfig,
     ServerConfig,
     Settings,
     TimeoutsConfig,
@@ -766,6 +767,7 @@ def test_example_port_block_parses_when_uncommented() -> None:
         PortApproval,
         AuditConfig,
         UserConfig,
+        ProtocolConfig,
     ],
 )
 def test_example_documents_every_key(model: type[BaseModel]) -> None:
@@ -773,3 +775,50 @@ def test_example_documents_every_key(model: type[BaseModel]) -> None:
 
     for key in model.model_fields:
         assert re.search(rf"(^|[\s{{,]){re.escape(key)}:", text, re.MULTILINE), f"{model.__name__}.{key} undocumented"
+
+
+# ------------------------------------------------------------------------------------------------ protocol eras
+
+
+@pytest.mark.parametrize(
+    ("text", "ide", "upstream"),
+    [
+        ("", "auto", "auto"),
+        ("protocol: {upstream: legacy}", "auto", "legacy"),
+        ("protocol: {ide: '2026-07-28', upstream: 2026-07-28}", "2026-07-28", "2026-07-28"),  # unquoted: a date
+    ],
+)
+def test_protocol_keys(text: str, ide: str, upstream: str) -> None:
+    settings = parse_config(text, environ={}).settings
+    assert (settings.protocol.ide, settings.protocol.upstream) == (ide, upstream)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("protocol: {upstream: modern}", "protocol.upstream: 'modern' is not one of auto | legacy | 2026-07-28"),
+        ("protocol: {ide: 2025-11-25}", "protocol.ide: '2025-11-25' is not a choice here: write `legacy`"),
+        ("protocol: {upstream: auto, extra: 1}", "protocol.extra: unknown key"),
+        (
+            "servers: {a: {url: 'http://127.0.0.1/mcp', protocol: handshake}}",
+            "servers.a.protocol: 'handshake' is not one of auto | legacy | 2026-07-28",
+        ),
+    ],
+)
+def test_protocol_errors_say_what_to_write(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={})
+    assert message in str(caught.value)
+
+
+def test_the_environment_overrides_the_upstream_protocol_everywhere() -> None:
+    text = "protocol: {upstream: 2026-07-28}\nservers: {a: {url: 'http://127.0.0.1/mcp', protocol: auto}}"
+    settings = parse_config(text, environ={}).settings
+    assert settings.upstream_protocol(settings.servers["a"]) == "auto"  # the server's own key wins over the global
+    settings = parse_config(text, environ={"MCP_BRIDGE_PROTOCOL_UPSTREAM": "legacy"}).settings
+    assert settings.protocol.upstream == settings.upstream_protocol(settings.servers["a"]) == "legacy"
+    assert parse_config(text, environ={"MCP_BRIDGE_PROTOCOL_UPSTREAM": ""}).settings.protocol.upstream == "2026-07-28"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={"MCP_BRIDGE_PROTOCOL_UPSTREAM": "2025-06-18"})
+    assert "$MCP_BRIDGE_PROTOCOL_UPSTREAM: '2025-06-18' is not a choice here" in str(caught.value)
+    assert caught.value.fix is not None and "unset it" in caught.value.fix

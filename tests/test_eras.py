@@ -37,17 +37,27 @@ async def test_results_are_shaped_for_the_ides_era(tmp_path: Path) -> None:
             assert not {"resultType", "ttlMs", "cacheScope"} & (listed.keys() | called.keys() | read.root.keys())
 
 
-async def test_the_ides_envelope_never_reaches_a_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("upstream_era", ["both", "handshake"])
+async def test_the_ides_envelope_never_reaches_a_server(tmp_path: Path, upstream_era: str) -> None:
     """A modern IDE's ``_meta`` carries its protocol version, client info and capabilities: they describe its link
-    to the bridge, not the bridge's to the server. Other ``_meta`` keys pass."""
-    hostile = Hostile("h", tools=[tool("echo", "Echo.")])
+    to the bridge, not the bridge's to the server. Other ``_meta`` keys pass. A 2026-07-28 server gets the bridge's
+    own envelope (its own client info, the version spoken to that server), a handshake-era one none."""
+    hostile = Hostile("h", tools=[tool("echo", "Echo.")], era=upstream_era)
     cfg = write_config(tmp_path / "config.yaml", {"h": hostile.server_config()})
     async with serving(hostile), bridge_client(cfg, tmp_path / "home") as client:
-        params = types.CallToolRequestParams(name="h__echo", arguments={}, _meta={"vendor/trace": "t1"})
+        params = types.CallToolRequestParams(
+            name="h__echo", arguments={}, _meta={"vendor/trace": "t1", "io.modelcontextprotocol/logLevel": "debug"}
+        )
         await client.session.send_request(types.CallToolRequest(params=params), Raw)
     (meta,) = hostile.metas
     assert meta.get("vendor/trace") == "t1"
-    assert not [k for k in meta if k.startswith("io.modelcontextprotocol/") and k != "io.modelcontextprotocol/related"]
+    reserved = {k: v for k, v in meta.items() if k.startswith("io.modelcontextprotocol/")}
+    reserved.pop("io.modelcontextprotocol/related", None)
+    if upstream_era == "both":  # the bridge speaks 2026-07-28 to it: the bridge's envelope, nothing of the IDE's
+        assert reserved.pop("io.modelcontextprotocol/protocolVersion") == "2026-07-28"
+        assert reserved.pop("io.modelcontextprotocol/clientInfo")["name"] == "mcp-bridge"
+        assert reserved.pop("io.modelcontextprotocol/clientCapabilities") == {}
+    assert not reserved
     assert "pytest-ide" not in repr(meta)
 
 

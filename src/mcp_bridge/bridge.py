@@ -24,6 +24,7 @@ from mcp_bridge.audit.trail import AuditTrail
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.backoff import Backoff
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
+from mcp_bridge.era import RESERVED_META
 from mcp_bridge.errors import (
     AuditUnavailable,
     PolicyDenied,
@@ -41,6 +42,7 @@ from mcp_bridge.governance.allowlist import (
 from mcp_bridge.governance.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.governance.pins import Pins, Verdict
 from mcp_bridge.logs import get_logger
+from mcp_bridge.upstream.era import ERAS_FILE, EraStore
 from mcp_bridge.upstream.supervisor import ProgressFn, Upstream, describe_error, error_text
 
 log = get_logger(__name__)
@@ -79,6 +81,7 @@ class Bridge:
         self.pins.defer_writes = True  # written by _watch_pins (and on shutdown)
         self._cached: dict[str, tuple[str, Listing]] = {}
         self.upstreams: dict[str, Upstream] = {}
+        self.eras = EraStore(home / ERAS_FILE)
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._changes_send: MemoryObjectSendStream[set[str]]
@@ -226,6 +229,8 @@ class Bridge:
                 problem=allowlist.problems.get(name),
                 auth_env=self.auth_env,
                 on_auth_failure=self._auth_failed,
+                eras=self.eras,
+                protocol=self.settings.upstream_protocol(server),
             )
             self.upstreams[name] = upstream
             scope = anyio.CancelScope()
@@ -405,8 +410,9 @@ class Bridge:
             params: dict[str, Any] = {"name": entry.original}
             if arguments is not None:
                 params["arguments"] = dict(arguments)
-            if meta:
-                params["_meta"] = dict(meta)
+            # Never the protocol's own keys (an IDE's envelope): the session stamps the bridge's own on each request.
+            if meta and (kept := {k: v for k, v in meta.items() if not str(k).startswith(RESERVED_META)}):
+                params["_meta"] = kept
             request = types.CallToolRequest.model_validate({"method": "tools/call", "params": params})
             result = await upstream.request(request, progress=progress)
             event.status = "Failed" if result.get("isError") else "Completed"
@@ -545,7 +551,12 @@ def _same_connection(new: ServerConfig | None, old: ServerConfig | None) -> bool
     """Whether a server can keep its session across an allowlist change (only its tool filter changed)."""
     if new is None or old is None:
         return False
-    return (new.url, new.auth, new.allow_insecure_http) == (old.url, old.auth, old.allow_insecure_http)
+    return (new.url, new.auth, new.allow_insecure_http, new.protocol) == (
+        old.url,
+        old.auth,
+        old.allow_insecure_http,
+        old.protocol,
+    )
 
 
 async def load_allowlist(settings: Settings, home: Path) -> Allowlist:

@@ -17,12 +17,15 @@ from pydantic import ValidationError
 
 from mcp_bridge.config.model import (
     ENV_CONFIG,
+    ENV_PROTOCOL_UPSTREAM,
+    PROTOCOLS,
     ApiKeyAuth,
     LoadedConfig,
     MissingUrl,
     OAuthAuth,
     Settings,
     home_dir,
+    protocol_choice,
     resolve_config_path,
 )
 from mcp_bridge.errors import ConfigError
@@ -106,6 +109,7 @@ def parse_config(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(where, exc, secrets)) from None
+    settings = _protocol_from_environment(settings, environ)
     if settings.port is not None:
         secrets.add(settings.port.client_secret)
     for server in settings.servers.values():
@@ -114,6 +118,25 @@ def parse_config(
         elif isinstance(server.auth, OAuthAuth) and server.auth.client_secret:
             secrets.add(server.auth.client_secret)
     return LoadedConfig(settings=settings, path=path, secrets=frozenset(s for s in secrets if s))
+
+
+def _protocol_from_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``$MCP_BRIDGE_PROTOCOL_UPSTREAM``, when set, as ``protocol.upstream`` for every server (their own
+    ``protocol`` keys too)."""
+    value = environ.get(ENV_PROTOCOL_UPSTREAM)
+    if value is None or value == "":
+        return settings
+    try:
+        protocol_choice(value.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"${ENV_PROTOCOL_UPSTREAM}: {exc}",
+            fix=f"set it to one of {', '.join(PROTOCOLS)}, or unset it to use the config's `protocol.upstream`",
+        ) from None
+    chosen = value.strip()
+    servers = {name: server.model_copy(update={"protocol": None}) for name, server in settings.servers.items()}
+    protocol = settings.protocol.model_copy(update={"upstream": chosen})
+    return settings.model_copy(update={"protocol": protocol, "servers": servers})
 
 
 @dataclass

@@ -6,6 +6,7 @@ those.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -20,6 +21,9 @@ from mcp_bridge.errors import ConfigError
 
 ENV_CONFIG = "MCP_BRIDGE_CONFIG"
 ENV_HOME = "MCP_BRIDGE_HOME"
+ENV_PROTOCOL_UPSTREAM = "MCP_BRIDGE_PROTOCOL_UPSTREAM"
+"""Overrides ``protocol.upstream`` (and every server's own ``protocol``) when set: the era the bridge speaks to
+servers, for trying or working around a server's era without editing the config."""
 APP_NAME = "mcp-bridge"
 
 """``${env:NAME}`` (an environment variable) or ``${keyring:NAME}`` (a secret stored with ``mcp-bridge secret``)."""
@@ -74,6 +78,27 @@ class OAuthAuth(_Model):
 
 AuthConfig = Annotated[NoAuth | ApiKeyAuth | OAuthAuth, Field(discriminator="type")]
 
+Protocol = Literal["auto", "legacy", "2026-07-28"]
+"""Which protocol era to speak on one side: ``auto`` (find out, and remember per server), ``legacy`` (the handshake
+era: ``initialize``, 2025-11-25 and older, the version agreed in the handshake) or ``2026-07-28``."""
+PROTOCOLS: tuple[str, ...] = ("auto", "legacy", "2026-07-28")
+
+
+def protocol_choice(value: object) -> object:
+    """A ``protocol`` value checked, with a message that says what to write instead (a pydantic ``before``
+    validator; the model's ``Literal`` type keeps it exact). YAML reads an unquoted ``2026-07-28`` as a date: it
+    counts as the version it spells."""
+    if isinstance(value, datetime.date):
+        value = value.isoformat()
+    if value is None or value in PROTOCOLS:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        raise ValueError(
+            f"{value!r} is not a choice here: write `legacy` for the handshake era (2025-11-25 and older; the "
+            "version is agreed in the handshake), `2026-07-28`, or `auto`"
+        )
+    raise ValueError(f"{value!r} is not one of {' | '.join(PROTOCOLS)}")
+
 
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost`` and any loopback address (127.0.0.0/8, ::1)."""
@@ -109,6 +134,10 @@ class ServerConfig(_Model):
     """When to use this server; goes into the ``instructions`` the bridge returns from ``initialize``."""
     tool_pins: dict[str, str] | None = None
     """Tool name → the fingerprint of its approved definition (``sha256:<hex>``); wins over local pins."""
+    protocol: Protocol | None = None
+    """The era to speak to this server; ``None``: ``protocol.upstream``."""
+
+    _protocol_choice = field_validator("protocol", mode="before")(protocol_choice)
 
     @field_validator("tool_pins")
     @classmethod
@@ -264,6 +293,18 @@ class AuditConfig(_Model):
     """Events kept while Port is unreachable; past it the oldest are dropped, each time with an error in the log."""
 
 
+class ProtocolConfig(_Model):
+    """Which protocol era the bridge speaks: to the IDE (``ide``) and to the servers (``upstream``)."""
+
+    ide: Protocol = "auto"
+    """``auto``: the IDE's era, whichever it speaks."""
+    upstream: Protocol = "auto"
+    """``auto``: each server's newest era, found out once (``server/discover``, else ``initialize``) and
+    remembered per server in ``$MCP_BRIDGE_HOME/upstream-eras.json``."""
+
+    _protocol_choice = field_validator("ide", "upstream", mode="before")(protocol_choice)
+
+
 class UserConfig(_Model):
     email: str | None = None
     """Recorded in audit events (Port's API has no "who am I")."""
@@ -289,6 +330,12 @@ class Settings(_Model):
     on_tool_change: Literal["block", "warn", "accept"] = "block"
     """What a tool whose definition no longer matches its pin becomes: hidden and denied, kept with a warning, or
     kept and re-pinned (see :mod:`mcp_bridge.governance.pins`). Every change is audited."""
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+
+    def upstream_protocol(self, server: ServerConfig) -> Protocol:
+        """The era to speak to ``server``: its own ``protocol``, else ``protocol.upstream`` (the environment's
+        override is already in both, see :func:`parse_config`)."""
+        return server.protocol or self.protocol.upstream
 
     @field_validator("servers")
     @classmethod

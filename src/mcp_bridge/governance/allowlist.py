@@ -329,6 +329,7 @@ def _server_from_entity(
         "allowed_tools": tools,
         "auth": auth,
         "allow_insecure_http": bool(local and local.allow_insecure_http),
+        "protocol": local.protocol if local else None,
         "title": title if isinstance(title, str) else None,
         "description": description if isinstance(description, str) else None,
     }

@@ -1,14 +1,19 @@
 """Local MCP servers for the tests and the offline demo: real SDK streamable-HTTP servers on 127.0.0.1.
 
-``python -m mcp_bridge.sandbox.localservers --port N [--name NAME] [--api-key KEY] [--weird-names] [--hostile]``
-runs one (``--hostile`` adds tools whose names and descriptions hold terminal control characters,
-``--hostile-listing`` fails its tool list with them; ``--oauth``
+``python -m mcp_bridge.sandbox.localservers --port N [--name NAME] [--api-key KEY] [--weird-names] [--hostile]
+[--era both|modern|handshake]`` runs one
+(``--hostile`` adds tools whose names and descriptions hold terminal control characters, ``--hostile-listing`` fails
+its tool list with them; ``--era`` picks the protocol eras it speaks, see :data:`ERAS`; ``--oauth``
 runs the OAuth-protected variant of ``oauth_server``; ``--extra-tools N`` and ``--echo-delay SECONDS`` are
 for the benchmarks: N more tools, and an ``echo`` that answers late). Its tools
 cover what a bridge must pass through untouched: plain text, ``structuredContent`` with an output schema,
 ``isError``, ``_meta``, progress, cancellation (recorded, and reported by the ``stats`` tool), a call that never
 ends, a tool that adds another tool at runtime and announces it with ``tools/list_changed``, and one that changes
 another tool's description (``redefine``: what a "rug pull" looks like).
+
+Its answers are right for either protocol era: in the 2026-07-28 era every result names its kind (``resultType``) and
+the lists and reads say how long they may be cached (``ttlMs``, ``cacheScope``); list changes go out as
+``list_changed`` notifications to a handshake-era session and as events on ``subscriptions/listen`` streams.
 """
 
 from __future__ import annotations
@@ -17,13 +22,26 @@ import argparse
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
-from starlette.types import ASGIApp, Receive, Scope, Send
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+Era = Literal["both", "modern", "handshake"]
+ERAS: tuple[Era, ...] = ("both", "modern", "handshake")
+"""Which protocol eras a server speaks: ``both`` (what an SDK 2.x server does: the handshake era, 2025-11-25 and
+older, and the stateless 2026-07-28 era), ``modern`` (2026-07-28 only: ``initialize`` is refused with HTTP 400 and
+-32022 naming the versions it speaks) or ``handshake`` (as a 2025 server: a 2026-07-28 request, which has no session,
+gets HTTP 400 "Bad Request: Missing session ID")."""
+
+LIST_TTL_MS = 60_000
+"""How long (ms) a 2026-07-28 client may keep this server's lists (``ttlMs``); changes are announced anyway."""
 
 HOSTILE_TEXT = (
     "\x1b[31mred\x1b[0m \x1b]0;owned\x07 \x1b[2J cleared\x00 nul \x7f del \x9b31m c1 \r overwritten "
@@ -53,6 +71,36 @@ class _State:
     """Tool name → the description ``redefine`` gave it at runtime."""
     clients: set[tuple[str, int]] = field(default_factory=set)
     """The (address, port) of every TCP connection that sent a request: how many connections clients opened."""
+    protocol_versions: set[str] = field(default_factory=set)
+    """The protocol version of every tools/call this server answered."""
+    bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    """Where list changes are published for 2026-07-28 clients' ``subscriptions/listen`` streams."""
+
+
+def _complete(ctx: ServerRequestContext[Any], result: dict[str, Any], *, cacheable: bool = False) -> dict[str, Any]:
+    """``result`` as the request's era needs it: at 2026-07-28 with ``resultType`` and, when ``cacheable`` (the
+    lists and reads), ``ttlMs`` and ``cacheScope``. Handshake-era results are left as they are."""
+    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        return result
+    out = {**result, "resultType": "complete"}
+    if cacheable:
+        out.setdefault("ttlMs", LIST_TTL_MS)
+        out.setdefault("cacheScope", "private")
+    return out
+
+
+async def announce_tools_changed(ctx: ServerRequestContext[Any], state: _State) -> None:
+    """Tell clients the tool list changed: a handshake-era session by notification, 2026-07-28 listeners by an event
+    on the bus (on a 2026-07-28 request the notification is dropped by the SDK: such clients listen)."""
+    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        await ctx.session.send_tool_list_changed()
+    await state.bus.publish(ToolsListChanged())
+
+
+def _failure(message: str) -> MCPError:
+    """A handler's error that reaches the client with its message in either era (at 2026-07-28 the SDK sends
+    only "Internal server error" for an exception that is not an ``MCPError``)."""
+    return MCPError(types.INTERNAL_ERROR, message)
 
 
 def _text(text: str) -> list[dict[str, Any]]:
@@ -129,23 +177,28 @@ def build_server(
 
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         if hostile_listing:
-            raise ValueError(f"cannot list: {HOSTILE_TEXT}")
+            raise _failure(f"cannot list: {HOSTILE_TEXT}")
         dynamic = [tool(t, "Added at runtime; echoes its arguments.") for t in state.extra_tools]
         listed = [{**t, "description": state.descriptions.get(t["name"], t["description"])} for t in base_tools]
-        return {"tools": listed + weird + many + dynamic}
+        return _complete(ctx, {"tools": listed + weird + many + dynamic}, cacheable=True)
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
         state.calls += 1
+        if ctx.protocol_version:
+            state.protocol_versions.add(ctx.protocol_version)
+        return _complete(ctx, await call(ctx, params))
+
+    async def call(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> dict[str, Any]:
         args = params.arguments or {}
         handler = handlers.get(params.name)
         if handler is None:
             if hostile and params.name == "hostile_text":
                 return {"content": _text(HOSTILE_TEXT), "structuredContent": {"text": HOSTILE_TEXT}}
             if hostile and params.name == "hostile_error":
-                raise ValueError(f"failed: {HOSTILE_TEXT}")
+                raise _failure(f"failed: {HOSTILE_TEXT}")
             if params.name in state.extra_tools or params.name in WEIRD_NAMES or params.name in many_names:
                 return {"content": _text(json.dumps({"tool": params.name, "arguments": args}))}
-            raise ValueError(f"no tool {params.name!r}")
+            raise _failure(f"no tool {params.name!r}")
         return await handler(ctx, args)
 
     async def echo(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
@@ -188,25 +241,26 @@ def build_server(
             "calls": state.calls,
             "cancelled": list(state.cancelled),
             "connections": len(state.clients),
+            "protocol_versions": sorted(state.protocol_versions),
         }
         return {"content": _text(json.dumps(data)), "structuredContent": data}
 
     async def add_tool(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
         new = str(args.get("tool") or f"dynamic_{len(state.extra_tools) + 1}")
         state.extra_tools.append(new)
-        await ctx.session.send_tool_list_changed()
+        await announce_tools_changed(ctx, state)
         return {"content": _text(f"added {new}")}
 
     async def redefine(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
         target, text = str(args.get("tool") or "echo"), str(args.get("description") or "")
         state.descriptions[target] = text
-        await ctx.session.send_tool_list_changed()
+        await announce_tools_changed(ctx, state)
         return {"content": _text(f"{target} is now described as {text!r}")}
 
     async def delete_everything(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
         return {"content": _text("deleted everything (this should never be reachable through the bridge)")}
 
-    handlers: dict[str, Callable[[ServerRequestContext[Any], dict[str, Any]], Awaitable[Any]]] = {
+    handlers: dict[str, Callable[[ServerRequestContext[Any], dict[str, Any]], Awaitable[dict[str, Any]]]] = {
         "echo": echo,
         "add": add,
         "fail": fail,
@@ -220,19 +274,23 @@ def build_server(
     }
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
-        return {"prompts": [{"name": "greet", "description": "Greets someone.", "arguments": [{"name": "who"}]}]}
+        prompts = [{"name": "greet", "description": "Greets someone.", "arguments": [{"name": "who"}]}]
+        return _complete(ctx, {"prompts": prompts}, cacheable=True)
 
     async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
         who = (params.arguments or {}).get("who", "you")
-        return {"messages": [{"role": "user", "content": {"type": "text", "text": f"Hello {who}, from {name}."}}]}
+        text = f"Hello {who}, from {name}."
+        return _complete(ctx, {"messages": [{"role": "user", "content": {"type": "text", "text": text}}]})
 
     readme = f"mem://{name}/readme"
 
     async def list_resources(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
-        return {"resources": [{"uri": readme, "name": f"{name} readme", "mimeType": "text/plain"}]}
+        resources = [{"uri": readme, "name": f"{name} readme", "mimeType": "text/plain"}]
+        return _complete(ctx, {"resources": resources}, cacheable=True)
 
     async def list_templates(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
-        return {"resourceTemplates": [{"uriTemplate": f"mem://{name}/items/{{id}}", "name": "item"}]}
+        templates = [{"uriTemplate": f"mem://{name}/items/{{id}}", "name": "item"}]
+        return _complete(ctx, {"resourceTemplates": templates}, cacheable=True)
 
     async def read_resource(ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
         uri = str(params.uri)
@@ -241,8 +299,8 @@ def build_server(
         elif uri.startswith(f"mem://{name}/items/"):
             text = f"item {uri.rsplit('/', 1)[-1]} of {name}"
         else:
-            raise ValueError(f"no resource {uri}")
-        return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+            raise _failure(f"no resource {uri}")
+        return _complete(ctx, {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}, cacheable=True)
 
     return Server(
         name,
@@ -254,6 +312,7 @@ def build_server(
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
+        on_subscriptions_listen=ListenHandler(state.bus),
     )
 
 
@@ -291,6 +350,65 @@ class CountConnections:
         await self.app(scope, receive, send)
 
 
+class EraGate:
+    """ASGI middleware: narrows an SDK server (which speaks both eras) to one era, answering the other as a server of
+    that one era does (see :data:`ERAS`). ``both`` passes everything."""
+
+    def __init__(self, app: ASGIApp, era: Era) -> None:
+        self.app, self.era = app, era
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.era == "both":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        version = headers.get("mcp-protocol-version")
+        modern = version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS
+        if self.era == "handshake" and modern:
+            # What a 2025 SDK server answers a POST without a session that is not `initialize`.
+            error = {"code": types.INVALID_REQUEST, "message": "Bad Request: Missing session ID"}
+            await _json_reply(send, 400, {"jsonrpc": "2.0", "id": "server-error", "error": error})
+            return
+        if self.era == "modern" and not modern:
+            if scope["method"] != "POST":
+                await _json_reply(send, 405, {"error": "this server speaks only 2026-07-28: no GET stream"})
+                return
+            body = await _read_body(receive)
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                decoded = None
+            message: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
+            params = message.get("params")
+            params = params if isinstance(params, dict) else {}
+            data = {"supported": list(MODERN_PROTOCOL_VERSIONS), "requested": params.get("protocolVersion", version)}
+            error = {
+                "code": types.UNSUPPORTED_PROTOCOL_VERSION,
+                "message": "Unsupported protocol version: this server speaks only "
+                + ", ".join(MODERN_PROTOCOL_VERSIONS),
+                "data": data,
+            }
+            await _json_reply(send, 400, {"jsonrpc": "2.0", "id": message.get("id"), "error": error})
+            return
+        await self.app(scope, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        event: Message = await receive()
+        body += bytes(event.get("body", b""))
+        if not event.get("more_body"):
+            return body
+
+
+async def _json_reply(send: Send, status: int, payload: Any) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def build_app(
     name: str,
     *,
@@ -300,6 +418,7 @@ def build_app(
     echo_delay: float = 0.0,
     hostile: bool = False,
     hostile_listing: bool = False,
+    era: Era = "both",
 ) -> ASGIApp:
     state = _State(name)
     server = build_server(
@@ -312,6 +431,7 @@ def build_app(
         hostile_listing=hostile_listing,
     )
     app: ASGIApp = server.streamable_http_app(host="127.0.0.1")
+    app = EraGate(app, era)
     app = CountConnections(app, state)
     if api_key:
         app = RequireHeader(app, "authorization", f"Bearer {api_key}")
@@ -337,6 +457,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--hostile-listing", action="store_true", help="fail tools/list with terminal control characters in the error"
     )
+    parser.add_argument(
+        "--era",
+        choices=ERAS,
+        default="both",
+        help="the protocol eras it speaks: both (default), modern (2026-07-28 only), handshake (2025-11-25 and older)",
+    )
     parser.add_argument("--extra-tools", type=int, default=0, metavar="N", help="add N tools tool_0001.. (benchmarks)")
     parser.add_argument(
         "--echo-delay", type=float, default=0.0, metavar="SECONDS", help="echo answers after SECONDS (benchmarks)"
@@ -359,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--oauth and --api-key are exclusive")
         if args.extra_tools or args.echo_delay:
             parser.error("--extra-tools and --echo-delay are for the plain server, not --oauth")
+        if args.era != "both":
+            parser.error("--era is for the plain server, not --oauth (which speaks both eras)")
         from mcp_bridge.sandbox.oauth_server import build_oauth_app
 
         app = build_oauth_app(
@@ -377,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
             echo_delay=args.echo_delay,
             hostile=args.hostile,
             hostile_listing=args.hostile_listing,
+            era=args.era,
         )
     anyio.run(serve, app, args.port)
 

@@ -1,8 +1,17 @@
 """One remote MCP server: its supervisor task, its session, reconnects, and the requests sent to it.
 
 Each :class:`Upstream` owns a failure domain. Its supervisor (:meth:`Upstream.run`) connects over streamable HTTP,
-runs the handshake, lists what the server offers, and keeps the session until it breaks; then it reconnects with
-exponential backoff and jitter. The SDK's transport cancels the task that entered it when a POST fails, so only the
+settles the protocol era (:mod:`~mcp_bridge.upstream.era`: the handshake, or 2026-07-28's ``server/discover``),
+lists what the server offers, and keeps the session until it breaks; then it reconnects with exponential backoff and
+jitter.
+
+The two eras are supervised differently. A handshake-era session is kept alive with ``ping`` when idle and hears of
+list changes by notification. A 2026-07-28 server has no session to keep and no ``ping``: changes come on a
+``subscriptions/listen`` stream (re-opened with backoff when lost, and everything re-listed, since nothing is
+replayed), or, from a server that offers no such stream, the lists are fetched again when their ``ttlMs`` runs out.
+At 2026-07-28 the tool list also carries the ``x-mcp-header`` annotations a call must mirror into ``Mcp-Param-*``
+headers: tools whose annotations are invalid are dropped (the protocol requires it), the rest seed the session's
+header maps. The SDK's transport cancels the task that entered it when a POST fails, so only the
 supervisor ever enters it: request senders borrow the session and see errors, never cancellation.
 
 A request is retried only when it certainly never reached the server: the TCP connection could not be made
@@ -19,6 +28,7 @@ same errors.
 from __future__ import annotations
 
 import dataclasses
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -30,17 +40,36 @@ import anyio.to_thread
 import httpx2
 import mcp_types as types
 from mcp.client.session import ClientSession
+from mcp.client.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    SubscriptionLost,
+    ToolsListChanged,
+    listen,
+)
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 
 from mcp_bridge import __version__
 from mcp_bridge.auth import AuthEnv, auth_for
 from mcp_bridge.auth.oauth import LoginCompletedElsewhere
 from mcp_bridge.backoff import Backoff
-from mcp_bridge.config import OAuthAuth, ServerConfig, TimeoutsConfig
+from mcp_bridge.config import OAuthAuth, Protocol, ServerConfig, TimeoutsConfig
 from mcp_bridge.errors import AuthRequired, BridgeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_bridge.governance.catalog import Listing
 from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.upstream.era import (
+    EraStore,
+    Known,
+    Reprobe,
+    Source,
+    discover_of,
+    era_refusal,
+    is_modern,
+    negotiate,
+)
 from mcp_bridge.upstream.http_errors import HTTP_ERROR, explain_not_mcp
 from mcp_bridge.upstream.transport import NOT_SENT, GuardedTransport
 from mcp_bridge.upstream.wire import Wire, call_direct, open_wire, send_raw
@@ -48,6 +77,7 @@ from mcp_bridge.upstream.wire import Wire, call_direct, open_wire, send_raw
 log = get_logger(__name__)
 
 State = Literal["connecting", "connected", "needs_auth", "error", "stopped"]
+ListenState = Literal["active", "none", "lost"]
 ProgressFn = ProgressFnT
 
 
@@ -56,6 +86,16 @@ _LOGIN_POLL_SECONDS = 2.0
 _E = TypeVar("_E", bound=BaseException)
 _KEEPALIVE_SECONDS = 30.0
 _RECYCLE, _TOOLS, _PROMPTS, _RESOURCES = "recycle", "tools", "prompts", "resources"
+_TTL_FLOOR_SECONDS, _TTL_CAP_SECONDS = 10.0, 3600.0
+"""A 2026-07-28 list's ``ttlMs`` as the bridge honours it when no listen stream tells it of changes: re-listed no
+sooner than this floor (a ``ttlMs`` of 0 would mean polling without pause) and no later than the cap."""
+_LISTEN_STEADY_SECONDS = 30.0
+"""A listen stream that stayed up this long resets the backoff of its re-opening."""
+_EVENT_KINDS: dict[type, str] = {
+    ToolsListChanged: _TOOLS,
+    PromptsListChanged: _PROMPTS,
+    ResourcesListChanged: _RESOURCES,
+}
 
 
 _ssl: ssl.SSLContext | None = None
@@ -91,8 +131,23 @@ class Upstream:
         problem: str | None = None,
         auth_env: AuthEnv | None = None,
         on_auth_failure: Callable[[str, str], None] | None = None,
+        eras: EraStore | None = None,
+        protocol: Protocol = "auto",
     ) -> None:
         self._on_auth_failure = on_auth_failure
+        self.eras = eras
+        """Where the era found for each server is remembered (``None``: probe on every connection)."""
+        self.protocol: Protocol = protocol
+        """The era to speak (``auto``: the server's newest, remembered in :attr:`eras`)."""
+        self.era: str | None = None
+        """The protocol version of the last connection (kept while reconnecting)."""
+        self.era_source: Source | None = None
+        self.listen: ListenState = "none"
+        """2026-07-28: whether a ``subscriptions/listen`` stream tells the bridge of list changes."""
+        self.dropped_tools: list[str] = []
+        """2026-07-28: tools left out of the listing because their ``x-mcp-header`` annotations are invalid."""
+        self._expires: dict[str, float] = {}
+        """2026-07-28: when (``anyio.current_time()``) each kind's listing should be fetched again, from its TTL."""
         self.name = name
         self.problem = problem
         self.auth_env = auth_env
@@ -136,6 +191,15 @@ class Upstream:
                     if _find(exc, LoginCompletedElsewhere) is not None:
                         log.info("upstream.login_completed_elsewhere", server=self.name)
                         delay = 0.0
+                    elif (reprobe := _find(exc, Reprobe)) is not None:
+                        log.info(
+                            "upstream.era_reprobe",
+                            server=self.name,
+                            remembered=reprobe.remembered,
+                            refused=f"{reprobe.error.error.code}: {clean(reprobe.error.error.message)}",
+                        )
+                        # Not the end of the attempt for those waiting on it: the connection is made again at once.
+                        delay = 0.0  # once: a probe's outcome is never "remembered", so this cannot repeat
                     elif (needs := _find(exc, AuthRequired)) is not None:
                         self._fail("needs_auth", needs)
                         if self._on_auth_failure is not None:
@@ -194,13 +258,35 @@ class Upstream:
                 message_handler=self._on_message,
                 client_info=types.Implementation(name="mcp-bridge", version=__version__),
             ) as session,
+            anyio.create_task_group() as tasks,
         ):
+            self.listen = "none"
             with connect_scope:
-                init = await session.initialize()
-                listing = await self._fetch_listing(session, _TOOLS, _PROMPTS, _RESOURCES, current=None)
+                url = self.config.endpoint
+                source, known = await negotiate(session, self.name, url, self.protocol, self.eras)
+                version = session.protocol_version
+                if is_modern(version) and (kinds := self._listen_kinds(session)):
+                    # The stream first, then the lists: a change in between is not missed (nothing is replayed).
+                    opened = anyio.Event()
+                    tasks.start_soon(self._listen, session, kinds, opened)
+                    with anyio.move_on_after(t.connect / 2):  # a server slow to acknowledge still gets listed
+                        await opened.wait()
+                try:
+                    listing = await self._fetch_listing(session, _TOOLS, _PROMPTS, _RESOURCES, current=None)
+                except MCPError as exc:
+                    if source == "remembered" and era_refusal(exc, modern=is_modern(version), first=True):
+                        if self.eras is not None:
+                            self.eras.forget(self.name)
+                        raise Reprobe(self.name, version or "?", exc) from None
+                    raise
             if connect_scope.cancelled_caught:
                 raise TimeoutError
-            self.server_info = init.server_info.model_dump(mode="json", exclude_none=True)
+            if source == "probed" and self.eras is not None and version is not None:
+                self.eras.remember(self.name, url, version, discover_of(session))
+            self.era, self.era_source = version, source
+            log.info("upstream.era", server=self.name, era=version, source=source)
+            info = session.server_info
+            self.server_info = info.model_dump(mode="json", exclude_none=True) if info is not None else None
             self._session, self._wire = session, wire
             self.listing = listing
             self.connected_since = time.time()
@@ -210,30 +296,187 @@ class Upstream:
             self._end_attempt()
             self._on_listing(self.name, listing)
             try:
-                await self._serve(session)
+                await self._serve(session, known)
             finally:
                 self._withdraw()  # before the transport closes (which takes a round trip): see _withdraw
+                tasks.cancel_scope.cancel()
 
-    async def _serve(self, session: ClientSession) -> None:
-        """Wait for signals: re-list on upstream ``list_changed``, return on recycle; ping when idle."""
+    async def _serve(self, session: ClientSession, known: Known | None) -> None:
+        """Keep the connection until a recycle: re-list when told of changes, and per era (see the module)."""
         self._pending.discard(_RECYCLE)  # a recycle asked of an earlier session is done
+        modern = is_modern(session.protocol_version)
+        async with anyio.create_task_group() as tasks:
+            if modern and known is not None:
+                tasks.start_soon(self._check_discover, session, known)
+            try:
+                await self._serve_loop(session, modern)
+            finally:
+                tasks.cancel_scope.cancel()
+
+    async def _serve_loop(self, session: ClientSession, modern: bool) -> None:
+        """Wait for signals: re-list on upstream list changes, return on recycle; when idle, ping (handshake era)
+        or re-list what the TTL says is stale (2026-07-28 without a listen stream)."""
         while True:
             if not self._pending:
-                with anyio.move_on_after(_KEEPALIVE_SECONDS) as idle:
+                wait = self._until_stale() if modern else _KEEPALIVE_SECONDS
+                with anyio.move_on_after(wait) as idle:
                     await self._wake.wait()
                 self._wake = anyio.Event()
                 if idle.cancelled_caught:
-                    await self._keepalive(session)
-                    continue
+                    if not modern:
+                        await self._keepalive(session)
+                        continue
+                    self._pending |= self._stale_kinds()
             kinds, self._pending = self._pending, set()  # a burst of notifications becomes one re-list
             if _RECYCLE in kinds:
                 log.info("upstream.recycle", server=self.name)
                 return
-            assert self.listing is not None
+            if not kinds:
+                continue  # woken to look again (a listen stream opened or was lost)
+            await self._relist(session, *kinds)
+
+    async def _relist(self, session: ClientSession, *kinds: str) -> None:
+        assert self.listing is not None
+        with anyio.fail_after(self.timeouts.connect):
+            self.listing = await self._fetch_listing(session, *kinds, current=self.listing)
+        log.info("upstream.relisted", server=self.name, kinds=sorted(kinds), tools=len(self.listing.tools))
+        self._on_listing(self.name, self.listing)
+
+    # ----------------------------------------------------------------- 2026-07-28
+
+    @staticmethod
+    def _listen_kinds(session: ClientSession) -> set[str]:
+        """The lists whose changes the server offers to tell on a listen stream (its ``listChanged`` flags)."""
+        caps = session.server_capabilities
+        if caps is None:
+            return set()
+        offered = {_TOOLS: caps.tools, _PROMPTS: caps.prompts, _RESOURCES: caps.resources}
+        return {kind for kind, cap in offered.items() if cap is not None and cap.list_changed}
+
+    async def _listen(self, session: ClientSession, kinds: set[str], opened: anyio.Event) -> None:
+        """Hold a ``subscriptions/listen`` stream open; its events re-list like notifications do. A stream lost is
+        opened again with backoff, and everything re-listed once it is (events are not replayed). A server that
+        refuses the request outright has no stream to offer: its lists are re-fetched by their TTL instead.
+        ``opened`` is set once the first stream is acknowledged, or has failed."""
+        backoff = Backoff(initial=1.0, cap=60.0)
+        while True:
+            since = anyio.current_time()
+            try:
+                async with listen(
+                    session,
+                    tools_list_changed=_TOOLS in kinds,
+                    prompts_list_changed=_PROMPTS in kinds,
+                    resources_list_changed=_RESOURCES in kinds,
+                ) as subscription:
+                    self._set_listen("active")
+                    if opened.is_set():
+                        for kind in kinds:
+                            self._signal(kind)
+                    opened.set()
+                    async for event in subscription:
+                        changed = _EVENT_KINDS.get(type(event))
+                        if changed is not None:
+                            self._signal(changed)
+                reason = "ended by the server"
+            except SubscriptionLost as exc:
+                reason = str(exc)
+            except MCPError as exc:
+                if not opened.is_set():
+                    log.info("upstream.listen_refused", server=self.name, error=clean(exc.error.message))
+                    self._set_listen("none")
+                    opened.set()
+                    return
+                reason = exc.error.message
+            except TimeoutError:
+                reason = "no acknowledgment"
+            self._set_listen("lost")
+            opened.set()  # the connection goes on without it for now
+            if anyio.current_time() - since >= _LISTEN_STEADY_SECONDS:
+                backoff.reset()
+            delay = backoff.next()
+            log.info("upstream.listen_lost", server=self.name, reason=clean(reason), again_in=round(delay, 2))
+            await anyio.sleep(delay)
+
+    def _set_listen(self, state: ListenState) -> None:
+        self.listen = state
+        self._wake.set()  # the serve loop looks again at whether TTLs are due
+
+    def _until_stale(self) -> float:
+        """Seconds until a listing's TTL runs out (infinite while a listen stream reports changes)."""
+        if self.listen == "active" or not self._expires:
+            return math.inf
+        return max(0.0, min(self._expires.values()) - anyio.current_time())
+
+    def _stale_kinds(self) -> set[str]:
+        if self.listen == "active":
+            return set()
+        now = anyio.current_time()
+        return {kind for kind, at in self._expires.items() if at <= now}
+
+    def _note_ttl(self, kind: str, ttls: list[float]) -> None:
+        """Remember when a 2026-07-28 listing (all its pages) goes stale: its smallest ``ttlMs``, clamped."""
+        if not ttls:
+            self._expires.pop(kind, None)
+            return
+        seconds = min(max(min(ttls) / 1000.0, _TTL_FLOOR_SECONDS), _TTL_CAP_SECONDS)
+        self._expires[kind] = anyio.current_time() + seconds
+
+    async def _check_discover(self, session: ClientSession, known: Known) -> None:
+        """With a remembered 2026-07-28 era, ask ``server/discover`` again in the background: a server that no
+        longer speaks it is probed afresh, and changed capabilities are remembered and adopted by reconnecting."""
+        version = session.protocol_version
+        assert version is not None
+        try:
             with anyio.fail_after(self.timeouts.connect):
-                self.listing = await self._fetch_listing(session, *kinds, current=self.listing)
-            log.info("upstream.relisted", server=self.name, kinds=sorted(kinds), tools=len(self.listing.tools))
-            self._on_listing(self.name, self.listing)
+                raw = await session.send_discover(version)
+            result = types.DiscoverResult.model_validate(raw)
+        except MCPError as exc:
+            if era_refusal(exc, modern=True, first=False):
+                log.info("upstream.era_changed", server=self.name, remembered=version, error=clean(exc.error.message))
+                if self.eras is not None:
+                    self.eras.forget(self.name)
+                self.request_recycle(session)
+            return
+        except (TimeoutError, ValueError):  # no answer, or not a discover result: the memory stays as it is
+            return
+        fresh = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        old = known.discover or {}
+        if all(fresh.get(k) == old.get(k) for k in ("capabilities", "supportedVersions")):
+            return
+        log.info("upstream.discover_changed", server=self.name)
+        if self.eras is not None:
+            self.eras.remember(self.name, self.config.endpoint, version, fresh)
+        self.request_recycle(session)
+
+    def _absorb_tools(self, session: ClientSession, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A 2026-07-28 tool listing as the protocol has a client take it: tools with an invalid ``x-mcp-header``
+        annotation dropped, the others' annotations kept in the session, which mirrors them into ``Mcp-Param-*``
+        headers on each call (what ``ClientSession.list_tools`` does, on the raw listing the bridge passes on)."""
+        if not is_modern(session.protocol_version):
+            self.dropped_tools = []
+            return tools
+        maps = getattr(session, "_x_mcp_header_maps", None)  # SDK internals (tests/test_upstream_eras.py)
+        kept: list[dict[str, Any]] = []
+        dropped: list[str] = []
+        for tool in tools:
+            name, schema = tool.get("name"), tool.get("inputSchema")
+            reason = find_invalid_x_mcp_header(schema)
+            if reason is not None:
+                dropped.append(str(name))
+                if str(name) not in self.dropped_tools:
+                    log.warning("upstream.tool_dropped", server=self.name, tool=clean(str(name)), reason=clean(reason))
+                continue
+            kept.append(tool)
+            if isinstance(maps, dict) and isinstance(name, str):
+                maps[name] = x_mcp_header_map(schema)
+        if isinstance(maps, dict):
+            names = {t.get("name") for t in kept}
+            for stale in [n for n in maps if n not in names]:
+                del maps[stale]
+        self.dropped_tools = sorted(dropped)
+        return kept
+
+    # ----------------------------------------------------------------- handshake era
 
     async def _keepalive(self, session: ClientSession) -> None:
         try:
@@ -251,6 +494,9 @@ class Upstream:
             log.debug("upstream.transport_event", server=self.name, error=f"{type(message).__name__}: {message}")
             return
         root = getattr(message, "root", message)
+        meta = getattr(getattr(root, "params", None), "meta", None)
+        if isinstance(meta, dict) and SUBSCRIPTION_ID_META_KEY in meta:
+            return  # an event of a listen stream: _listen has it
         if isinstance(root, types.ToolListChangedNotification):
             self._signal(_TOOLS)
         elif isinstance(root, types.PromptListChangedNotification):
@@ -265,17 +511,28 @@ class Upstream:
     async def _fetch_listing(self, session: ClientSession, *kinds: str, current: Listing | None) -> Listing:
         caps = session.server_capabilities
         out = dataclasses.replace(current) if current else Listing()
+        ttls: dict[str, list[float]] = {kind: [] for kind in kinds}
         if _TOOLS in kinds:
-            out.tools = await self._paged(session, "tools/list", "tools") if caps and caps.tools else []
+            tools = await self._paged(session, "tools/list", "tools", ttls[_TOOLS]) if caps and caps.tools else []
+            out.tools = self._absorb_tools(session, tools)
         if _PROMPTS in kinds:
-            out.prompts = await self._paged(session, "prompts/list", "prompts") if caps and caps.prompts else []
+            has = bool(caps and caps.prompts)
+            out.prompts = await self._paged(session, "prompts/list", "prompts", ttls[_PROMPTS]) if has else []
         if _RESOURCES in kinds:
             has = bool(caps and caps.resources)
-            out.resources = await self._paged(session, "resources/list", "resources") if has else []
-            out.templates = await self._paged(session, "resources/templates/list", "resourceTemplates") if has else []
+            out.resources = await self._paged(session, "resources/list", "resources", ttls[_RESOURCES]) if has else []
+            out.templates = (
+                await self._paged(session, "resources/templates/list", "resourceTemplates", ttls[_RESOURCES])
+                if has
+                else []
+            )
+        if is_modern(session.protocol_version):
+            for kind, seen in ttls.items():
+                self._note_ttl(kind, seen)
         return out
 
-    async def _paged(self, session: ClientSession, method: str, key: str) -> list[dict[str, Any]]:
+    async def _paged(self, session: ClientSession, method: str, key: str, ttls: list[float]) -> list[dict[str, Any]]:
+        """Every page of a list; the ``ttlMs`` of each (2026-07-28) is added to ``ttls``."""
         request_type: Any = {
             "tools/list": types.ListToolsRequest,
             "prompts/list": types.ListPromptsRequest,
@@ -288,6 +545,8 @@ class Upstream:
             params = {"cursor": cursor} if cursor else None
             raw = await send_raw(session, request_type.model_validate({"method": method, "params": params}))
             items.extend(x for x in raw.get(key) or [] if isinstance(x, dict))
+            if isinstance(ttl := raw.get("ttlMs"), int | float) and not isinstance(ttl, bool):
+                ttls.append(float(ttl))
             cursor = raw.get("nextCursor")
             if not cursor:
                 return items
@@ -414,6 +673,7 @@ class Upstream:
         not be delivered (or was lost in flight), and :class:`UpstreamTimeout` when no answer came in ``timeout``.
         """
         timeout = self.timeouts.call if call_timeout is None else call_timeout
+        relisted = False
         for attempt in range(3):
             session = await self._wait_session()
             wire = self._wire if self._session is session else None
@@ -425,6 +685,32 @@ class Upstream:
                 )
             except MCPError as exc:
                 code = exc.error.code
+                modern = is_modern(session.protocol_version)
+                if era_refusal(exc, modern=modern, first=False):
+                    # Refused for its era before it ran (the server was upgraded or rolled back): find out the
+                    # server's era afresh and send it again.
+                    log.info(
+                        "upstream.era_refused",
+                        server=self.name,
+                        era=session.protocol_version,
+                        error=clean(exc.error.message),
+                    )
+                    if self.eras is not None:
+                        self.eras.forget(self.name)
+                    self.request_recycle(session)
+                    continue
+                if (
+                    code == types.HEADER_MISMATCH
+                    and modern
+                    and not relisted
+                    and isinstance(request, types.CallToolRequest)
+                ):
+                    # The call's Mcp-Param-* headers do not match the tool as the server has it now: the spec's
+                    # recovery is to list the tools again (new annotations) and send the call once more.
+                    relisted = True
+                    log.info("upstream.header_mismatch", server=self.name, tool=clean(request.params.name))
+                    await self._relist(session, _TOOLS)
+                    continue
                 if code == NOT_SENT or _session_gone(exc):
                     # Never reached the server (no connection), or the server rejected the session before running
                     # the request: reconnect and try again.
@@ -454,6 +740,10 @@ class Upstream:
             "connected_since": self.connected_since,
             "server_info": self.server_info,
             "token_expires_at": self.token_expires_at(),
+            "era": self.era,
+            "era_source": self.era_source,
+            "listen": self.listen,
+            "dropped_tools": list(self.dropped_tools),
         }
 
 
