@@ -229,9 +229,11 @@ async def bridge_client(
     notifications: Notifications | None = None,
     stderr_path: Path | None = None,
     mode: str | None = None,
+    **client_options: Any,
 ) -> AsyncIterator[Client]:
     """Spawn ``mcp-bridge serve`` and connect to it as an IDE would, over stdio, in ``mode`` (default
-    :data:`ide_mode`). With ``notifications`` in the modern era, a listen stream feeds them."""
+    :data:`ide_mode`). With ``notifications`` in the modern era, a listen stream feeds them. ``client_options``: more
+    of the SDK ``Client``'s options (say, the callbacks that declare elicitation, sampling or roots)."""
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_bridge", "serve", "--config", str(config)],
@@ -245,6 +247,7 @@ async def bridge_client(
             mode=mode or ide_mode,  # type: ignore[arg-type]
             message_handler=notifications,
             client_info=types.Implementation(name="pytest-ide", version="1.0"),
+            **client_options,
         ) as client:
             if notifications is None or not is_modern(client):
                 yield client

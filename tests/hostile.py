@@ -253,7 +253,7 @@ class LimitBody:
 
 
 @asynccontextmanager
-async def serving(*states: Hostile | Canned, body_limit: int | None = None) -> AsyncIterator[None]:
+async def serving(*states: Any, body_limit: int | None = None) -> AsyncIterator[None]:
     """Serve each scripted server on its port (chosen when it was made, so a config can name it before it runs, and
     the same server can be served again later). ``body_limit``: scripted servers answer 413 to larger requests."""
     import uvicorn
@@ -267,7 +267,9 @@ async def serving(*states: Hostile | Canned, body_limit: int | None = None) -> A
                 app = _Recorder(EraGate(app, state.era), state)
                 if body_limit is not None:
                     app = LimitBody(app, body_limit)
-            lifespan = "on" if isinstance(state, Hostile) else "off"
+            elif hasattr(state, "app"):  # another scripted SDK server (asking.py)
+                app = state.app()
+            lifespan = "off" if isinstance(state, Canned) else "on"
             config = uvicorn.Config(
                 app,
                 host="127.0.0.1",

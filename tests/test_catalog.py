@@ -237,3 +237,29 @@ async def test_a_uri_two_servers_list_reaches_each_in_its_per_server_form(tmp_pa
         with pytest.raises(MCPError):  # the per-server form reaches only what that server claims
             await read(client, "mcp-bridge://a/other://1")
         assert a.reads == [readme, "same://1"] and b.reads == [readme, "same://1", "notes://1"]
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+
+
+async def test_a_tool_that_requires_tasks_is_not_offered_and_status_says_why(tmp_path: Path) -> None:
+    """The SDK has no tasks support: a tool callable only as a task is kept out of the list and refused by name,
+    with the reason in ``status`` (not offered, then failed)."""
+    research = {**tool("research", "Long research."), "execution": {"taskSupport": "required"}}
+    optional = {**tool("quick", "Either way."), "execution": {"taskSupport": "optional"}}
+    hostile = Hostile("h", tools=[research, optional])
+    home = tmp_path / "home"
+    # Tasks are a 2025-11-25 feature: at 2026-07-28 a server does not declare execution.taskSupport at all.
+    cfg = write_config(tmp_path / "config.yaml", {"h": {**hostile.server_config(), "protocol": "legacy"}})
+    async with serving(hostile):
+        async with bridge_client(cfg, home) as client:
+            assert [t["name"] for t in await listed_tools(client)] == ["h__quick"]
+            with pytest.raises(MCPError) as denied:
+                await raw_call(client, "h__research")
+            assert "task-augmented execution" in denied.value.error.message
+            assert (await raw_call(client, "h__quick"))["content"][0]["text"] == "h ran quick"
+        status = await cli(home, cfg, "status")
+        rows = json.loads((await cli(home, cfg, "status", "--json")).stdout)["servers"]
+    assert list(rows[0]["unusable_tools"]) == ["h__research"]
+    assert "not offered: h__research: needs task-augmented execution" in status.stdout
+    assert [name for name, _ in hostile.calls] == ["quick"]

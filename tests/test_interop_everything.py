@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
+import mcp_types as types
 import pytest
 import yaml
 from mcp import Client, StdioServerParameters
@@ -97,3 +99,63 @@ async def test_everything_through_bridge(everything_url: str, tmp_path: Path) ->
             expected = {f"{PREFIX}{name}" for name in (ECHO, GET_SUM, LONG_RUNNING)}
             assert expected <= names, sorted(names)
             await _exercise(client, prefix=PREFIX)
+
+
+ROOT = "file:///work/interop-project"
+
+
+def _texts(result: CallToolResult) -> str:
+    assert not result.is_error, result
+    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+
+
+async def _elicit(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"name": "Ada Lovelace", "check": True})
+
+
+async def _sample(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text="sampled by the IDE"), model="ide-model"
+    )
+
+
+async def _roots(ctx: Any) -> types.ListRootsResult:
+    return types.ListRootsResult(roots=[types.Root(uri=ROOT, name="project")])
+
+
+INPUTS: dict[str, Any] = {"elicitation_callback": _elicit, "sampling_callback": _sample, "list_roots_callback": _roots}
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_everything_asks_the_ide_through_the_bridge(everything_url: str, tmp_path: Path, mode: str) -> None:
+    """The IDE's capabilities reach server-everything (its elicitation, sampling and roots tools are listed as they
+    are to the IDE directly, less the tools that need tasks), and its requests for input cross the bridge to the
+    IDE in either era."""
+    config = tmp_path / "config.yaml"
+    server = {"url": everything_url, "allowed_tools": ["*"], "auth": {"type": "none"}, "allow_sampling": True}
+    config.write_text(yaml.safe_dump({"servers": {SERVER: server}}), encoding="utf-8")
+    bridge = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_bridge", "serve", "--config", str(config)],
+        env={"MCP_BRIDGE_HOME": str(tmp_path / "home")},
+        cwd=tmp_path,
+    )
+    with anyio.fail_after(DEADLINE):
+        async with Client(everything_url, mode="legacy", **INPUTS) as direct:
+            listed = (await direct.list_tools()).tools
+        needs_tasks = {t.name for t in listed if t.execution is not None and t.execution.task_support == "required"}
+        assert "simulate-research-query" in needs_tasks
+        async with Client(bridge, mode=mode, **INPUTS) as client:  # type: ignore[arg-type]
+            names = await _tool_names(client)
+            assert names == {PREFIX + t.name for t in listed} - {PREFIX + n for n in needs_tasks}, sorted(names)
+            elicited = _texts(await client.call_tool(f"{PREFIX}trigger-elicitation-request", {}))
+            sampled = _texts(
+                await client.call_tool(f"{PREFIX}trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
+            )
+            rooted = _texts(await client.call_tool(f"{PREFIX}get-roots-list", {}))
+    assert "User provided the requested information" in elicited and "Ada Lovelace" in elicited
+    assert "sampled by the IDE" in sampled
+    if mode == "legacy":  # server-everything asks for the roots when it starts, outside any call
+        assert ROOT in rooted
+    else:  # a 2026-07-28 IDE can only be asked within its own requests: the server starts without roots
+        assert "no roots are currently configured" in rooted

@@ -39,10 +39,11 @@ from mcp_bridge.governance.allowlist import (
     changes,
     loading_from_port,
 )
-from mcp_bridge.governance.catalog import CACHE_FILE, Catalog, CatalogCache, Listing, ToolEntry
+from mcp_bridge.governance.catalog import CACHE_FILE, NEEDS_TASKS, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.governance.pins import Pins, Verdict
 from mcp_bridge.logs import get_logger
 from mcp_bridge.upstream.era import ERAS_FILE, EraStore
+from mcp_bridge.upstream.inputs import Gate, InputNote, Offer
 from mcp_bridge.upstream.supervisor import ProgressFn, Upstream, describe_error, error_text
 
 log = get_logger(__name__)
@@ -64,10 +65,13 @@ class Bridge:
         audit: AuditTrail | None = None,
         auth_env: AuthEnv | None = None,
         initial: Allowlist | None = None,
+        ide_capabilities: types.ClientCapabilities | None = None,
     ) -> None:
         """``initial``: what the source offers at once, when the caller already asked
         (:func:`~mcp_bridge.governance.allowlist.initial_allowlist`, which ``serve`` needs before this module is
-        imported); otherwise (and while it is ``None``) the source is asked."""
+        imported); otherwise (and while it is ``None``) the source is asked. ``ide_capabilities``: what the IDE
+        declared, when known before the servers connect (``serve`` read its first request early); the servers are
+        offered those input capabilities (:mod:`mcp_bridge.upstream.inputs`)."""
         self.settings = loaded.settings
         self.home = home
         self._given_source = source
@@ -88,6 +92,7 @@ class Bridge:
         self._changes_recv: MemoryObjectReceiveStream[set[str]]
         self._changes_send, self._changes_recv = anyio.create_memory_object_stream[set[str]](64)
         self.client_name: str | None = None
+        self.ide_capabilities = ide_capabilities
         self._first_load = anyio.Event()
         self._allowlist_known = False  # an allowlist the user had (a cache or an answer), so a difference is a change
         self._rebuild_scheduled = False
@@ -178,6 +183,28 @@ class Bridge:
                 await self._refresh_now.wait()
             self._refresh_now = anyio.Event()
 
+    def _gate(self, name: str, server: ServerConfig) -> Gate:
+        """How ``name``'s requests for input reach the IDE: what the IDE declared, sampling only where allowed."""
+        return Gate(name, Offer.of(self.ide_capabilities, allow_sampling=server.allow_sampling), self._on_input)
+
+    def _on_input(self, note: InputNote) -> None:
+        """Audit a server's request for input, with the original name of the tool in flight (when it is a tool)."""
+        tool = next(
+            (e.original for e in self.catalog.entries() if (e.exposed, e.server) == (note.subject, note.server)), None
+        )
+        self.audit.input(note, tool=tool)
+
+    def declare_ide_capabilities(self, capabilities: types.ClientCapabilities | None) -> None:
+        """The IDE's declared capabilities, as its session tells them; a server offered something else so far gets a
+        new session offering these (the handshake era fixes a session's capabilities)."""
+        if capabilities == self.ide_capabilities:
+            return
+        self.ide_capabilities = capabilities
+        for name, upstream in self.upstreams.items():
+            if self._gate(name, upstream.config).offer != upstream.gate.offer:
+                log.info("bridge.offer_changed", server=name)
+                upstream.request_recycle()
+
     def _auth_failed(self, server: str, reason: str) -> None:
         self.audit.note("auth_failure", server=server, status="Failed", error=reason)
 
@@ -231,6 +258,7 @@ class Bridge:
                 on_auth_failure=self._auth_failed,
                 eras=self.eras,
                 protocol=self.settings.upstream_protocol(server),
+                gate=self._gate,
             )
             self.upstreams[name] = upstream
             scope = anyio.CancelScope()
@@ -383,8 +411,10 @@ class Bridge:
         *,
         meta: Mapping[str, Any] | None = None,
         progress: ProgressFn | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Route, check, forward, and audit one tool call; returns the upstream's raw result.
+        """Route, check, forward, and audit one tool call; returns the upstream's raw result. ``inputs``: a
+        2026-07-28 IDE's answers to the server's input requests (``inputResponses``, ``requestState``), verbatim.
 
         The audit event is on disk before the call leaves (``In Progress``) and again, final, before the result is
         returned: each a small local commit, so a killed bridge loses no call the IDE saw answered. A spool that
@@ -413,6 +443,7 @@ class Bridge:
             # Never the protocol's own keys (an IDE's envelope): the session stamps the bridge's own on each request.
             if meta and (kept := {k: v for k, v in meta.items() if not str(k).startswith(RESERVED_META)}):
                 params["_meta"] = kept
+            params.update(inputs or {})
             request = types.CallToolRequest.model_validate({"method": "tools/call", "params": params})
             result = await upstream.request(request, progress=progress)
             event.status = "Failed" if result.get("isError") else "Completed"
@@ -485,19 +516,24 @@ class Bridge:
         listings = self.catalog.listings()
         return [u for n, u in self.upstreams.items() if u.listing is None and n not in listings]
 
-    async def get_prompt(self, exposed: str, arguments: Mapping[str, str] | None) -> dict[str, Any]:
+    async def get_prompt(
+        self, exposed: str, arguments: Mapping[str, str] | None, *, inputs: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         server, original = await self._route("prompt", exposed, self.catalog.route_prompt)
         params: dict[str, Any] = {"name": original}
         if arguments is not None:
             params["arguments"] = dict(arguments)
+        params.update(inputs or {})
         request = types.GetPromptRequest.model_validate({"method": "prompts/get", "params": params})
         return await self._upstream(server).request(request)
 
-    async def read_resource(self, uri: str) -> dict[str, Any]:
+    async def read_resource(self, uri: str, *, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Read a resource from the server its URI routes to; a URI the IDE knows in the per-server form
         (``mcp-bridge://server/...``) is sent as the server listed it, and comes back in the form the IDE asked."""
         server, sent = await self._route("resource", uri, self.catalog.route_resource)
-        request = types.ReadResourceRequest.model_validate({"method": "resources/read", "params": {"uri": sent}})
+        request = types.ReadResourceRequest.model_validate(
+            {"method": "resources/read", "params": {"uri": sent, **(inputs or {})}}
+        )
         result = await self._upstream(server).request(request)
         contents = result.get("contents")
         if sent != uri and isinstance(contents, list):
@@ -530,7 +566,9 @@ class Bridge:
             row = upstream.status()
             row["tools_allowed"], row["tools_offered"] = allowed, offered
             row["tools_listed_from_cache"] = upstream.listing is None and name in self._cached
-            row["blocked_tools"] = sorted(e.exposed for e in self.catalog.entries() if e.server == name and e.blocked)
+            mine = [e for e in self.catalog.entries() if e.server == name]
+            row["blocked_tools"] = sorted(e.exposed for e in mine if e.blocked)
+            row["unusable_tools"] = {e.exposed: e.denial for e in mine if e.denial == NEEDS_TASKS}
             rows.append(row)
         return rows
 
@@ -548,14 +586,16 @@ async def _first_of(waits: Iterable[Callable[[], Awaitable[None]]]) -> None:
 
 
 def _same_connection(new: ServerConfig | None, old: ServerConfig | None) -> bool:
-    """Whether a server can keep its session across an allowlist change (only its tool filter changed)."""
+    """Whether a server can keep its session across an allowlist change (only its tool filter changed; the
+    capabilities it is offered depend on ``allow_sampling``)."""
     if new is None or old is None:
         return False
-    return (new.url, new.auth, new.allow_insecure_http, new.protocol) == (
+    return (new.url, new.auth, new.allow_insecure_http, new.protocol, new.allow_sampling) == (
         old.url,
         old.auth,
         old.allow_insecure_http,
         old.protocol,
+        old.allow_sampling,
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -29,6 +29,9 @@ from mcp_bridge.audit.spoolcheck import SPOOL_FILE, spools
 from mcp_bridge.config import Settings
 from mcp_bridge.errors import AuditUnavailable
 from mcp_bridge.logs import clean, enabled_for, get_logger, open_private
+
+if TYPE_CHECKING:
+    from mcp_bridge.upstream.inputs import InputNote
 
 log = get_logger("mcp_bridge.audit")
 
@@ -41,6 +44,7 @@ EVENT_KINDS = (
     "allowlist_change",
     "tool_definition_changed",
     "tool_pin_approved",
+    "input_request",
 )
 """Every ``event_type`` an event can have (the audit blueprint in README enumerates exactly these)."""
 _SECRET_KEY = re.compile(
@@ -257,6 +261,25 @@ class AuditTrail:
         )
         # A spool that cannot take it: the event is in the log (``audit.unrecorded``); what it records happened
         # already (a login, an allowlist change), so nothing is refused for it.
+        with contextlib.suppress(AuditUnavailable):
+            self.end(event)
+
+    def input(self, note: InputNote, tool: str | None = None) -> None:
+        """A server's request for input (elicitation, sampling, roots) during a call: who asked, for what call, of
+        which kind and how it ended; its content (the request and the IDE's answer) only with ``audit.arguments:
+        full``. ``tool``: the original name of the tool called (``note.subject`` is the name the IDE used)."""
+        now = time.time()
+        event = Event(
+            kind="input_request",
+            status=note.status,
+            server=note.server,
+            tool=tool,
+            exposed_name=note.subject,
+            arguments={"request": note.request, "response": note.response} if self.policy == "full" else None,
+            detail=note.detail,
+            asked_at=now,
+            replied_at=now,
+        )
         with contextlib.suppress(AuditUnavailable):
             self.end(event)
 

@@ -47,6 +47,9 @@ async def status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
         table.append([r["server"], r["state"], tools, r["url"], token, r["last_error"] or ""])
     print_table(table)
+    for r in rows:
+        for name, why in sorted((r.get("unusable_tools") or {}).items()):
+            out(f"not offered: {name}: {why}")
     blocked = [name for r in rows for name in r.get("blocked_tools", [])]
     if blocked:
         out(f"blocked, their definition changed since approval: {', '.join(blocked)}")

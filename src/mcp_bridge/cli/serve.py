@@ -107,7 +107,9 @@ async def _serve(
         log.info("serve.login_in_headless_browser", server=server)
 
     auth_env = AuthEnv.for_serve(loaded.settings, home, announce=logged_only if headless_browser else None)
-    bridge = Bridge(loaded, home, initial=allowlist, auth_env=auth_env)
+    bridge = Bridge(
+        loaded, home, initial=allowlist, auth_env=auth_env, ide_capabilities=_declared(early.client_capabilities)
+    )
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
@@ -115,6 +117,19 @@ async def _serve(
         tg.cancel_scope.cancel()
     log.info("serve.stop")
     return 0
+
+
+def _declared(capabilities: dict[str, Any] | None) -> Any:
+    """The IDE's capabilities from its first line, as the SDK's model (``None`` when unknown or not valid)."""
+    import mcp_types as types
+    from pydantic import ValidationError
+
+    if capabilities is None:
+        return None
+    try:
+        return types.ClientCapabilities.model_validate(capabilities, by_name=False)
+    except ValidationError:
+        return None
 
 
 async def _handle_signals(scope: anyio.CancelScope, bridge: Any) -> None:

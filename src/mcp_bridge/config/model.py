@@ -138,6 +138,9 @@ class ServerConfig(_Model):
     """The era to speak to this server; ``None``: ``protocol.upstream``."""
 
     _protocol_choice = field_validator("protocol", mode="before")(protocol_choice)
+    allow_sampling: bool = False
+    """Let this server ask the IDE's model for completions (``sampling/createMessage``): off by default, since it
+    spends the user's model on the server's prompts."""
 
     @field_validator("tool_pins")
     @classmethod
@@ -211,6 +214,7 @@ class PortFields(_Model):
     oauth_config: str = "oauth_config"
     description: str = "description"
     tool_pins: str = "tool_pins"
+    allow_sampling: str = "allow_sampling"
 
 
 class PortApproval(_Model):

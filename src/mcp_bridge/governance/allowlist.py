@@ -106,6 +106,8 @@ def changes(old: Allowlist, new: Allowlist) -> list[tuple[str | None, str]]:
                 out.append((name, f"server {name} changed its connection settings"))
             if sorted(a.allowed_tools or []) != sorted(b.allowed_tools or []):
                 out.append((name, f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}"))
+            if a.allow_sampling != b.allow_sampling:
+                out.append((name, f"server {name} sampling {'allowed' if b.allow_sampling else 'no longer allowed'}"))
     if old.failed_closed != new.failed_closed:
         out.append((None, "allowlist failed closed" if new.failed_closed else "allowlist trusted again"))
     return out
@@ -324,9 +326,13 @@ def _server_from_entity(
     pins = props.get(fields.tool_pins)
     if pins is not None and not (isinstance(pins, dict) and all(isinstance(v, str) for v in pins.values())):
         raise _Skip(f"property {fields.tool_pins!r} is not an object of tool name → fingerprint")
+    sampling = props.get(fields.allow_sampling)
+    if sampling is not None and not isinstance(sampling, bool):
+        problem = problem or f"property {fields.allow_sampling!r} is not true or false; sampling stays off"
     data = {
         "url": url,
         "allowed_tools": tools,
+        "allow_sampling": sampling is True,
         "auth": auth,
         "allow_insecure_http": bool(local and local.allow_insecure_http),
         "protocol": local.protocol if local else None,

@@ -77,6 +77,21 @@ def duplicate_reason(count: int) -> str:
     )
 
 
+NEEDS_TASKS = (
+    "needs task-augmented execution (execution.taskSupport: required), which the bridge cannot drive: the MCP SDK "
+    "it is built on (mcp 2.3) has no tasks support"
+)
+"""Why a tool that requires tasks is not offered (it would only fail when called)."""
+
+
+def needs_tasks(tool: Mapping[str, Any]) -> str | None:
+    """:data:`NEEDS_TASKS` for a tool that can only be called as a task, else ``None``."""
+    execution = tool.get("execution")
+    if isinstance(execution, dict) and execution.get("taskSupport") == "required":
+        return NEEDS_TASKS
+    return None
+
+
 @dataclass(frozen=True)
 class ToolEntry:
     exposed: str
@@ -223,7 +238,7 @@ class Catalog:
                 else:
                     definition = {**tool, "name": exposed}
                 self._definitions[(server, original)] = (tool, exposed, definition)
-                denial = self._allowlist.denial(server, original, exposed)
+                denial = self._allowlist.denial(server, original, exposed) or needs_tasks(tool)
                 if original in duplicated:
                     pin: str | None = duplicate_reason(duplicated[original])
                 else:
@@ -285,7 +300,7 @@ class Catalog:
         if entry is None:
             raise UnknownName("tool", exposed)
         denial = self._allowlist.denial(entry.server, entry.original, exposed)
-        if denial is None and entry.blocked:  # its definition no longer matches its pin
+        if denial is None and (entry.blocked or entry.denial == NEEDS_TASKS):  # changed since pinned; needs tasks
             denial = entry.denial
         if denial is not None:
             raise PolicyDenied(exposed, denial, server=entry.server, tool=entry.original)

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import mcp_types as types
+
     from mcp_bridge.audit.trail import AuditTrail
     from mcp_bridge.config import Settings
     from mcp_bridge.governance.catalog import Catalog
@@ -51,8 +53,15 @@ class Backend(Protocol):
         *,
         meta: Mapping[str, Any] | None = None,
         progress: ProgressFn | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
-    async def get_prompt(self, exposed: str, arguments: Mapping[str, str] | None) -> dict[str, Any]: ...
+    async def get_prompt(
+        self, exposed: str, arguments: Mapping[str, str] | None, *, inputs: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]: ...
 
-    async def read_resource(self, uri: str) -> dict[str, Any]: ...
+    async def read_resource(self, uri: str, *, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+
+    def declare_ide_capabilities(self, capabilities: types.ClientCapabilities | None) -> None:
+        """What the IDE declared (the servers are offered its input capabilities)."""
+        ...

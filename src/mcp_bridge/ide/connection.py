@@ -100,6 +100,7 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None) -> None:
         async with anyio.create_task_group() as writing:
             writing.start_soon(write_out)
             async with receive, anyio.create_task_group() as tg:
+                front.tasks = tg
                 tg.start_soon(pump_in)
                 tg.start_soon(pump_out)
                 tg.start_soon(front.relay_changes, notify)

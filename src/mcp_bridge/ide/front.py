@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import PrivateAttr, ValidationError
@@ -32,8 +32,10 @@ from mcp_bridge import __version__
 from mcp_bridge.era import finish, forwarded_meta, is_modern
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
 from mcp_bridge.ide.backend import Backend
+from mcp_bridge.ide.rounds import STATE_PREFIX, HeldCall, HeldCalls
 from mcp_bridge.ide.warmstart import AnswerKeeper, tools_digest
 from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.upstream.inputs import ASKING, STANDALONE, InputRequest, InputResult
 from mcp_bridge.upstream.supervisor import ProgressFn, error_text
 
 log = get_logger(__name__)
@@ -101,6 +103,10 @@ class Front:
         self._shapes = _Shapes()
         self.modern: bool | None = None
         """The IDE's era, from its first request (None until then): the SDK serves one era per connection too."""
+        self.held = HeldCalls(ttl=min(bridge.settings.timeouts.call, 600.0))
+        """Calls of a 2026-07-28 IDE held across the rounds of a server's questions."""
+        self.tasks: anyio.abc.TaskGroup | None = None
+        """Where held calls run (set by :func:`~mcp_bridge.ide.connection.serve_stdio`)."""
         self._bus = InMemorySubscriptionBus()
         """List changes for a modern IDE, delivered on its ``subscriptions/listen`` streams."""
         self.server: Server[Any] = Server(
@@ -173,6 +179,9 @@ class Front:
     async def _remember_client(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if not self._client_known and ctx.method != "initialize":
             self._client_known = True
+            self.bridge.declare_ide_capabilities(ctx.session.client_capabilities)
+            if not is_modern(ctx.protocol_version):  # roots may be asked outside a call (upstream.inputs)
+                STANDALONE[:] = [_IdeAsker(ctx, "roots", standalone=True)]
             params = ctx.session.client_params
             if params is not None:
                 self.bridge.client_name = params.client_info.name
@@ -274,16 +283,64 @@ class Front:
         meta = ctx.meta or {}
         token = meta.get("progress_token", meta.get("progressToken"))
         progress = _relay_progress(ctx) if token is not None else None
-        work = self.bridge.call_tool(params.name, params.arguments, meta=forwarded_meta(meta), progress=progress)
-        return finish(ctx.protocol_version, await _guard(work, ctx.protocol_version))
+
+        def work(inputs: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+            return self.bridge.call_tool(
+                params.name, params.arguments, meta=forwarded_meta(meta), progress=progress, inputs=inputs
+            )
+
+        return finish(ctx.protocol_version, await self._asking(ctx, params, params.name, work))
 
     async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
-        work = self.bridge.get_prompt(params.name, params.arguments)
-        return finish(ctx.protocol_version, await _guard(work, ctx.protocol_version))
+        def work(inputs: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+            return self.bridge.get_prompt(params.name, params.arguments, inputs=inputs)
+
+        return finish(ctx.protocol_version, await self._asking(ctx, params, params.name, work))
 
     async def _read_resource(self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
-        work = self.bridge.read_resource(str(params.uri))
-        return finish(ctx.protocol_version, await _guard(work, ctx.protocol_version), cacheable=True)
+        def work(inputs: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+            return self.bridge.read_resource(str(params.uri), inputs=inputs)
+
+        return finish(ctx.protocol_version, await self._asking(ctx, params, str(params.uri), work), cacheable=True)
+
+    async def _asking(
+        self,
+        ctx: ServerRequestContext[Any],
+        params: types.InputResponseRequestParams,
+        subject: str,
+        work: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    ) -> Any:
+        """Forward one IDE request; a server's request for input meanwhile is asked of the IDE in its era.
+
+        A handshake-era IDE is asked on this request's stream (:class:`_IdeAsker`). A 2026-07-28 IDE is asked by
+        answering with the question, and answers by retrying (:mod:`mcp_bridge.ide.rounds`); a retry that carries a
+        server's own ``requestState`` goes to the server as it is."""
+        if not is_modern(ctx.protocol_version):
+            asking = ASKING.set(_IdeAsker(ctx, subject))
+            try:
+                return await _guard(work({}), ctx.protocol_version)
+            finally:
+                ASKING.reset(asking)
+        self.bridge.declare_ide_capabilities(ctx.session.client_capabilities)
+        state = params.request_state
+        responses = _dumped(params.input_responses)
+        if state is not None and state.startswith(STATE_PREFIX):
+            return await self.held.resume(state, ctx.method, subject, responses)
+        inputs: dict[str, Any] = {}
+        if responses is not None:
+            inputs["inputResponses"] = responses
+        if state is not None:
+            inputs["requestState"] = state
+
+        async def held(call: HeldCall) -> dict[str, Any]:
+            asking = ASKING.set(call)
+            try:
+                return await _guard(work(inputs), ctx.protocol_version)
+            finally:
+                ASKING.reset(asking)
+
+        assert self.tasks is not None, "serve_stdio sets the task group"
+        return await self.held.start(self.tasks, ctx.method, subject, held)
 
     # ------------------------------------------------------------------ notifications
 
@@ -388,6 +445,46 @@ class _Shapes:
             current = {id(t) for t in shaped}
             self._encoded = {k: v for k, v in self._encoded.items() if k in current}
         return "[" + ",".join(parts) + "]"
+
+
+class _IdeAsker:
+    """Asks the IDE for a server's input on the stream of one IDE request: a handshake-era IDE gets a request of the
+    bridge's own, tied to that request (as the server's was tied to the bridge's); a 2026-07-28 IDE answers input
+    requests by retrying (see :mod:`mcp_bridge.upstream.inputs`)."""
+
+    def __init__(self, ctx: ServerRequestContext[Any], subject: str, *, standalone: bool = False) -> None:
+        self._ctx = ctx
+        self.subject = subject
+        self.modern = is_modern(ctx.protocol_version)
+        self._standalone = standalone
+        """Asks on the session's own channel, not tied to a request (``roots/list`` outside a call)."""
+
+    async def ask(self, request: InputRequest) -> InputResult:
+        if self.modern:
+            raise MCPError(types.INVALID_REQUEST, "a 2026-07-28 IDE cannot be asked in the middle of a request")
+        related = None if self._standalone else ServerMessageMetadata(related_request_id=self._ctx.request_id)
+        if isinstance(request, types.ElicitRequest):
+            return await self._ctx.session.send_request(request, types.ElicitResult, metadata=related)
+        if isinstance(request, types.ListRootsRequest):
+            return await self._ctx.session.send_request(request, types.ListRootsResult, metadata=related)
+        if request.params.tools:
+            return await self._ctx.session.send_request(request, types.CreateMessageResultWithTools, metadata=related)
+        return await self._ctx.session.send_request(request, types.CreateMessageResult, metadata=related)
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """At 2026-07-28 the SDK sends it only at or above the level this request's envelope asked for."""
+        related = None if self._standalone else self._ctx.request_id
+        await self._ctx.session.send_log_message(params.level, params.data, params.logger, related_request_id=related)
+
+
+def _dumped(responses: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A retry's ``inputResponses`` as JSON (the SDK parsed them into models)."""
+    if responses is None:
+        return None
+    return {
+        key: value.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+        for key, value in responses.items()
+    }
 
 
 def _relay_progress(ctx: ServerRequestContext[Any]) -> ProgressFn:

@@ -82,6 +82,9 @@ class EarlyStart:
     """The result sent for it."""
     client_name: str | None = None
     """``clientInfo.name`` of the ``initialize`` answered early."""
+    client_capabilities: dict[str, Any] | None = None
+    """The capabilities the IDE declared in its first request (``initialize``, or a 2026-07-28 envelope), when the
+    first line told them: the servers are offered those input capabilities from their first session on."""
     lists: tuple[int | str, ...] = ()
     """The ids of ``tools/list`` requests answered from the warm cache (:mod:`mcp_bridge.ide.warmstart`); their lines
     are not in :attr:`consumed`: the SDK never sees them."""
@@ -258,7 +261,9 @@ def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 
         envelope = modern_envelope(message.get("params")) if message is not None else None
         if envelope is None:
             return EarlyStart(consumed=consumed)
-        return EarlyStart(consumed=consumed, version=envelope[0], client_name=envelope[1])
+        return EarlyStart(
+            consumed=consumed, version=envelope[0], client_name=envelope[1], client_capabilities=declared(line)
+        )
     frame = {"jsonrpc": "2.0", "id": request_id, "result": result}
     data = (json.dumps(frame, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     try:
@@ -267,7 +272,29 @@ def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 
         log.warning("serve.early_initialize_failed", error=f"{type(exc).__name__}: {exc}")
         return EarlyStart(consumed=consumed)
     log.debug("serve.discover_answered_early" if parsed is None else "serve.initialize_answered_early", version=version)
-    return EarlyStart(consumed=consumed, request_id=request_id, result=result, client_name=client_name, version=version)
+    return EarlyStart(
+        consumed=consumed,
+        request_id=request_id,
+        result=result,
+        client_name=client_name,
+        version=version,
+        client_capabilities=declared(line),
+    )
+
+
+def declared(line: bytes) -> dict[str, Any] | None:
+    """The client capabilities a first line (already checked by :func:`parse_initialize`, :func:`parse_discover` or
+    :func:`modern_envelope`) declares."""
+    message = _request(line)
+    params = message.get("params") if message is not None else None
+    if not isinstance(params, dict):
+        return None
+    if message is not None and message.get("method") == "initialize":
+        found = params.get("capabilities")
+    else:
+        meta = params.get("_meta")
+        found = meta.get(ENVELOPE + "clientCapabilities") if isinstance(meta, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def _read_first_line(fd: int) -> bytes:

@@ -31,7 +31,7 @@ import dataclasses
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -71,6 +71,7 @@ from mcp_bridge.upstream.era import (
     negotiate,
 )
 from mcp_bridge.upstream.http_errors import HTTP_ERROR, explain_not_mcp
+from mcp_bridge.upstream.inputs import ASKING, Gate, Offer, OfferingSession, drive, screen
 from mcp_bridge.upstream.transport import NOT_SENT, GuardedTransport
 from mcp_bridge.upstream.wire import Wire, call_direct, open_wire, send_raw
 
@@ -133,8 +134,13 @@ class Upstream:
         on_auth_failure: Callable[[str, str], None] | None = None,
         eras: EraStore | None = None,
         protocol: Protocol = "auto",
+        gate: Callable[[str, ServerConfig], Gate] | None = None,
     ) -> None:
         self._on_auth_failure = on_auth_failure
+        self._make_gate = gate or (lambda name, _config: Gate(name, Offer(), lambda _note: None))
+        self.gate: Gate = self._make_gate(name, config)
+        """How this server's requests for input reach the IDE; made again for each session (the IDE's declared
+        capabilities may have changed), see :mod:`mcp_bridge.upstream.inputs`."""
         self.eras = eras
         """Where the era found for each server is remembered (``None``: probe on every connection)."""
         self.protocol: Protocol = protocol
@@ -248,15 +254,18 @@ class Upstream:
     async def _connect_with(self, auth: httpx2.Auth | None, connect_scope: anyio.CancelScope, backoff: Backoff) -> None:
         t = self.timeouts
         timeout = httpx2.Timeout(t.connect, read=t.call + 5, write=t.connect, pool=t.connect)
+        gate = self._fresh_gate()
         transport = GuardedTransport(httpx2.AsyncHTTPTransport(verify=await _ssl_context()))
         async with (
             httpx2.AsyncClient(auth=auth, timeout=timeout, transport=transport) as http,
             open_wire(self.config.endpoint, http) as (read, write, wire),
-            ClientSession(
+            OfferingSession(
                 read,
                 write,
                 message_handler=self._on_message,
                 client_info=types.Implementation(name="mcp-bridge", version=__version__),
+                offer=gate.offer,
+                **gate.session_callbacks(),
             ) as session,
             anyio.create_task_group() as tasks,
         ):
@@ -300,6 +309,10 @@ class Upstream:
             finally:
                 self._withdraw()  # before the transport closes (which takes a round trip): see _withdraw
                 tasks.cancel_scope.cancel()
+
+    def _fresh_gate(self) -> Gate:
+        self.gate = self._make_gate(self.name, self.config)
+        return self.gate
 
     async def _serve(self, session: ClientSession, known: Known | None) -> None:
         """Keep the connection until a recycle: re-list when told of changes, and per era (see the module)."""
@@ -679,10 +692,21 @@ class Upstream:
             wire = self._wire if self._session is session else None
             try:
                 if wire is not None and isinstance(request, types.CallToolRequest):
-                    return await call_direct(wire, session, request, read_timeout=timeout, progress=progress)
-                return await send_raw(
-                    session, request, request_read_timeout_seconds=timeout, progress_callback=progress
-                )
+                    result = await call_direct(wire, session, request, read_timeout=timeout, progress=progress)
+                else:
+                    result = await send_raw(
+                        session, request, request_read_timeout_seconds=timeout, progress_callback=progress
+                    )
+                if result.get("resultType") == "input_required":
+                    tool_call = isinstance(request, types.CallToolRequest)
+                    if getattr(ASKING.get(), "modern", False):
+                        # A 2026-07-28 IDE answers and retries itself: only what was offered goes through.
+                        result = screen(result, self.gate, tool_call=tool_call)
+                    else:
+                        # A handshake-era IDE cannot retry with answers itself: the bridge asks it and retries.
+                        retry = self._retry_with(session, request, timeout, progress)
+                        result = await drive(result, self.gate, retry, tool_call=tool_call)
+                return result
             except MCPError as exc:
                 code = exc.error.code
                 modern = is_modern(session.protocol_version)
@@ -730,6 +754,22 @@ class Upstream:
                     raise UpstreamError(self.name, not_mcp) from None
                 raise
         raise UpstreamUnavailable(self.name, f"not reachable: {self.last_error or 'could not connect'}")
+
+    def _retry_with(
+        self, session: ClientSession, request: Any, timeout: float, progress: ProgressFn | None
+    ) -> Callable[[dict[str, Any], str | None], Awaitable[dict[str, Any]]]:
+        """Sends ``request`` again with a round's input answers (and the server's ``requestState``, verbatim)."""
+
+        async def retry(answers: dict[str, Any], state: str | None) -> dict[str, Any]:
+            raw = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+            params = {k: v for k, v in raw.get("params", {}).items() if k not in ("inputResponses", "requestState")}
+            params["inputResponses"] = answers
+            if state is not None:
+                params["requestState"] = state
+            again = type(request).model_validate({**raw, "params": params}, by_name=False)
+            return await send_raw(session, again, request_read_timeout_seconds=timeout, progress_callback=progress)
+
+        return retry
 
     def status(self) -> dict[str, Any]:
         return {
