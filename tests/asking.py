@@ -29,6 +29,20 @@ FORM = types.ElicitRequest(
         requested_schema={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
     )
 )
+DEFAULTS = types.ElicitRequest(
+    params=types.ElicitRequestFormParams(
+        message="Settings?",
+        requested_schema={
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "default": "John Doe"},
+                "age": {"type": "integer", "default": 30},
+                "verified": {"type": "boolean", "default": True},
+                "status": {"type": "string", "enum": ["active", "inactive"], "default": "active"},
+            },
+        },
+    )
+)
 URL = types.ElicitRequest(
     params=types.ElicitRequestURLParams(message="Open this", url="https://example.test/consent", elicitation_id="e-1")
 )
@@ -41,12 +55,16 @@ SAMPLE = types.CreateMessageRequest(
 ROOTS = types.ListRootsRequest()
 REQUESTS: dict[str, types.ElicitRequest | types.CreateMessageRequest | types.ListRootsRequest] = {
     "ask": FORM,
+    "ask_defaults": DEFAULTS,
+    "ask_unrelated": FORM,
     "ask_url": URL,
     "sample": SAMPLE,
     "roots": ROOTS,
 }
 RESULTS: dict[str, type[Any]] = {
     "ask": types.ElicitResult,
+    "ask_defaults": types.ElicitResult,
+    "ask_unrelated": types.ElicitResult,
     "ask_url": types.ElicitResult,
     "sample": types.CreateMessageResult,
     "roots": types.ListRootsResult,
@@ -99,7 +117,9 @@ def _build(state: Asking) -> Server[Any]:
                     "state": params.request_state,
                 }
             )
-        related = ServerMessageMetadata(related_request_id=ctx.request_id)
+        # ``ask_unrelated`` does not say which request it belongs to (it goes on the standalone stream), as a server
+        # built on the TypeScript SDK's ``server.request`` does.
+        related = None if params.name == "ask_unrelated" else ServerMessageMetadata(related_request_id=ctx.request_id)
         try:
             answer = await ctx.session.send_request(request, RESULTS[params.name], metadata=related)
         except MCPError as exc:

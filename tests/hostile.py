@@ -238,6 +238,58 @@ class Canned:
         await send({"type": "http.response.body", "body": self.body})
 
 
+@dataclass
+class Scripted:
+    """A 2026-07-28-only server written by hand, not with the SDK (which checks its own answers): each JSON-RPC
+    method is answered with the result given for it, exactly as given (``server/discover`` has a default). Every
+    request's body is recorded."""
+
+    results: dict[str, dict[str, Any]]
+    port: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.port = self.port or _free_port()
+        self.results.setdefault(
+            "server/discover",
+            {
+                "resultType": "complete",
+                "supportedVersions": ["2026-07-28"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "scripted", "version": "1.0"},
+            },
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body or b"{}")
+        self.received.append(request)
+        if "id" not in request:
+            await send({"type": "http.response.start", "status": 202, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        result = self.results.get(request.get("method"))
+        if result is None:
+            answer = {"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "Method not found"}}
+        else:
+            answer = {"jsonrpc": "2.0", "id": request["id"], "result": result}
+        data = json.dumps(answer).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+
 class LimitBody:
     """ASGI middleware: 413 for a request body over ``limit`` bytes (a proxy in front of a server)."""
 
@@ -269,7 +321,7 @@ async def serving(*states: Any, body_limit: int | None = None) -> AsyncIterator[
                     app = LimitBody(app, body_limit)
             elif hasattr(state, "app"):  # another scripted SDK server (asking.py)
                 app = state.app()
-            lifespan = "off" if isinstance(state, Canned) else "on"
+            lifespan = "off" if isinstance(state, Canned | Scripted) else "on"
             config = uvicorn.Config(
                 app,
                 host="127.0.0.1",

@@ -255,3 +255,43 @@ async def test_a_modern_servers_round_asking_for_what_was_not_offered_is_refused
     assert asked["isError"] and "did not declare elicitation" in asked["content"][0]["text"]
     events = audit_jsonl(tmp_path / "audit.jsonl", "input_request")
     assert [e["status"] for e in events] == ["Denied"] * 3
+
+
+async def accept_nothing(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+    """A minimal IDE: accepts the form and fills in nothing."""
+    return types.ElicitResult(action="accept", content={})
+
+
+@pytest.mark.parametrize(("upstream", "mode"), [("legacy", "legacy"), ("2026-07-28", "legacy"), ("legacy", "auto")])
+async def test_an_accepted_form_gets_the_schemas_defaults_for_what_the_ide_left_out(
+    tmp_path: Path, upstream: str, mode: str
+) -> None:
+    """SEP-1034: a client applies the defaults of the fields the answer omits. The bridge is the server's client:
+    what an IDE accepted without filling in reaches the server with the schema's defaults (and nothing else
+    changed)."""
+    up = Asking()
+    cfg = config(tmp_path, up, protocol=upstream)
+    async with (
+        serving(up),
+        bridge_client(cfg, tmp_path / "home", mode=mode, elicitation_callback=accept_nothing) as ide,
+    ):
+        if mode == "legacy":
+            got = answer(await raw_call(ide, "asking__ask_defaults"))
+        else:
+            called = await ide.call_tool("asking__ask_defaults", {})
+            got = json.loads(called.content[0].text)
+    defaults = {"name": "John Doe", "age": 30, "verified": True, "status": "active"}
+    assert got["answer"] == {"action": "accept", "content": defaults}
+
+
+async def test_a_question_not_tied_to_a_request_is_asked_of_the_only_call_in_flight(tmp_path: Path) -> None:
+    """A server built on the TypeScript SDK's ``server.request`` sends its question on the standalone stream, not
+    tied to the call that caused it. With one call of the IDE in flight to that server, it can only be that call's:
+    the IDE is asked, and the call goes on; the audit names the call's tool."""
+    up = Asking()
+    cfg = config(tmp_path, up, protocol="legacy")
+    async with serving(up), bridge_client(cfg, tmp_path / "home", mode="legacy", elicitation_callback=elicit) as ide:
+        got = answer(await raw_call(ide, "asking__ask_unrelated"))
+    assert got["answer"] == {"action": "accept", "content": {"name": "Ada"}}
+    [event] = audit_jsonl(tmp_path / "audit.jsonl", "input_request")
+    assert event["status"] == "Completed" and event["tool"] == "ask_unrelated"

@@ -32,7 +32,7 @@ from harness import (
     wait_for,
     write_config,
 )
-from hostile import Hostile, serving, tool
+from hostile import Hostile, Scripted, serving, tool
 from mcp_bridge.config import ServerConfig, TimeoutsConfig
 from mcp_bridge.governance.catalog import Listing
 from mcp_bridge.upstream import supervisor, wire
@@ -306,6 +306,22 @@ async def test_a_header_mismatch_relists_the_tools_and_sends_the_call_again(tmp_
     calls = [p for p in hostile.posts if p.method == "tools/call"]
     assert [c.params for c in calls] == [{}, {"mcp-param-region": "eu"}]
     assert hostile.calls == [("routed", {"region": "eu"})]  # the refused one never ran
+
+
+@pytest.mark.usefixtures("ide_mode")
+async def test_a_2026_result_without_result_type_is_a_complete_one(tmp_path: Path) -> None:
+    """The spec: a client MUST assume ``resultType: complete`` when a result does not name its kind. The SDK would
+    reject such a result; the bridge takes it as complete, for an IDE of either era."""
+    listed = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private", "tools": [tool("plain", "No kind.")]}
+    called = {"content": [{"type": "text", "text": "done, and no resultType"}]}
+    server = Scripted({"tools/list": listed, "tools/call": called})
+    cfg = write_config(tmp_path / "config.yaml", {"h": {"url": server.url, "allowed_tools": ["*"]}})
+    async with serving(server), bridge_client(cfg, tmp_path / "home") as client:
+        result = await raw_call(client, "h__plain")
+    assert not result.get("isError"), result
+    assert result["content"] == called["content"]
+    [call] = [r for r in server.received if r.get("method") == "tools/call"]
+    assert call["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == MODERN
 
 
 def test_the_sdk_internals_the_upstream_side_uses_are_there() -> None:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 import mcp_types as types
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS as MODERN_VERSIONS
 
 from mcp_bridge.logs import get_logger
 
@@ -151,6 +152,29 @@ class InputRefused(MCPError):
     """An input request the bridge refused (not offered, or no one to ask), before the IDE saw it."""
 
 
+def with_defaults(request: InputRequest, result: InputResult) -> InputResult:
+    """An accepted form with the schema's defaults for the fields the IDE's answer left out (SEP-1034: clients
+    SHOULD apply them; the bridge is the server's client, so a minimal IDE still gives a complete answer). Nothing
+    else changes: a field the answer has keeps its value."""
+    if not (isinstance(request, types.ElicitRequest) and isinstance(result, types.ElicitResult)):
+        return result
+    params = request.params
+    if result.action != "accept" or not isinstance(params, types.ElicitRequestFormParams):
+        return result
+    properties = params.requested_schema.get("properties")
+    if not isinstance(properties, dict):
+        return result
+    content = dict(result.content or {})
+    missing = {
+        name: spec["default"]
+        for name, spec in properties.items()
+        if isinstance(name, str) and isinstance(spec, dict) and "default" in spec and name not in content
+    }
+    if not missing:
+        return result
+    return result.model_copy(update={"content": {**content, **missing}})
+
+
 class Gate:
     """One server's input requests: offered as :class:`Offer` says, asked of the IDE through :data:`ASKING`."""
 
@@ -158,25 +182,36 @@ class Gate:
         self.server = server
         self.offer = offer
         self._on_input = on_input
+        self.asking: list[Asker] = []
+        """The IDE requests in flight to this server (kept by its supervisor): a request of the server that does not
+        say which of the bridge's requests it belongs to (sent on its standalone stream, as the TypeScript SDK's
+        ``server.request`` does) is asked of the IDE request in flight when there is only one."""
 
     async def ask(self, request: InputRequest) -> InputResult:
         """Ask the IDE request in flight; raises :class:`MCPError` (the error the server gets) when it cannot be
         asked or the IDE refused."""
         asker = ASKING.get()
+        if asker is None and len(self.asking) == 1:
+            asker = self.asking[0]  # not tied to a request, but only one can be its cause
         if asker is None and isinstance(request, types.ListRootsRequest) and STANDALONE:
             asker = STANDALONE[-1]
         kind = kind_of(request)
         dumped = request.model_dump(by_alias=True, mode="json", exclude_none=True)
         refusal = self.offer.refusal(request)
         if refusal is None and asker is None:
-            refusal = "the server asked outside any request of the IDE, so there is no one to ask"
+            refusal = (
+                "the server asked outside any request of the IDE, so there is no one to ask"
+                if not self.asking
+                else "the server asked outside any one request, and several of the IDE's are in flight: whose it is "
+                "cannot be told"
+            )
         if refusal is not None:
             self._note(asker, kind, "Denied", f"{describe(request, None)}: refused: {refusal}", dumped, None)
             log.warning("upstream.input_refused", server=self.server, kind=kind, reason=refusal)
             raise InputRefused(types.INVALID_REQUEST, f"mcp-bridge: {refusal}")
         assert asker is not None
         try:
-            result = await asker.ask(request)
+            result = with_defaults(request, await asker.ask(request))
         except MCPError as exc:
             self._note(asker, kind, "Failed", f"{describe(request, None)}: the IDE answered an error", dumped, None)
             raise MCPError(exc.error.code, exc.error.message, exc.error.data) from None
@@ -255,6 +290,18 @@ class OfferingSession(ClientSession):
     def __init__(self, *args: Any, offer: Offer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._offer = offer
+        # A 2026-07-28 result without ``resultType`` is a complete one (the spec: a client MUST assume "complete"
+        # when it is not given); the SDK's check of the result would reject it, so the default is filled in first.
+        dispatcher = self._dispatcher
+        send_raw_request = dispatcher.send_raw_request
+
+        async def with_result_type(method: str, params: Any, opts: Any = None) -> dict[str, Any]:
+            raw = await send_raw_request(method, params, opts)
+            if isinstance(raw, dict) and "resultType" not in raw and self._negotiated_version in MODERN_VERSIONS:
+                raw["resultType"] = "complete"
+            return raw
+
+        dispatcher.send_raw_request = with_result_type  # type: ignore[method-assign]
 
     def _build_capabilities(self, version: str) -> types.ClientCapabilities:
         built = super()._build_capabilities(version)

@@ -71,7 +71,7 @@ from mcp_bridge.upstream.era import (
     negotiate,
 )
 from mcp_bridge.upstream.http_errors import HTTP_ERROR, explain_not_mcp
-from mcp_bridge.upstream.inputs import ASKING, Gate, Offer, OfferingSession, drive, screen
+from mcp_bridge.upstream.inputs import ASKING, Asker, Gate, Offer, OfferingSession, drive, screen
 from mcp_bridge.upstream.transport import NOT_SENT, GuardedTransport
 from mcp_bridge.upstream.wire import Wire, call_direct, open_wire, send_raw
 
@@ -138,9 +138,12 @@ class Upstream:
     ) -> None:
         self._on_auth_failure = on_auth_failure
         self._make_gate = gate or (lambda name, _config: Gate(name, Offer(), lambda _note: None))
+        self._asking: list[Asker] = []
+        """The IDE requests being forwarded to this server (their askers), shared by each session's gate."""
         self.gate: Gate = self._make_gate(name, config)
         """How this server's requests for input reach the IDE; made again for each session (the IDE's declared
         capabilities may have changed), see :mod:`mcp_bridge.upstream.inputs`."""
+        self.gate.asking = self._asking
         self.eras = eras
         """Where the era found for each server is remembered (``None``: probe on every connection)."""
         self.protocol: Protocol = protocol
@@ -312,6 +315,7 @@ class Upstream:
 
     def _fresh_gate(self) -> Gate:
         self.gate = self._make_gate(self.name, self.config)
+        self.gate.asking = self._asking
         return self.gate
 
     async def _serve(self, session: ClientSession, known: Known | None) -> None:
@@ -685,6 +689,18 @@ class Upstream:
         Raises ``MCPError`` for the server's own JSON-RPC errors, :class:`UpstreamUnavailable` when the request could
         not be delivered (or was lost in flight), and :class:`UpstreamTimeout` when no answer came in ``timeout``.
         """
+        asker = ASKING.get()
+        if asker is None:
+            return await self._request(request, call_timeout=call_timeout, progress=progress)
+        self._asking.append(asker)
+        try:
+            return await self._request(request, call_timeout=call_timeout, progress=progress)
+        finally:
+            self._asking.remove(asker)
+
+    async def _request(
+        self, request: Any, *, call_timeout: float | None, progress: ProgressFn | None
+    ) -> dict[str, Any]:
         timeout = self.timeouts.call if call_timeout is None else call_timeout
         relisted = False
         for attempt in range(3):
