@@ -316,6 +316,12 @@ def test_wrong_type_names_key_path(tmp_path: Path, text: str, key_path: str) -> 
             "servers.docs.auth.redirect_port",
         ),
         (
+            docs_server(
+                "    url: https://x.example.com/mcp\n    auth: {type: oauth, client_metadata_url: 'https://a/'}\n"
+            ),
+            "servers.docs.auth.client_metadata_url",
+        ),
+        (
             docs_server("    url: https://x.example.com/mcp\n    auth: {type: api_key, header: 'X Key', value: v}\n"),
             "servers.docs.auth.header",
         ),
@@ -514,6 +520,25 @@ def test_oauth_defaults_send_resource_and_have_no_client() -> None:
     assert auth.client_secret is None
     assert auth.scopes is None
     assert auth.redirect_port is None
+    assert auth.client_metadata_url is None
+
+
+def test_a_client_metadata_document_url_reaches_the_oauth_client(tmp_path: Path) -> None:
+    """With ``client_metadata_url`` the SDK's OAuth client uses it as the client id where the authorization server
+    supports Client ID Metadata Documents (the conformance suite's auth/basic-cimd checks it end to end); a
+    manually registered client (``client_id``) wins over it."""
+    from mcp_bridge.auth.oauth import LoginPolicy, build_provider
+    from mcp_bridge.auth.store import FileBackend, ServerTokenStorage
+
+    cimd = "https://platform.example.com/mcp-bridge/client.json"
+    auth = OAuthAuth(type="oauth", client_metadata_url=cimd)
+    storage = ServerTokenStorage("https://x.example.com/mcp", FileBackend(tmp_path / "secrets.json"), tmp_path)
+    policy = LoginPolicy(interactive=False, cooldown=0, timeout=1)
+    provider = build_provider("docs", "https://x.example.com/mcp", auth, storage, tmp_path, policy)
+    assert provider.context.client_metadata_url == cimd
+    manual = auth.model_copy(update={"client_id": "registered"})
+    provider = build_provider("docs", "https://x.example.com/mcp", manual, storage, tmp_path, policy)
+    assert provider.context.client_metadata_url is None
 
 
 def test_loaded_settings_are_frozen() -> None:

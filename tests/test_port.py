@@ -167,6 +167,20 @@ def test_entities_map_to_servers_and_bad_ones_are_skipped() -> None:
     assert "needs an API key" in problems["nokey"] and "servers.nokey" in problems["nokey"]
 
 
+def test_a_client_metadata_document_url_comes_from_port_or_the_local_entry() -> None:
+    cimd = "https://platform.example.com/mcp-bridge/client.json"
+    settings = settings_with({}, {"local": {"auth": {"type": "oauth", "client_metadata_url": cimd + "?local"}}})
+    entities = [
+        mcp_server_entity("ported", "https://a.example.com/mcp", ["*"], oauth_config={"client_metadata_url": cimd}),
+        mcp_server_entity("local", "https://b.example.com/mcp", ["*"], oauth_config={"client_metadata_url": cimd}),
+        mcp_server_entity("bad", "https://c.example.com/mcp", ["*"], oauth_config={"client_metadata_url": "http://x/"}),
+    ]
+    servers, _ = map_entities(entities, settings)
+    assert servers["ported"].auth.client_metadata_url == cimd  # type: ignore[union-attr]
+    assert servers["local"].auth.client_metadata_url == cimd + "?local"  # type: ignore[union-attr]
+    assert "bad" not in servers  # skipped with a warning that says what the URL must be
+
+
 def test_the_registry_preset_reads_endpoint_tools_and_status() -> None:
     settings = settings_with({"preset": "mcp_registry"})
     entities = [

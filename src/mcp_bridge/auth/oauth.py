@@ -115,9 +115,15 @@ class BridgeOAuthProvider(OAuthClientProvider):
         *,
         send_resource: bool = True,
         preregistered: OAuthClientInformationFull | None = None,
+        client_metadata_url: str | None = None,
     ) -> None:
         super().__init__(
-            server_url, client_metadata, storage, redirect_handler=login.redirect, callback_handler=login.callback
+            server_url,
+            client_metadata,
+            storage,
+            redirect_handler=login.redirect,
+            callback_handler=login.callback,
+            client_metadata_url=client_metadata_url,
         )
         fields = {f.name: getattr(self.context, f.name) for f in dataclasses.fields(OAuthContext)}
         self.context = _BridgeContext(**fields)
@@ -466,7 +472,13 @@ def build_provider(
     )
     login = Login(name, storage, home, policy, port)
     return BridgeOAuthProvider(
-        server_url, metadata, storage, login, send_resource=auth.resource, preregistered=preregistered
+        server_url,
+        metadata,
+        storage,
+        login,
+        send_resource=auth.resource,
+        preregistered=preregistered,
+        client_metadata_url=None if preregistered else auth.client_metadata_url,
     )
 
 

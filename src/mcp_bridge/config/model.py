@@ -22,6 +22,7 @@ from mcp_bridge.errors import ConfigError
 ENV_CONFIG = "MCP_BRIDGE_CONFIG"
 ENV_HOME = "MCP_BRIDGE_HOME"
 ENV_PROTOCOL_UPSTREAM = "MCP_BRIDGE_PROTOCOL_UPSTREAM"
+ENV_PROTOCOL_IDE = "MCP_BRIDGE_PROTOCOL_IDE"
 """Overrides ``protocol.upstream`` (and every server's own ``protocol``) when set: the era the bridge speaks to
 servers, for trying or working around a server's era without editing the config."""
 APP_NAME = "mcp-bridge"
@@ -74,6 +75,21 @@ class OAuthAuth(_Model):
     """Send the RFC 8707 ``resource`` parameter (Entra ID rejects it: set false there)."""
     redirect_port: int | None = Field(default=None, ge=1, le=65535)
     """A fixed loopback callback port, for clients registered with a fixed redirect URI."""
+    client_metadata_url: str | None = None
+    """A Client ID Metadata Document the organisation hosts (an HTTPS URL with a path): used as the client id where
+    the authorization server supports such documents, instead of registering a client (DCR)."""
+
+    @field_validator("client_metadata_url")
+    @classmethod
+    def _cimd_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme != "https" or not parsed.netloc or parsed.path in ("", "/"):
+            raise ValueError(
+                f"must be an https:// URL with a path, where the client's metadata document is served; got {value!r}"
+            )
+        return value
 
 
 AuthConfig = Annotated[NoAuth | ApiKeyAuth | OAuthAuth, Field(discriminator="type")]
@@ -301,7 +317,8 @@ class ProtocolConfig(_Model):
     """Which protocol era the bridge speaks: to the IDE (``ide``) and to the servers (``upstream``)."""
 
     ide: Protocol = "auto"
-    """``auto``: the IDE's era, whichever it speaks."""
+    """``auto``: the IDE's era, whichever it speaks; ``legacy`` or ``2026-07-28``: only that era (a request of the
+    other gets the error a server of this era alone gives: -32022 with the versions it supports)."""
     upstream: Protocol = "auto"
     """``auto``: each server's newest era, found out once (``server/discover``, else ``initialize``) and
     remembered per server in ``$MCP_BRIDGE_HOME/upstream-eras.json``."""

@@ -368,17 +368,21 @@ def _merge_auth(
     mine = local_auth if isinstance(local_auth, OAuthAuth) else None
     client_id = (mine.client_id if mine else None) or _str(oauth_config.get("client_id"))
     scopes = (mine.scopes if mine else None) or _strings(oauth_config.get("scopes"))
-    return (
-        OAuthAuth(
+    cimd = (mine.client_metadata_url if mine else None) or _str(oauth_config.get("client_metadata_url"))
+    try:
+        auth = OAuthAuth(
             type="oauth",
             client_id=client_id,
             client_secret=mine.client_secret if mine else None,
             scopes=scopes,
             resource=mine.resource if mine else True,
             redirect_port=mine.redirect_port if mine else None,
-        ),
-        None,
-    )
+            client_metadata_url=cimd,
+        )
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        raise _Skip(clean(f"oauth_config.client_metadata_url: {reasons}")) from None
+    return auth, None
 
 
 def _str(value: Any) -> str | None:
