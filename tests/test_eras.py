@@ -117,3 +117,34 @@ def test_the_modern_versions_are_the_sdks() -> None:
     from mcp_bridge.era import MODERN_VERSIONS
 
     assert frozenset(MODERN_PROTOCOL_VERSIONS) == MODERN_VERSIONS
+
+
+@pytest.mark.parametrize(
+    ("forced", "how"),
+    [("legacy", "config"), ("2026-07-28", "config"), ("legacy", "env"), ("2026-07-28", "env")],
+)
+async def test_the_ides_era_can_be_forced(tmp_path: Path, forced: str, how: str) -> None:
+    """``protocol.ide`` (or ``$MCP_BRIDGE_PROTOCOL_IDE``) serves the IDE in one era only: an SDK client in ``auto``
+    mode ends up in that era, and a client pinned to the other era is refused with -32022 naming what is spoken."""
+    hostile = Hostile("h", tools=[tool("echo", "Echo.")])
+    extra: dict[str, Any] = {"protocol": {"ide": forced}} if how == "config" else {}
+    env = {"MCP_BRIDGE_PROTOCOL_IDE": forced} if how == "env" else None
+    cfg = write_config(tmp_path / "config.yaml", {"h": hostile.server_config()}, **extra)
+    other = "2026-07-28" if forced == "legacy" else "legacy"
+    async with serving(hostile):
+        async with bridge_client(cfg, tmp_path / "home", env=env, mode="auto") as client:
+            assert is_modern(client) == (forced != "legacy")
+            assert not (await raw_call(client, "h__echo")).get("isError")
+        refused: list[MCPError] = []
+        try:
+            async with bridge_client(cfg, tmp_path / "home2", env=env, mode=other) as client:
+                await client.session.send_request(types.ListToolsRequest(), Raw)
+        except* MCPError as group:
+            refused = [e for e in _leaves(group) if isinstance(e, MCPError)]
+    assert refused and refused[0].error.code == -32022 and "protocol.ide" in refused[0].error.message
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

@@ -46,7 +46,7 @@ def serve_command(loaded: LoadedConfig, *, headless_browser: bool = False) -> in
                 "`mcp-bridge tools` and `mcp-bridge status` for your config.\n"
                 "  Ctrl-D or Ctrl-C ends it."
             )
-        early = answer_initialize(instructions)
+        early = answer_initialize(instructions, ide_protocol=loaded.settings.protocol.ide)
         activate()  # the logging setup, deferred until the IDE had its answer
         early = _answer_lists_while_loading(loaded, home, allowlist, early)
         if early.ended:
@@ -113,7 +113,7 @@ async def _serve(
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
-        await serve_stdio(bridge, early)
+        await serve_stdio(bridge, early, ide_protocol=loaded.settings.protocol.ide)
         tg.cancel_scope.cancel()
     log.info("serve.stop")
     return 0

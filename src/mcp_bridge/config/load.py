@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from mcp_bridge.config.model import (
     ENV_CONFIG,
+    ENV_PROTOCOL_IDE,
     ENV_PROTOCOL_UPSTREAM,
     PROTOCOLS,
     ApiKeyAuth,
@@ -109,7 +110,7 @@ def parse_config(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(where, exc, secrets)) from None
-    settings = _protocol_from_environment(settings, environ)
+    settings = _ide_protocol_from_environment(_protocol_from_environment(settings, environ), environ)
     if settings.port is not None:
         secrets.add(settings.port.client_secret)
     for server in settings.servers.values():
@@ -137,6 +138,21 @@ def _protocol_from_environment(settings: Settings, environ: Mapping[str, str]) -
     servers = {name: server.model_copy(update={"protocol": None}) for name, server in settings.servers.items()}
     protocol = settings.protocol.model_copy(update={"upstream": chosen})
     return settings.model_copy(update={"protocol": protocol, "servers": servers})
+
+
+def _ide_protocol_from_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``$MCP_BRIDGE_PROTOCOL_IDE``, when set, as ``protocol.ide``."""
+    value = (environ.get(ENV_PROTOCOL_IDE) or "").strip()
+    if not value:
+        return settings
+    try:
+        protocol_choice(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"${ENV_PROTOCOL_IDE}: {exc}",
+            fix=f"set it to one of {', '.join(PROTOCOLS)}, or unset it to use the config's `protocol.ide`",
+        ) from None
+    return settings.model_copy(update={"protocol": settings.protocol.model_copy(update={"ide": value})})
 
 
 @dataclass

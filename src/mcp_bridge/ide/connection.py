@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from mcp_bridge.ide.backend import Backend
 from mcp_bridge.ide.front import _WIRE_DUMP, Front
-from mcp_bridge.ide.handshake import EarlyStart, request_id_ok
+from mcp_bridge.ide.handshake import EarlyStart, era_refusal, request_id_ok
 from mcp_bridge.ide.stdio import ide_pipes
 from mcp_bridge.logs import get_logger
 
@@ -29,12 +29,13 @@ _INVALID_REQUEST: dict[str, Any] = {"code": types.INVALID_REQUEST, "message": "I
 _DRAIN_ON_EOF_SECONDS = 2.0
 
 
-async def serve_stdio(bridge: Backend, early: EarlyStart | None = None) -> None:
+async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_protocol: str = "auto") -> None:
     """Serve the bridge on this process's stdin/stdout until the IDE closes stdin (or the task is cancelled).
 
     ``early``: what ``serve`` read (and perhaps answered) before the SDK was loaded. Those bytes are read first; an
     ``initialize`` already answered is handled by the server all the same (that is what initializes its session),
-    and its answer, sent already, is dropped here.
+    and its answer, sent already, is dropped here. ``ide_protocol`` (``protocol.ide``): ``auto``, or the one era
+    the IDE is served in; a request of the other era gets the error a server of this one alone would give.
     """
     front = Front(bridge)
     early = early or EarlyStart()
@@ -59,6 +60,14 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None) -> None:
                         message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
                     except ValidationError as exc:
                         await write.send(SessionMessage(_bad_line_error(exc, line)))
+                        continue
+                    if (
+                        ide_protocol != "auto"
+                        and isinstance(message, types.JSONRPCRequest)
+                        and (shut := era_refusal(message.method, message.params, ide_protocol)) is not None
+                    ):
+                        error = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=types.ErrorData(**shut))
+                        await write.send(SessionMessage(error))
                         continue
                     if isinstance(message, types.JSONRPCRequest):
                         pending.add(message.id)

@@ -158,6 +158,35 @@ def modern_envelope(params: object) -> tuple[str, str | None] | None:
     return str(version), (info["name"] if isinstance(info, dict) else None)
 
 
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+"""The error a server gives a request in an era it does not speak (``data.supported`` lists what it does)."""
+
+
+def era_refusal(method: str, params: object, forced: str) -> dict[str, Any] | None:
+    """The JSON-RPC error for an IDE request in the era ``protocol.ide`` shuts out (``forced``: ``legacy`` or a
+    2026-07-28 version; ``auto`` shuts out nothing), as a server of the other era alone answers it: the SDK's
+    ``auto`` client then falls back to ``initialize`` (to a handshake-only bridge) or gives up with a clear error."""
+    if forced == "legacy":
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        requested = meta.get(ENVELOPE + "protocolVersion") if isinstance(meta, dict) else None
+        if method != "server/discover" and requested is None:
+            return None
+        supported = list(HANDSHAKE_PROTOCOL_VERSIONS)
+        message = "mcp-bridge speaks only the handshake era to the IDE (protocol.ide: legacy): send initialize"
+    elif forced in MODERN_VERSIONS:
+        if method != "initialize":
+            return None
+        requested = params.get("protocolVersion") if isinstance(params, dict) else None
+        supported = [forced]
+        message = f"mcp-bridge speaks only {forced} to the IDE (protocol.ide): send server/discover"
+    else:
+        return None
+    data: dict[str, Any] = {"supported": supported}
+    if isinstance(requested, str):
+        data["requested"] = requested
+    return {"code": UNSUPPORTED_PROTOCOL_VERSION, "message": message, "data": data}
+
+
 def parse_discover(line: bytes) -> tuple[int | str, str, str | None] | None:
     """``(id, protocol version, client name)`` when ``line`` is a ``server/discover`` request the SDK certainly
     answers with the bridge's discovery result; ``None`` for anything else."""
@@ -232,9 +261,11 @@ def request_id_ok(request_id: object) -> TypeGuard[int | str]:
     return not isinstance(request_id, bool) and isinstance(request_id, int | str)
 
 
-def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 1) -> EarlyStart:
+def answer_initialize(
+    instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 1, ide_protocol: str = "auto"
+) -> EarlyStart:
     """Read the IDE's first line; when it is ``initialize`` or ``server/discover``, answer it on ``stdout_fd`` at
-    once.
+    once (not when ``ide_protocol`` shuts its era out: the error is the connection's to send).
 
     Blocks until the first line (or end of input) arrives. Whatever was read is handed back in
     :attr:`EarlyStart.consumed` for the SDK's reader, answered or not.
@@ -245,6 +276,9 @@ def answer_initialize(instructions: str, *, stdin_fd: int = 0, stdout_fd: int = 
     consumed = _read_first_line(stdin_fd)
     line, newline, _ = consumed.partition(b"\n")
     if not newline:
+        return EarlyStart(consumed=consumed)
+    first = _request(line) if ide_protocol != "auto" else None
+    if first is not None and era_refusal(str(first.get("method")), first.get("params"), ide_protocol) is not None:
         return EarlyStart(consumed=consumed)
     client_name: str | None
     parsed = parse_initialize(line)
