@@ -5,15 +5,18 @@ server's URL as the last argument and sets ``$MCP_CONFORMANCE_SCENARIO`` (and, f
 credentials, ``$MCP_CONFORMANCE_CONTEXT``, a JSON object). For each run the driver:
 
 1. writes a private config with one server, ``scenario``, at that URL: ``allowed_tools: ["*"]``,
-   ``auth: {type: oauth}`` (with the context's ``client_id``/``client_secret`` when it has them), ``token_store:
+   ``auth: {type: oauth, client_metadata_url: ...}`` (the suite's Client ID Metadata Document URL; with the context's
+   ``client_id``/``client_secret`` when it has them), ``token_store:
    file`` and ``auto_login: true``, in a fresh ``$MCP_BRIDGE_HOME`` (nothing touches the user's keyring or home);
 2. sets ``$BROWSER`` to tests/fake_browser.py, which GETs the authorization URL and follows loopback redirects (the
    scenarios' authorization servers approve at once and redirect to the bridge's 127.0.0.1 callback);
-3. starts ``python -m mcp_bridge serve`` over stdio with the SDK's stdio client, waits until the server's tools appear
-   (re-listing on ``notifications/tools/list_changed``, which the bridge sends once the login finished), and calls
-   one of them with arguments made up from its input schema.
+3. starts ``python -m mcp_bridge serve`` over stdio with the SDK's stdio client in ``$CONFORMANCE_DRIVER_MODE``
+   (``legacy`` by default; ``auto`` for the 2026-07-28 requirements), declaring elicitation (it accepts every form
+   without filling anything in), waits until the server's tools appear (re-listing on
+   ``notifications/tools/list_changed``, which the bridge sends once the login finished), and calls them: the calls
+   the scenario's context names (``toolCalls``), else each tool once with arguments made up from its input schema.
 
-Exit status: 0 when the call succeeded (or, for a scenario whose server offers no tools, when the bridge logged the
+Exit status: 0 when every call succeeded (or, for a scenario whose server offers no tools, when the bridge logged the
 server connected), 1 when the tool never appeared or the call failed, 2 on a usage error. The bridge's stderr, the fake
 browser's log and what the driver saw go to this program's stderr, which the suite stores as ``stderr.txt`` next to
 ``checks.json``.
@@ -33,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +52,23 @@ FAKE_BROWSER = ROOT / "tests" / "fake_browser.py"
 SERVER = "scenario"
 SEPARATOR = "__"
 
+CLIENT_METADATA_URL = "https://conformance-test.local/client-metadata.json"
+"""The Client ID Metadata Document the suite's authorization servers know (as an organisation would host one): the
+bridge is configured with it as ``auth.client_metadata_url`` and uses it where a server supports such documents."""
+
 NO_TOOLS = {"initialize"}
 """Scenarios whose server lists no tools: success is the bridge reporting the server connected (the checks are on the
 bridge's handshake with it)."""
+
+
+MODE = os.environ.get("CONFORMANCE_DRIVER_MODE") or "legacy"
+"""The SDK client's mode for the IDE side: ``legacy`` for the 0.1 suite, ``auto`` (discover first) for the 2026-07-28
+requirements."""
+
+
+async def accept_elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    """A minimal IDE's answer to a form: accept, filling in nothing (the bridge applies the schema's defaults)."""
+    return types.ElicitResult(action="accept", content={})
 
 
 class Raw(RootModel[dict[str, Any]]):
@@ -90,7 +108,7 @@ def example_arguments(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_config(work: Path, url: str, context: dict[str, Any]) -> Path:
-    auth: dict[str, Any] = {"type": "oauth"}
+    auth: dict[str, Any] = {"type": "oauth", "client_metadata_url": CLIENT_METADATA_URL}
     if context.get("client_id") and "private_key_pem" not in context:
         auth["client_id"] = context["client_id"]
         if context.get("client_secret"):
@@ -154,7 +172,9 @@ def bridge_says_connected(bridge_log: Path) -> bool:
     return False
 
 
-async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, wait: float) -> int:
+async def drive(
+    config: Path, env: dict[str, str], errlog: Any, scenario: str, context: dict[str, Any], wait: float
+) -> int:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "mcp_bridge", "serve", "--config", str(config)], env=env
     )
@@ -162,8 +182,9 @@ async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, w
     prefix = f"{SERVER}{SEPARATOR}"
     async with Client(
         stdio_client(params, errlog=errlog),
-        mode="legacy",
+        mode=MODE,  # type: ignore[arg-type]
         message_handler=changed,
+        elicitation_callback=accept_elicitation,
         client_info=types.Implementation(name="conformance-driver", version="1.0"),
     ) as client:
         say("bridge initialized")
@@ -189,31 +210,68 @@ async def drive(config: Path, env: dict[str, str], errlog: Any, scenario: str, w
                 await anyio.sleep(0.2)
             say("the bridge reports the server connected")
             return 0
-        tool = tools[0]
+        status = 0
+        for tool, arguments in planned_calls(tools, context):
+            status = max(status, await call(client, tool, arguments, deadline))
+        return status
+
+
+def planned_calls(tools: list[dict[str, Any]], context: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The calls to make: the ones the scenario names in its context (``toolCalls``: name and arguments), else every
+    tool once (some scenarios, MRTR's, check what happens across several calls) with arguments made up from its
+    schema; a ``json_schema_echo`` tool gets the other tool's input schema as listed by the bridge, as the
+    json-schema-2020-12-preservation scenario asks (it checks what the bridge kept of it)."""
+    by_name = {tool["name"].removeprefix(f"{SERVER}{SEPARATOR}"): tool for tool in tools}
+    wanted = context.get("toolCalls")
+    if isinstance(wanted, list) and wanted:
+        return [
+            (by_name[c["name"]], dict(c.get("arguments") or {}))
+            for c in wanted
+            if isinstance(c, dict) and c.get("name") in by_name
+        ]
+    calls = []
+    for name, tool in by_name.items():
         arguments = example_arguments(tool)
-        say(f"calling {tool['name']} with {json.dumps(arguments)}")
-        request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool["name"], arguments=arguments))
-        try:
-            with anyio.fail_after(max(1.0, deadline - time.monotonic())):
+        if name == "json_schema_echo":
+            others = [t for n, t in by_name.items() if n != name]
+            if others:
+                arguments["schema"] = others[0].get("inputSchema") or {}
+        calls.append((tool, arguments))
+    return calls
+
+
+async def call(client: Client, tool: dict[str, Any], arguments: dict[str, Any], deadline: float) -> int:
+    say(f"calling {tool['name']} with {json.dumps(arguments)}")
+    try:
+        with anyio.fail_after(max(1.0, deadline - time.monotonic())):
+            if MODE == "legacy":
+                request = types.CallToolRequest(
+                    params=types.CallToolRequestParams(name=tool["name"], arguments=arguments)
+                )
                 result = (await client.session.send_request(request, Raw)).root
-        except TimeoutError:
-            say("the tool call did not finish in time")
-            return 1
-        except Exception as exc:  # a JSON-RPC error from the bridge
-            say(f"the tool call failed: {type(exc).__name__}: {exc}")
-            return 1
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
-        if result.get("isError"):
-            say("the tool call returned isError")
-            return 1
-        return 0
+            else:  # the SDK's own call, which drives InputRequiredResult rounds as a modern IDE does
+                called = await client.call_tool(tool["name"], arguments)
+                result = called.model_dump(mode="json", by_alias=True, exclude_none=True)
+    except TimeoutError:
+        say("the tool call did not finish in time")
+        return 1
+    except Exception as exc:  # a JSON-RPC error from the bridge
+        say(f"the tool call failed: {type(exc).__name__}: {exc}")
+        return 1
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    if result.get("isError"):
+        say("the tool call returned isError")
+        return 1
+    return 0
 
 
-async def bounded(config: Path, env: dict[str, str], errlog: Any, scenario: str, wait: float, limit: float) -> int:
+async def bounded(
+    config: Path, env: dict[str, str], errlog: Any, scenario: str, context: dict[str, Any], wait: float, limit: float
+) -> int:
     try:
         with anyio.fail_after(limit):
-            return await drive(config, env, errlog, scenario, wait)
+            return await drive(config, env, errlog, scenario, context, wait)
     except TimeoutError:
         say(f"gave up after {limit:g}s")
         return 1
@@ -236,9 +294,10 @@ def main(argv: list[str]) -> int:
         bridge_log = work / "bridge-stderr.log"
         with open(bridge_log, "w", encoding="utf-8") as errlog:
             try:
-                status = anyio.run(bounded, config, bridge_env(work), errlog, scenario, wait, limit)
+                status = anyio.run(bounded, config, bridge_env(work), errlog, scenario, context, wait, limit)
             except Exception as exc:
                 say(f"driver error: {type(exc).__name__}: {exc}")
+                sys.stderr.write("".join(traceback.format_exception(exc)))
                 status = 1
         sys.stderr.write("----- bridge stderr -----\n" + bridge_log.read_text(encoding="utf-8", errors="replace"))
         browser_log = work / "browser.jsonl"
