@@ -71,6 +71,16 @@ async def _exercise(client: Client, prefix: str) -> None:
     assert all(0 < value <= steps and total == steps for value, total, _ in progress), progress
 
 
+def _bridge(config: Path, tmp_path: Path) -> StdioServerParameters:
+    """``mcp-bridge serve`` with ``config``, as the IDE would run it (its home under ``tmp_path``)."""
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_bridge", "serve", "--config", str(config)],
+        env={"MCP_BRIDGE_HOME": str(tmp_path / "home")},
+        cwd=tmp_path,
+    )
+
+
 async def test_everything_direct(everything_url: str) -> None:
     with anyio.fail_after(DEADLINE):
         async with Client(everything_url, mode="legacy") as client:
@@ -87,12 +97,7 @@ async def test_everything_through_bridge(everything_url: str, tmp_path: Path) ->
         ),
         encoding="utf-8",
     )
-    bridge = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "mcp_bridge", "serve", "--config", str(config)],
-        env={"MCP_BRIDGE_HOME": str(tmp_path / "home")},
-        cwd=tmp_path,
-    )
+    bridge = _bridge(config, tmp_path)
     with anyio.fail_after(DEADLINE):
         async with Client(bridge, mode="legacy") as client:
             names = await _tool_names(client)
@@ -134,12 +139,7 @@ async def test_everything_asks_the_ide_through_the_bridge(everything_url: str, t
     config = tmp_path / "config.yaml"
     server = {"url": everything_url, "allowed_tools": ["*"], "auth": {"type": "none"}, "allow_sampling": True}
     config.write_text(yaml.safe_dump({"servers": {SERVER: server}}), encoding="utf-8")
-    bridge = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "mcp_bridge", "serve", "--config", str(config)],
-        env={"MCP_BRIDGE_HOME": str(tmp_path / "home")},
-        cwd=tmp_path,
-    )
+    bridge = _bridge(config, tmp_path)
     with anyio.fail_after(DEADLINE):
         async with Client(everything_url, mode="legacy", **INPUTS) as direct:
             listed = (await direct.list_tools()).tools

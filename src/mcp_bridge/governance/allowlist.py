@@ -342,8 +342,7 @@ def _server_from_entity(
     try:
         server = ServerConfig.model_validate(data)
     except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_url=False))
-        raise _Skip(clean(reasons)) from None
+        raise _Skip(clean(_reasons(exc))) from None
     # Pins are set after validation: a malformed one must not drop the server, it blocks its tool (fail closed).
     return server.model_copy(update={"tool_pins": pins}) if pins else server, problem
 
@@ -380,9 +379,13 @@ def _merge_auth(
             client_metadata_url=cimd,
         )
     except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_url=False))
-        raise _Skip(clean(f"oauth_config.client_metadata_url: {reasons}")) from None
+        raise _Skip(clean(f"oauth_config.client_metadata_url: {_reasons(exc)}")) from None
     return auth, None
+
+
+def _reasons(exc: ValidationError) -> str:
+    """A validation error's messages, one line."""
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_url=False))
 
 
 def _str(value: Any) -> str | None:

@@ -690,13 +690,13 @@ class Upstream:
         not be delivered (or was lost in flight), and :class:`UpstreamTimeout` when no answer came in ``timeout``.
         """
         asker = ASKING.get()
-        if asker is None:
-            return await self._request(request, call_timeout=call_timeout, progress=progress)
-        self._asking.append(asker)
+        if asker is not None:
+            self._asking.append(asker)
         try:
             return await self._request(request, call_timeout=call_timeout, progress=progress)
         finally:
-            self._asking.remove(asker)
+            if asker is not None:
+                self._asking.remove(asker)
 
     async def _request(
         self, request: Any, *, call_timeout: float | None, progress: ProgressFn | None
