@@ -37,6 +37,25 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "RESULTS.md"
 WARMUP_CALLS = 20
 
+ERAS: dict[str, tuple[str, str]] = {
+    "2025-11-25": ("legacy", "handshake"),
+    "2026-07-28": ("auto", "modern"),
+}
+"""The protocol eras a benchmark can run in: era → (the IDE's SDK client mode, the upstreams' ``--era``). In an era
+both sides speak it: the handshake era is an IDE in ``legacy`` mode and upstreams that speak only the handshake era;
+2026-07-28 is an IDE in ``auto`` mode (the SDK's default: ``server/discover`` first) and upstreams that speak only
+2026-07-28, so the bridge speaks that era on both of its sides too."""
+
+
+def parse_eras(text: str) -> list[str]:
+    """``--eras`` (comma-separated, in :data:`ERAS`' order); ValueError names an unknown one."""
+    wanted = [e.strip() for e in text.split(",") if e.strip()]
+    unknown = [e for e in wanted if e not in ERAS]
+    if unknown or not wanted:
+        raise ValueError(f"unknown era {', '.join(unknown) or '(none)'}; known: {', '.join(ERAS)}")
+    return [e for e in ERAS if e in wanted]
+
+
 RESULTS_HEADER = """\
 # Benchmark results
 
@@ -389,14 +408,74 @@ async def bridge_session(
 
 
 @asynccontextmanager
-async def direct_client(url: str) -> AsyncIterator[Client]:
-    """The SDK client straight to an upstream over streamable HTTP (handshake era, as the bridge talks to it)."""
+async def stdio_client_in(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    stderr_path: Path,
+    mode: str,
+    handler: ToolsChanged | None = None,
+) -> AsyncIterator[Client]:
+    """Spawn a stdio MCP server (the bridge or a peer) the way an IDE does and connect in ``mode`` (an SDK
+    ``Client`` mode: entered = ``initialize`` or ``server/discover`` answered). ``handler`` hears the handshake
+    era's notifications; in the 2026-07-28 era list changes come on a stream :func:`listening` opens."""
+    params = StdioServerParameters(command=command[0], args=command[1:], env=env, cwd=str(cwd))
+    with open(stderr_path, "a", encoding="utf-8") as errlog:
+        async with Client(
+            stdio_client(params, errlog=errlog),
+            mode=mode,  # type: ignore[arg-type]
+            message_handler=handler,
+            client_info=types.Implementation(name="bench-ide", version="1.0"),
+        ) as client:
+            yield client
+
+
+async def _listen(client: Client, handler: ToolsChanged, *, task_status: Any) -> None:
+    from mcp.shared.subscriptions import event_to_notification
+
+    async with client.listen(tools_list_changed=True) as stream:
+        task_status.started()
+        async for event in stream:
+            await handler(event_to_notification(event, {}))
+
+
+@asynccontextmanager
+async def listening(client: Client, handler: ToolsChanged) -> AsyncIterator[None]:
+    """In the 2026-07-28 era, a ``subscriptions/listen`` stream (acknowledged before this enters) that feeds
+    ``handler`` the tool list changes; in the handshake era nothing (the notifications reach the handler)."""
+    if client.protocol_version != "2026-07-28":
+        yield
+        return
+    async with anyio.create_task_group() as tg:
+        await tg.start(_listen, client, handler)
+        yield
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def bridge_client_in(
+    config: Path,
+    home: Path,
+    stderr_path: Path,
+    mode: str,
+    handler: ToolsChanged | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> AsyncIterator[Client]:
+    """Spawn ``python -m mcp_bridge serve`` and connect to it in ``mode`` (see :func:`stdio_client_in`)."""
+    env = {**bridge_env(home), **(env_extra or {})}
+    async with stdio_client_in(bridge_command(config), env, home, stderr_path, mode, handler) as client:
+        yield client
+
+
+@asynccontextmanager
+async def direct_client(url: str, mode: str = "legacy") -> AsyncIterator[Client]:
+    """The SDK client straight to an upstream over streamable HTTP, in ``mode`` (default: the handshake era)."""
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
     async with (
         httpx2.AsyncClient(timeout=60) as http,
-        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,  # type: ignore[arg-type]
     ):
         yield client
 

@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/peers.py [--calls 500] [--rounds 5] [--memory-rounds 3] [--paths ...] [--no-write]
+        [--eras 2025-11-25,2026-07-28]
 
 Peers, installed by this script (pinned, into ``bench/.peers/``, which git ignores):
 
@@ -16,15 +17,18 @@ Peers, installed by this script (pinned, into ``bench/.peers/``, which git ignor
 
 A peer that cannot be installed or run is reported as such in the table, with the reason.
 
-1. Latency: one local upstream (``mcp_bridge.sandbox.localservers``); each path is driven by the same SDK client code:
-   the direct path over streamable HTTP, the others spawned over stdio as an IDE spawns them. Per round and path: spawn
-   (or connect) → ``initialize``, ``tools/list``, 50 warm-up calls, then ``--calls`` sequential ``echo`` calls, each
-   answer checked; the path order rotates every round. Values are medians across rounds of each round's p50/p99.
-2. Memory: 10 local upstreams. One bridge serving all 10, against 10 ``mcp-remote`` processes (one per server, which
-   is what users run today) and 10 ``mcp-proxy`` processes: each spawned, initialized, ``tools/list``-ed and driven
-   with 20 ``echo`` calls per server, then measured while still running: the sum over every process of each tree
-   (the ``npx`` → ``sh`` → ``node`` tree counts as ``mcp-remote``'s) of the peak RSS (``VmHWM``), and of the PSS,
-   which shares the pages the processes share (Linux ``/proc``).
+1. Latency, in each protocol era (``common.ERAS``: the IDE client and the upstream both speak it; 2026-07-28 is an
+   SDK client in its default ``auto`` mode and an upstream that speaks only 2026-07-28): one local upstream
+   (``mcp_bridge.sandbox.localservers``); each path is driven by the same SDK client code: the direct path over
+   streamable HTTP, the others spawned over stdio as an IDE spawns them. Per round and path: spawn (or connect) →
+   ``initialize`` (or ``server/discover``), ``tools/list``, 50 warm-up calls, then ``--calls`` sequential ``echo``
+   calls, each answer checked; the path order rotates every round. Values are medians across rounds of each round's
+   p50/p99. A peer that cannot serve an era is reported with what went wrong.
+2. Memory (handshake era): 10 local upstreams. One bridge serving all 10, against 10 ``mcp-remote`` processes (one
+   per server, which is what users run today) and 10 ``mcp-proxy`` processes: each spawned, initialized,
+   ``tools/list``-ed and driven with 20 ``echo`` calls per server, then measured while still running: the sum over
+   every process of each tree (the ``npx`` → ``sh`` → ``node`` tree counts as ``mcp-remote``'s) of the peak RSS
+   (``VmHWM``), and of the PSS, which shares the pages the processes share (Linux ``/proc``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from mcp.client.session import ClientSession
 
 from common import (
     BENCH,
+    ERAS,
     Memory,
     Processes,
     ToolsChanged,
@@ -68,11 +73,13 @@ from common import (
     med,
     ms,
     own_children,
+    parse_eras,
     percentile,
     proc_memory,
     process_tree,
     quiet_note,
     spread,
+    stdio_client_in,
     stdio_session,
     timed_calls,
     title_line,
@@ -120,6 +127,13 @@ def _clean(text: str, limit: int = 300) -> str:
     text = re.sub(r"([a-z][a-z0-9+.-]*://)[^\s/\"']+", r"\1<host>", text)
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong, from the innermost exceptions of a group (the SDK's task groups wrap them)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_why(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _run(cmd: list[str], timeout: float = INSTALL_TIMEOUT) -> str | None:
@@ -229,18 +243,21 @@ class Opened:
     expect: str
     pid: int | None  # the process tree this path spawned (None: the direct path)
     initialize: float  # spawn (or connect) → initialize response, seconds
+    version: str = ""  # the protocol version the IDE's client negotiated with this path
 
 
 @asynccontextmanager
 async def open_path(
-    path: str, upstream: Upstream, work: Path, peers: dict[str, Peer], tag: str
+    path: str, upstream: Upstream, work: Path, peers: dict[str, Peer], tag: str, mode: str = "legacy"
 ) -> AsyncIterator[Opened]:
-    """Spawn (or connect) one path to ``upstream`` and initialize it; yields the session and what to call."""
+    """Spawn (or connect) one path to ``upstream`` and connect to it in ``mode`` (an SDK client mode: initialize, or
+    discover first); yields the session and what to call."""
     before = set(own_children())
     t0 = time.perf_counter()
     if path == "direct":
-        async with direct_client(upstream.url) as client:  # Client initializes on entry
-            yield Opened(client.session, "echo", upstream.name, None, time.perf_counter() - t0)
+        async with direct_client(upstream.url, mode) as client:  # Client initializes (or discovers) on entry
+            elapsed = time.perf_counter() - t0
+            yield Opened(client.session, "echo", upstream.name, None, elapsed, client.protocol_version)
         return
     home = work / f"{path}-{tag}"
     stderr_path = work / f"{path}.stderr.log"
@@ -249,11 +266,11 @@ async def open_path(
         command, env, tool = bridge_command(config), bridge_env(home), f"{upstream.name}__echo"
     else:
         command, env, tool = peers[path].command(upstream.url), peer_env(home), "echo"
-    async with stdio_session(command, env, home, stderr_path) as session:
-        await session.initialize()
+    async with stdio_client_in(command, env, home, stderr_path, mode) as client:
         elapsed = time.perf_counter() - t0
         spawned = set(own_children()) - before
-        yield Opened(session, tool, upstream.name, spawned.pop() if len(spawned) == 1 else None, elapsed)
+        pid = spawned.pop() if len(spawned) == 1 else None
+        yield Opened(client.session, tool, upstream.name, pid, elapsed, client.protocol_version)
 
 
 # ---------------------------------------------------------------------------------------------- 1. latency
@@ -265,11 +282,13 @@ class PathLatency:
     p99: list[float] = field(default_factory=list)
     initialize: list[float] = field(default_factory=list)
     problem: str | None = None
+    versions: set[str] = field(default_factory=set)
 
 
 async def run_latency(
-    upstream: Upstream, work: Path, peers: dict[str, Peer], paths: list[str], calls: int, rounds: int
+    upstream: Upstream, work: Path, peers: dict[str, Peer], paths: list[str], calls: int, rounds: int, era: str
 ) -> dict[str, PathLatency]:
+    mode = ERAS[era][0]
     results = {p: PathLatency(problem=peers[p].problem if p in peers else None) for p in paths}
     for r in range(rounds):
         order = paths[r % len(paths) :] + paths[: r % len(paths)]
@@ -278,20 +297,21 @@ async def run_latency(
             if res.problem:
                 continue
             try:
-                async with open_path(path, upstream, work, peers, f"lat{r}") as opened:
+                async with open_path(path, upstream, work, peers, f"lat-{era}-{r}", mode) as opened:
                     if opened.tool not in await list_tool_names(opened.session):
                         raise RuntimeError(f"{path} does not list {opened.tool}")
                     await timed_calls(opened.session, opened.tool, WARMUP, opened.expect)
                     samples = await timed_calls(opened.session, opened.tool, calls, opened.expect)
             except Exception as exc:  # a peer that breaks is reported, not fatal
-                res.problem = f"round {r + 1} failed: {_clean(f'{type(exc).__name__}: {exc}')}"
-                print(f"  {path}: {res.problem}", file=sys.stderr)
+                res.problem = f"round {r + 1} failed: {_clean(_why(exc))}"
+                print(f"  {era} {path}: {res.problem}", file=sys.stderr)
                 continue
             res.initialize.append(opened.initialize)
+            res.versions.add(opened.version)
             res.p50.append(ms(percentile(samples, 50)))
             res.p99.append(ms(percentile(samples, 99)))
             print(
-                f"  round {r + 1}/{rounds} {path:10}: init {ms(opened.initialize):6.0f} ms  "
+                f"  {era} round {r + 1}/{rounds} {path:10}: init {ms(opened.initialize):6.0f} ms  "
                 f"p50 {res.p50[-1]:.3f} ms  p99 {res.p99[-1]:.3f} ms",
                 file=sys.stderr,
             )
@@ -403,13 +423,65 @@ async def run_memory(
 
 # ---------------------------------------------------------------------------------------------- report
 
+LABELS = {
+    "direct": "direct SDK client",
+    "bridge": "mcp-bridge",
+    "mcp-remote": "mcp-remote",
+    "mcp-proxy": "mcp-proxy",
+}
+
 
 def mib(kb: float) -> str:
     return f"{kb / 1024:.0f} MiB"
 
 
+def _latency_rows(by_path: dict[str, PathLatency], labels: dict[str, str], era: str) -> list[list[str]]:
+    """One era's latency rows (metric, value, notes)."""
+    rows: list[list[str]] = []
+    d50 = med(by_path["direct"].p50) if "direct" in by_path and by_path["direct"].p50 else None
+    d99 = med(by_path["direct"].p99) if "direct" in by_path and by_path["direct"].p99 else None
+    for path, res in by_path.items():
+        if not res.p50:
+            rows.append([f"{labels[path]}: `echo` p50 / p99", "not measured", res.problem or "no samples"])
+            continue
+        p50, p99 = med(res.p50), med(res.p99)
+        note = spread(res.p50)
+        if res.problem:
+            note = f"{res.problem}; {note}"
+        rows.append([f"{labels[path]}: `echo` p50 / p99", f"{p50:.3f} / {p99:.3f} ms", f"p50 {note}"])
+    for path, res in by_path.items():
+        if path == "direct" or not res.p50 or d50 is None or d99 is None:
+            continue
+        ratio = med(res.p50) / d50
+        note = f"p99 ratio {med(res.p99) / d99:.2f}x"
+        if path == "bridge":
+            note += f"; target ≤ {TARGET_RATIO_DIRECT:g}x — {verdict(ratio <= TARGET_RATIO_DIRECT)}"
+        rows.append([f"{labels[path]} / direct, p50", f"{ratio:.2f}x", note])
+    bridge = by_path.get("bridge")
+    for peer in PEER_PATHS:
+        other = by_path.get(peer)
+        if bridge is None or other is None or not bridge.p50:
+            continue
+        if not other.p50:
+            rows.append([f"mcp-bridge / {peer}, p50", "not measured", f"{peer}: {other.problem}"])
+            continue
+        ratio = med(bridge.p50) / med(other.p50)
+        note = f"p99 ratio {med(bridge.p99) / med(other.p99):.2f}x"
+        if peer == "mcp-remote":
+            note += f"; target ≤ 1x — {verdict(ratio <= 1.0)}"
+        rows.append([f"mcp-bridge / {peer}, p50", f"{ratio:.2f}x", note])
+    for path, res in by_path.items():
+        if res.initialize:
+            first = "`initialize`" if era == "2025-11-25" else "connected (`auto`)"
+            what = f"connect → {first}" if path == "direct" else f"spawn → {first}"
+            values = [ms(v) for v in res.initialize]
+            note = f"{spread(values, '.0f')}; negotiated {', '.join(sorted(res.versions))}"
+            rows.append([f"{labels[path]}: {what}", f"{med(values):.0f} ms", note])
+    return rows
+
+
 def render(
-    lat: dict[str, PathLatency] | None,
+    lats: dict[str, dict[str, PathLatency]] | None,
     mem: dict[str, PathMemory] | None,
     peers: dict[str, Peer],
     args: argparse.Namespace,
@@ -418,50 +490,10 @@ def render(
     quiet: str,
 ) -> str:
     rows: list[list[str]] = []
-    labels = {
-        "direct": "direct SDK client",
-        "bridge": "mcp-bridge",
-        "mcp-remote": "mcp-remote",
-        "mcp-proxy": "mcp-proxy",
-    }
-    if lat is not None:
-        d50 = med(lat["direct"].p50) if "direct" in lat and lat["direct"].p50 else None
-        d99 = med(lat["direct"].p99) if "direct" in lat and lat["direct"].p99 else None
-        for path, res in lat.items():
-            if not res.p50:
-                rows.append([f"{labels[path]}: `echo` p50 / p99", "not measured", res.problem or "no samples"])
-                continue
-            p50, p99 = med(res.p50), med(res.p99)
-            note = spread(res.p50)
-            if res.problem:
-                note = f"{res.problem}; {note}"
-            rows.append([f"{labels[path]}: `echo` p50 / p99", f"{p50:.3f} / {p99:.3f} ms", f"p50 {note}"])
-        for path, res in lat.items():
-            if path == "direct" or not res.p50 or d50 is None or d99 is None:
-                continue
-            ratio = med(res.p50) / d50
-            note = f"p99 ratio {med(res.p99) / d99:.2f}x"
-            if path == "bridge":
-                note += f"; target ≤ {TARGET_RATIO_DIRECT:g}x — {verdict(ratio <= TARGET_RATIO_DIRECT)}"
-            rows.append([f"{labels[path]} / direct, p50", f"{ratio:.2f}x", note])
-        bridge = lat.get("bridge")
-        for peer in PEER_PATHS:
-            other = lat.get(peer)
-            if bridge is None or other is None or not bridge.p50:
-                continue
-            if not other.p50:
-                rows.append([f"mcp-bridge / {peer}, p50", "not measured", f"{peer}: {other.problem}"])
-                continue
-            ratio = med(bridge.p50) / med(other.p50)
-            note = f"p99 ratio {med(bridge.p99) / med(other.p99):.2f}x"
-            if peer == "mcp-remote":
-                note += f"; target ≤ 1x — {verdict(ratio <= 1.0)}"
-            rows.append([f"mcp-bridge / {peer}, p50", f"{ratio:.2f}x", note])
-        for path, res in lat.items():
-            if res.initialize:
-                what = "connect → `initialize`" if path == "direct" else "spawn → `initialize`"
-                values = [ms(v) for v in res.initialize]
-                rows.append([f"{labels[path]}: {what}", f"{med(values):.0f} ms", spread(values, ".0f")])
+    labels = LABELS
+    for era, by_path in (lats or {}).items():
+        rows.extend([era, *r] for r in _latency_rows(by_path, labels, era))
+    mem_rows: list[list[str]] = []
     if mem is not None:
         bridge_peak = (
             med([m.peak_rss_kb for m in mem["bridge"].total]) if mem.get("bridge") and mem["bridge"].total else None
@@ -470,7 +502,7 @@ def render(
             n = MEMORY_UPSTREAMS
             label = f"one {labels[path]}, {n} upstreams" if path == "bridge" else f"{n} × {labels[path]}"
             if not res.total:
-                rows.append([f"{label}: peak RSS", "not measured", res.problem or "no samples"])
+                mem_rows.append([f"{label}: peak RSS", "not measured", res.problem or "no samples"])
                 continue
             peak = med([m.peak_rss_kb for m in res.total])
             pss = med([m.pss_kb for m in res.total])
@@ -482,14 +514,16 @@ def render(
                 note += f"; bridge = {frac:.2f} of this"
                 if path == "mcp-remote":
                     note += f" (target ≤ {TARGET_MEMORY_FRACTION:g} — {verdict(frac <= TARGET_MEMORY_FRACTION)})"
-            rows.append([f"{label}: peak RSS", mib(peak), note])
-            rows.append([f"{label}: PSS", mib(pss), "proportional set size at the end (shared pages divided)"])
+            mem_rows.append([f"{label}: peak RSS", mib(peak), note])
+            mem_rows.append([f"{label}: PSS", mib(pss), "proportional set size at the end (shared pages divided)"])
             if res.node_only:
                 node = med([m.peak_rss_kb for m in res.node_only])
-                rows.append([f"{label}: peak RSS of the `node` processes alone", mib(node), "without npx and sh"])
+                mem_rows.append([f"{label}: peak RSS of the `node` processes alone", mib(node), "without npx and sh"])
             values = [ms(v) for v in res.initialize]
             spawns = f"median of {len(values)} spawns, one at a time, min {min(values):.0f}, max {max(values):.0f}"
-            rows.append([f"{label}: spawn → `initialize`", f"{med(values):.0f} ms", spawns])
+            mem_rows.append([f"{label}: spawn → `initialize`", f"{med(values):.0f} ms", spawns])
+
+    rows.extend(["2025-11-25", *r] for r in mem_rows)
 
     versions = ", ".join(
         f"`{p.name}` {p.version}" if p.version else f"`{p.name}` not installed" for p in peers.values()
@@ -500,7 +534,7 @@ def render(
         machine_line(load_start) + (f"; {quiet}" if quiet else ""),
         f"- peers: {versions}; bridge: `python -m mcp_bridge serve` (logs at its default level)",
     ]
-    if lat is not None:
+    if lats:
         header.append(
             f"- latency: one local upstream; {args.calls} sequential `echo` calls per path per round after {WARMUP} "
             f"warm-up calls, {args.rounds} rounds, a fresh process (or connection) per path and round, path order "
@@ -514,8 +548,14 @@ def render(
             f"while running; {args.memory_rounds} rounds, medians; peak RSS summed over every process of each tree "
             "(npx → sh → node for mcp-remote)"
         )
+    header.append(
+        "- era: the protocol era of the IDE's client and of the upstream: 2025-11-25 = an SDK client in `legacy` mode "
+        "and a handshake-only upstream; 2026-07-28 = an SDK client in its default `auto` mode (`server/discover` "
+        "first, `initialize` where the path does not discover) and an upstream that speaks only 2026-07-28"
+    )
     header.append("")
-    return "\n".join(header + markdown_table(["metric", "value", "notes"], rows)) + "\n"
+    table = markdown_table(["era", "metric", "value", "notes"], rows, "|---|---|---:|---|")
+    return "\n".join(header + table) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -528,8 +568,13 @@ def main() -> int:
     parser.add_argument("--memory-rounds", type=int, default=3, help="memory rounds (default 3; 0 skips memory)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency section")
+    parser.add_argument("--eras", default=",".join(ERAS), help=f"latency in these eras (default {','.join(ERAS)})")
     add_common_args(parser)
     args = parser.parse_args()
+    try:
+        eras = parse_eras(args.eras)
+    except ValueError as exc:
+        parser.error(str(exc))
     paths = [p for p in PATHS if p in args.paths.split(",")]
     if args.calls < 1 or args.rounds < 1 or args.memory_rounds < 0 or "bridge" not in paths:
         parser.error("--calls and --rounds must be at least 1, --memory-rounds at least 0; --paths needs bridge")
@@ -548,24 +593,27 @@ def main() -> int:
     started = dt.datetime.now(dt.UTC)
     load_start = load_average()
     t_start = time.perf_counter()
-    lat = mem = None
+    lats: dict[str, dict[str, PathLatency]] = {}
+    mem = None
     with workdir(args.keep) as work:
         procs = Processes(work)
         try:
-            if not args.no_latency:
-                print("per-call latency ...", file=sys.stderr)
-                (local,) = procs.start_upstreams(["local"])
-                lat = anyio.run(run_latency, local, work, peers, paths, args.calls, args.rounds)
+            for era in [] if args.no_latency else eras:
+                print(f"{era}: per-call latency ...", file=sys.stderr)
+                (local,) = procs.start_upstreams(["local"], ["--era", ERAS[era][1]])
+                lats[era] = anyio.run(run_latency, local, work, peers, paths, args.calls, args.rounds, era)
+                procs.kill_all()
             if args.memory_rounds:
                 print("memory ...", file=sys.stderr)
-                upstreams = procs.start_upstreams([f"m{i}" for i in range(MEMORY_UPSTREAMS)])
+                names = [f"m{i}" for i in range(MEMORY_UPSTREAMS)]
+                upstreams = procs.start_upstreams(names, ["--era", ERAS["2025-11-25"][1]])
                 mem = anyio.run(run_memory, upstreams, work, peers, paths, args.memory_rounds)
         except KeyboardInterrupt:
             print("interrupted; cleaning up", file=sys.stderr)
             return 130
         finally:
             procs.kill_all()
-    append_results(render(lat, mem, peers, args, started, load_start, quiet), not args.no_write)
+    append_results(render(lats, mem, peers, args, started, load_start, quiet), not args.no_write)
     print(f"total runtime {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return 0
 

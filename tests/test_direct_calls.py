@@ -1,5 +1,6 @@
 """``tools/call`` through the upstream's transport directly (``upstream.wire.call_direct``): on the wire and in what it
-returns or raises, the same as the SDK session's own ``send_request``, case by case against a scripted server."""
+returns or raises, the same as the SDK session's own ``send_request``, case by case against a scripted server, in
+both protocol eras (the server speaks only the handshake era, or only 2026-07-28)."""
 
 from __future__ import annotations
 
@@ -119,10 +120,11 @@ def _script(request: dict[str, Any]) -> Reply:
 
 
 class Scripted:
-    """A raw streamable-HTTP MCP endpoint: the handshake and tools/list as any server, tools/call as scripted; it
-    records every POST (headers and body) it gets."""
+    """A raw streamable-HTTP MCP endpoint: the handshake (or, ``modern``, ``server/discover`` and no handshake) and
+    tools/list as any server, tools/call as scripted; it records every POST (headers and body) it gets."""
 
-    def __init__(self) -> None:
+    def __init__(self, modern: bool = False) -> None:
+        self.modern = modern
         self.posts: list[tuple[dict[str, str], bytes]] = []
 
     def messages(self) -> list[dict[str, Any]]:
@@ -146,6 +148,19 @@ class Scripted:
         method, request_id = message.get("method"), message.get("id")
         if method is None or request_id is None:  # a notification, or the client's answer to our ping
             await self._reply(send, Reply(202, "text/plain"))
+        elif method == "server/discover" and self.modern:
+            result = {
+                "resultType": "complete",
+                "supportedVersions": ["2026-07-28"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "scripted", "version": "1"},
+            }
+            answer = json.dumps(_answer(message, result=result)).encode()
+            await self._reply(send, Reply(content_type="application/json", chunks=[answer]))
+        elif method == "initialize" and self.modern:
+            error = {"code": -32022, "message": "Unsupported protocol version", "data": {"supported": ["2026-07-28"]}}
+            answer = json.dumps(_answer(message, error=error)).encode()
+            await self._reply(send, Reply(400, "application/json", [answer]))
         elif method == "initialize":
             result = {
                 "protocolVersion": message["params"]["protocolVersion"],
@@ -155,13 +170,21 @@ class Scripted:
             answer = json.dumps(_answer(message, result=result)).encode()
             await self._reply(send, Reply(content_type="application/json", chunks=[answer]), session=True)
         elif method == "tools/list":
-            result = {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]}
+            result: dict[str, Any] = {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]}
+            if self.modern:
+                result.update(resultType="complete", ttlMs=0, cacheScope="private")
             await self._reply(
                 send,
                 Reply(content_type="application/json", chunks=[json.dumps(_answer(message, result=result)).encode()]),
             )
         elif method == "tools/call":
             await self._reply(send, _script(message))
+        elif method == "prompts/list":
+            listed: dict[str, Any] = {"prompts": []}
+            if self.modern:
+                listed.update(resultType="complete", ttlMs=0, cacheScope="private")
+            answer = json.dumps(_answer(message, result=listed)).encode()
+            await self._reply(send, Reply(content_type="application/json", chunks=[answer]))
         else:
             await self._reply(
                 send, Reply(content_type="application/json", chunks=[json.dumps(_answer(message, result={})).encode()])
@@ -186,12 +209,20 @@ class Connected:
     listings: list[Listing]
 
 
+ERAS = ["handshake", "modern"]
+
+
+@pytest.fixture(params=ERAS)
+def era(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @asynccontextmanager
-async def connected() -> AsyncIterator[Connected]:
-    """The scripted server on a free port (in this process), and one upstream connected to it."""
+async def connected(era: str = "handshake") -> AsyncIterator[Connected]:
+    """The scripted server of ``era`` on a free port (in this process), and one upstream connected to it."""
     import uvicorn
 
-    server, port = Scripted(), _free_port()
+    server, port = Scripted(modern=era == "modern"), _free_port()
     web = uvicorn.Server(
         uvicorn.Config(server, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
     )
@@ -208,7 +239,8 @@ async def connected() -> AsyncIterator[Connected]:
             async with anyio.create_task_group() as client:
                 client.start_soon(up.run)
                 with anyio.fail_after(10):
-                    await up._wait_session()
+                    session = await up._wait_session()
+                assert session.protocol_version == ("2026-07-28" if era == "modern" else "2025-11-25")
                 yield Connected(up, server, listings)
                 client.cancel_scope.cancel()
         finally:
@@ -294,19 +326,21 @@ def _same_request(direct: tuple[dict[str, str], bytes], sdk: tuple[dict[str, str
         "string_id",
     ],
 )
-async def test_each_kind_of_answer_comes_out_as_the_sessions(case: str) -> None:
-    async with connected() as c:
+async def test_each_kind_of_answer_comes_out_as_the_sessions(case: str, era: str) -> None:
+    async with connected(era) as c:
         direct, sdk, _, _ = await _both(c, _request(case, {"x": 1}))
         assert direct == sdk
         posted = _calls(c.server)
         assert len(posted) == 2
         _same_request(*posted)
-    if case in ("json", "string_id"):
-        assert direct == ("result", RESULT)
+    modern = era == "modern"
+    if case in ("json", "string_id"):  # at 2026-07-28 a result that does not say its type is complete
+        assert direct == ("result", {**RESULT, "resultType": "complete"} if modern else RESULT)
     if case == "later_fields":
-        assert direct[1]["unknown"] == 1 and "resultType" not in direct[1]  # a later revision's field dropped
-    if case == "http_404":
-        assert direct[1:3] == (types.INVALID_REQUEST, "Session terminated")  # what upstream.py retries on
+        assert direct[1]["unknown"] == 1
+        assert ("resultType" in direct[1]) is modern  # a later revision's field dropped from a handshake-era result
+    if case == "http_404" and not modern:  # what upstream.py retries on (with no session, a 404 is no session's)
+        assert direct[1:3] == (types.INVALID_REQUEST, "Session terminated")
 
 
 @pytest.mark.parametrize(
@@ -318,8 +352,8 @@ async def test_each_kind_of_answer_comes_out_as_the_sessions(case: str) -> None:
         ({"a": 1}, {"vendor/trace": "abc", "nested": {"k": None}, "dropped": None}),
     ],
 )
-async def test_the_request_on_the_wire_is_the_sessions(arguments: dict[str, Any] | None, meta: Any) -> None:
-    async with connected() as c:
+async def test_the_request_on_the_wire_is_the_sessions(arguments: dict[str, Any] | None, meta: Any, era: str) -> None:
+    async with connected(era) as c:
         for progress in (False, True):
             direct, sdk, _, _ = await _both(c, _request("echo", arguments, meta), progress=progress)
             assert direct == sdk
@@ -329,14 +363,27 @@ async def test_the_request_on_the_wire_is_the_sessions(arguments: dict[str, Any]
     _same_request(posted[2], posted[3])
     assert "progressToken" not in json.dumps(json.loads(posted[0][1])["params"])
     assert json.loads(posted[2][1])["params"]["_meta"]["progressToken"] == json.loads(posted[2][1])["id"]
+    headers, body = posted[0]
+    if era == "modern":  # what the 2026-07-28 session stamps on every request: the era's _meta and headers
+        stamped = json.loads(body)["params"]["_meta"]
+        assert stamped["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+        assert {"io.modelcontextprotocol/clientInfo", "io.modelcontextprotocol/clientCapabilities"} <= set(stamped)
+        assert (headers["mcp-method"], headers["mcp-name"]) == ("tools/call", "echo")
+    else:
+        assert "mcp-method" not in headers and "_meta" not in (json.loads(body)["params"] if meta is None else {})
+    assert headers["mcp-protocol-version"] == ("2026-07-28" if era == "modern" else "2025-11-25")
 
 
-async def test_progress_notifications_and_server_requests_on_the_stream_are_handled_as_the_session_does() -> None:
-    async with connected() as c:
+async def test_progress_notifications_and_server_requests_on_the_stream_are_handled_as_the_session_does(
+    era: str,
+) -> None:
+    async with connected(era) as c:
         listed = len(c.listings)
         direct, sdk, direct_progress, sdk_progress = await _both(c, _request("sse"), progress=True)
-        assert direct == sdk == ("result", RESULT)
+        assert direct == sdk == ("result", {**RESULT, "resultType": "complete"} if era == "modern" else RESULT)
         assert direct_progress == sdk_progress == [(1.0, 2.0, "half")]  # the bool progress is dropped by both
+        if era == "modern":
+            return  # a 2026-07-28 server sends no requests and no list changes on a request's stream
         with anyio.fail_after(5):  # the session answered the server's pings and re-listed on list_changed, twice
             while (
                 sum(1 for m in c.server.messages() if m.get("id") == "srv-ping" and "result" in m) < 2
@@ -345,10 +392,10 @@ async def test_progress_notifications_and_server_requests_on_the_stream_are_hand
                 await anyio.sleep(0.02)
 
 
-async def test_an_answer_with_another_id_fails_at_once_where_the_session_waits_out_the_timeout() -> None:
+async def test_an_answer_with_another_id_fails_at_once_where_the_session_waits_out_the_timeout(era: str) -> None:
     """The one difference: a JSON answer naming another request never reaches the session's waiter, which times
     out; the direct path knows the POST is over and says so."""
-    async with connected() as c:
+    async with connected(era) as c:
         with anyio.fail_after(READ_TIMEOUT / 2):
             direct = await _outcome(
                 lambda: _call_direct(
@@ -366,18 +413,19 @@ async def test_an_answer_with_another_id_fails_at_once_where_the_session_waits_o
         assert sdk[0:2] == ("error", types.REQUEST_TIMEOUT)
 
 
-async def test_upstream_request_uses_the_direct_path_for_calls_only() -> None:
-    async with connected() as c:
+async def test_upstream_request_uses_the_direct_path_for_calls_only(era: str) -> None:
+    async with connected(era) as c:
         result = await c.upstream.request(_request("echo", {"q": 1}))
-        assert result == {"content": [], "structuredContent": {"name": "echo", "arguments": {"q": 1}}}
-        await c.upstream.request(types.PingRequest())
-        ids = [m["id"] for m in c.server.messages() if m.get("method") in ("tools/call", "ping")]
+        expected = {"content": [], "structuredContent": {"name": "echo", "arguments": {"q": 1}}}
+        assert result == ({**expected, "resultType": "complete"} if era == "modern" else expected)
+        await c.upstream.request(types.ListPromptsRequest())
+        ids = [m["id"] for m in c.server.messages() if m.get("method") in ("tools/call", "prompts/list")]
     assert ids[0] >= 1 << 30 > ids[1]
 
 
-async def test_without_the_sdk_internals_calls_take_the_sessions_way(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_the_sdk_internals_calls_take_the_sessions_way(monkeypatch: pytest.MonkeyPatch, era: str) -> None:
     monkeypatch.setattr(upstream_module, "DIRECT_CALLS", False)
-    async with connected() as c:
+    async with connected(era) as c:
         assert c.upstream._wire is None
         result = await c.upstream.request(_request("echo", {"q": 1}))
         assert result["structuredContent"] == {"name": "echo", "arguments": {"q": 1}}
@@ -386,6 +434,7 @@ async def test_without_the_sdk_internals_calls_take_the_sessions_way(monkeypatch
 
 
 async def test_a_timed_out_or_cancelled_call_is_cancelled_upstream_as_the_session_does() -> None:
+    """Handshake era: a ``notifications/cancelled`` for each call given up."""
     async with connected() as c:
         session, wire = c.upstream._session, c.upstream._wire
         assert session is not None and wire is not None
@@ -405,3 +454,26 @@ async def test_a_timed_out_or_cancelled_call_is_cancelled_upstream_as_the_sessio
     assert [m["params"]["requestId"] for m in cancels] == calls
     reasons = [m["params"]["reason"] for m in cancels]
     assert reasons == ["timed out after 0.2s"] * 2 + ["caller cancelled"] * 2
+
+
+async def test_at_2026_07_28_a_call_given_up_is_cancelled_by_aborting_its_post_as_the_session_does() -> None:
+    """2026-07-28: closing the request's stream is its cancellation; no ``notifications/cancelled`` is sent (the
+    era's HTTP wire has none), and nothing of the call is left behind in the transport."""
+    async with connected("modern") as c:
+        session, wire = c.upstream._session, c.upstream._wire
+        assert session is not None and wire is not None
+        direct = await _outcome(lambda: _call_direct(wire, session, _request("hang"), read_timeout=0.2, progress=None))
+        sdk = await _outcome(lambda: _send(session, _request("hang"), request_read_timeout_seconds=0.2))
+        assert direct == sdk == ("error", types.REQUEST_TIMEOUT, "Request 'tools/call' timed out", None)
+        for call in (
+            lambda: _call_direct(wire, session, _request("hang"), read_timeout=READ_TIMEOUT, progress=None),
+            lambda: _send(session, _request("hang"), request_read_timeout_seconds=READ_TIMEOUT),
+        ):
+            with anyio.move_on_after(0.2):
+                await call()
+        with anyio.fail_after(5):
+            while wire.transport._in_flight_posts:  # every POST aborted (a hang answers only after 3 s)
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.3)
+        assert len(_calls(c.server)) == 4
+        assert not [m for m in c.server.messages() if m.get("method") == "notifications/cancelled"]

@@ -388,3 +388,21 @@ def test_nothing_heavy_is_imported_before_the_answer(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=bridge_env(tmp_path), capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.anyio
+async def test_an_open_listen_stream_does_not_hold_the_bridge_at_eof(tmp_path: Path) -> None:
+    """A 2026-07-28 IDE's ``subscriptions/listen`` is never answered (it is a stream): when the IDE closes stdin, the
+    bridge does not wait for its answer as it waits for the requests still being handled (it ends with the
+    connection)."""
+    config = write_config(tmp_path / "config.yaml", SERVERS, log={"level": "debug"})
+    listen = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "subscriptions/listen",
+        "params": {"_meta": envelope(), "notifications": {"toolsListChanged": True}},
+    }
+    out, stderr = await exchange(config, tmp_path / "home", lines_of(discover_request(), listen), early=True)
+    assert out[0]["id"] == 1 and "result" in out[0]
+    assert any(m.get("method") == "notifications/subscriptions/acknowledged" for m in out)
+    assert "front.unanswered_at_eof" not in stderr and "Traceback" not in stderr

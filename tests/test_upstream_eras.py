@@ -428,9 +428,10 @@ def _listed(listings: list[Listing], name: str) -> bool:
 
 
 @pytest.mark.parametrize("era", ["both", "handshake"])
-async def test_the_direct_call_path_is_for_the_handshake_era_only(monkeypatch: pytest.MonkeyPatch, era: str) -> None:
-    """A 2026-07-28 call takes the SDK session's way (its stamp: envelope, ``Mcp-Method``, ``Mcp-Name``,
-    ``Mcp-Param-*``); the direct POST (``wire.call_direct``) serves handshake-era sessions only."""
+async def test_the_direct_call_path_serves_both_eras(monkeypatch: pytest.MonkeyPatch, era: str) -> None:
+    """The direct POST (``wire.call_direct``) serves sessions of either era (a 2026-07-28 one with the session's
+    own stamp: envelope, ``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``; ``tests/test_direct_calls.py`` compares the
+    bytes with the session's)."""
     direct: list[Any] = []
     real_post = wire._post
 
@@ -445,4 +446,4 @@ async def test_the_direct_call_path_is_for_the_handshake_era_only(monkeypatch: p
         result = await up.request(request)
     assert result["content"][0]["text"] == "h ran echo"
     assert up.era == _spoken(era)
-    assert len(direct) == (1 if era == "handshake" else 0)
+    assert len(direct) == 1

@@ -69,17 +69,19 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
                         error = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=types.ErrorData(**shut))
                         await write.send(SessionMessage(error))
                         continue
-                    if isinstance(message, types.JSONRPCRequest):
-                        pending.add(message.id)
+                    if isinstance(message, types.JSONRPCRequest) and message.method != "subscriptions/listen":
+                        pending.add(message.id)  # (a listen stream is never answered: nothing to wait for)
                     elif isinstance(message, types.JSONRPCNotification) and (refusal := _refusal(line)) is not None:
                         await write.send(SessionMessage(refusal))  # a request with an id JSON-RPC does not allow
                         continue
                     await send.send(SessionMessage(message))
                 # stdin ended: answer what is already being handled before the server sees EOF (it would cancel it).
-                with anyio.move_on_after(_DRAIN_ON_EOF_SECONDS):
+                with anyio.move_on_after(_DRAIN_ON_EOF_SECONDS) as drain:
                     while pending:
                         await answered.wait()
                         answered = anyio.Event()
+                if drain.cancelled_caught:
+                    log.info("front.unanswered_at_eof", requests=len(pending), waited_seconds=_DRAIN_ON_EOF_SECONDS)
 
         async def pump_out() -> None:
             nonlocal drop_id

@@ -72,6 +72,8 @@ class HeldCall:
     result: Any = None
     failure: BaseException | None = None
     asked: anyio.Event = field(default_factory=anyio.Event)
+    woken: anyio.Event = field(default_factory=anyio.Event)
+    """Set when the call finishes or asks: what the round waiting on it waits for (one event, no helper tasks)."""
     questions: dict[str, _Question] = field(default_factory=dict)
     """The questions of the current round, by key (as the IDE was asked them)."""
     _count: int = 0
@@ -88,6 +90,7 @@ class HeldCall:
         key = f"q{self._count}"
         question = self.questions[key] = _Question(request)
         self.asked.set()
+        self.woken.set()
         with anyio.move_on_after(self.ttl) as waited:
             await question.answered.wait()
         if waited.cancelled_caught:
@@ -127,6 +130,7 @@ class HeldCalls:
                         raise
                 finally:
                     call.outcome.set()
+                    call.woken.set()
 
         tasks.start_soon(run)
         return await self._next(call)
@@ -150,25 +154,18 @@ class HeldCalls:
             question.answered.set()
         call.questions.clear()
         call.asked = anyio.Event()
+        call.woken = anyio.Event()
+        if call.outcome.is_set():
+            call.woken.set()
         return await self._next(call)
 
     async def _next(self, call: HeldCall) -> Any:
         """Wait for the call's result or its next question, whichever comes first. The IDE cancelling its request
         cancels the call (as it would have without the rounds)."""
         try:
-            async with anyio.create_task_group() as race:
-
-                async def finished() -> None:
-                    await call.outcome.wait()
-                    race.cancel_scope.cancel()
-
-                async def asked() -> None:
-                    await call.asked.wait()
-                    await anyio.lowlevel.checkpoint()  # questions asked together go in one round
-                    race.cancel_scope.cancel()
-
-                race.start_soon(finished)
-                race.start_soon(asked)
+            await call.woken.wait()
+            if call.asked.is_set() and not call.outcome.is_set():
+                await anyio.lowlevel.checkpoint()  # questions asked together go in one round
         except anyio.get_cancelled_exc_class():
             call.cancel.cancel()
             raise

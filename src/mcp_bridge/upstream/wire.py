@@ -7,13 +7,16 @@ in-memory streams per call and gives the same bytes on the wire, the same result
 Copied from the MCP SDK, ``mcp`` 2.3.0, and built on its internals (:data:`DIRECT_CALLS` says whether they are
 there): :func:`open_wire` is the body of ``mcp.client.streamable_http.streamable_http_client``, keeping hold of the
 transport it builds; :func:`call_direct` does what ``ClientSession.send_request`` and the session's dispatcher do
-with one request and its answer (:class:`_Answer`, :func:`_cancel_upstream`). Check them against the SDK's code
-when the SDK is upgraded (``tests/test_direct_calls.py`` compares the two ways case by case).
+with one request and its answer (:class:`_Answer`, :func:`_cancel_upstream`), in either protocol era: a 2026-07-28
+session's request carries what the session stamps on each (``_meta`` and the ``Mcp-*`` headers), and a caller that
+stops waiting aborts its POST, which is that era's cancellation, as the transport does for its own. Check them
+against the SDK's code when the SDK is upgraded (``tests/test_direct_calls.py`` compares the two ways case by case).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import MCP_NAME_HEADER, MCP_PROTOCOL_VERSION_HEADER, encode_header_value
 from mcp.shared.message import ClientMessageMetadata, SessionMessage
 from mcp_types import methods as _methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import RootModel
 
 from mcp_bridge.logs import get_logger
@@ -51,12 +54,18 @@ async def send_raw(session: ClientSession, request: Any, **kwargs: Any) -> dict[
 
 try:  # SDK internals the direct tools/call path (call_direct) is built on; without them calls take the SDK's way
     from mcp.client.session import _clamp_inbound_ttl, _later_revision_fields
-    from mcp.client.streamable_http import RequestContext, StreamableHTTPTransport
+    from mcp.client.streamable_http import RequestContext, StreamableHTTPTransport, _InFlightPost
     from mcp.shared._context_streams import create_context_streams
 
     DIRECT_CALLS = all(
         callable(getattr(StreamableHTTPTransport, name, None))
-        for name in ("_handle_post_request", "_prepare_headers", "post_writer", "handle_get_stream")
+        for name in (
+            "_handle_post_request",
+            "_prepare_headers",
+            "post_writer",
+            "handle_get_stream",
+            "_run_request_post",
+        )
     )
 except ImportError:  # pragma: no cover - another SDK release
     DIRECT_CALLS = False
@@ -218,28 +227,40 @@ async def call_direct(
     What goes on the wire is what the session would send (the request as ``send_request`` dumps and stamps it, an
     id of its own, the same headers, through the transport's own POST handling: redirects, error statuses, JSON or
     SSE answers, resumption); what comes back is checked as ``send_request`` checks it (validated against the
-    negotiated protocol version, fields of later revisions dropped); a timeout and a cancelled caller send the same
-    ``notifications/cancelled`` and raise the same errors (``tests/test_direct_calls.py`` compares the two ways).
-    Not done: the dispatcher's OpenTelemetry span (the bridge exports no traces). Only for handshake-era sessions,
-    which is what the bridge opens.
+    negotiated protocol version, fields of later revisions dropped; at 2026-07-28 a result without ``resultType``
+    is a complete one, as :class:`~mcp_bridge.upstream.inputs.OfferingSession` takes it); a timeout and a cancelled
+    caller send the same ``notifications/cancelled`` (at 2026-07-28: abort the POST) and raise the same errors
+    (``tests/test_direct_calls.py`` compares the two ways). Not done: the dispatcher's OpenTelemetry span (the
+    bridge exports no traces). A session of neither era known here takes the session's way.
     """
     version = session.protocol_version
-    if version not in HANDSHAKE_PROTOCOL_VERSIONS:
+    modern = version in MODERN_PROTOCOL_VERSIONS
+    stamp = getattr(session, "_stamp", None)
+    if not (version in HANDSHAKE_PROTOCOL_VERSIONS or (modern and callable(stamp))):
         return await send_raw(session, request, request_read_timeout_seconds=read_timeout, progress_callback=progress)
+    assert version is not None
     data = request.model_dump(by_alias=True, mode="json", exclude_none=True)
     method: str = data["method"]
-    headers = {MCP_PROTOCOL_VERSION_HEADER: version}
-    params: dict[str, Any] = dict(data.get("params") or {})
-    if (key := type(request).name_param) is not None and isinstance(name := params.get(key), str):
-        headers[MCP_NAME_HEADER] = encode_header_value(name)
     request_id = next(wire.ids)
+    params: dict[str, Any] = dict(data.get("params") or {})
     meta = dict(params.get("_meta") or {})
+    headers: dict[str, str]
+    if modern:
+        assert stamp is not None
+        params["_meta"] = meta
+        opts: dict[str, Any] = {}
+        stamp({"method": method, "params": params}, opts)  # the era's _meta (version, client, capabilities), headers
+        headers = dict(opts.get("headers") or {})
+    else:
+        headers = {MCP_PROTOCOL_VERSION_HEADER: version}
     if progress is not None:
         meta["progressToken"] = request_id  # the request id is the progress token, as the session makes it
     if meta:
         params["_meta"] = meta
     else:
         params.pop("_meta", None)
+    if (key := type(request).name_param) is not None and isinstance(name := params.get(key), str):
+        headers.setdefault(MCP_NAME_HEADER, encode_header_value(name))
     if params:
         message = types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params=params)
     else:  # no "params": null on the wire
@@ -254,9 +275,16 @@ async def call_direct(
         metadata=metadata,
         read_stream_writer=cast(Any, answer),  # it takes what the transport sends: see _Answer.send
     )
+    # The POST runs in an abort scope the transport knows by the request id, as its own POSTs do: at 2026-07-28
+    # aborting it is the request's cancellation (and a cancel the session sends for this id aborts it too).
+    post = _InFlightPost(scope=anyio.CancelScope(), modern=modern)
     try:
-        wire.tasks.start_soon(_post, wire.transport, context, send)
+        wire.transport._in_flight_posts[request_id] = post
+        wire.tasks.start_soon(
+            wire.transport._run_request_post, functools.partial(_post, wire.transport, context, send), post, request_id
+        )
     except RuntimeError:  # the transport's task group has ended: the connection is closing
+        wire.transport._in_flight_posts.pop(request_id, None)
         send.close()
         receive.close()
         raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
@@ -267,16 +295,24 @@ async def call_direct(
             except anyio.EndOfStream:  # the POST failed, or the connection is closing
                 raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
     except anyio.get_cancelled_exc_class():
-        await _cancel_upstream(session, request_id, "caller cancelled", shield=True)
+        if modern:
+            post.scope.cancel()
+        else:
+            await _cancel_upstream(session, request_id, "caller cancelled", shield=True)
         raise
     finally:
         answer.progress = None
     if clock.cancelled_caught:
-        await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
+        if modern:
+            post.scope.cancel()
+        else:
+            await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
         raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {method!r} timed out")
     if isinstance(outcome, types.ErrorData):
         raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
     # What send_request does with a result before it returns it.
+    if modern and "resultType" not in outcome:
+        outcome["resultType"] = "complete"  # the spec: a result that does not say is complete
     _clamp_inbound_ttl(outcome)
     with contextlib.suppress(KeyError):
         _methods.validate_server_result(method, version, outcome)
