@@ -1,8 +1,10 @@
-"""Run the reference third-party MCP server, ``@modelcontextprotocol/server-everything``, for interop tests.
+"""Run the reference third-party MCP server, ``@modelcontextprotocol/server-everything``, and the MCP Inspector
+CLI, for interop tests.
 
-The npm package is pinned in ``tests/interop/package.json`` and its lockfile. :func:`everything_server`
-installs it with ``npm ci`` when ``tests/interop/node_modules`` is missing or holds another version (once per
-test session), starts it in streamable-HTTP mode on a free port of 127.0.0.1, and yields the MCP endpoint URL.
+The npm packages are pinned in ``tests/interop/package.json`` and its lockfile (with the ``node`` package: the Node
+22 the Inspector needs). :func:`everything_server` installs them with ``npm ci`` when ``tests/interop/node_modules``
+is missing or holds another version of any (once per test session), starts the server in streamable-HTTP mode on a
+free port of 127.0.0.1, and yields the MCP endpoint URL. :func:`inspector_command` is the Inspector's CLI.
 
 The server binds every interface unless forced, and it has no host option, so it is started through
 ``tests/interop/loopback.mjs``, which pins every TCP listen of the Node process to 127.0.0.1 and exits if the
@@ -47,17 +49,22 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _pinned_version() -> str:
+def _pinned() -> dict[str, str]:
     manifest = json.loads((INTEROP_DIR / "package.json").read_text(encoding="utf-8"))
-    return str(manifest["dependencies"][PACKAGE])
+    return {str(k): str(v) for k, v in manifest["dependencies"].items()}
 
 
-def _installed_version() -> str | None:
-    manifest = INTEROP_DIR / "node_modules" / PACKAGE / "package.json"
+def _installed_version(package: str) -> str | None:
+    manifest = INTEROP_DIR / "node_modules" / package / "package.json"
     try:
         return str(json.loads(manifest.read_text(encoding="utf-8"))["version"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _stale() -> list[str]:
+    """The pinned packages not installed at their pinned version."""
+    return [f"{name}@{version}" for name, version in _pinned().items() if _installed_version(name) != version]
 
 
 def _install() -> str:
@@ -66,8 +73,7 @@ def _install() -> str:
     if node is None or npm is None:
         missing = " and ".join(name for name, path in (("node", node), ("npm", npm)) if path is None)
         return f"{missing} not found on PATH: interop tests with {PACKAGE} need Node.js and npm"
-    pinned = _pinned_version()
-    if _installed_version() == pinned:
+    if not _stale():
         return ""
     try:
         done = subprocess.run(
@@ -84,13 +90,13 @@ def _install() -> str:
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
         return f"`npm ci` in {INTEROP_DIR} exited {done.returncode}:\n{tail}"
-    if _installed_version() != pinned:
-        return f"`npm ci` in {INTEROP_DIR} did not install {PACKAGE}@{pinned}"
+    if stale := _stale():
+        return f"`npm ci` in {INTEROP_DIR} did not install {', '.join(stale)}"
     return ""
 
 
 def ensure_installed() -> None:
-    """Install the pinned server once per session; skip the calling test if that is impossible."""
+    """Install the pinned packages once per session; skip the calling test if that is impossible."""
     global _install_problem
     if _install_problem is None:
         _install_problem = _install()
@@ -203,3 +209,24 @@ def everything_server(log_dir: Path | None = None, *, timeout: float = STARTUP_T
     finally:
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+INSPECTOR = "@modelcontextprotocol/inspector"
+
+
+def inspector_command() -> list[str]:
+    """The MCP Inspector's CLI (``mcp-inspector --cli``) on the pinned Node 22 (it needs Node >= 22.19); skips the
+    test when they cannot be had."""
+    ensure_installed()
+    node = INTEROP_DIR / "node_modules" / "node" / "bin" / "node"
+    launcher = INTEROP_DIR / "node_modules" / INSPECTOR / "clients" / "launcher" / "build" / "index.js"
+    try:
+        done = subprocess.run(
+            [str(node), "-p", "process.versions.node"], capture_output=True, text=True, timeout=30, check=False
+        )
+        major = int(done.stdout.strip().split(".")[0])
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        major = 0
+    if major < 22 or not launcher.is_file():
+        _unavailable(f"the pinned Node 22 or {INSPECTOR} is not usable in {INTEROP_DIR / 'node_modules'}")
+    return [str(node), str(launcher), "--cli"]

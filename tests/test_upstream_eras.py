@@ -242,6 +242,13 @@ async def test_status_shows_the_era_and_how_it_was_chosen(tmp_path: Path) -> Non
         home = tmp_path / "home"
         first = run_cli(home, "status", "--json", "--config", str(cfg))
         again = run_cli(home, "status", "--json", "--config", str(cfg))
+        table = run_cli(home, "status", "--config", str(cfg))
+        doctor = run_cli(home, "doctor", "--config", str(cfg))
+    header, *lines = [line.split() for line in table.stdout.splitlines() if line.startswith(("SERVER", "new", "old"))]
+    assert header[:4] == ["SERVER", "STATE", "ERA", "TOOLS"]
+    assert {line[0]: line[2] for line in lines} == {"new": MODERN, "old": HANDSHAKE}
+    assert f"connected ({new.url}, speaks {MODERN} (remembered from an earlier start))" in doctor.stdout
+    assert f"connected ({old.url}, speaks {HANDSHAKE} (remembered from an earlier start))" in doctor.stdout
     rows = {r["server"]: r for r in json.loads(first.stdout)["servers"]}
     assert (rows["new"]["era"], rows["new"]["era_source"]) == (MODERN, "probed")
     assert (rows["old"]["era"], rows["old"]["era_source"]) == (HANDSHAKE, "probed")

@@ -38,14 +38,14 @@ async def status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             where = "in Port" if allowlist["source"] == "Port" else "under `servers:` in the config"
             out(f"no servers approved for you ({where})")
         return code
-    table = [["SERVER", "STATE", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
+    table = [["SERVER", "STATE", "ERA", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
     for r in rows:
         tools = f"{r['tools_allowed']} of {r['tools_offered']}"
         token = ""
         if r.get("token_expires_at"):
             left = r["token_expires_at"] - time.time()
             token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
-        table.append([r["server"], r["state"], tools, r["url"], token, r["last_error"] or ""])
+        table.append([r["server"], r["state"], r.get("era") or "", tools, r["url"], token, r["last_error"] or ""])
     print_table(table)
     for r in rows:
         for name, why in sorted((r.get("unusable_tools") or {}).items()):

@@ -407,7 +407,7 @@ def _server_check(name: str, row: Mapping[str, Any], connect: float, *, keyring_
     url = row.get("url") or ""
     allowed, offered = row.get("tools_allowed", 0), row.get("tools_offered", 0)
     if state == "connected":
-        detail = f"connected ({url}); {allowed} of {offered} tools allowed"
+        detail = f"connected ({url}{era_words(row)}); {allowed} of {offered} tools allowed"
         if allowed == 0:
             return _warn(
                 label, detail, f'set `allowed_tools` for {name} (tool names, or ["*"] for all); missing means none'
@@ -421,6 +421,23 @@ def _server_check(name: str, row: Mapping[str, Any], connect: float, *, keyring_
     if state == "error":
         return _fail(label, f"cannot connect to {url}: {error}", "check the URL and that the server is up")
     return _fail(label, f"{state} ({url}): no answer within {connect:g}s", "check the URL and that the server is up")
+
+
+_ERA_SOURCES = {
+    "probed": "found by asking it",
+    "remembered": "remembered from an earlier start",
+    "configured": "set by protocol.upstream",
+}
+
+
+def era_words(row: Mapping[str, Any]) -> str:
+    """``, speaks 2026-07-28 (found by asking it)``: the protocol era the bridge speaks with a server, and how it
+    came to; empty while unknown."""
+    era = row.get("era")
+    if not era:
+        return ""
+    how = _ERA_SOURCES.get(str(row.get("era_source") or ""))
+    return f", speaks {era}" + (f" ({how})" if how else "")
 
 
 def _names_check(settings: Settings, names: list[str]) -> Check:
