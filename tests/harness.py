@@ -229,6 +229,7 @@ async def bridge_client(
     notifications: Notifications | None = None,
     stderr_path: Path | None = None,
     mode: str | None = None,
+    client_name: str = "pytest-ide",
     **client_options: Any,
 ) -> AsyncIterator[Client]:
     """Spawn ``mcp-bridge serve`` and connect to it as an IDE would, over stdio, in ``mode`` (default
@@ -246,7 +247,7 @@ async def bridge_client(
             stdio_client(params, errlog=errlog),  # a transport: the bridge's stderr goes to the file
             mode=mode or ide_mode,  # type: ignore[arg-type]
             message_handler=notifications,
-            client_info=types.Implementation(name="pytest-ide", version="1.0"),
+            client_info=types.Implementation(name=client_name, version="1.0"),
             **client_options,
         ) as client:
             if notifications is None or not is_modern(client):

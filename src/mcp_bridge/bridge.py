@@ -7,6 +7,7 @@ one server's failure stays with that server.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -40,6 +41,7 @@ from mcp_bridge.governance.allowlist import (
     loading_from_port,
 )
 from mcp_bridge.governance.catalog import CACHE_FILE, NEEDS_TASKS, Catalog, CatalogCache, Listing, ToolEntry
+from mcp_bridge.governance.listing import CALL_TOOL, FIND_TOOLS, ToolList, call_arguments, find_arguments
 from mcp_bridge.governance.pins import Pins, Verdict
 from mcp_bridge.logs import get_logger
 from mcp_bridge.upstream.era import ERAS_FILE, EraStore
@@ -80,6 +82,9 @@ class Bridge:
         self.audit: AuditTrail = audit or AuditTrail(self.settings, home)
         self.shipper: Shipper | None = None
         self.catalog = Catalog(self.settings.naming, Allowlist())
+        self.listing = ToolList(self.settings, self.catalog, self.audit.most_used)
+        """What ``tools/list`` shows: the catalog, or search mode's few (:mod:`mcp_bridge.governance.listing`)."""
+        self._listed_version: Any = None
         self.cache = CatalogCache(home / CACHE_FILE)
         self.pins = Pins(home, self.settings.on_tool_change, self._tool_changed)
         self.pins.defer_writes = True  # written by _watch_pins (and on shutdown)
@@ -375,7 +380,23 @@ class Bridge:
             detail=detail,
         )
 
+    def listed_tools(self) -> list[dict[str, Any]]:
+        """The tools the IDE is listed: every allowed one, or (search mode) the meta tools and the direct set."""
+        self._listed_version = self.listing.version(self.client_name)
+        return self.listing.tools(self.client_name)
+
+    @property
+    def listed_version(self) -> Any:
+        """Changes whenever :meth:`listed_tools` would answer differently."""
+        return self.listing.version(self.client_name)
+
     def _publish(self, changed: set[str]) -> None:
+        if "tools" in changed:
+            version = self.listed_version
+            if version[0] == "search" and version == self._listed_version:
+                changed = changed - {"tools"}  # search mode: the catalog changed, not what the IDE was listed
+            else:
+                self._listed_version = version
         if changed:
             try:
                 self._changes_send.send_nowait(changed)
@@ -421,6 +442,16 @@ class Bridge:
         cannot take the first denies the call (:class:`~mcp_bridge.errors.AuditUnavailable`, naming the file and the
         fix); one that cannot take the last withholds the result.
         """
+        if exposed in (FIND_TOOLS, CALL_TOOL) and self.listing.mode(self.client_name) == "search":
+            try:
+                if exposed == FIND_TOOLS:
+                    return await self._find_tools(arguments)
+                name, inner = call_arguments(arguments)
+            except ValueError as exc:
+                return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+            if name in (FIND_TOOLS, CALL_TOOL):
+                return {"content": [{"type": "text", "text": f"{name} is not a tool call_tool calls"}], "isError": True}
+            return await self.call_tool(name, inner, meta=meta, progress=progress, inputs=inputs)
         event = self.audit.call(exposed, arguments)
         try:
             try:
@@ -472,6 +503,19 @@ class Bridge:
                 damaged=exc.damaged,
             ) from None
         return result
+
+    async def _find_tools(self, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``find_tools`` (search mode): the best matches among the tools the IDE may call, as JSON text and as
+        structured content. Like a first ``tools/list``, the first search waits (``timeouts.startup_wait``) for the
+        servers that are still connecting."""
+        query, server, limit = find_arguments(arguments)
+        await self.wait_settled(self.settings.timeouts.startup_wait)
+        found = self.listing.find(query, server, limit)
+        log.info("bridge.find_tools", found=len(found), server=server)
+        text = json.dumps({"tools": found}, ensure_ascii=False)
+        if not found:
+            text = "No tool matches; try other words, or leave out `server`. " + text
+        return {"content": [{"type": "text", "text": text}], "structuredContent": {"tools": found}}
 
     async def _route_tool(self, exposed: str) -> ToolEntry:
         return await self._route("tool", exposed, self.catalog.route_tool)

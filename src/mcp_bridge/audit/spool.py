@@ -52,7 +52,14 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_state ON events (state, id);
 CREATE INDEX IF NOT EXISTS events_leased ON events (lease_until) WHERE lease_until > 0;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- How often each tool (by exposed name) was called and completed here: search mode lists the most used directly.
+-- Kept when the events themselves have been shipped.
+CREATE TABLE IF NOT EXISTS usage (tool TEXT PRIMARY KEY, calls INTEGER NOT NULL, last REAL NOT NULL);
 """
+_USED = (
+    "INSERT INTO usage (tool, calls, last) VALUES (?, 1, ?) "
+    "ON CONFLICT(tool) DO UPDATE SET calls = calls + 1, last = excluded.last"
+)
 
 _PUT = (
     "INSERT INTO events (id, state, created, payload) VALUES (?, ?, ?, ?) "
@@ -200,12 +207,22 @@ class Spool:
 
     # ------------------------------------------------------------------ writers (the call path)
 
-    def put(self, event: dict[str, Any], *, closed: bool) -> None:
-        """Insert or replace one event: one small commit."""
-        row = (event["id"], "closed" if closed else "open", time.time(), json.dumps(event, separators=(",", ":")))
-        self._run(lambda db: db.execute(_PUT, row))
+    def put(self, event: dict[str, Any], *, closed: bool, used: str | None = None) -> None:
+        """Insert or replace one event: one small commit (with one more use of the tool named ``used``)."""
+        now = time.time()
+        row = (event["id"], "closed" if closed else "open", now, json.dumps(event, separators=(",", ":")))
+
+        def write(db: sqlite3.Connection) -> None:
+            if used is None:
+                db.execute(_PUT, row)
+                return
+            with _transaction(db):
+                db.execute(_PUT, row)
+                db.execute(_USED, (used, now))
+
+        self._run(write)
         if self._moved():  # moved aside (`audit reset`) while being written: the event belongs in the new spool
-            self._run(lambda db: db.execute(_PUT, row), reopen=True)
+            self._run(write, reopen=True)
         self._writes += 1
         if self._writes % 1000 == 0:
             self._run(self._enforce_cap)
@@ -266,6 +283,13 @@ class Spool:
 
     def note_success(self) -> None:
         self._run(lambda db: db.execute("DELETE FROM meta WHERE key = 'last_error'"))
+
+    def most_used(self, limit: int) -> list[str]:
+        """The exposed names of the tools called most often here (completed calls), most used first."""
+        rows = self._run(
+            lambda db: db.execute("SELECT tool FROM usage ORDER BY calls DESC, last DESC LIMIT ?", (limit,)).fetchall()
+        )
+        return [str(tool) for (tool,) in rows]
 
     def stats(self) -> SpoolStats:
         return self._run(_stats)

@@ -227,8 +227,9 @@ class AuditTrail:
         record = event.to_record(self.context())
         failure: AuditUnavailable | None = None
         if self.spool is not None:
+            used = event.exposed_name if event.kind == "call" and event.status == "Completed" else None
             try:
-                self.spool.put(record, closed=True)
+                self.spool.put(record, closed=True, used=used)
             except AuditUnavailable as exc:
                 failure = exc
             else:
@@ -241,6 +242,10 @@ class AuditTrail:
             raise failure
         if logged:
             log.log(level, "audit.event", **{k: v for k, v in record.items() if k != "arguments"})
+
+    def most_used(self, limit: int) -> list[str]:
+        """The tools (exposed names) this user called most here, most used first (none without a spool)."""
+        return self.spool.most_used(limit) if self.spool is not None else []
 
     def note(
         self,

@@ -88,7 +88,7 @@ def _answer_lists_while_loading(
         log.debug("warmstart.skipped", reason="the IDE ignores list_changed", client=early.client_name)
         return early
 
-    prepared = warmstart.prepare(loaded.settings, home, allowlist, str(early.version))
+    prepared = warmstart.prepare(loaded.settings, home, allowlist, str(early.version), early.client_name)
     if prepared is None:
         return early
     return warmstart.answer_lists_while_loading(early, prepared, _load_front)
@@ -110,6 +110,7 @@ async def _serve(
     bridge = Bridge(
         loaded, home, initial=allowlist, auth_env=auth_env, ide_capabilities=_declared(early.client_capabilities)
     )
+    bridge.client_name = early.client_name  # known from the first line: the catalog's mode may depend on it
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     async with bridge.running(), anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, tg.cancel_scope, bridge)

@@ -157,6 +157,8 @@ class ServerConfig(_Model):
     allow_sampling: bool = False
     """Let this server ask the IDE's model for completions (``sampling/createMessage``): off by default, since it
     spends the user's model on the server's prompts."""
+    always: list[str] = Field(default_factory=list)
+    """Original tool names (or ``fnmatch`` patterns) listed directly even when the catalog is in search mode."""
 
     @field_validator("tool_pins")
     @classmethod
@@ -231,6 +233,7 @@ class PortFields(_Model):
     description: str = "description"
     tool_pins: str = "tool_pins"
     allow_sampling: str = "allow_sampling"
+    always: str = "always"
 
 
 class PortApproval(_Model):
@@ -326,6 +329,15 @@ class ProtocolConfig(_Model):
     _protocol_choice = field_validator("ide", "upstream", mode="before")(protocol_choice)
 
 
+class CatalogConfig(_Model):
+    """How the tools are listed to the IDE: every allowed tool (``full``), or a search tool, a call tool and a few
+    tools directly (``search``), or ``full`` while the allowed tools fit the IDE's budget (``auto``)."""
+
+    mode: Literal["full", "search", "auto"] = "auto"
+    max_tools: int | None = Field(default=None, ge=3, le=10_000)
+    """The most tools to list; ``None``: the IDE's known limit (by its ``clientInfo.name``), else 128."""
+
+
 class UserConfig(_Model):
     email: str | None = None
     """Recorded in audit events (Port's API has no "who am I")."""
@@ -352,6 +364,7 @@ class Settings(_Model):
     """What a tool whose definition no longer matches its pin becomes: hidden and denied, kept with a warning, or
     kept and re-pinned (see :mod:`mcp_bridge.governance.pins`). Every change is audited."""
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     def upstream_protocol(self, server: ServerConfig) -> Protocol:
         """The era to speak to ``server``: its own ``protocol``, else ``protocol.upstream`` (the environment's

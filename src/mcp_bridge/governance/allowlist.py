@@ -106,6 +106,8 @@ def changes(old: Allowlist, new: Allowlist) -> list[tuple[str | None, str]]:
                 out.append((name, f"server {name} changed its connection settings"))
             if sorted(a.allowed_tools or []) != sorted(b.allowed_tools or []):
                 out.append((name, f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}"))
+            if a.always != b.always:
+                out.append((name, f"server {name} tools listed always: {', '.join(b.always) or 'none'}"))
             if a.allow_sampling != b.allow_sampling:
                 out.append((name, f"server {name} sampling {'allowed' if b.allow_sampling else 'no longer allowed'}"))
     if old.failed_closed != new.failed_closed:
@@ -329,10 +331,15 @@ def _server_from_entity(
     sampling = props.get(fields.allow_sampling)
     if sampling is not None and not isinstance(sampling, bool):
         problem = problem or f"property {fields.allow_sampling!r} is not true or false; sampling stays off"
+    always = props.get(fields.always)
+    if always is not None and not (isinstance(always, list) and all(isinstance(t, str) for t in always)):
+        problem = problem or f"property {fields.always!r} is not a list of tool names; none is listed always"
+        always = None
     data = {
         "url": url,
         "allowed_tools": tools,
         "allow_sampling": sampling is True,
+        "always": always or [],
         "auth": auth,
         "allow_insecure_http": bool(local and local.allow_insecure_http),
         "protocol": local.protocol if local else None,

@@ -44,6 +44,15 @@ class Backend(Protocol):
 
     def instructions(self) -> str: ...
 
+    def listed_tools(self) -> list[dict[str, Any]]:
+        """The tools ``tools/list`` answers with (the catalog's, or search mode's few)."""
+        ...
+
+    @property
+    def listed_version(self) -> Any:
+        """Changes whenever :meth:`listed_tools` would answer differently."""
+        ...
+
     async def wait_settled(self, within: float, servers: list[str] | None = None) -> None: ...
 
     async def call_tool(

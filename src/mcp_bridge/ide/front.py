@@ -65,7 +65,7 @@ class _ToolsAnswer:
     """``tools/list``'s tools as the SDK shapes them for one catalog version and protocol version (:class:`_Shapes`),
     and their wire form; kept until either changes, so that the next lists are neither shaped nor encoded again."""
 
-    key: tuple[int, str]
+    key: tuple[Any, str]
     """(catalog version, protocol version)"""
     tools: list[Any]
     """``result["tools"]`` as the SDK shapes it (validated, sieved, dumped); never changed in place."""
@@ -200,7 +200,7 @@ class Front:
         await self._first_list("tools")
         if id(ctx) in self._reusing:  # the SDK checks and shapes the rest of the answer; _reuse_tools_answer adds them
             return finish(ctx.protocol_version, {"tools": []}, cacheable=True)
-        return finish(ctx.protocol_version, {"tools": self.bridge.catalog.tools()}, cacheable=True)
+        return finish(ctx.protocol_version, {"tools": self.bridge.listed_tools()}, cacheable=True)
 
     async def _reuse_tools_answer(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """``tools/list`` without the SDK validating the whole catalog on every list: the request still goes
@@ -221,10 +221,10 @@ class Front:
         if not isinstance(result, dict) or result.get("tools") != []:
             return result  # not the SDK's shape of our empty list (an error): never guess
         version = ctx.protocol_version
-        key = (self.bridge.catalog.version, version)  # no await from here on: the catalog stays as read
+        key = (self.bridge.listed_version, version)  # no await from here on: the catalog stays as read
         answer = self._tools_answer
         if answer is None or answer.key != key:
-            source = self.bridge.catalog.tools()
+            source = self.bridge.listed_tools()
             shaped = self._shapes.shape(source, version)
             if shaped is None:  # a tool the SDK refuses: its own path, and its own error
                 return await call_next(ctx)
@@ -353,7 +353,7 @@ class Front:
                 continue
             told = [kind for kind in ("tools", "prompts", "resources") if kind in kinds and kind in self._listed]
             answer = self._tools_answer
-            if "tools" in told and answer is not None and answer.key[0] == self.bridge.catalog.version:
+            if "tools" in told and answer is not None and answer.key[0] == self.bridge.listed_version:
                 told.remove("tools")  # its last list was made after the change (a read rebuilds a stale catalog)
             try:
                 for kind in told:
@@ -374,7 +374,7 @@ class Front:
         they differ, it is told to list again. From then on it hears of every change, as after any list."""
         await self.bridge.wait_settled(self.bridge.settings.timeouts.startup_wait)
         self._listed.add("tools")  # not before: the changes up to now (the cache loaded, servers back) are compared
-        now = await anyio.to_thread.run_sync(tools_digest, self.bridge.catalog.tools())
+        now = await anyio.to_thread.run_sync(tools_digest, self.bridge.listed_tools())
         if now == digest:
             return
         log.info("front.early_list_differs")

@@ -210,9 +210,12 @@ def cached_tools(settings: Any, home: Path, allowlist: Any) -> list[dict[str, An
     return catalog.tools()
 
 
-def prepare(settings: Any, home: Path, allowlist: Any, protocol_version: str) -> tuple[bytes, str] | None:
+def prepare(
+    settings: Any, home: Path, allowlist: Any, protocol_version: str, client_name: str | None = None
+) -> tuple[bytes, str] | None:
     """The encoded ``result`` to answer ``tools/list`` with before the SDK is loaded, and the digest of the tools it
-    lists; or ``None``."""
+    lists; or ``None`` (also when this IDE gets search mode: its list is not the catalog's, see
+    :mod:`mcp_bridge.governance.listing`)."""
     if allowlist is None or protocol_version not in _VERSIONS:
         return None
     stale = _stale_port_allowlist(settings, allowlist)
@@ -226,6 +229,12 @@ def prepare(settings: Any, home: Path, allowlist: Any, protocol_version: str) ->
         return None
     if tools is None:
         log.debug("warmstart.cache_incomplete")
+        return None
+    from mcp_bridge.governance import budget
+
+    catalog = settings.catalog
+    if budget.resolve(catalog.mode, catalog.max_tools, client_name, len(tools)) == "search":
+        log.debug("warmstart.search_mode", tools=len(tools))
         return None
     digest = tools_digest(tools)
     result = read_answer(home, protocol_version, digest)
