@@ -47,6 +47,18 @@ def test_tools_json_lists_exposed_names_with_their_server_and_original(
     assert "alpha__delete_everything" in everything.stdout and "hidden" in everything.stdout
 
 
+def test_tools_search_prints_the_ranking_find_tools_gives(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
+    done = run(tmp_path, "tools", "--search", "sum of two numbers", "--config", str(config), env=alpha.env())
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["#", "NAME", "SERVER"] and lines[1].split()[:2] == ["1", "alpha__add"]
+    found = run(tmp_path, "tools", "--search", "delete everything", "--json", "--config", str(config), env=alpha.env())
+    names = [t["name"] for t in json.loads(found.stdout)["tools"]]
+    assert "alpha__delete_everything" not in names  # not allowed: never found
+    empty = run(tmp_path, "tools", "--search", " ", "--config", str(config), env=alpha.env())
+    assert empty.returncode == 2 and "--search needs words" in empty.stderr
+
+
 def test_status_shows_state_and_allowed_of_offered(tmp_path: Path, config: Path, alpha: LocalUpstream) -> None:
     done = run(tmp_path, "status", "--json", "--config", str(config), env=alpha.env())
     assert done.returncode == 0, done.stderr

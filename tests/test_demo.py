@@ -38,9 +38,10 @@ def test_demo_runs_the_whole_flow_and_exits_0(tmp_path: Path) -> None:
     )
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
-    # The transcript, in order: allowlist, IDE connection (with the OAuth login), status, tools, calls, denial, audit.
+    # The transcript, in order: allowlist, IDE connection (the OAuth login), status, tools, calls, denial, search mode,
+    # audit.
     sections = ["1. The allowlist", "2. The IDE connects", "3. Connections", "4. The merged tool list", "5. Calls"]
-    sections += ["6. A call the allowlist does not allow", "7. Audit events Port received"]
+    sections += ["6. A call the allowlist does not allow", "7. Search mode", "8. Audit events Port received"]
     positions = [out.index(s) for s in sections]
     assert positions == sorted(positions)
     assert "1 authorization in the demo's headless browser" in out
@@ -50,7 +51,10 @@ def test_demo_runs_the_whole_flow_and_exits_0(tmp_path: Path) -> None:
     assert "← open: hello from the IDE" in out and '(structured: {"sum": 5})' in out
     assert "progress 3/3" in out
     assert "✗ denied: 'open__delete_everything' is not allowed" in out
-    audit = out[out.index("7. Audit events") :]
+    search = out[out.index("7. Search mode") : out.index("8. Audit events")]
+    assert "tools/list (2026-07-28): find_tools, call_tool" in search and "← open__add" in search
+    assert '← {"sum": 42}' in search
+    audit = out[out.index("8. Audit events") :]
     for title in ["open__echo", "open__add", "open__slow", "keyed__meta", "oauth__echo"]:
         assert f"{title} " in audit
     assert "open__delete_everything  Denied" in audit

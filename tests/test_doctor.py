@@ -180,6 +180,14 @@ def test_long_names_and_many_tools_warn() -> None:
     long = _names_check(settings, ["a" * 50, "short"])
     assert long.ok and long.warning and long.fix is not None and "naming.max_length" in long.fix
     assert _names_check(settings, ["a" * 40]).warning is False
-    assert _count_check(81).warning and _count_check(81).ok
-    assert not _count_check(129).ok
+    from mcp_bridge.config import CatalogConfig
+
+    full = CatalogConfig(mode="full")
+    assert _count_check(129, full).warning and _count_check(129, full).ok
+    assert not _count_check(128, full).warning
+    assert _count_check(41, CatalogConfig(mode="full", max_tools=40)).warning
+    auto = _count_check(50)  # auto: no warning, but which IDEs get search mode is said
+    assert not auto.warning and "Cursor (40)" in auto.detail and "VS Code" not in auto.detail
+    assert "every IDE but Claude Code" in _count_check(300).detail
+    assert "catalog.mode search" in _count_check(10, CatalogConfig(mode="search")).detail
     assert render([long]).startswith("! names: ")

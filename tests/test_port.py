@@ -181,6 +181,17 @@ def test_a_client_metadata_document_url_comes_from_port_or_the_local_entry() -> 
     assert "bad" not in servers  # skipped with a warning that says what the URL must be
 
 
+def test_the_always_property_lists_tools_directly_in_search_mode_and_a_bad_one_is_a_problem() -> None:
+    settings = settings_with({})
+    good = mcp_server_entity("docs", "https://docs.example.com/mcp", ["*"], auth_type="none")
+    good["properties"]["always"] = ["search", "get_*"]
+    bad = mcp_server_entity("wiki", "https://wiki.example.com/mcp", ["*"], auth_type="none")
+    bad["properties"]["always"] = "search"
+    servers, problems = map_entities([good, bad], settings)
+    assert servers["docs"].always == ["search", "get_*"] and "docs" not in problems
+    assert servers["wiki"].always == [] and "'always' is not a list of tool names" in problems["wiki"]
+
+
 def test_the_registry_preset_reads_endpoint_tools_and_status() -> None:
     settings = settings_with({"preset": "mcp_registry"})
     entities = [

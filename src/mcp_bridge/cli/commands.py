@@ -61,6 +61,10 @@ async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.cli.doctor import listing_checks, render
 
+    if args.search is not None and not args.search.strip():
+        raise UsageError("--search needs words: the job to find a tool for")
+    if not 1 <= args.limit <= 50:
+        raise UsageError("--limit must be from 1 to 50")
     bridge = Bridge(loaded, home_dir(), auth_env=no_browser(loaded))
     async with bridge.running():
         await settle(bridge, loaded)
@@ -68,6 +72,8 @@ async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         blocked = [e for e in entries if e.blocked]
         rows = bridge.status()
         checks = listing_checks(bridge.catalog.allowlist, rows, blocked, loaded.settings.timeouts.connect)
+        if args.search is not None:
+            return _search(bridge.listing.find(args.search, None, args.limit), args.json)
     failed = len([c for c in checks if not c.ok])
     code = 1 if failed else 0
     shown = [e for e in entries if args.all or e.denial is None]
@@ -100,6 +106,21 @@ async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if failed:
         err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list; each has its fix above")
     return code
+
+
+def _search(found: list[dict[str, Any]], as_json: bool) -> int:
+    """``tools --search``: the ranking ``find_tools`` gives the model, best first."""
+    if as_json:
+        out_json({"tools": found}, indent=2, ensure_ascii=False)
+        return 0
+    if not found:
+        out("no tool matches; try other words")
+        return 0
+    table = [["#", "NAME", "SERVER", "DESCRIPTION"]]
+    for rank, tool in enumerate(found, 1):
+        table.append([str(rank), tool["name"], tool["server"], _shorten(str(tool.get("description") or ""))])
+    print_table(table)
+    return 0
 
 
 def _shorten(text: str, width: int = 80) -> str:

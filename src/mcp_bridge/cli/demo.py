@@ -33,6 +33,7 @@ from mcp_bridge.sandbox.port_shapes import AUDIT_BLUEPRINT
 from mcp_bridge.terminal import printable
 
 CLIENT_NAME = "mcp-bridge-demo-ide"
+SEARCH_CONFIG = "config-search.yaml"  # the demo's config with `catalog: {mode: search}` (step 7)
 SETTLE_SECONDS = 30.0  # how long the demo waits for all three servers' tools (the OAuth login included)
 
 
@@ -83,6 +84,8 @@ def run(serve: Callable[[str], int] | None = None) -> int:
         with DemoBackends(progress=t.progress) as backends:
             config = work / "config.yaml"
             config.write_text(yaml.safe_dump(backends.config(str(home)), sort_keys=False), encoding="utf-8")
+            searching = {**backends.config(str(home)), "catalog": {"mode": "search"}}  # step 7
+            (work / SEARCH_CONFIG).write_text(yaml.safe_dump(searching, sort_keys=False), encoding="utf-8")
             # The bridge (this process's with --serve, subprocesses otherwise) reads its secrets and home from here.
             os.environ.update({**backends.env(), "MCP_BRIDGE_HOME": str(home)})
             if serve:
@@ -143,6 +146,7 @@ async def _session(t: Transcript, backends: DemoBackends, config: Path, home: Pa
         ide = Implementation(name=CLIENT_NAME, version="1.0")
         async with Client(stdio_client(params, errlog=errlog), mode="legacy", client_info=ide) as client:
             await _ide(t, client, config, backends)
+        await _search_mode(t, work, errlog)
     await _audit(t, backends)
 
 
@@ -196,6 +200,37 @@ async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends)
     t.progress("closing the IDE session (the bridge ships its audit events before it exits)")
 
 
+async def _search_mode(t: Transcript, work: Path, errlog: Any) -> None:
+    """The same servers in search mode (``catalog.mode: search``; ``auto`` picks it when the allowed tools exceed
+    the IDE's budget): two tools of the bridge's own, the model finds a tool and calls it through them."""
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp_types import Implementation
+
+    searching = work / SEARCH_CONFIG
+    t.section("7. Search mode: for catalogs larger than the IDE takes")
+    t.out("  With more tools than the IDE takes (Cursor about 40, VS Code 128), the bridge lists two tools of its")
+    t.out("  own instead; here forced with `catalog: {mode: search}`. The IDE starts another bridge:")
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_bridge", "serve", "--config", str(searching), "--log-level", "info"],
+        env=dict(os.environ),
+    )
+    ide = Implementation(name=CLIENT_NAME, version="1.0")
+    async with Client(stdio_client(params, errlog=errlog), mode="auto", client_info=ide) as client:
+        listed = (await client.list_tools()).tools
+        t.out(f"  tools/list ({client.protocol_version}): {', '.join(tool.name for tool in listed)}")
+        t.check([tool.name for tool in listed][:2] == ["find_tools", "call_tool"], "search mode lists no find_tools")
+        query = {"query": "add two numbers"}
+        t.out(f"  → find_tools {json.dumps(query)}")
+        found = await client.call_tool("find_tools", query)
+        names = [tool["name"] for tool in (found.structured_content or {}).get("tools", [])]
+        t.out(f"  ← {', '.join(names[:5])}")
+        t.check(bool(names) and names[0] == "open__add", f"find_tools ranked {names[:3]}, expected open__add first")
+        await _call(t, client, "call_tool", {"name": "open__add", "arguments": {"a": 20, "b": 22}}, '{"sum": 42}')
+    t.out("  The audit names the real tool (open__add), as for a direct call; Port's allowlist applies as before.")
+
+
 async def _settled_tools(client: Any, expected: set[str]) -> list[Any]:
     """tools/list until every expected tool is there (a server still connecting sends list_changed later)."""
     deadline = time.monotonic() + SETTLE_SECONDS
@@ -237,7 +272,7 @@ async def _call(
 
 
 async def _audit(t: Transcript, backends: DemoBackends) -> None:
-    t.section(f"7. Audit events Port received (blueprint {AUDIT_BLUEPRINT})")
+    t.section(f"8. Audit events Port received (blueprint {AUDIT_BLUEPRINT})")
     calls = ["open__echo", "open__add", "open__slow", "keyed__meta", "oauth__echo", "open__delete_everything"]
     deadline = time.monotonic() + 15
     while True:

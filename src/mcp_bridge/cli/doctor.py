@@ -19,7 +19,7 @@ import anyio
 
 from mcp_bridge.audit.spoolcheck import RESET_COMMAND, spool_path, spools
 from mcp_bridge.cli.output import err, out
-from mcp_bridge.config import LoadedConfig, OAuthAuth, Settings, home_dir, load_config
+from mcp_bridge.config import CatalogConfig, LoadedConfig, OAuthAuth, Settings, home_dir, load_config
 from mcp_bridge.errors import ConfigError
 from mcp_bridge.governance.allowlist import Allowlist
 from mcp_bridge.logs import clean, register_secrets
@@ -27,8 +27,6 @@ from mcp_bridge.logs import clean, register_secrets
 IDE_ENTRY = "mcp-bridge"
 """The IDE entry name assumed when estimating what Cursor counts into a tool name's length."""
 CURSOR_NAME_LIMIT = 60
-CURSOR_TOOL_WARNING = 80
-TOOL_CAP = 128
 _KEYRING_SECONDS = 10.0
 _SETTLE_MARGIN = 15.0
 _SPOOL_SECONDS = 30.0
@@ -331,7 +329,7 @@ async def _check_servers(loaded: LoadedConfig, home: Path, allowlist: Allowlist,
             _fail(f"server {name}", f"no answer within {connect:g}s", "check the URL and that the server is up")
         )
     checks.append(_names_check(settings, [e.exposed for e in listed]))
-    checks.append(_count_check(tool_count))
+    checks.append(_count_check(tool_count, settings.catalog))
     if rows:
         checks.append(_pins_check(blocked))
     return checks
@@ -458,14 +456,35 @@ def _names_check(settings: Settings, names: list[str]) -> Check:
     return _ok("names", detail)
 
 
-def _count_check(count: int) -> Check:
-    detail = f"{count} tool{'s' if count != 1 else ''} listed"
-    fix = "narrow allowed_tools or use disabled_tools"
-    if count > TOOL_CAP:
-        return _fail("tool count", f"{detail}; some clients cap tools at {TOOL_CAP}", fix)
-    if count > CURSOR_TOOL_WARNING:
-        return _warn("tool count", f"{detail}; Cursor warns above {CURSOR_TOOL_WARNING} tools", fix)
-    return _ok("tool count", detail)
+def _count_check(count: int, catalog: CatalogConfig | None = None) -> Check:
+    """The number of allowed tools against the IDEs' budgets (:mod:`mcp_bridge.governance.budget`): in full mode
+    a list past the budget is a warning (clients cap what they take, and every tool costs the model context); in
+    auto mode the IDEs it does not fit get search mode, which is said."""
+    from mcp_bridge.governance import budget
+
+    catalog = catalog or CatalogConfig()
+    detail = f"{count} tool{'s' if count != 1 else ''} allowed"
+    limit = catalog.max_tools or budget.DEFAULT_BUDGET
+    if catalog.mode == "search":
+        return _ok("tool count", f"{detail}; catalog.mode search: the IDE gets find_tools and call_tool")
+    if catalog.mode == "full":
+        if count > limit:
+            where = "catalog.max_tools" if catalog.max_tools else f"{limit}, the most some clients take"
+            return _warn(
+                "tool count",
+                f"{detail}, listed in full (catalog.mode full): more than the budget ({where})",
+                "set catalog.mode to auto (search mode above the IDE's budget), or narrow allowed_tools",
+            )
+        return _ok("tool count", f"{detail}, listed in full (catalog.mode full)")
+    if catalog.max_tools is not None:
+        mode = "search" if count > catalog.max_tools else "full"
+        return _ok("tool count", f"{detail}; catalog.max_tools {catalog.max_tools}: {mode} mode for every IDE")
+    over = [f"{c.label} ({c.budget})" for c in budget.KNOWN_CLIENTS if c.budget is not None and count > c.budget]
+    if count > budget.DEFAULT_BUDGET:
+        return _ok("tool count", f"{detail}: more than any IDE takes, so every IDE but Claude Code gets search mode")
+    if over:
+        return _ok("tool count", f"{detail}; search mode for the IDEs with a lower budget: {', '.join(over)}")
+    return _ok("tool count", f"{detail}; every known IDE takes them all")
 
 
 __all__ = ["Check", "listing_checks", "render", "run_checks"]

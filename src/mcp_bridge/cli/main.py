@@ -148,6 +148,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     p = command("tools", help="the merged tool list as the IDE sees it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="also show tools the allowlist hides, with the reason")
+    p.add_argument(
+        "--search", metavar="QUERY", help="rank the tools for QUERY as find_tools does in search mode (best first)"
+    )
+    p.add_argument("--limit", type=int, default=10, help="with --search: how many (default 10)")
     p = command("login", help="log in to an OAuth server (opens a browser)")
     p.add_argument("server", help="the server's name (its namespace)")
     p = command("logout", help="revoke and delete a server's stored OAuth tokens")

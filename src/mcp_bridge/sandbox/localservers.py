@@ -107,6 +107,25 @@ def _text(text: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text}]
 
 
+def extra_tool(i: int, server: str) -> dict[str, Any]:
+    """The ``i``-th of ``--extra-tools``: ``tool_0001``, with a realistic description and schema (also the
+    distractors of ``bench/search.py``)."""
+    return {
+        "name": f"tool_{i:04d}",
+        "description": f"Tool number {i} of server {server}. Looks up records by query and returns the matching ones "
+        "as JSON; results are paged, newest first.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "description": "What to look for."},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 100, "description": "At most this many."},
+                "cursor": {"type": "string", "description": "Where the previous page ended."},
+            },
+        },
+        "annotations": {"readOnlyHint": True},
+    }
+
+
 def build_server(
     name: str,
     *,
@@ -159,20 +178,7 @@ def build_server(
             tool("hostile_text", f"Answers with hostile text. {HOSTILE_TEXT}", title=f"Title {HOSTILE_TEXT}"),
             tool("hostile_error", "Fails with a hostile error message."),
         ]
-    many = [
-        tool(
-            f"tool_{i:04d}",
-            f"Tool number {i} of server {name}. Looks up records by query and returns the matching ones as JSON; "
-            "results are paged, newest first.",
-            {
-                "query": {"type": "string", "description": "What to look for."},
-                "limit": {"type": "integer", "minimum": 1, "maximum": 100, "description": "At most this many."},
-                "cursor": {"type": "string", "description": "Where the previous page ended."},
-            },
-            annotations={"readOnlyHint": True},
-        )
-        for i in range(1, extra_tools + 1)
-    ]
+    many = [extra_tool(i, name) for i in range(1, extra_tools + 1)]
     many_names = {t["name"] for t in many}
 
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
