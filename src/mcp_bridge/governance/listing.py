@@ -23,7 +23,7 @@ from typing import Any
 from mcp_bridge.config import Settings
 from mcp_bridge.governance import budget
 from mcp_bridge.governance.catalog import Catalog, ToolEntry
-from mcp_bridge.governance.search import ToolIndex, doc
+from mcp_bridge.governance.search import Doc, ToolIndex, doc
 
 FIND_TOOLS = "find_tools"
 CALL_TOOL = "call_tool"
@@ -31,7 +31,13 @@ META_TOOLS = (FIND_TOOLS, CALL_TOOL)
 DEFAULT_LIMIT = 8
 MAX_LIMIT = 50
 _DESCRIBED_SERVERS = 40
-"""At most this many servers are named in the meta tools' descriptions (the rest as a count)."""
+"""At most this many servers are named in ``find_tools``' description (the rest as a count)."""
+_ABOUT_CHARS = 120
+"""A server's description is cut to this in ``find_tools``' description (``tools/list`` stays under 8 KB)."""
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class ToolList:
@@ -43,6 +49,10 @@ class ToolList:
         self._most_used = most_used
         self._index = ToolIndex()
         self._indexed: int | None = None
+        self._docs: dict[str, tuple[Any, str, Doc]] = {}
+        """exposed name → (the definition, the server's description, its document): a definition the catalog kept
+        (the same object) is not made into a document again."""
+        self._entries: tuple[int, dict[str, ToolEntry]] | None = None
         self._usage: list[str] | None = None
         """The most used tools, read once per session (a list that changes with every call would be a storm)."""
         self._search_list: tuple[str, list[dict[str, Any]]] | None = None
@@ -78,7 +88,7 @@ class ToolList:
             json.dumps([servers, [e.definition for e in direct]], sort_keys=True, default=str).encode()
         ).hexdigest()
         if self._search_list is None or self._search_list[0] != key:
-            tools = [self._find_tools_definition(servers), self._call_tool_definition(servers)]
+            tools = [self._find_tools_definition(servers), self._call_tool_definition()]
             tools += [e.definition for e in direct]
             self._search_list = (key, tools)
             self._search_version += 1
@@ -118,7 +128,7 @@ class ToolList:
         for name in sorted(servers)[:_DESCRIBED_SERVERS]:
             server = servers[name]
             about = (server.description or server.title or "").strip().splitlines()
-            lines.append(f"- {name}" + (f": {about[0][:200]}" if about else ""))
+            lines.append(f"- {name}" + (f": {_cut(about[0], _ABOUT_CHARS)}" if about else ""))
         if len(servers) > _DESCRIBED_SERVERS:
             lines.append(f"- and {len(servers) - _DESCRIBED_SERVERS} more")
         return "\n".join(lines) or "- (no servers are approved for you yet)"
@@ -149,13 +159,13 @@ class ToolList:
             "annotations": {"readOnlyHint": True, "openWorldHint": False},
         }
 
-    def _call_tool_definition(self, servers: str) -> dict[str, Any]:
+    def _call_tool_definition(self) -> dict[str, Any]:
         return {
             "name": CALL_TOOL,
             "title": "Call a tool",
             "description": (
-                "Call a tool that `find_tools` found, by its name, with arguments that follow its input schema. "
-                "Servers:\n" + servers
+                "Call a tool that `find_tools` found (on the servers `find_tools` names), by its name, with "
+                "arguments that follow its input schema."
             ),
             "inputSchema": {
                 "type": "object",
@@ -170,7 +180,7 @@ class ToolList:
     def find(self, query: str, server: str | None = None, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
         """``find_tools``: the best matches among the tools the IDE may call, as the model should see them."""
         self._sync()
-        entries = {e.exposed: e for e in self._catalog.entries()}
+        entries = self._entry_map()
         found = []
         for exposed, _score in self._index.search(query, server=server, limit=limit):
             entry = entries.get(exposed)
@@ -188,18 +198,38 @@ class ToolList:
         """What ``find_tools`` may return: allowed, enabled, not pin-blocked tools of connected servers."""
         return [e for e in self._catalog.entries() if e.denial is None and not e.cached]
 
+    def _entry_map(self) -> dict[str, ToolEntry]:
+        version = self._catalog.version
+        if self._entries is None or self._entries[0] != version:
+            self._entries = (version, {e.exposed: e for e in self._catalog.entries()})
+        return self._entries[1]
+
     def _sync(self) -> None:
-        """Bring the index up to the catalog (only the tools whose text changed are re-indexed)."""
+        """Bring the index up to the catalog: only the tools whose definition changed are made into documents
+        again and re-indexed."""
         version = self._catalog.version
         if self._indexed == version:
             return
         servers = self._catalog.allowlist.servers
-        docs = []
+        abouts = {
+            name: (server.description or server.title or "") if server is not None else ""
+            for name, server in servers.items()
+        }
+        kept: dict[str, tuple[Any, str, Doc]] = {}
+        changed: list[Doc] = []
+        known_docs = self._docs
         for e in self.searchable():
-            server = servers.get(e.server)
-            about = (server.description or server.title or "") if server is not None else ""
-            docs.append(doc(e.exposed, e.server, e.definition, about))
-        self._index.update(docs)
+            about = abouts.get(e.server, "")
+            known = known_docs.get(e.exposed)
+            if known is not None and known[0] is e.definition and known[1] == about:
+                kept[e.exposed] = known
+                continue
+            d = doc(e.exposed, e.server, e.definition, about)
+            kept[e.exposed] = (e.definition, about, d)
+            changed.append(d)
+        removed = [name for name in known_docs if name not in kept]
+        self._docs = kept
+        self._index.apply(removed, changed)
         self._indexed = version
 
 

@@ -13,6 +13,7 @@ of the tools whose text changed and nothing else, so a one-tool change costs one
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -91,8 +92,8 @@ _STOPWORDS = frozenset(
 
 _GROUPS = (
     "ticket issue bug defect incident",
-    "create new add make open raise file submit start",
-    "delete remove drop erase trash destroy purge",
+    "create new add make open raise file submit start insert",
+    "delete remove drop erase trash destroy purge forget",
     "search find look lookup locate query discover",
     "list show enumerate all browse",
     "get read fetch retrieve view load open see",
@@ -121,6 +122,21 @@ _GROUPS = (
     "deploy release ship",
     "log logs trace",
     "sum add total calculate compute",
+    "worklog log time hours timesheet spent",
+    "sprint iteration cycle milestone",
+    "file disk",
+    "size big large bytes",
+    "stage add index",
+    "switch checkout",
+    "download fetch scrape",
+    "extract pull parse scrape structured",
+    "watch monitor track",
+    "javascript script js evaluate",
+    "describe schema columns structure fields",
+    "directions route drive travel distance",
+    "remember memory knowledge entity observation",
+    "flowchart flow diagram",
+    "close closed resolve state",
 )
 SYNONYMS: dict[str, frozenset[str]] = {}
 """A word of a query → the words tools use for the same thing (itself included)."""
@@ -150,9 +166,33 @@ def _params(schema: Any) -> str:
     return " ".join(parts)
 
 
+_ENDINGS = (("ies", 4, "y"), ("ing", 5, ""), ("ches", 4, "ch"), ("shes", 4, "sh"), ("sses", 4, "ss"), ("xes", 4, "x"))
+
+
+def stem(word: str) -> str:
+    """A light English stemmer (plural and verb endings, a final e), the same for queries and tools: "closes",
+    "closed", "closing" and "close" are all "clos"."""
+    for ending, longer, becomes in _ENDINGS:
+        if len(word) > longer and word.endswith(ending):
+            word = word[: -len(ending)] + becomes
+            break
+    else:
+        if len(word) > 4 and word.endswith("ed") and not word.endswith("eed"):
+            word = word[:-2]
+        elif len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+            word = word[:-1]
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
+    return word
+
+
+def _stems(text: str) -> frozenset[str]:
+    return frozenset(stem(w) for w in words(text) if w not in _STOPWORDS)
+
+
 @dataclass(frozen=True)
 class Doc:
-    """What a tool is found by."""
+    """What a tool is found by: its text per field, for FTS5, and the fields' stemmed words, for the re-ranking."""
 
     exposed: str
     server: str
@@ -162,25 +202,50 @@ class Doc:
     server_text: str
     server_description: str
     params: str
+    fields: tuple[frozenset[str], ...] = ()
+    """Stemmed words of: the name (without the server), the title, the description (its first part), the
+    parameters, the server (name and description); see :data:`FIELD_WEIGHTS`."""
+    server_words: frozenset[str] = frozenset()
+
+
+FIELD_WEIGHTS = (3.0, 2.0, 1.0, 0.6, 0.8)
+"""How much a query word counts when found in a tool's name, title, description, parameters or server."""
+_SYNONYM_FACTOR = 0.6
+"""A query word counts this much less when only one of its synonyms matches."""
+_CANDIDATES = 300
 
 
 def doc(exposed: str, server: str, definition: Mapping[str, Any], server_description: str = "") -> Doc:
     annotations = definition.get("annotations")
     title = definition.get("title") or (annotations.get("title") if isinstance(annotations, Mapping) else None)
+    description = str(definition.get("description") or "")[:4000]
+    params = _params(definition.get("inputSchema"))
+    original = str(definition.get("name") or exposed)
+    tool_name = exposed[len(server) :] if exposed.startswith(server) else original
+    server_words = _stems(server)
     return Doc(
         exposed=exposed,
         server=server,
         name_words=" ".join(words(exposed)),
         title=str(title or "")[:300],
-        description=str(definition.get("description") or "")[:4000],
+        description=description,
         server_text=" ".join(words(server)),
         server_description=server_description[:1000],
-        params=_params(definition.get("inputSchema")),
+        params=params,
+        fields=(
+            _stems(tool_name),
+            _stems(str(title or "")),
+            _stems(description[:600]),
+            _stems(params),
+            server_words | _stems(server_description[:300]),
+        ),
+        server_words=server_words,
     )
 
 
 class ToolIndex:
-    """An FTS5 index of the tools ``find_tools`` may return (see the module's docstring)."""
+    """The tools ``find_tools`` may return: an FTS5 index for the candidates, re-ranked by how many of the query's
+    words (or their synonyms) each tool covers, where, and how rare the words are (see the module's docstring)."""
 
     def __init__(self) -> None:
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
@@ -191,6 +256,8 @@ class ToolIndex:
         )
         self._rows: dict[str, tuple[int, Doc]] = {}
         self._by_rowid: dict[int, Doc] = {}
+        self._df: dict[str, int] = {}
+        """In how many tools each stemmed word occurs (any field): rare words weigh more."""
         self._next = 1
 
     def __len__(self) -> int:
@@ -206,10 +273,14 @@ class ToolIndex:
         changed = 0
         with self._db:
             for exposed, (rowid, old) in list(self._rows.items()):
-                if wanted.get(exposed) != old:
-                    self._db.execute("DELETE FROM tools WHERE rowid = ?", (rowid,))
-                    del self._rows[exposed]
-                    changed += 1
+                new = wanted.get(exposed)
+                if new is old or new == old:
+                    continue
+                self._db.execute("DELETE FROM tools WHERE rowid = ?", (rowid,))
+                del self._rows[exposed]
+                del self._by_rowid[rowid]
+                self._count(old, -1)
+                changed += 1
             for exposed, new in wanted.items():
                 if exposed in self._rows:
                     continue
@@ -228,40 +299,106 @@ class ToolIndex:
                     ),
                 )
                 self._rows[exposed] = (rowid, new)
+                self._by_rowid[rowid] = new
+                self._count(new, 1)
                 changed += 1
-        self._by_rowid = {rowid: d for rowid, d in self._rows.values()}
         return changed
+
+    def apply(self, removed: Iterable[str], changed: Iterable[Doc]) -> None:
+        """Drop the tools named in ``removed`` and put in ``changed`` (new tools, or new text of known ones): what
+        :meth:`update` does when the caller knows the difference already, in time proportional to it."""
+        with self._db:
+            for exposed in [*removed, *(d.exposed for d in changed)]:
+                known = self._rows.pop(exposed, None)
+                if known is not None:
+                    self._db.execute("DELETE FROM tools WHERE rowid = ?", (known[0],))
+                    del self._by_rowid[known[0]]
+                    self._count(known[1], -1)
+            for new in changed:
+                self._insert(new)
+
+    def _insert(self, new: Doc) -> None:
+        rowid, self._next = self._next, self._next + 1
+        self._db.execute(
+            "INSERT INTO tools (rowid, name_words, title, description, server, server_description, params) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rowid, new.name_words, new.title, new.description, new.server_text, new.server_description, new.params),
+        )
+        self._rows[new.exposed] = (rowid, new)
+        self._by_rowid[rowid] = new
+        self._count(new, 1)
+
+    def _count(self, d: Doc, by: int) -> None:
+        for word in frozenset().union(*d.fields) if d.fields else ():
+            self._df[word] = self._df.get(word, 0) + by
+
+    def _idf(self, word: str) -> float:
+        n = len(self._rows) or 1
+        return math.log(1 + n / (1 + self._df.get(word, 0)))
 
     def search(self, query: str, *, server: str | None = None, limit: int = 10) -> list[tuple[str, float]]:
         """The best matches for ``query`` (exposed name, score; best first), of ``server``'s tools only if given."""
-        terms = query_terms(query)
-        if not terms or limit < 1:
+        concepts = _concepts(query)
+        if not concepts or limit < 1:
             return []
-        match = " OR ".join(f'"{t}"' for t in sorted(terms))
+        terms = sorted({t for word, syns in concepts for t in (word, *syns)})
+        match = " OR ".join(f'"{t}"' for t in terms)
         weights = ", ".join(str(w) for w in WEIGHTS)
         rows = self._db.execute(
-            f"SELECT rowid, bm25(tools, {weights}) AS score FROM tools WHERE tools MATCH ? ORDER BY score LIMIT ?",  # noqa: S608 - constants
-            (match, limit * 4 if server else limit),
+            f"SELECT rowid, bm25(tools, {weights}) FROM tools WHERE tools MATCH ? ORDER BY 2 LIMIT ?",  # noqa: S608
+            (match, _CANDIDATES),
         ).fetchall()
-        found: list[tuple[str, float]] = []
-        for rowid, score in rows:
+        weighed = []
+        for word, syns in concepts:
+            idf = self._idf(word) if self._df.get(word) else _synonym_idf(self, syns)
+            weighed.append((word, syns, idf, idf))
+        scored: list[tuple[float, str]] = []
+        for rowid, bm25 in rows:
             d = self._by_rowid.get(rowid)
             if d is None or (server is not None and d.server != server):
                 continue
-            found.append((d.exposed, -float(score)))
-            if len(found) >= limit:
-                break
-        return found
+            scored.append((_score(d, weighed) - 0.001 * float(bm25), d.exposed))
+        scored.sort(key=lambda item: (-item[0], item[1]))
+        return [(exposed, score) for score, exposed in scored[:limit]]
+
+
+def _synonym_idf(index: ToolIndex, syns: frozenset[str]) -> float:
+    """The weight of a query word no tool uses: the mean of its synonyms' (0 when none is used either)."""
+    known = [index._idf(s) for s in syns if index._df.get(s)]
+    return sum(known) / len(known) if known else 0.0
+
+
+def _score(d: Doc, concepts: list[tuple[str, frozenset[str], float, float]]) -> float:
+    """How well a tool covers the query: for each query word, the best field it (or else a synonym) is found in,
+    weighed by the word's (or the synonym's) rarity."""
+    total = 0.0
+    for word, syns, idf, syn_idf in concepts:
+        best = 0.0
+        for field, weight in zip(d.fields, FIELD_WEIGHTS, strict=False):
+            if word in field:
+                best = max(best, weight * idf)
+            elif syns and not syns.isdisjoint(field):
+                best = max(best, weight * _SYNONYM_FACTOR * syn_idf)
+        total += best
+    return total
+
+
+def _concepts(query: str) -> list[tuple[str, frozenset[str]]]:
+    """The query's words (stemmed, no stop words, each once), each with its synonyms' stems."""
+    seen: set[str] = set()
+    out: list[tuple[str, frozenset[str]]] = []
+    for raw in words(query):
+        if raw in _STOPWORDS or len(raw) < 2:
+            continue
+        word = stem(raw)
+        if word in seen:
+            continue
+        seen.add(word)
+        syns = SYNONYMS.get(raw, frozenset()) | SYNONYMS.get(word, frozenset())
+        out.append((word, frozenset(stem(s) for s in syns) - {word}))
+    return out
 
 
 def query_terms(query: str) -> set[str]:
-    """The words of a query (no stop words), each with the words tools use for it (:data:`SYNONYMS`)."""
-    terms: set[str] = set()
-    for word in words(query):
-        if word in _STOPWORDS or len(word) < 2:
-            continue
-        terms.add(word)
-        terms |= SYNONYMS.get(word, frozenset())
-        if word.endswith("s") and word[:-1] in SYNONYMS:
-            terms |= SYNONYMS[word[:-1]]
-    return terms
+    """The words of a query (stemmed, no stop words), each with the words tools use for it (:data:`SYNONYMS`)."""
+    return {t for word, syns in _concepts(query) for t in (word, *syns)}
