@@ -335,8 +335,11 @@ def tree_memory(root: int) -> Memory:
 
 
 def write_config(path: Path, upstreams: list[Upstream], **extra: Any) -> Path:
+    """A config of these upstreams, every tool allowed and listed in full (``catalog.mode: full``: the benchmarks
+    measure whole lists, past any IDE's budget), unless ``extra`` says otherwise."""
     servers = {u.name: {"url": u.url, "allowed_tools": ["*"]} for u in upstreams}
-    path.write_text(yaml.safe_dump({"servers": servers, **extra}, sort_keys=False), encoding="utf-8")
+    settings = {"servers": servers, "catalog": {"mode": "full"}, **extra}
+    path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     return path
 
 

@@ -158,6 +158,7 @@ def write_port_config(path: Path, double: PortDouble) -> Path:
             "refresh_interval": 3600,
             "audit_blueprint": None,
         },
+        "catalog": {"mode": "full"},  # the whole 10,000-tool list is what is measured
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path

@@ -227,8 +227,8 @@ async def test_calls_reuse_the_upstream_connection(tmp_path: Path) -> None:
 async def test_a_tool_list_over_one_mib_comes_through_and_is_cached(tmp_path: Path) -> None:
     """One server with 3,000 tools: its tools/list is one SSE event of about 1.4 MiB, over the SDK's default limit;
     and the catalog cache written for the next start holds them all."""
-    with LocalUpstream("big", tmp_path, extra_tools=3000) as big:
-        config = write_config(tmp_path / "config.yaml", {"big": big.server_config()})
+    with LocalUpstream("big", tmp_path, extra_tools=3000) as big:  # listed in full, past any IDE's budget
+        config = write_config(tmp_path / "config.yaml", {"big": big.server_config()}, catalog={"mode": "full"})
         async with bridge_client(config, tmp_path / "home") as client:
             names = await tool_names(client)
             assert len(names) == 3010 and "big__tool_3000" in names
