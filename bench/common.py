@@ -74,6 +74,8 @@ never edited, and ratios compare paths measured in the same run.
 - `bench/scale.py`: 50 upstreams × 200 tools: `tools/list` of 10,000 tools through the bridge, and the cost of an
   allowlist refresh that changes one tool (end to end through a Port double, and in-process).
 - `bench/audit.py`: audit recording cost per call and spool throughput.
+- `bench/search.py`: search mode's quality (recall@1, recall@5, MRR@10 of job-phrased queries over real servers'
+  tools, `bench/search_data/`) and cost (`find_tools` time, `tools/list` size, index update) at 100 to 10,000 tools.
 
 The tables whose title names no script come from `bench/latency.py` as it was before `bench/peers.py` existed (then
 direct-vs-bridge latency and startup with 10 upstreams only).

@@ -41,6 +41,7 @@ import anyio
 import yaml
 
 from common import (
+    BENCH,
     ROOT,
     Processes,
     ToolsChanged,
@@ -79,6 +80,7 @@ BASE_TOOLS = 9  # what localservers has without --extra-tools
 SECRET = "bench-port-secret-0001"  # noqa: S105 - the Port double's, in this process
 BLUEPRINT = "_mcp_server"
 TARGET_LIST_MS = 50.0
+TARGET_FIND_MS = 5.0
 CHANGED_SERVER = "s00"
 FULL_LIST_TIMEOUT = 120.0
 REFRESH_TIMEOUT = 30.0
@@ -141,6 +143,10 @@ class EndToEnd:
     raw_parse: list[float] = field(default_factory=list)
     raw_after_change: list[float] = field(default_factory=list)
     raw_problem: str | None = None
+    raw_finds: list[float] = field(default_factory=list)
+    """Search mode: ``find_tools`` over the same tools, raw pipe client (request line → answer line)."""
+    search_list_bytes: int = 0
+    search_problem: str | None = None
 
 
 def publish(double: PortDouble, upstreams: list[Upstream], tools: list[str], drop: str | None = None) -> None:
@@ -149,7 +155,7 @@ def publish(double: PortDouble, upstreams: list[Upstream], tools: list[str], dro
         double.upsert_entity(BLUEPRINT, mcp_server_entity(u.name, u.url, allowed, auth_type="none"))
 
 
-def write_port_config(path: Path, double: PortDouble) -> Path:
+def write_port_config(path: Path, double: PortDouble, mode: str = "full") -> Path:
     config = {
         "port": {
             "base_url": double.base_url,
@@ -158,7 +164,7 @@ def write_port_config(path: Path, double: PortDouble) -> Path:
             "refresh_interval": 3600,
             "audit_blueprint": None,
         },
-        "catalog": {"mode": "full"},  # the whole 10,000-tool list is what is measured
+        "catalog": {"mode": mode},  # full: the whole 10,000-tool list is what is measured
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -262,7 +268,72 @@ async def run_end_to_end(
         )
     except (TimeoutError, RuntimeError, OSError) as exc:
         out.raw_problem = f"{type(exc).__name__}: {exc}"
+    try:
+        searching = write_port_config(work / "scale-search.yaml", double, mode="search")
+        await raw_finds(bridge_command(searching), env, home, stderr_path, upstreams[-1].name, args.lists * 10, out)
+    except (TimeoutError, RuntimeError, OSError, KeyError, ValueError) as exc:
+        out.search_problem = f"{type(exc).__name__}: {exc}"
     return out
+
+
+SEARCH_QUERIES = BENCH / "search_data" / "queries.json"
+
+
+async def raw_finds(
+    command: list[str], env: dict[str, str], home: Path, stderr_path: Path, last: str, n: int, out: EndToEnd
+) -> None:
+    """Search mode over the same servers: ``find_tools`` timed from writing the request line to reading the answer
+    line, by a client that parses nothing meanwhile (the bridge's share), once every server is connected; the
+    queries of ``bench/search.py``, in turn."""
+    queries = [q["query"] for q in json.loads(SEARCH_QUERIES.read_text(encoding="utf-8"))["queries"]]
+    with open(stderr_path, "a", encoding="utf-8") as errlog:
+        async with await anyio.open_process(command, env=env, cwd=home, stderr=errlog) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            stdin, stdout, pending = proc.stdin, proc.stdout, bytearray()
+
+            async def ask(request_id: int, method: str, params: dict[str, Any]) -> bytes:
+                line = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+                await stdin.send(json.dumps(line).encode() + b"\n")
+                while True:
+                    end = pending.find(b"\n")
+                    while end < 0:
+                        pending.extend(await stdout.receive(1 << 20))
+                        end = pending.find(b"\n")
+                    answer = bytes(pending[:end])
+                    del pending[: end + 1]
+                    if re.search(rb'"id":\s*%d\s*[,}]' % request_id, answer[:64]):
+                        return answer
+
+            def find(query: str, server: str | None = None) -> dict[str, Any]:
+                arguments: dict[str, Any] = {"query": query, **({"server": server} if server else {})}
+                return {"name": "find_tools", "arguments": arguments}
+
+            try:
+                with anyio.fail_after(FULL_LIST_TIMEOUT):
+                    init = {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "raw", "version": "1"},
+                    }
+                    await ask(0, "initialize", init)
+                    await stdin.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+                    listed = await ask(1, "tools/list", {})
+                    out.search_list_bytes = len(json.dumps(json.loads(listed)["result"]))
+                    request_id = 1
+                    while True:  # until the last server's tools can be found: every server is connected
+                        request_id += 1
+                        answer = json.loads(await ask(request_id, "tools/call", find("tool 200 records", last)))
+                        if answer["result"]["structuredContent"]["tools"]:
+                            break
+                        await anyio.sleep(0.5)
+                    await wait_idle(proc.pid, timeout=FULL_LIST_TIMEOUT)
+                    for i in range(n):
+                        request_id += 1
+                        t0 = time.perf_counter()
+                        await ask(request_id, "tools/call", find(queries[i % len(queries)]))
+                        out.raw_finds.append(time.perf_counter() - t0)
+            finally:
+                proc.kill()
 
 
 async def raw_lists(
@@ -481,6 +552,19 @@ def render(
         )
     if e2e.raw_problem:
         rows.append(["raw pipe client", "problem", e2e.raw_problem])
+    if e2e.raw_finds:
+        f50 = ms(med(e2e.raw_finds))
+        rows.append(
+            [
+                f"bridge, search mode: `find_tools` over {n_tools:,} tools, raw pipe client, p50 / p99",
+                f"{f50:.1f} / {ms(percentile(e2e.raw_finds, 99)):.1f} ms",
+                f"target ≤ {TARGET_FIND_MS:g} ms — {verdict(f50 <= TARGET_FIND_MS)}; request line written → answer "
+                f"line read (the bridge's share); {len(e2e.raw_finds)} sequential searches, the queries of "
+                f"`bench/search.py` in turn; `tools/list` in search mode: {e2e.search_list_bytes:,} bytes",
+            ]
+        )
+    if e2e.search_problem:
+        rows.append(["search mode", "problem", e2e.search_problem])
     rows += [
         [
             f"in process: `Catalog.set_listing` × {args.servers} (listings arriving one by one)",

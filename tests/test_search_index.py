@@ -95,3 +95,14 @@ def test_huge_and_hostile_text_is_indexed_within_bounds() -> None:
     d = doc("evil__x", "evil", hostile)
     assert len(d.description) <= 4000 and len(d.params) < 64 * 1100
     assert _names(index, "open a github issue")[0] == "github__create_issue"
+
+
+def test_the_server_filter_finds_a_servers_tools_however_many_others_match_better() -> None:
+    crowd = {
+        f"big{i}__lookup_{j}": (f"big{i}", _tool(f"lookup_{j}", "Look up records."))
+        for i in range(5)
+        for j in range(200)
+    }
+    small = {"small__lookup": ("small", _tool("lookup", "Look up records in the small server."))}
+    index = _index({**crowd, **small})
+    assert _names(index, "look up records", server="small") == ["small__lookup"]

@@ -1,13 +1,16 @@
-"""Ranking the catalog for ``find_tools``: SQLite FTS5 with BM25 over weighted fields, updated incrementally.
+"""Ranking the catalog for ``find_tools``: SQLite FTS5 candidates, re-scored by what of the query each tool covers.
 
 Each tool is one row: its exposed name split into words (``github__create_issue`` → ``github create issue``), its
 title, description, server name and the server's description (Port's), and its parameters' names and descriptions.
-BM25 weighs a match in the name above one in the title, the description, the server and the parameters, in that
-order (:data:`WEIGHTS`). The Porter stemmer folds word forms ("creating" finds "create"), and a short table of the
-words users use for what tools call otherwise (:data:`SYNONYMS`: "ticket" for an issue, "open" for create, "PR" for
-a pull request) widens the query: users describe the job, not the tool's own words.
+FTS5's BM25 over these weighted fields (:data:`WEIGHTS`) picks up to 300 candidates for the query's words and their
+synonyms; each candidate is then scored by the query's words it covers: a word counts by the best field it is found
+in (name, title, description, parameters, server: :data:`FIELD_WEIGHTS`), by how rare it is among the tools (rare
+words tell more), and less when only one of its synonyms is found. Users describe the job, not the tool's own words:
+a light stemmer (:func:`stem`) folds word forms, and a table of the words users use for what tools call otherwise
+(:data:`SYNONYMS`: "ticket" for an issue, "open" for create, "PR" for a pull request) widens the query.
+``bench/search.py`` measures it on real servers' tools.
 
-The index lives in an in-memory SQLite database of the standard library; :meth:`ToolIndex.update` replaces the rows
+The index lives in an in-memory SQLite database of the standard library; :meth:`ToolIndex.apply` replaces the rows
 of the tools whose text changed and nothing else, so a one-tool change costs one delete and one insert.
 """
 
@@ -20,8 +23,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-WEIGHTS = (10.0, 6.0, 3.0, 2.0, 1.0, 1.5)
-"""BM25 weights of the columns: name words, title, description, server, server description, parameters."""
+WEIGHTS = (10.0, 6.0, 3.0, 2.0, 1.0, 1.5, 0.0)
+"""BM25 weights of the columns: name words, title, description, server, server description, parameters (and the
+server's exact name, which is not searched: ``find_tools``' ``server`` filters by it)."""
 
 _STOPWORDS = frozenset(
     {
@@ -251,7 +255,7 @@ class ToolIndex:
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._db.execute(
             "CREATE VIRTUAL TABLE tools USING fts5("
-            "name_words, title, description, server, server_description, params, "
+            "name_words, title, description, server, server_description, params, server_name UNINDEXED, "
             "tokenize = 'porter unicode61')"
         )
         self._rows: dict[str, tuple[int, Doc]] = {}
@@ -282,26 +286,9 @@ class ToolIndex:
                 self._count(old, -1)
                 changed += 1
             for exposed, new in wanted.items():
-                if exposed in self._rows:
-                    continue
-                rowid, self._next = self._next, self._next + 1
-                self._db.execute(
-                    "INSERT INTO tools (rowid, name_words, title, description, server, server_description, params) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rowid,
-                        new.name_words,
-                        new.title,
-                        new.description,
-                        new.server_text,
-                        new.server_description,
-                        new.params,
-                    ),
-                )
-                self._rows[exposed] = (rowid, new)
-                self._by_rowid[rowid] = new
-                self._count(new, 1)
-                changed += 1
+                if exposed not in self._rows:
+                    self._insert(new)
+                    changed += 1
         return changed
 
     def apply(self, removed: Iterable[str], changed: Iterable[Doc]) -> None:
@@ -320,9 +307,18 @@ class ToolIndex:
     def _insert(self, new: Doc) -> None:
         rowid, self._next = self._next, self._next + 1
         self._db.execute(
-            "INSERT INTO tools (rowid, name_words, title, description, server, server_description, params) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (rowid, new.name_words, new.title, new.description, new.server_text, new.server_description, new.params),
+            "INSERT INTO tools (rowid, name_words, title, description, server, server_description, params, "
+            "server_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rowid,
+                new.name_words,
+                new.title,
+                new.description,
+                new.server_text,
+                new.server_description,
+                new.params,
+                new.server,
+            ),
         )
         self._rows[new.exposed] = (rowid, new)
         self._by_rowid[rowid] = new
@@ -344,9 +340,12 @@ class ToolIndex:
         terms = sorted({t for word, syns in concepts for t in (word, *syns)})
         match = " OR ".join(f'"{t}"' for t in terms)
         weights = ", ".join(str(w) for w in WEIGHTS)
+        where, args = (
+            ("tools MATCH ?", [match]) if server is None else ("tools MATCH ? AND server_name = ?", [match, server])
+        )
         rows = self._db.execute(
-            f"SELECT rowid, bm25(tools, {weights}) FROM tools WHERE tools MATCH ? ORDER BY 2 LIMIT ?",  # noqa: S608
-            (match, _CANDIDATES),
+            f"SELECT rowid, bm25(tools, {weights}) FROM tools WHERE {where} ORDER BY 2 LIMIT ?",  # noqa: S608
+            (*args, _CANDIDATES),
         ).fetchall()
         weighed = []
         for word, syns in concepts:
