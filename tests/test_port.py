@@ -192,6 +192,20 @@ def test_the_always_property_lists_tools_directly_in_search_mode_and_a_bad_one_i
     assert servers["wiki"].always == [] and "'always' is not a list of tool names" in problems["wiki"]
 
 
+def test_denied_tools_and_risk_classes_come_from_port_and_a_bad_list_drops_the_server() -> None:
+    settings = settings_with({})
+    classes = mcp_server_entity("docs", "https://docs.example.com/mcp", ["@read_only"], auth_type="none")
+    classes["properties"]["denied_tools"] = ["delete_*", "@closed_world"]
+    unknown = mcp_server_entity("wiki", "https://wiki.example.com/mcp", ["@readonly"], auth_type="none")
+    bad = mcp_server_entity("bad", "https://bad.example.com/mcp", ["*"], auth_type="none")
+    bad["properties"]["denied_tools"] = "delete_all"  # not a list: the server is not exposed (fail closed)
+    servers, _ = map_entities([classes, unknown, bad], settings)
+    assert sorted(servers) == ["docs"]
+    assert servers["docs"].denied_tools == ["delete_*", "@closed_world"]
+    assert servers["docs"].allows("search", {"readOnlyHint": True})
+    assert not servers["docs"].allows("delete_old", {"readOnlyHint": True})
+
+
 def test_the_registry_preset_reads_endpoint_tools_and_status() -> None:
     settings = settings_with({"preset": "mcp_registry"})
     entities = [

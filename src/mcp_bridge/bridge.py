@@ -19,6 +19,7 @@ import anyio.abc
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from mcp_bridge import risk
 from mcp_bridge.audit.shipper import Shipper
 from mcp_bridge.audit.spoolcheck import instructions_note
 from mcp_bridge.audit.trail import AuditTrail
@@ -613,6 +614,12 @@ class Bridge:
             mine = [e for e in self.catalog.entries() if e.server == name]
             row["blocked_tools"] = sorted(e.exposed for e in mine if e.blocked)
             row["unusable_tools"] = {e.exposed: e.denial for e in mine if e.denial == NEEDS_TASKS}
+            by_class: dict[str, dict[str, int]] = {c: {"allowed": 0, "offered": 0} for c in risk.CLASSES}
+            for e in mine:
+                for c in risk.classes_of(e.definition.get("annotations")):
+                    by_class[c]["offered"] += 1
+                    by_class[c]["allowed"] += e.denial is None
+            row["tools_by_class"] = by_class
             rows.append(row)
         return rows
 

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+from mcp_bridge import risk
 from mcp_bridge.cli.output import UsageError, err, out, out_json, print_table
 from mcp_bridge.config import LoadedConfig, home_dir
 from mcp_bridge.errors import BridgeError
@@ -50,6 +51,11 @@ async def status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     for r in rows:
         for name, why in sorted((r.get("unusable_tools") or {}).items()):
             out(f"not offered: {name}: {why}")
+    for r in rows:
+        classes = r.get("tools_by_class") or {}
+        counted = [f"{c} {n['allowed']} of {n['offered']}" for c, n in classes.items() if n["offered"]]
+        if counted:
+            out(f"risk classes of {r['server']} (allowed of offered): {', '.join(counted)}")
     blocked = [name for r in rows for name in r.get("blocked_tools", [])]
     if blocked:
         out(f"blocked, their definition changed since approval: {', '.join(blocked)}")
@@ -84,6 +90,7 @@ async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                 "server": e.server,
                 "tool": e.original,
                 "description": e.description,
+                "classes": risk.classes_of(e.definition.get("annotations")),
                 "allowed": e.denial is None,
                 **({"denied_because": e.denial} if e.denial else {}),
             }
@@ -94,10 +101,10 @@ async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         if failed:
             err(f"mcp-bridge tools: {failed} problem(s) keep tools out of the list (see `problems`)")
         return code
-    table = [["NAME", "SERVER", "TOOL", "DESCRIPTION"]]
+    table = [["NAME", "SERVER", "TOOL", "RISK", "DESCRIPTION"]]
     for e in shown:  # a hidden tool's reason is shown whole: cut, it could lose what to change
         desc = _shorten(e.description) if e.denial is None else f"[hidden: {e.denial}]"
-        table.append([e.exposed, e.server, e.original, desc])
+        table.append([e.exposed, e.server, e.original, risk_label(e.definition.get("annotations")), desc])
     print_table(table)
     if checks:
         out("")
@@ -121,6 +128,15 @@ def _search(found: list[dict[str, Any]], as_json: bool) -> int:
         table.append([str(rank), tool["name"], tool["server"], _shorten(str(tool.get("description") or ""))])
     print_table(table)
     return 0
+
+
+def risk_label(annotations: object) -> str:
+    """One word for a tool's risk, from its hints with the spec's defaults: read-only, non-destructive or
+    destructive."""
+    classes = risk.classes_of(annotations)
+    if "@read_only" in classes:
+        return "read-only"
+    return "non-destructive" if "@non_destructive" in classes else "destructive"
 
 
 def _shorten(text: str, width: int = 80) -> str:

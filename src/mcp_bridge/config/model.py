@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mcp_bridge import risk
 from mcp_bridge.errors import ConfigError
 
 ENV_CONFIG = "MCP_BRIDGE_CONFIG"
@@ -141,7 +142,10 @@ class ServerConfig(_Model):
     url: str | None = None
     """Required without ``port:``; with ``port:`` the URL comes from Port and this key is ignored."""
     allowed_tools: list[str] | None = None
-    """Original tool names this server may expose; ``["*"]`` allows all; missing allows none."""
+    """Original tool names (or ``fnmatch`` patterns, or risk classes such as ``@read_only``: :mod:`mcp_bridge.risk`)
+    this server may expose; ``["*"]`` allows all; missing allows none."""
+    denied_tools: list[str] = Field(default_factory=list)
+    """Names, patterns or risk classes this server may never expose: wins over ``allowed_tools``."""
     auth: AuthConfig = Field(default_factory=lambda: NoAuth(type="none"))
     allow_insecure_http: bool = False
     """Allow plain ``http://`` to a host that is not loopback (refused by default)."""
@@ -191,10 +195,25 @@ class ServerConfig(_Model):
             raise ConfigError("a server without a url cannot be connected")
         return self.url
 
-    def allows(self, tool: str) -> bool:
-        """Whether the allowlist admits this original tool name."""
-        allowed = self.allowed_tools or []
-        return "*" in allowed or tool in allowed
+    @field_validator("allowed_tools", "denied_tools")
+    @classmethod
+    def _known_classes(cls, v: list[str] | None) -> list[str] | None:
+        unknown = risk.unknown_classes(v or [])
+        if unknown:
+            raise ValueError(f"unknown risk class {', '.join(unknown)}; the classes are {', '.join(risk.CLASSES)}")
+        return v
+
+    def allows(self, tool: str, annotations: object = None) -> bool:
+        """Whether the allowlist admits this tool (original name; ``annotations`` for the risk classes)."""
+        if risk.matches(self.denied_tools, tool, annotations):
+            return False
+        return risk.matches(self.allowed_tools or [], tool, annotations)
+
+    def may_allow(self, tool: str) -> bool:
+        """Whether some annotations would let the allowlist admit this tool (its pins must watch it: a hint the
+        server flips could let it in)."""
+        names_only = [p for p in self.denied_tools if not p.startswith("@")]
+        return not risk.matches(names_only, tool, None) and risk.could_match(self.allowed_tools or [], tool)
 
 
 class NamingConfig(_Model):
@@ -234,6 +253,7 @@ class PortFields(_Model):
     tool_pins: str = "tool_pins"
     allow_sampling: str = "allow_sampling"
     always: str = "always"
+    denied_tools: str = "denied_tools"
 
 
 class PortApproval(_Model):

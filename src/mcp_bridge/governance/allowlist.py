@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from mcp_bridge import risk
 from mcp_bridge.config import (
     SERVER_NAME_RULE,
     ApiKeyAuth,
@@ -54,14 +55,17 @@ class Allowlist:
     failed_closed: bool = False
     """No allowlist could be trusted (Port unreachable and no fresh enough cache): nothing is allowed."""
 
-    def denial(self, server: str, tool: str, exposed: str) -> str | None:
-        """Why this tool may not be listed or called, or ``None`` when it may."""
+    def denial(self, server: str, tool: str, exposed: str, annotations: object = None) -> str | None:
+        """Why this tool may not be listed or called, or ``None`` when it may (``annotations``: the tool's, for the
+        risk classes of ``allowed_tools`` and ``denied_tools``)."""
         if self.failed_closed:
             return f"no trusted allowlist: {self.note}"
         config = self.servers.get(server)
         if config is None:
             return f"server {server!r} is not on the allowlist"
-        if not config.allows(tool):
+        if risk.matches(config.denied_tools, tool, annotations):
+            return f"tool {tool!r} of server {server!r} is denied by `denied_tools` ({self.source})"
+        if not config.allows(tool, annotations):
             return f"tool {tool!r} of server {server!r} is not on the allowlist ({self.source})"
         for pattern in self.disabled_tools:
             if fnmatch.fnmatchcase(exposed, pattern):
@@ -106,6 +110,8 @@ def changes(old: Allowlist, new: Allowlist) -> list[tuple[str | None, str]]:
                 out.append((name, f"server {name} changed its connection settings"))
             if sorted(a.allowed_tools or []) != sorted(b.allowed_tools or []):
                 out.append((name, f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}"))
+            if sorted(a.denied_tools) != sorted(b.denied_tools):
+                out.append((name, f"server {name} denied tools {a.denied_tools} -> {b.denied_tools}"))
             if a.always != b.always:
                 out.append((name, f"server {name} tools listed always: {', '.join(b.always) or 'none'}"))
             if a.allow_sampling != b.allow_sampling:
@@ -331,6 +337,9 @@ def _server_from_entity(
     sampling = props.get(fields.allow_sampling)
     if sampling is not None and not isinstance(sampling, bool):
         problem = problem or f"property {fields.allow_sampling!r} is not true or false; sampling stays off"
+    denied = props.get(fields.denied_tools)
+    if denied is not None and not (isinstance(denied, list) and all(isinstance(t, str) for t in denied)):
+        raise _Skip(f"property {fields.denied_tools!r} is not a list of tool names, patterns or classes")
     always = props.get(fields.always)
     if always is not None and not (isinstance(always, list) and all(isinstance(t, str) for t in always)):
         problem = problem or f"property {fields.always!r} is not a list of tool names; none is listed always"
@@ -338,6 +347,7 @@ def _server_from_entity(
     data = {
         "url": url,
         "allowed_tools": tools,
+        "denied_tools": denied or [],
         "allow_sampling": sampling is True,
         "always": always or [],
         "auth": auth,

@@ -238,7 +238,7 @@ class Catalog:
                 else:
                     definition = {**tool, "name": exposed}
                 self._definitions[(server, original)] = (tool, exposed, definition)
-                denial = self._allowlist.denial(server, original, exposed) or needs_tasks(tool)
+                denial = self._allowlist.denial(server, original, exposed, tool.get("annotations")) or needs_tasks(tool)
                 if original in duplicated:
                     pin: str | None = duplicate_reason(duplicated[original])
                 else:
@@ -299,7 +299,7 @@ class Catalog:
         entry = self._tools.get(exposed)
         if entry is None:
             raise UnknownName("tool", exposed)
-        denial = self._allowlist.denial(entry.server, entry.original, exposed)
+        denial = self._allowlist.denial(entry.server, entry.original, exposed, entry.definition.get("annotations"))
         if denial is None and (entry.blocked or entry.denial == NEEDS_TASKS):  # changed since pinned; needs tasks
             denial = entry.denial
         if denial is not None:

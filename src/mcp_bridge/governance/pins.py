@@ -284,7 +284,7 @@ class Pins:
             self._memo[server] = memo
         (unique, duplicated), hashed = memo[1], memo[2]
         for name, tool in unique.items():
-            if not config.allows(name):
+            if not config.may_allow(name):  # watched even while its hints keep it out: a flip must not let it in
                 continue
             if name not in hashed:
                 hashed[name] = (fingerprint(tool), definition_of(tool))
