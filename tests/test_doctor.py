@@ -56,7 +56,7 @@ async def test_a_healthy_local_config_is_all_ok(tmp_path: Path, capsys: pytest.C
         messages: list[str] = []
         checks = await run_checks(path, progress=messages.append)
     names = [c.name for c in checks]
-    expected = ["config", "keyring", "allowlist", "server local", "names", "tool count", "tool pins"]
+    expected = ["config", "keyring", "allowlist", "server local", "names", "tool count", "schemas", "tool pins"]
     assert names == expected, render(checks)
     assert all(c.ok and not c.warning for c in checks), render(checks)
     assert "connected" in by_name(checks)["server local"].detail

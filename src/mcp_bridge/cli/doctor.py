@@ -330,6 +330,8 @@ async def _check_servers(loaded: LoadedConfig, home: Path, allowlist: Allowlist,
         )
     checks.append(_names_check(settings, [e.exposed for e in listed]))
     checks.append(_count_check(tool_count, settings.catalog))
+    if listed:
+        checks.append(_schemas_check(listed))
     if rows:
         checks.append(_pins_check(blocked))
     return checks
@@ -454,6 +456,25 @@ def _names_check(settings: Settings, names: list[str]) -> Check:
             "lower naming.max_length (e.g. 50) or shorten the IDE entry name",
         )
     return _ok("names", detail)
+
+
+def _schemas_check(listed: list[Any]) -> Check:
+    """Input schemas a client may not manage and the bridge cannot repair (an array without ``items`` is repaired
+    in the list: :mod:`mcp_bridge.governance.schemas`)."""
+    from mcp_bridge.governance.schemas import problems
+
+    found = []
+    for e in listed:
+        for problem in problems(e.definition.get("inputSchema")):
+            found.append(f"{e.exposed}: {problem}")
+    if not found:
+        return _ok("schemas", f"every listed tool's input schema is one clients take ({len(listed)} tools)")
+    shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+    return _warn(
+        "schemas",
+        f"{len(found)} input schema problem(s) some clients reject: {shown}",
+        "ask the server's owner to fix the schema, or leave the tool out of allowed_tools",
+    )
 
 
 def _count_check(count: int, catalog: CatalogConfig | None = None) -> Check:

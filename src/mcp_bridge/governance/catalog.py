@@ -19,6 +19,7 @@ from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.governance.allowlist import Allowlist
 from mcp_bridge.governance.naming import assign_names
 from mcp_bridge.governance.resource_routes import ResourceRoutes
+from mcp_bridge.governance.schemas import repaired_tool
 from mcp_bridge.logs import get_logger
 
 log = get_logger(__name__)
@@ -235,8 +236,8 @@ class Catalog:
                 kept = previous.get((server, original))
                 if kept is not None and kept[0] is tool and kept[1] == exposed:
                     definition = kept[2]
-                else:
-                    definition = {**tool, "name": exposed}
+                else:  # what the IDE is listed: renamed, its schemas repaired where safe (governance.schemas)
+                    definition = {**repaired_tool(tool), "name": exposed}
                 self._definitions[(server, original)] = (tool, exposed, definition)
                 denial = self._allowlist.denial(server, original, exposed, tool.get("annotations")) or needs_tasks(tool)
                 if original in duplicated:
