@@ -223,7 +223,7 @@ def test_the_check_finds_a_key_in_the_wrong_place_and_a_wrong_default() -> None:
     """Each way the example could say something false is found (so the test above can fail)."""
     text = EXAMPLE.read_text(encoding="utf-8")
     wrong = {
-        "    # title: a human-readable": "    # timeout: per call (default: 60).\n    # title: a human-readable",
+        "    # title: a human-readable": "    # retries: per call (default: 3).\n    # title: a human-readable",
         "#     header: header name (default: Authorization)": "#     header: header name (default: X-Api-Key)",
         "  #     resource: true ": "  #     audience: true ",
         "#   timeout: 10                        # seconds for one request to Port (default: 10,": (
@@ -238,7 +238,7 @@ def test_the_check_finds_a_key_in_the_wrong_place_and_a_wrong_default() -> None:
     problems = example_findings(text).problems
     assert len(problems) == len(wrong), "\n".join(problems)
     expected = [
-        "`timeout` is documented here, but ServerConfig has no such key",
+        "`retries` is documented here, but ServerConfig has no such key",
         "`header` says (default: X-Api-Key), but ApiKeyAuth.header defaults to 'Authorization'",
         "`audience` is documented here, but OAuthAuth has no such key",
         "`timeout` says (default: 30), but PortConfig.timeout defaults to 10",

@@ -206,6 +206,17 @@ def test_denied_tools_and_risk_classes_come_from_port_and_a_bad_list_drops_the_s
     assert not servers["docs"].allows("delete_old", {"readOnlyHint": True})
 
 
+def test_timeout_and_rate_limit_come_from_port_and_a_bad_one_drops_the_server() -> None:
+    settings = settings_with({})
+    limited = mcp_server_entity("docs", "https://docs.example.com/mcp", ["*"], auth_type="none")
+    limited["properties"].update(timeout=30, rate_limit=60)
+    bad = mcp_server_entity("bad", "https://bad.example.com/mcp", ["*"], auth_type="none")
+    bad["properties"]["rate_limit"] = "lots"
+    servers, _ = map_entities([limited, bad], settings)
+    assert sorted(servers) == ["docs"]
+    assert (servers["docs"].timeout, servers["docs"].rate_limit) == (30.0, 60)
+
+
 def test_the_registry_preset_reads_endpoint_tools_and_status() -> None:
     settings = settings_with({"preset": "mcp_registry"})
     entities = [

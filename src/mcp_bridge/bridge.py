@@ -7,8 +7,10 @@ one server's failure stays with that server.
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -86,6 +88,8 @@ class Bridge:
         self.listing = ToolList(self.settings, self.catalog, self.audit.most_used)
         """What ``tools/list`` shows: the catalog, or search mode's few (:mod:`mcp_bridge.governance.listing`)."""
         self._listed_version: Any = None
+        self._calls: dict[str, collections.deque[float]] = {}
+        """Per server, when its calls of the last minute started (``rate_limit``)."""
         self.cache = CatalogCache(home / CACHE_FILE)
         self.pins = Pins(home, self.settings.on_tool_change, self._tool_changed)
         self.pins.defer_writes = True  # written by _watch_pins (and on shutdown)
@@ -459,6 +463,7 @@ class Bridge:
                 self.audit.check()  # a spool that cannot take the event denies the call at once
                 entry = await self._route_tool(exposed)
                 event.server, event.tool = entry.server, entry.original
+                self._rate_check(entry)
                 self.audit.begin(event)
             except (UnknownName, PolicyDenied, AuditUnavailable) as exc:
                 event.status, event.error, event.error_class = "Denied", str(exc), type(exc).__name__
@@ -477,7 +482,8 @@ class Bridge:
                 params["_meta"] = kept
             params.update(inputs or {})
             request = types.CallToolRequest.model_validate({"method": "tools/call", "params": params})
-            result = await upstream.request(request, progress=progress)
+            limit = upstream.config.timeout_for(entry.original)
+            result = await upstream.request(request, progress=progress, call_timeout=limit)
             event.status = "Failed" if result.get("isError") else "Completed"
             if result.get("isError"):
                 event.error_class = "ToolError"
@@ -504,6 +510,26 @@ class Bridge:
                 damaged=exc.damaged,
             ) from None
         return result
+
+    def _rate_check(self, entry: ToolEntry) -> None:
+        """``rate_limit`` (calls per minute to the server): a call past it is denied at once, with when to retry."""
+        server = self.catalog.allowlist.servers.get(entry.server)
+        limit = server.rate_limit if server is not None else None
+        if limit is None:
+            return
+        now = time.monotonic()
+        recent = self._calls.setdefault(entry.server, collections.deque())
+        while recent and now - recent[0] >= 60.0:
+            recent.popleft()
+        if len(recent) >= limit:
+            wait = 60.0 - (now - recent[0])
+            raise PolicyDenied(
+                entry.exposed,
+                f"server {entry.server!r} takes at most {limit} calls a minute (rate_limit); try again in {wait:.0f} s",
+                server=entry.server,
+                tool=entry.original,
+            )
+        recent.append(now)
 
     async def _find_tools(self, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
         """``find_tools`` (search mode): the best matches among the tools the IDE may call, as JSON text and as

@@ -163,6 +163,13 @@ class ServerConfig(_Model):
     spends the user's model on the server's prompts."""
     always: list[str] = Field(default_factory=list)
     """Original tool names (or ``fnmatch`` patterns) listed directly even when the catalog is in search mode."""
+    timeout: float | None = Field(default=None, gt=0, le=86_400)
+    """Seconds a call to this server may take (``None``: ``timeouts.call``); past it the call is cancelled upstream
+    and answered with an error that says so."""
+    tool_timeouts: dict[str, float] = Field(default_factory=dict)
+    """Per original tool name: its own ``timeout``, winning over the server's."""
+    rate_limit: int | None = Field(default=None, ge=1, le=100_000)
+    """Calls per minute to this server; a call past it is denied at once (never queued)."""
 
     @field_validator("tool_pins")
     @classmethod
@@ -194,6 +201,18 @@ class ServerConfig(_Model):
         if self.url is None:
             raise ConfigError("a server without a url cannot be connected")
         return self.url
+
+    @field_validator("tool_timeouts")
+    @classmethod
+    def _positive_timeouts(cls, v: dict[str, float]) -> dict[str, float]:
+        for tool, seconds in v.items():
+            if not 0 < seconds <= 86_400:
+                raise ValueError(f"tool_timeouts[{tool!r}] must be seconds above 0 and at most 86400")
+        return v
+
+    def timeout_for(self, tool: str) -> float | None:
+        """The seconds a call of this tool may take (``None``: the global ``timeouts.call``)."""
+        return self.tool_timeouts.get(tool, self.timeout)
 
     @field_validator("allowed_tools", "denied_tools")
     @classmethod
@@ -254,6 +273,8 @@ class PortFields(_Model):
     allow_sampling: str = "allow_sampling"
     always: str = "always"
     denied_tools: str = "denied_tools"
+    timeout: str = "timeout"
+    rate_limit: str = "rate_limit"
 
 
 class PortApproval(_Model):

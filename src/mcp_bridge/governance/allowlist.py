@@ -112,6 +112,8 @@ def changes(old: Allowlist, new: Allowlist) -> list[tuple[str | None, str]]:
                 out.append((name, f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}"))
             if sorted(a.denied_tools) != sorted(b.denied_tools):
                 out.append((name, f"server {name} denied tools {a.denied_tools} -> {b.denied_tools}"))
+            if (a.timeout, a.rate_limit) != (b.timeout, b.rate_limit):
+                out.append((name, f"server {name} limits: timeout {b.timeout}, rate_limit {b.rate_limit}"))
             if a.always != b.always:
                 out.append((name, f"server {name} tools listed always: {', '.join(b.always) or 'none'}"))
             if a.allow_sampling != b.allow_sampling:
@@ -344,7 +346,16 @@ def _server_from_entity(
     if always is not None and not (isinstance(always, list) and all(isinstance(t, str) for t in always)):
         problem = problem or f"property {fields.always!r} is not a list of tool names; none is listed always"
         always = None
+    limits: dict[str, Any] = {}
+    for key in ("timeout", "rate_limit"):
+        value = props.get(getattr(fields, key))
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise _Skip(f"property {getattr(fields, key)!r} is not a positive number")
+        limits[key] = int(value) if key == "rate_limit" else float(value)
     data = {
+        **limits,
         "url": url,
         "allowed_tools": tools,
         "denied_tools": denied or [],
