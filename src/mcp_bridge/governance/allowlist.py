@@ -65,7 +65,7 @@ class Allowlist:
             return f"server {server!r} is not on the allowlist"
         if risk.matches(config.denied_tools, tool, annotations):
             return f"tool {tool!r} of server {server!r} is denied by `denied_tools` ({self.source})"
-        if not config.allows(tool, annotations):
+        if not risk.matches(config.allowed_tools or [], tool, annotations):
             return f"tool {tool!r} of server {server!r} is not on the allowlist ({self.source})"
         for pattern in self.disabled_tools:
             if fnmatch.fnmatchcase(exposed, pattern):

@@ -15,8 +15,6 @@ removes, so a change in the catalog outside it does not change ``tools/list``: n
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,7 +53,10 @@ class ToolList:
         self._entries: tuple[int, dict[str, ToolEntry]] | None = None
         self._usage: list[str] | None = None
         """The most used tools, read once per session (a list that changes with every call would be a storm)."""
-        self._search_list: tuple[str, list[dict[str, Any]]] | None = None
+        self._search_list: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
+        """(what it was made of: the servers' text and the direct tools' definitions, the list)."""
+        self._search_at: tuple[int, str | None] | None = None
+        """(catalog version, IDE) the search list was last checked at: nothing it depends on changes in between."""
         self._search_version = 0
 
     # ------------------------------------------------------------------ the mode
@@ -81,17 +82,19 @@ class ToolList:
         self._search_tools(client_name)
         return ("search", self._search_version)
 
-    def _search_tools(self, client_name: str | None) -> tuple[str, list[dict[str, Any]]]:
+    def _search_tools(self, client_name: str | None) -> tuple[tuple[Any, ...], list[dict[str, Any]]]:
+        at = (self._catalog.version, client_name)
+        if self._search_list is not None and self._search_at == at:
+            return self._search_list
         direct = self.direct(client_name)
         servers = self._servers_text()
-        key = hashlib.sha256(
-            json.dumps([servers, [e.definition for e in direct]], sort_keys=True, default=str).encode()
-        ).hexdigest()
+        key = (servers, *(e.definition for e in direct))  # compared by value: a server's relist makes new objects
         if self._search_list is None or self._search_list[0] != key:
             tools = [self._find_tools_definition(servers), self._call_tool_definition()]
             tools += [e.definition for e in direct]
             self._search_list = (key, tools)
             self._search_version += 1
+        self._search_at = at
         return self._search_list
 
     def direct(self, client_name: str | None) -> list[ToolEntry]:

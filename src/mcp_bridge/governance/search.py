@@ -274,22 +274,10 @@ class ToolIndex:
         """Make the index hold exactly ``docs``: rows of tools gone or changed are deleted, new ones inserted.
         Returns how many rows changed."""
         wanted = {d.exposed: d for d in docs}
-        changed = 0
-        with self._db:
-            for exposed, (rowid, old) in list(self._rows.items()):
-                new = wanted.get(exposed)
-                if new is old or new == old:
-                    continue
-                self._db.execute("DELETE FROM tools WHERE rowid = ?", (rowid,))
-                del self._rows[exposed]
-                del self._by_rowid[rowid]
-                self._count(old, -1)
-                changed += 1
-            for exposed, new in wanted.items():
-                if exposed not in self._rows:
-                    self._insert(new)
-                    changed += 1
-        return changed
+        removed = [exposed for exposed in self._rows if exposed not in wanted]
+        changed = [d for exposed, d in wanted.items() if (old := self._rows.get(exposed)) is None or old[1] != d]
+        self.apply(removed, changed)
+        return len(removed) + len(changed)
 
     def apply(self, removed: Iterable[str], changed: Iterable[Doc]) -> None:
         """Drop the tools named in ``removed`` and put in ``changed`` (new tools, or new text of known ones): what
@@ -347,10 +335,9 @@ class ToolIndex:
             f"SELECT rowid, bm25(tools, {weights}) FROM tools WHERE {where} ORDER BY 2 LIMIT ?",  # noqa: S608
             (*args, _CANDIDATES),
         ).fetchall()
-        weighed = []
-        for word, syns in concepts:
-            idf = self._idf(word) if self._df.get(word) else _synonym_idf(self, syns)
-            weighed.append((word, syns, idf, idf))
+        weighed = [
+            (word, syns, self._idf(word) if self._df.get(word) else _synonym_idf(self, syns)) for word, syns in concepts
+        ]
         scored: list[tuple[float, str]] = []
         for rowid, bm25 in rows:
             d = self._by_rowid.get(rowid)
@@ -367,18 +354,18 @@ def _synonym_idf(index: ToolIndex, syns: frozenset[str]) -> float:
     return sum(known) / len(known) if known else 0.0
 
 
-def _score(d: Doc, concepts: list[tuple[str, frozenset[str], float, float]]) -> float:
-    """How well a tool covers the query: for each query word, the best field it (or else a synonym) is found in,
-    weighed by the word's (or the synonym's) rarity."""
+def _score(d: Doc, concepts: list[tuple[str, frozenset[str], float]]) -> float:
+    """How well a tool covers the query: for each query word, the best field it (or else a synonym, for less) is
+    found in, weighed by the word's rarity."""
     total = 0.0
-    for word, syns, idf, syn_idf in concepts:
+    for word, syns, idf in concepts:
         best = 0.0
         for field, weight in zip(d.fields, FIELD_WEIGHTS, strict=False):
             if word in field:
-                best = max(best, weight * idf)
+                best = max(best, weight)
             elif syns and not syns.isdisjoint(field):
-                best = max(best, weight * _SYNONYM_FACTOR * syn_idf)
-        total += best
+                best = max(best, weight * _SYNONYM_FACTOR)
+        total += best * idf
     return total
 
 
