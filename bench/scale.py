@@ -32,7 +32,8 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,61 +280,77 @@ async def run_end_to_end(
 SEARCH_QUERIES = BENCH / "search_data" / "queries.json"
 
 
+class RawPipe:
+    """The bridge over its pipes, driven by a client that parses nothing but the ids of the answers: what a timing
+    between writing a request line and reading its answer line measures is the bridge's share."""
+
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+        self.last_id = 0
+        self._pending = bytearray()
+
+    async def next_line(self) -> bytes:
+        while True:
+            end = self._pending.find(b"\n")
+            if end >= 0:
+                line = bytes(self._pending[:end])
+                del self._pending[: end + 1]
+                return line
+            self._pending.extend(await self.proc.stdout.receive(1 << 20))
+
+    async def ask(self, method: str, params: dict[str, Any] | None = None) -> bytes:
+        """One request; its answer line (a notification in between, list_changed, is not the answer)."""
+        self.last_id += 1
+        line = {"jsonrpc": "2.0", "id": self.last_id, "method": method, "params": params or {}}
+        await self.proc.stdin.send(json.dumps(line).encode() + b"\n")
+        while True:
+            answer = await self.next_line()
+            if re.search(rb'"id":\s*%d\s*[,}]' % self.last_id, answer[:64]):
+                return answer
+
+    async def initialize(self) -> None:
+        init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+        await self.ask("initialize", init)
+        await self.proc.stdin.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+
+
+@asynccontextmanager
+async def raw_pipe(command: list[str], env: dict[str, str], home: Path, stderr_path: Path) -> AsyncIterator[RawPipe]:
+    """The bridge spawned with raw pipes (stderr to the file), killed on the way out."""
+    with open(stderr_path, "a", encoding="utf-8") as errlog:
+        async with await anyio.open_process(command, env=env, cwd=home, stderr=errlog) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                yield RawPipe(proc)
+            finally:
+                proc.kill()
+
+
 async def raw_finds(
     command: list[str], env: dict[str, str], home: Path, stderr_path: Path, last: str, n: int, out: EndToEnd
 ) -> None:
     """Search mode over the same servers: ``find_tools`` timed from writing the request line to reading the answer
-    line, by a client that parses nothing meanwhile (the bridge's share), once every server is connected; the
-    queries of ``bench/search.py``, in turn."""
+    line (the bridge's share), once every server is connected; the queries of ``bench/search.py``, in turn."""
     queries = [q["query"] for q in json.loads(SEARCH_QUERIES.read_text(encoding="utf-8"))["queries"]]
-    with open(stderr_path, "a", encoding="utf-8") as errlog:
-        async with await anyio.open_process(command, env=env, cwd=home, stderr=errlog) as proc:
-            assert proc.stdin is not None and proc.stdout is not None
-            stdin, stdout, pending = proc.stdin, proc.stdout, bytearray()
 
-            async def ask(request_id: int, method: str, params: dict[str, Any]) -> bytes:
-                line = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-                await stdin.send(json.dumps(line).encode() + b"\n")
-                while True:
-                    end = pending.find(b"\n")
-                    while end < 0:
-                        pending.extend(await stdout.receive(1 << 20))
-                        end = pending.find(b"\n")
-                    answer = bytes(pending[:end])
-                    del pending[: end + 1]
-                    if re.search(rb'"id":\s*%d\s*[,}]' % request_id, answer[:64]):
-                        return answer
+    def find(query: str, server: str | None = None) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"query": query, **({"server": server} if server else {})}
+        return {"name": "find_tools", "arguments": arguments}
 
-            def find(query: str, server: str | None = None) -> dict[str, Any]:
-                arguments: dict[str, Any] = {"query": query, **({"server": server} if server else {})}
-                return {"name": "find_tools", "arguments": arguments}
-
-            try:
-                with anyio.fail_after(FULL_LIST_TIMEOUT):
-                    init = {
-                        "protocolVersion": "2025-06-18",
-                        "capabilities": {},
-                        "clientInfo": {"name": "raw", "version": "1"},
-                    }
-                    await ask(0, "initialize", init)
-                    await stdin.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
-                    listed = await ask(1, "tools/list", {})
-                    out.search_list_bytes = len(json.dumps(json.loads(listed)["result"]))
-                    request_id = 1
-                    while True:  # until the last server's tools can be found: every server is connected
-                        request_id += 1
-                        answer = json.loads(await ask(request_id, "tools/call", find("tool 200 records", last)))
-                        if answer["result"]["structuredContent"]["tools"]:
-                            break
-                        await anyio.sleep(0.5)
-                    await wait_idle(proc.pid, timeout=FULL_LIST_TIMEOUT)
-                    for i in range(n):
-                        request_id += 1
-                        t0 = time.perf_counter()
-                        await ask(request_id, "tools/call", find(queries[i % len(queries)]))
-                        out.raw_finds.append(time.perf_counter() - t0)
-            finally:
-                proc.kill()
+    async with raw_pipe(command, env, home, stderr_path) as pipe:
+        with anyio.fail_after(FULL_LIST_TIMEOUT):
+            await pipe.initialize()
+            out.search_list_bytes = len(json.dumps(json.loads(await pipe.ask("tools/list"))["result"]))
+            while True:  # until the last server's tools can be found: every server is connected
+                answer = json.loads(await pipe.ask("tools/call", find("tool 200 records", last)))
+                if answer["result"]["structuredContent"]["tools"]:
+                    break
+                await anyio.sleep(0.5)
+            await wait_idle(pipe.proc.pid, timeout=FULL_LIST_TIMEOUT)
+            for i in range(n):
+                t0 = time.perf_counter()
+                await pipe.ask("tools/call", find(queries[i % len(queries)]))
+                out.raw_finds.append(time.perf_counter() - t0)
 
 
 async def raw_lists(
@@ -351,70 +368,37 @@ async def raw_lists(
     that parses nothing meanwhile: the bridge's share of a list, without the SDK client's (parsing and validating the
     4.9 MB answer). The same home again: the catalog cache makes the list full sooner. Then the first list after each
     of ``refreshes`` allowlist refreshes that change one tool (``change(r)`` publishes it; SIGHUP asks Port at once)."""
-    with open(stderr_path, "a", encoding="utf-8") as errlog:
-        async with await anyio.open_process(command, env=env, cwd=home, stderr=errlog) as proc:
-            assert proc.stdin is not None and proc.stdout is not None
-            stdin, stdout, pending = proc.stdin, proc.stdout, bytearray()
-
-            async def next_line() -> bytes:
-                while True:
-                    end = pending.find(b"\n")
-                    if end >= 0:
-                        line = bytes(pending[:end])
-                        del pending[: end + 1]
-                        return line
-                    pending.extend(await stdout.receive(1 << 20))
-
-            async def ask(request_id: int, method: str, params: dict[str, Any] | None = None) -> bytes:
-                line = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
-                await stdin.send(json.dumps(line).encode() + b"\n")
-                while True:
-                    answer = await next_line()
-                    if re.search(rb'"id":\s*%d\s*[,}]' % request_id, answer[:64]):
-                        return answer
-                    # a notification (list_changed): not the answer
-
-            try:
-                with anyio.fail_after(FULL_LIST_TIMEOUT):
-                    init = {
-                        "protocolVersion": "2025-06-18",
-                        "capabilities": {},
-                        "clientInfo": {"name": "raw", "version": "1"},
-                    }
-                    await ask(0, "initialize", init)
-                    await stdin.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
-                    request_id = 1
-                    while len(json.loads(await ask(request_id, "tools/list"))["result"]["tools"]) < n_tools:
-                        request_id += 1
-                        await anyio.sleep(0.5)
-                    await wait_idle(proc.pid, timeout=FULL_LIST_TIMEOUT)
-                    for _ in range(n):
-                        request_id += 1
-                        t0 = time.perf_counter()
-                        answer = await ask(request_id, "tools/list")
-                        out.raw_lists.append(time.perf_counter() - t0)
-                        t0 = time.perf_counter()
-                        listed = json.loads(answer)["result"]["tools"]
-                        out.raw_parse.append(time.perf_counter() - t0)
-                        if len(listed) != n_tools:
-                            raise RuntimeError(f"raw list {request_id}: {len(listed)} tools, not {n_tools}")
-                for r in range(refreshes):
-                    await wait_idle(proc.pid, timeout=REFRESH_TIMEOUT)
-                    change(r)
-                    os.kill(proc.pid, signal.SIGHUP)
-                    while b'"notifications/tools/list_changed"' not in await next_line():
-                        pass
-                    request_id += 1
+    async with raw_pipe(command, env, home, stderr_path) as pipe:
+        try:
+            with anyio.fail_after(FULL_LIST_TIMEOUT):
+                await pipe.initialize()
+                while len(json.loads(await pipe.ask("tools/list"))["result"]["tools"]) < n_tools:
+                    await anyio.sleep(0.5)
+                await wait_idle(pipe.proc.pid, timeout=FULL_LIST_TIMEOUT)
+                for _ in range(n):
                     t0 = time.perf_counter()
-                    answer = await ask(request_id, "tools/list")
-                    out.raw_after_change.append(time.perf_counter() - t0)
-                    expected = n_tools - 1 if r % 2 == 0 else n_tools
-                    if len(json.loads(answer)["result"]["tools"]) != expected:
-                        raise RuntimeError(f"list after refresh {r + 1}: not {expected} tools")
-            finally:
-                if refreshes % 2:
-                    change(1)  # the allowlist whole again
-                proc.kill()
+                    answer = await pipe.ask("tools/list")
+                    out.raw_lists.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    listed = json.loads(answer)["result"]["tools"]
+                    out.raw_parse.append(time.perf_counter() - t0)
+                    if len(listed) != n_tools:
+                        raise RuntimeError(f"raw list {pipe.last_id}: {len(listed)} tools, not {n_tools}")
+            for r in range(refreshes):
+                await wait_idle(pipe.proc.pid, timeout=REFRESH_TIMEOUT)
+                change(r)
+                os.kill(pipe.proc.pid, signal.SIGHUP)
+                while b'"notifications/tools/list_changed"' not in await pipe.next_line():
+                    pass
+                t0 = time.perf_counter()
+                answer = await pipe.ask("tools/list")
+                out.raw_after_change.append(time.perf_counter() - t0)
+                expected = n_tools - 1 if r % 2 == 0 else n_tools
+                if len(json.loads(answer)["result"]["tools"]) != expected:
+                    raise RuntimeError(f"list after refresh {r + 1}: not {expected} tools")
+        finally:
+            if refreshes % 2:
+                change(1)  # the allowlist whole again
 
 
 # ---------------------------------------------------------------------------------------------- in process
