@@ -238,6 +238,25 @@ class Canned:
         await send({"type": "http.response.body", "body": self.body})
 
 
+MODERN_DISCOVER: dict[str, Any] = {
+    "resultType": "complete",
+    "supportedVersions": ["2026-07-28"],
+    "capabilities": {"tools": {}},
+    "serverInfo": {"name": "scripted", "version": "1.0"},
+}
+"""What a hand-written server that speaks only 2026-07-28 answers ``server/discover`` with."""
+
+
+async def read_body(receive: Receive) -> bytes:
+    """A raw ASGI request's whole body."""
+    body = b""
+    while True:
+        event = await receive()
+        body += event.get("body", b"")
+        if not event.get("more_body"):
+            return body
+
+
 @dataclass
 class Scripted:
     """A 2026-07-28-only server written by hand, not with the SDK (which checks its own answers): each JSON-RPC
@@ -250,15 +269,7 @@ class Scripted:
 
     def __post_init__(self) -> None:
         self.port = self.port or _free_port()
-        self.results.setdefault(
-            "server/discover",
-            {
-                "resultType": "complete",
-                "supportedVersions": ["2026-07-28"],
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "scripted", "version": "1.0"},
-            },
-        )
+        self.results.setdefault("server/discover", MODERN_DISCOVER)
 
     @property
     def url(self) -> str:
@@ -267,12 +278,7 @@ class Scripted:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         request = json.loads(body or b"{}")
         self.received.append(request)
         if "id" not in request:

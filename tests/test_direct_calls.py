@@ -18,6 +18,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from hostile import MODERN_DISCOVER, read_body
 from mcp_bridge.config import ServerConfig, TimeoutsConfig
 from mcp_bridge.governance.catalog import Listing
 from mcp_bridge.upstream import wire as upstream_module
@@ -136,12 +137,7 @@ class Scripted:
         if scope["method"] != "POST":
             await self._reply(send, Reply(405 if scope["method"] == "GET" else 200, "text/plain"))
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.posts.append((headers, body))
         message = json.loads(body)
@@ -149,13 +145,7 @@ class Scripted:
         if method is None or request_id is None:  # a notification, or the client's answer to our ping
             await self._reply(send, Reply(202, "text/plain"))
         elif method == "server/discover" and self.modern:
-            result = {
-                "resultType": "complete",
-                "supportedVersions": ["2026-07-28"],
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "scripted", "version": "1"},
-            }
-            answer = json.dumps(_answer(message, result=result)).encode()
+            answer = json.dumps(_answer(message, result=MODERN_DISCOVER)).encode()
             await self._reply(send, Reply(content_type="application/json", chunks=[answer]))
         elif method == "initialize" and self.modern:
             error = {"code": -32022, "message": "Unsupported protocol version", "data": {"supported": ["2026-07-28"]}}
@@ -433,20 +423,26 @@ async def test_without_the_sdk_internals_calls_take_the_sessions_way(monkeypatch
     assert call["id"] < 1 << 30
 
 
+async def _give_up_both_ways(c: Connected) -> None:
+    """A call that times out, then one whose caller stops waiting, each both ways (direct, then the session's): both
+    time out alike."""
+    session, wire = c.upstream._session, c.upstream._wire
+    assert session is not None and wire is not None
+    direct = await _outcome(lambda: _call_direct(wire, session, _request("hang"), read_timeout=0.2, progress=None))
+    sdk = await _outcome(lambda: _send(session, _request("hang"), request_read_timeout_seconds=0.2))
+    assert direct == sdk == ("error", types.REQUEST_TIMEOUT, "Request 'tools/call' timed out", None)
+    for call in (
+        lambda: _call_direct(wire, session, _request("hang"), read_timeout=READ_TIMEOUT, progress=None),
+        lambda: _send(session, _request("hang"), request_read_timeout_seconds=READ_TIMEOUT),
+    ):
+        with anyio.move_on_after(0.2):
+            await call()
+
+
 async def test_a_timed_out_or_cancelled_call_is_cancelled_upstream_as_the_session_does() -> None:
     """Handshake era: a ``notifications/cancelled`` for each call given up."""
     async with connected() as c:
-        session, wire = c.upstream._session, c.upstream._wire
-        assert session is not None and wire is not None
-        direct = await _outcome(lambda: _call_direct(wire, session, _request("hang"), read_timeout=0.2, progress=None))
-        sdk = await _outcome(lambda: _send(session, _request("hang"), request_read_timeout_seconds=0.2))
-        assert direct == sdk == ("error", types.REQUEST_TIMEOUT, "Request 'tools/call' timed out", None)
-        for call in (
-            lambda: _call_direct(wire, session, _request("hang"), read_timeout=READ_TIMEOUT, progress=None),
-            lambda: _send(session, _request("hang"), request_read_timeout_seconds=READ_TIMEOUT),
-        ):
-            with anyio.move_on_after(0.2):
-                await call()
+        await _give_up_both_ways(c)
         with anyio.fail_after(5):
             while len(cancels := [m for m in c.server.messages() if m.get("method") == "notifications/cancelled"]) < 4:
                 await anyio.sleep(0.02)
@@ -460,19 +456,10 @@ async def test_at_2026_07_28_a_call_given_up_is_cancelled_by_aborting_its_post_a
     """2026-07-28: closing the request's stream is its cancellation; no ``notifications/cancelled`` is sent (the
     era's HTTP wire has none), and nothing of the call is left behind in the transport."""
     async with connected("modern") as c:
-        session, wire = c.upstream._session, c.upstream._wire
-        assert session is not None and wire is not None
-        direct = await _outcome(lambda: _call_direct(wire, session, _request("hang"), read_timeout=0.2, progress=None))
-        sdk = await _outcome(lambda: _send(session, _request("hang"), request_read_timeout_seconds=0.2))
-        assert direct == sdk == ("error", types.REQUEST_TIMEOUT, "Request 'tools/call' timed out", None)
-        for call in (
-            lambda: _call_direct(wire, session, _request("hang"), read_timeout=READ_TIMEOUT, progress=None),
-            lambda: _send(session, _request("hang"), request_read_timeout_seconds=READ_TIMEOUT),
-        ):
-            with anyio.move_on_after(0.2):
-                await call()
+        await _give_up_both_ways(c)
+        assert c.upstream._wire is not None
         with anyio.fail_after(5):
-            while wire.transport._in_flight_posts:  # every POST aborted (a hang answers only after 3 s)
+            while c.upstream._wire.transport._in_flight_posts:  # every POST aborted (a hang answers only after 3 s)
                 await anyio.sleep(0.02)
         await anyio.sleep(0.3)
         assert len(_calls(c.server)) == 4

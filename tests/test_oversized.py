@@ -15,6 +15,7 @@ from mcp.shared.exceptions import MCPError
 from starlette.types import Receive, Scope, Send
 
 from harness import bridge_client, free_port, raw_call, write_config
+from hostile import read_body
 from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES
 
 pytestmark = pytest.mark.anyio
@@ -37,12 +38,7 @@ class Oversized:
         if scope["method"] != "POST":
             await _reply(send, 405 if scope["method"] == "GET" else 200, "text/plain", b"")
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+        body = await read_body(receive)
         message = json.loads(body)
         method, request_id = message.get("method"), message.get("id")
         if method is None or request_id is None:
