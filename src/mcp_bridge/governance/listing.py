@@ -45,7 +45,8 @@ class ToolList:
         self._settings = settings
         self._catalog = catalog
         self._most_used = most_used
-        self._index = ToolIndex()
+        self._index: ToolIndex | None = None
+        """Made at the first search (an IDE in full mode never needs one)."""
         self._indexed: int | None = None
         self._docs: dict[str, tuple[Any, str, Doc]] = {}
         """exposed name → (the definition, the server's description, its document): a definition the catalog kept
@@ -182,10 +183,10 @@ class ToolList:
 
     def find(self, query: str, server: str | None = None, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
         """``find_tools``: the best matches among the tools the IDE may call, as the model should see them."""
-        self._sync()
+        index = self._sync()
         entries = self._entry_map()
         found = []
-        for exposed, _score in self._index.search(query, server=server, limit=limit):
+        for exposed, _score in index.search(query, server=server, limit=limit):
             entry = entries.get(exposed)
             if entry is None or entry.denial is not None or entry.cached:
                 continue
@@ -207,12 +208,14 @@ class ToolList:
             self._entries = (version, {e.exposed: e for e in self._catalog.entries()})
         return self._entries[1]
 
-    def _sync(self) -> None:
-        """Bring the index up to the catalog: only the tools whose definition changed are made into documents
-        again and re-indexed."""
+    def _sync(self) -> ToolIndex:
+        """Bring the index up to the catalog (making it first): only the tools whose definition changed are made into
+        documents again and re-indexed."""
+        if self._index is None:
+            self._index = ToolIndex()
         version = self._catalog.version
         if self._indexed == version:
-            return
+            return self._index
         servers = self._catalog.allowlist.servers
         abouts = {
             name: (server.description or server.title or "") if server is not None else ""
@@ -234,6 +237,7 @@ class ToolList:
         self._docs = kept
         self._index.apply(removed, changed)
         self._indexed = version
+        return self._index
 
 
 def call_arguments(arguments: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
