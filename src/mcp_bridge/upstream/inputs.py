@@ -283,6 +283,13 @@ class Gate:
         return callbacks
 
 
+def complete_by_default(result: Any, version: str | None) -> None:
+    """A 2026-07-28 result that does not say its ``resultType`` is a complete one (the spec: a client MUST assume
+    "complete"); the SDK's check of the result would reject it, so the default is filled in first."""
+    if isinstance(result, dict) and "resultType" not in result and version in MODERN_VERSIONS:
+        result["resultType"] = "complete"
+
+
 class OfferingSession(ClientSession):
     """A ``ClientSession`` that declares exactly the input capabilities offered (the SDK would declare both
     elicitation modes and ``roots.listChanged`` for any callback given)."""
@@ -297,8 +304,7 @@ class OfferingSession(ClientSession):
 
         async def with_result_type(method: str, params: Any, opts: Any = None) -> dict[str, Any]:
             raw = await send_raw_request(method, params, opts)
-            if isinstance(raw, dict) and "resultType" not in raw and self._negotiated_version in MODERN_VERSIONS:
-                raw["resultType"] = "complete"
+            complete_by_default(raw, self._negotiated_version)
             return raw
 
         dispatcher.send_raw_request = with_result_type  # type: ignore[method-assign]

@@ -39,6 +39,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from pydantic import RootModel
 
 from mcp_bridge.logs import get_logger
+from mcp_bridge.upstream.inputs import complete_by_default
 from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES
 
 log = get_logger(__name__)
@@ -311,8 +312,7 @@ async def call_direct(
     if isinstance(outcome, types.ErrorData):
         raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
     # What send_request does with a result before it returns it.
-    if modern and "resultType" not in outcome:
-        outcome["resultType"] = "complete"  # the spec: a result that does not say is complete
+    complete_by_default(outcome, version)
     _clamp_inbound_ttl(outcome)
     with contextlib.suppress(KeyError):
         _methods.validate_server_result(method, version, outcome)
