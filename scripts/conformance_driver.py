@@ -4,7 +4,7 @@
 server's URL as the last argument and sets ``$MCP_CONFORMANCE_SCENARIO`` (and, for scenarios with pre-registered
 credentials, ``$MCP_CONFORMANCE_CONTEXT``, a JSON object). For each run the driver:
 
-1. writes a private config with one server, ``scenario``, at that URL: ``allowed_tools: ["*"]``,
+1. writes a private config with one server, ``scenario``, at that URL: ``allowed_tools``, ``allowed_prompts`` and ``allowed_resources`` all ``["*"]``,
    ``auth: {type: oauth, client_metadata_url: ...}`` (the suite's Client ID Metadata Document URL; with the context's
    ``client_id``/``client_secret`` when it has them), ``token_store:
    file`` and ``auto_login: true``, in a fresh ``$MCP_BRIDGE_HOME`` (nothing touches the user's keyring or home);
@@ -114,7 +114,15 @@ def write_config(work: Path, url: str, context: dict[str, Any]) -> Path:
         if context.get("client_secret"):
             auth["client_secret"] = context["client_secret"]
     config = {
-        "servers": {SERVER: {"url": url, "allowed_tools": ["*"], "auth": auth}},
+        "servers": {
+            SERVER: {
+                "url": url,
+                "allowed_tools": ["*"],
+                "allowed_prompts": ["*"],
+                "allowed_resources": ["*"],
+                "auth": auth,
+            }
+        },
         "auto_login": True,
         "token_store": "file",
         "timeouts": {"connect": 10, "call": 15, "startup_wait": 5, "login": 15},

@@ -114,7 +114,12 @@ class LocalUpstream:
         self.kill()
 
     def server_config(self, allowed: list[str] | None = None) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"url": self.url, "allowed_tools": allowed if allowed is not None else ["*"]}
+        cfg: dict[str, Any] = {
+            "url": self.url,
+            "allowed_tools": allowed if allowed is not None else ["*"],
+            "allowed_prompts": ["*"],
+            "allowed_resources": ["*"],
+        }
         if self.api_key:
             cfg["auth"] = {"type": "api_key", "value": "Bearer ${env:TEST_UPSTREAM_KEY_" + self.name.upper() + "}"}
         return cfg

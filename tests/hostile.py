@@ -81,7 +81,7 @@ class Hostile:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def server_config(self, **extra: Any) -> dict[str, Any]:
-        return {"url": self.url, "allowed_tools": ["*"], **extra}
+        return {"url": self.url, "allowed_tools": ["*"], "allowed_prompts": ["*"], "allowed_resources": ["*"], **extra}
 
     async def announce(self, kind: str) -> None:
         """``notifications/{kind}/list_changed`` to the bridge (kind: tools, prompts, resources), on the last

@@ -255,11 +255,25 @@ def publish(double: PortDouble, upstreams: dict[str, LocalUpstream], alpha_tools
     double.upsert_entity(
         "_mcp_server",
         mcp_server_entity(
-            "alpha", upstreams["alpha"].url, alpha_tools, auth_type="none", description="Alpha does alpha things."
+            "alpha",
+            upstreams["alpha"].url,
+            alpha_tools,
+            auth_type="none",
+            description="Alpha does alpha things.",
+            allowed_prompts=["*"],
+            allowed_resources=["*"],
         ),
     )
     double.upsert_entity(
-        "_mcp_server", mcp_server_entity("beta", upstreams["beta"].url, ["echo", "add"], auth_type="api_key")
+        "_mcp_server",
+        mcp_server_entity(
+            "beta",
+            upstreams["beta"].url,
+            ["echo", "add"],
+            auth_type="api_key",
+            allowed_prompts=["*"],
+            allowed_resources=["*"],
+        ),
     )
 
 

@@ -20,11 +20,12 @@ import anyio
 import anyio.abc
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.exceptions import MCPError
 
 from mcp_bridge import risk
 from mcp_bridge.audit.shipper import Shipper
 from mcp_bridge.audit.spoolcheck import instructions_note
-from mcp_bridge.audit.trail import AuditTrail
+from mcp_bridge.audit.trail import AuditTrail, Event, redact
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.backoff import Backoff
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
@@ -44,11 +45,12 @@ from mcp_bridge.governance.allowlist import (
     loading_from_port,
 )
 from mcp_bridge.governance.catalog import CACHE_FILE, NEEDS_TASKS, Catalog, CatalogCache, Listing, ToolEntry
+from mcp_bridge.governance.confirm import confirmation_request, summary
 from mcp_bridge.governance.listing import CALL_TOOL, FIND_TOOLS, ToolList, call_arguments, find_arguments
 from mcp_bridge.governance.pins import Pins, Verdict
-from mcp_bridge.logs import get_logger
+from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.upstream.era import ERAS_FILE, EraStore
-from mcp_bridge.upstream.inputs import Gate, InputNote, Offer
+from mcp_bridge.upstream.inputs import ASKING, Gate, InputNote, Offer
 from mcp_bridge.upstream.supervisor import ProgressFn, Upstream, describe_error, error_text
 
 log = get_logger(__name__)
@@ -457,23 +459,17 @@ class Bridge:
             if name in (FIND_TOOLS, CALL_TOOL):
                 return {"content": [{"type": "text", "text": f"{name} is not a tool call_tool calls"}], "isError": True}
             return await self.call_tool(name, inner, meta=meta, progress=progress, inputs=inputs)
-        event = self.audit.call(exposed, arguments)
-        try:
-            try:
-                self.audit.check()  # a spool that cannot take the event denies the call at once
-                entry = await self._route_tool(exposed)
-                event.server, event.tool = entry.server, entry.original
-                self._rate_check(entry)
-                self.audit.begin(event)
-            except (UnknownName, PolicyDenied, AuditUnavailable) as exc:
-                event.status, event.error, event.error_class = "Denied", str(exc), type(exc).__name__
-                if isinstance(exc, PolicyDenied):
-                    event.server, event.tool = exc.server, exc.tool
-                log.warning("bridge.call_denied", tool=exposed, reason=event.error)
-                raise
-            upstream = self.upstreams.get(entry.server)
-            if upstream is None:
-                raise UpstreamUnavailable(entry.server, "not connected")
+        found: list[ToolEntry] = []
+
+        async def admit() -> tuple[str, str]:
+            entry = await self._route_tool(exposed)
+            found.append(entry)
+            self._rate_check(entry)
+            await self._confirm(entry, arguments)
+            return entry.server, entry.original
+
+        async def send(upstream: Upstream) -> dict[str, Any]:
+            entry = found[0]
             params: dict[str, Any] = {"name": entry.original}
             if arguments is not None:
                 params["arguments"] = dict(arguments)
@@ -483,7 +479,38 @@ class Bridge:
             params.update(inputs or {})
             request = types.CallToolRequest.model_validate({"method": "tools/call", "params": params})
             limit = upstream.config.timeout_for(entry.original)
-            result = await upstream.request(request, progress=progress, call_timeout=limit)
+            return await upstream.request(request, progress=progress, call_timeout=limit)
+
+        return await self._audited(self.audit.call(exposed, arguments), admit, send)
+
+    async def _audited(
+        self,
+        event: Event,
+        admit: Callable[[], Awaitable[tuple[str, str]]],
+        send: Callable[[Upstream], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """One request of the IDE for a server (a tool call, a prompt, a resource read), audited: ``admit`` routes
+        and checks it (raising :class:`UnknownName` or :class:`PolicyDenied`; returns the server and the name the
+        server knows it by); ``send`` forwards it.
+
+        The audit event is on disk before the request leaves (``In Progress``) and again, final, before the result is
+        returned: each a small local commit, so a killed bridge loses no request the IDE saw answered. A spool that
+        cannot take the first denies the request (:class:`~mcp_bridge.errors.AuditUnavailable`, naming the file and
+        the fix); one that cannot take the last withholds the result.
+        """
+        what = event.exposed_name
+        try:
+            try:
+                self.audit.check()  # a spool that cannot take the event denies the request at once
+                event.server, event.tool = await admit()
+                self.audit.begin(event)
+            except (UnknownName, PolicyDenied, AuditUnavailable) as exc:
+                event.status, event.error, event.error_class = "Denied", str(exc), type(exc).__name__
+                if isinstance(exc, PolicyDenied):
+                    event.server, event.tool = exc.server, exc.tool
+                log.warning("bridge.denied", kind=event.kind, name=what, reason=event.error)
+                raise
+            result = await send(self._upstream(event.server))
             event.status = "Failed" if result.get("isError") else "Completed"
             if result.get("isError"):
                 event.error_class = "ToolError"
@@ -497,19 +524,52 @@ class Bridge:
             except AuditUnavailable as audit_exc:
                 if isinstance(exc, UnknownName | PolicyDenied):  # a denial that cannot be recorded: why, and the fix
                     raise audit_exc from exc
-                # otherwise the call's own failure (or cancellation) goes on; the event is in the log
+                # otherwise the request's own failure (or cancellation) goes on; the event is in the log
             raise
         try:
             self.audit.end(event)
         except AuditUnavailable as exc:
             raise AuditUnavailable(
-                f"{exposed!r} ran on server {event.server!r}, but its audit record could not be completed, so its "
-                f"result is withheld (the call may have had effects; do not simply repeat it): {exc}",
+                f"{what!r} went to server {event.server!r}, but its audit record could not be completed, so its "
+                f"result is withheld (it may have had effects; do not simply repeat it): {exc}",
                 path=exc.path,
                 reason=exc.reason,
                 damaged=exc.damaged,
             ) from None
         return result
+
+    async def _confirm(self, entry: ToolEntry, arguments: Mapping[str, Any] | None) -> None:
+        """``confirm``: ask the user, through the IDE in its era, before a call of this tool; denied unless they
+        accept (and when the IDE cannot be asked)."""
+        server = self.catalog.allowlist.servers.get(entry.server)
+        if server is None or not server.needs_confirmation(entry.definition.get("annotations")):
+            return
+        why = "every call" if server.confirm == "all" else "calls of tools not marked read-only or non-destructive"
+        title = entry.definition.get("title") or (entry.definition.get("annotations") or {}).get("title")
+        request = confirmation_request(
+            entry.server, entry.original, title if isinstance(title, str) else None, summary(redact(arguments)), why
+        )
+        asker = ASKING.get()
+        refusal = Offer.of(self.ide_capabilities, allow_sampling=False).refusal(request)
+        if asker is None:
+            refusal = "there is no IDE to ask (run it from the IDE)"
+        if refusal is not None or asker is None:
+            raise PolicyDenied(
+                entry.exposed,
+                f"server {entry.server!r} asks the user to confirm {why} (confirm: {server.confirm}), and {refusal}",
+                server=entry.server,
+                tool=entry.original,
+            )
+        try:
+            answer = await asker.ask(request)
+        except MCPError as exc:
+            reason = f"the confirmation failed: {clean(exc.error.message)}"
+            raise PolicyDenied(entry.exposed, reason, server=entry.server, tool=entry.original) from None
+        action = getattr(answer, "action", None)
+        if action != "accept":
+            reason = "the user declined it" if action == "decline" else "the user cancelled the confirmation"
+            raise PolicyDenied(entry.exposed, reason, server=entry.server, tool=entry.original)
+        log.info("bridge.call_confirmed", tool=entry.exposed)
 
     def _rate_check(self, entry: ToolEntry) -> None:
         """``rate_limit`` (calls per minute to the server): a call past it is denied at once, with when to retry."""
@@ -590,22 +650,37 @@ class Bridge:
     async def get_prompt(
         self, exposed: str, arguments: Mapping[str, str] | None, *, inputs: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        server, original = await self._route("prompt", exposed, self.catalog.route_prompt)
-        params: dict[str, Any] = {"name": original}
-        if arguments is not None:
-            params["arguments"] = dict(arguments)
-        params.update(inputs or {})
-        request = types.GetPromptRequest.model_validate({"method": "prompts/get", "params": params})
-        return await self._upstream(server).request(request)
+        async def admit() -> tuple[str, str]:
+            return await self._route("prompt", exposed, self.catalog.route_prompt)
+
+        async def send(upstream: Upstream) -> dict[str, Any]:
+            params: dict[str, Any] = {"name": event.tool}
+            if arguments is not None:
+                params["arguments"] = dict(arguments)
+            params.update(inputs or {})
+            return await upstream.request(
+                types.GetPromptRequest.model_validate({"method": "prompts/get", "params": params})
+            )
+
+        event = self.audit.call(exposed, arguments, kind="prompt_get")
+        return await self._audited(event, admit, send)
 
     async def read_resource(self, uri: str, *, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Read a resource from the server its URI routes to; a URI the IDE knows in the per-server form
         (``mcp-bridge://server/...``) is sent as the server listed it, and comes back in the form the IDE asked."""
-        server, sent = await self._route("resource", uri, self.catalog.route_resource)
-        request = types.ReadResourceRequest.model_validate(
-            {"method": "resources/read", "params": {"uri": sent, **(inputs or {})}}
-        )
-        result = await self._upstream(server).request(request)
+
+        async def admit() -> tuple[str, str]:
+            return await self._route("resource", uri, self.catalog.route_resource)
+
+        async def send(upstream: Upstream) -> dict[str, Any]:
+            params = {"uri": event.tool, **(inputs or {})}
+            return await upstream.request(
+                types.ReadResourceRequest.model_validate({"method": "resources/read", "params": params})
+            )
+
+        event = self.audit.call(uri, None, kind="resource_read")
+        result = await self._audited(event, admit, send)
+        sent = event.tool
         contents = result.get("contents")
         if sent != uri and isinstance(contents, list):
             result["contents"] = [

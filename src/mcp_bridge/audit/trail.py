@@ -45,6 +45,8 @@ EVENT_KINDS = (
     "tool_definition_changed",
     "tool_pin_approved",
     "input_request",
+    "prompt_get",
+    "resource_read",
 )
 """Every ``event_type`` an event can have (the audit blueprint in README enumerates exactly these)."""
 _SECRET_KEY = re.compile(
@@ -192,10 +194,12 @@ class AuditTrail:
     def context(self) -> dict[str, Any]:
         return self._context
 
-    def call(self, exposed: str, arguments: Any) -> Event:
-        """A new call event (not yet recorded)."""
+    def call(self, exposed: str, arguments: Any, kind: str = "call") -> Event:
+        """A new event of an IDE request for a server (not yet recorded): a tool call (``call``), a prompt
+        (``prompt_get``; ``exposed``: its exposed name) or a resource read (``resource_read``; ``exposed``: the URI
+        the IDE read)."""
         return Event(
-            kind="call",
+            kind=kind,
             status="In Progress",
             exposed_name=exposed,
             arguments=arguments_for(self.policy, arguments),

@@ -146,6 +146,15 @@ class ServerConfig(_Model):
     this server may expose; ``["*"]`` allows all; missing allows none."""
     denied_tools: list[str] = Field(default_factory=list)
     """Names, patterns or risk classes this server may never expose: wins over ``allowed_tools``."""
+    allowed_prompts: list[str] | None = None
+    """Prompt names (or ``fnmatch`` patterns) this server may expose; ``["*"]`` allows all; missing allows none."""
+    allowed_resources: list[str] | None = None
+    """Resource URI patterns (``fnmatch`` globs: ``docs://pages/*``) this server may be read at; ``["*"]`` allows
+    all; missing allows none. A template is listed when its text matches a pattern; a read is checked on the URI
+    the server gets."""
+    confirm: Literal["destructive", "all", "none"] = "none"
+    """Ask the user (an elicitation request to the IDE) before a call: of a tool outside ``@non_destructive``
+    (``destructive``), of every tool (``all``), or never (``none``)."""
     auth: AuthConfig = Field(default_factory=lambda: NoAuth(type="none"))
     allow_insecure_http: bool = False
     """Allow plain ``http://`` to a host that is not loopback (refused by default)."""
@@ -222,6 +231,27 @@ class ServerConfig(_Model):
             raise ValueError(f"unknown risk class {', '.join(unknown)}; the classes are {', '.join(risk.CLASSES)}")
         return v
 
+    @field_validator("allowed_prompts", "allowed_resources")
+    @classmethod
+    def _no_classes(cls, v: list[str] | None) -> list[str] | None:
+        classes = [p for p in v or [] if p.startswith("@")]
+        if classes:
+            raise ValueError(f"risk classes ({', '.join(classes)}) apply to tools only; use names or patterns")
+        return v
+
+    def allows_prompt(self, name: str) -> bool:
+        return risk.matches(self.allowed_prompts or [], name, None)
+
+    def allows_resource(self, uri: str) -> bool:
+        """Whether the allowlist admits a read of this URI (as the server gets it) or a template with this text."""
+        return risk.matches(self.allowed_resources or [], uri, None)
+
+    def needs_confirmation(self, annotations: object) -> bool:
+        """Whether a call of a tool with these annotations is asked of the user first (``confirm``)."""
+        if self.confirm == "all":
+            return True
+        return self.confirm == "destructive" and "@non_destructive" not in risk.classes_of(annotations)
+
     def allows(self, tool: str, annotations: object = None) -> bool:
         """Whether the allowlist admits this tool (original name; ``annotations`` for the risk classes)."""
         if risk.matches(self.denied_tools, tool, annotations):
@@ -273,6 +303,9 @@ class PortFields(_Model):
     allow_sampling: str = "allow_sampling"
     always: str = "always"
     denied_tools: str = "denied_tools"
+    allowed_prompts: str = "allowed_prompts"
+    allowed_resources: str = "allowed_resources"
+    confirm: str = "confirm"
     timeout: str = "timeout"
     rate_limit: str = "rate_limit"
 

@@ -72,6 +72,25 @@ class Allowlist:
                 return f"disabled by `disabled_tools` ({pattern!r})"
         return None
 
+    def prompt_denial(self, server: str, name: str) -> str | None:
+        """Why this prompt (original name) may not be listed or got, or ``None`` when it may."""
+        return self._other_denial(server, "prompt", name, "allowed_prompts")
+
+    def resource_denial(self, server: str, uri: str) -> str | None:
+        """Why this resource (the URI the server gets) may not be read, or ``None`` when it may."""
+        return self._other_denial(server, "resource", uri, "allowed_resources")
+
+    def _other_denial(self, server: str, kind: str, name: str, key: str) -> str | None:
+        if self.failed_closed:
+            return f"no trusted allowlist: {self.note}"
+        config = self.servers.get(server)
+        if config is None:
+            return f"server {server!r} is not on the allowlist"
+        allowed = config.allows_prompt(name) if kind == "prompt" else config.allows_resource(name)
+        if not allowed:
+            return f"{kind} {name!r} of server {server!r} is not allowed by `{key}` ({self.source})"
+        return None
+
     def instructions(self, separator: str = "__") -> str:
         """What the model should know about the servers behind this bridge (returned from ``initialize``)."""
         if self.failed_closed:
@@ -112,6 +131,11 @@ def changes(old: Allowlist, new: Allowlist) -> list[tuple[str | None, str]]:
                 out.append((name, f"server {name} allowed tools {a.allowed_tools or []} -> {b.allowed_tools or []}"))
             if sorted(a.denied_tools) != sorted(b.denied_tools):
                 out.append((name, f"server {name} denied tools {a.denied_tools} -> {b.denied_tools}"))
+            for key in ("allowed_prompts", "allowed_resources"):
+                if sorted(getattr(a, key) or []) != sorted(getattr(b, key) or []):
+                    out.append((name, f"server {name} {key} {getattr(a, key) or []} -> {getattr(b, key) or []}"))
+            if a.confirm != b.confirm:
+                out.append((name, f"server {name} confirm: {a.confirm} -> {b.confirm}"))
             if (a.timeout, a.rate_limit) != (b.timeout, b.rate_limit):
                 out.append((name, f"server {name} limits: timeout {b.timeout}, rate_limit {b.rate_limit}"))
             if a.always != b.always:
@@ -342,6 +366,17 @@ def _server_from_entity(
     denied = props.get(fields.denied_tools)
     if denied is not None and not (isinstance(denied, list) and all(isinstance(t, str) for t in denied)):
         raise _Skip(f"property {fields.denied_tools!r} is not a list of tool names, patterns or classes")
+    others: dict[str, Any] = {}
+    for key in ("allowed_prompts", "allowed_resources"):
+        value = props.get(getattr(fields, key))
+        if value is not None and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+            raise _Skip(f"property {getattr(fields, key)!r} is not a list of names or patterns")
+        others[key] = value
+    confirm = props.get(fields.confirm)
+    if confirm is not None:
+        if confirm not in ("destructive", "all", "none"):
+            raise _Skip(f"property {fields.confirm!r} is not one of destructive, all, none")
+        others["confirm"] = confirm
     always = props.get(fields.always)
     if always is not None and not (isinstance(always, list) and all(isinstance(t, str) for t in always)):
         problem = problem or f"property {fields.always!r} is not a list of tool names; none is listed always"
@@ -356,6 +391,7 @@ def _server_from_entity(
         limits[key] = int(value) if key == "rate_limit" else float(value)
     data = {
         **limits,
+        **others,
         "url": url,
         "allowed_tools": tools,
         "denied_tools": denied or [],

@@ -132,6 +132,8 @@ class Catalog:
         self._routes = ResourceRoutes({})
         self._visible_tools: list[dict[str, Any]] = []
         self._visible_prompts: list[dict[str, Any]] = []
+        self._visible_resources: list[dict[str, Any]] = []
+        self._visible_templates: list[dict[str, Any]] = []
         self._stale = False
         self._unreported: set[str] = set()
         self._version = 0
@@ -219,7 +221,7 @@ class Catalog:
     def _rebuild(self) -> set[str]:
         self._stale = False
         self._version += 1
-        before = (self._visible_tools, self._visible_prompts, self._routes.resources, self._routes.raw_templates)
+        before = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
         sep, max_len = self._naming.separator, self._naming.max_length
         servers = sorted(self._listings)
 
@@ -272,10 +274,20 @@ class Catalog:
                     self._refused_prompts[exposed] = (server, name, duplicate_reason(duplicated[name]))
                 else:
                     self._prompts[exposed] = (server, name, {**prompt, "name": exposed})
-        self._visible_prompts = [p for _, _, p in self._prompts.values()]
+        allowlist = self._allowlist
+        self._visible_prompts = [p for s, n, p in self._prompts.values() if allowlist.prompt_denial(s, n) is None]
 
+        # Routes are made over every server's resources (which server a URI goes to must not depend on what one is
+        # allowed); the allowlist decides per server, after routing: in what is listed and in every read.
         self._routes = ResourceRoutes({s: (self._listings[s].resources, self._listings[s].templates) for s in servers})
-        after = (self._visible_tools, self._visible_prompts, self._routes.resources, self._routes.raw_templates)
+        listed = self._routes.listed
+        self._visible_resources = [
+            r for r in self._routes.resources if allowlist.resource_denial(*listed[r["uri"]]) is None
+        ]
+        self._visible_templates = [
+            t.exposed for t in self._routes.raw_templates if allowlist.resource_denial(t.server, t.text) is None
+        ]
+        after = (self._visible_tools, self._visible_prompts, self._visible_resources, self._visible_templates)
         return {
             kind
             for kind, b, a in zip(("tools", "prompts", "resources", "resources"), before, after, strict=True)
@@ -320,20 +332,32 @@ class Catalog:
                 server, name, reason = refused
                 raise PolicyDenied(exposed, f"prompt {name!r} of server {server!r}: {reason}", server=server, tool=name)
             raise UnknownName("prompt", exposed)
-        return found[0], found[1]
+        server, name, _ = found
+        denial = self._allowlist.prompt_denial(server, name)
+        if denial is not None:
+            raise PolicyDenied(exposed, denial, server=server, tool=name)
+        return server, name
 
     def resources(self) -> list[dict[str, Any]]:
+        """The resources the IDE sees: the allowed ones, in their routed form."""
         self._fresh()
-        return self._routes.resources
+        return self._visible_resources
 
     def templates(self) -> list[dict[str, Any]]:
+        """The templates the IDE sees: well-formed ones whose text the allowlist admits."""
         self._fresh()
-        return self._routes.templates()
+        allowed = {id(t) for t in self._visible_templates}
+        return [t for t in self._routes.templates() if id(t) in allowed]
 
     def route_resource(self, uri: str) -> tuple[str, str]:
-        """(server, URI to send it) for a URI the IDE reads (the rules of :mod:`.resource_routes`)."""
+        """(server, URI to send it) for a URI the IDE reads (the rules of :mod:`.resource_routes`), checked against
+        the allowlist of the server it routes to."""
         self._fresh()
-        return self._routes.route(uri)
+        server, sent = self._routes.route(uri)
+        denial = self._allowlist.resource_denial(server, sent)
+        if denial is not None:
+            raise PolicyDenied(uri, denial, server=server, tool=sent)
+        return server, sent
 
     def counts(self, server: str) -> tuple[int, int]:
         """(allowed, offered) tool counts for one server."""

@@ -65,6 +65,9 @@ def mcp_server_entity(
     oauth_config: dict[str, Any] | None = None,
     exposed: bool | None = True,
     tool_pins: dict[str, str] | None = None,
+    allowed_prompts: Iterable[str] | None = None,
+    allowed_resources: Iterable[str] | None = None,
+    confirm: str | None = None,
 ) -> dict[str, Any]:
     """An ``_mcp_server`` entity as DESIGN §3 describes it. ``None`` leaves a property (or the title) out."""
     properties: dict[str, Any] = {"url": url, "allowed_tools": list(allowed_tools)}
@@ -74,6 +77,9 @@ def mcp_server_entity(
         "oauth_config": oauth_config,
         "description": description,
         "tool_pins": tool_pins,
+        "allowed_prompts": None if allowed_prompts is None else list(allowed_prompts),
+        "allowed_resources": None if allowed_resources is None else list(allowed_resources),
+        "confirm": confirm,
     }
     properties.update({k: v for k, v in optional.items() if v is not None})
     entity: dict[str, Any] = {"identifier": identifier, "properties": properties, "relations": {}}
