@@ -93,7 +93,17 @@ async def test_everything_through_bridge(everything_url: str, tmp_path: Path) ->
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"servers": {SERVER: {"url": everything_url, "allowed_tools": ["*"], "auth": {"type": "none"}}}}
+            {
+                "servers": {
+                    SERVER: {
+                        "url": everything_url,
+                        "allowed_tools": ["*"],
+                        "allowed_prompts": ["*"],
+                        "allowed_resources": ["*"],
+                        "auth": {"type": "none"},
+                    }
+                }
+            }
         ),
         encoding="utf-8",
     )
@@ -137,7 +147,14 @@ async def test_everything_asks_the_ide_through_the_bridge(everything_url: str, t
     are to the IDE directly, less the tools that need tasks), and its requests for input cross the bridge to the
     IDE in either era."""
     config = tmp_path / "config.yaml"
-    server = {"url": everything_url, "allowed_tools": ["*"], "auth": {"type": "none"}, "allow_sampling": True}
+    server = {
+        "url": everything_url,
+        "allowed_tools": ["*"],
+        "allowed_prompts": ["*"],
+        "allowed_resources": ["*"],
+        "auth": {"type": "none"},
+        "allow_sampling": True,
+    }
     config.write_text(yaml.safe_dump({"servers": {SERVER: server}}), encoding="utf-8")
     bridge = _bridge(config, tmp_path)
     with anyio.fail_after(DEADLINE):

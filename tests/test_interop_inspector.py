@@ -42,7 +42,13 @@ def _inspect(target: list[str], era: str, *args: str) -> dict[str, Any]:
 
 def _bridge(everything_url: str, tmp_path: Path) -> list[str]:
     config = tmp_path / "config.yaml"
-    server = {"url": everything_url, "allowed_tools": ["*"], "auth": {"type": "none"}}
+    server = {
+        "url": everything_url,
+        "allowed_tools": ["*"],
+        "allowed_prompts": ["*"],
+        "allowed_resources": ["*"],
+        "auth": {"type": "none"},
+    }
     config.write_text(yaml.safe_dump({"servers": {SERVER: server}}), encoding="utf-8")
     home = tmp_path / "home"
     env = ["-e", f"MCP_BRIDGE_HOME={home}", "-e", f"HOME={tmp_path}"]
