@@ -46,6 +46,11 @@ def _read(uri: str) -> types.ReadResourceRequest:
     return types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=uri))
 
 
+def _complete(ref: Any, argument: str, value: str) -> types.CompleteRequest:
+    params = types.CompleteRequestParams(ref=ref, argument=types.CompletionArgument(name=argument, value=value))
+    return types.CompleteRequest(params=params)
+
+
 def _events(double: PortDouble, kind: str) -> list[dict[str, Any]]:
     found = [e["properties"] for e in double.entities(AUDIT_BLUEPRINT).values()]
     return sorted((p for p in found if p.get("event_type") == kind), key=lambda p: p["asked_at"])
@@ -56,7 +61,8 @@ async def test_prompts_and_resources_only_as_the_allowlist_says_and_audited_in_p
 ) -> None:
     """alpha allows its ``greet`` prompt and its items (a glob), not its readme; beta (no ``allowed_prompts`` or
     ``allowed_resources``) allows none: lists show only what is allowed, and every get or read, allowed or denied, is
-    an event of its own kind in Port."""
+    an event of its own kind in Port; completions of a prompt's argument or a template's variable go to their server
+under the same rules."""
     with upstream_pair(tmp_path, "beta-key") as up:
         double.upsert_entity(
             "_mcp_server",
@@ -98,6 +104,19 @@ async def test_prompts_and_resources_only_as_the_allowlist_says_and_audited_in_p
             denied_template = await _error(client, _read("mem://beta/items/3"))  # routed to beta, which allows none
             assert "`allowed_resources`" in denied_template and "beta" in denied_template
 
+            done = await _request(client, _complete(types.PromptReference(name="alpha__greet"), "who", "A"))
+            assert done["completion"]["values"] == ["Ada", "Alan"]
+            item = types.ResourceTemplateReference(uri="mem://alpha/items/{id}")
+            assert (await _request(client, _complete(item, "id", "1")))["completion"]["values"] == ["1", "12"]
+            denied_completion = await _error(client, _complete(types.PromptReference(name="beta__greet"), "who", ""))
+            assert "`allowed_prompts`" in denied_completion
+
+    completions = _events(double, "completion")
+    assert [(e["server"], e["tool_name"], e["status"]) for e in completions] == [
+        ("alpha", "greet", "Completed"),
+        ("alpha", "mem://alpha/items/{id}", "Completed"),
+        ("beta", "greet", "Denied"),
+    ]
     gets = _events(double, "prompt_get")
     assert [(e["server"], e["tool_name"], e["status"]) for e in gets] == [
         ("alpha", "greet", "Completed"),

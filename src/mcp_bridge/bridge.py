@@ -688,6 +688,34 @@ class Bridge:
             ]
         return result
 
+    async def complete(self, params: types.CompleteRequestParams) -> dict[str, Any]:
+        """``completion/complete`` for a prompt's argument or a template's variable, from the server it belongs to
+        (audited as ``completion``). A server that does not offer completions answers with none."""
+        ref = params.ref
+        kind, name = (ref.type, ref.name) if isinstance(ref, types.PromptReference) else (ref.type, ref.uri)
+
+        async def admit() -> tuple[str, str]:
+            return await self._route("prompt" if kind == "ref/prompt" else "resource", name, route)
+
+        def route(value: str) -> tuple[str, str]:
+            return self.catalog.route_completion(kind, value)
+
+        async def send(upstream: Upstream) -> dict[str, Any]:
+            data = params.model_dump(by_alias=True, mode="json", exclude_none=True)
+            data.pop("_meta", None)
+            data["ref"] = {"type": kind, "name" if kind == "ref/prompt" else "uri": event.tool}
+            request = types.CompleteRequest.model_validate({"method": "completion/complete", "params": data})
+            try:
+                return await upstream.request(request)
+            except MCPError as exc:
+                if exc.error.code != types.METHOD_NOT_FOUND:
+                    raise
+                return {"completion": {"values": [], "hasMore": False}}
+
+        argument = {"argument": params.argument.model_dump(mode="json")}
+        event = self.audit.call(name, argument, kind="completion")
+        return await self._audited(event, admit, send)
+
     def _upstream(self, server: str) -> Upstream:
         upstream = self.upstreams.get(server)
         if upstream is None:

@@ -47,6 +47,7 @@ EVENT_KINDS = (
     "input_request",
     "prompt_get",
     "resource_read",
+    "completion",
 )
 """Every ``event_type`` an event can have (the audit blueprint in README enumerates exactly these)."""
 _SECRET_KEY = re.compile(

@@ -359,6 +359,21 @@ class Catalog:
             raise PolicyDenied(uri, denial, server=server, tool=sent)
         return server, sent
 
+    def route_completion(self, kind: str, ref: str) -> tuple[str, str]:
+        """(server, the name or URI it knows) for a ``completion/complete`` reference the IDE sends: a prompt's
+        exposed name (``ref/prompt``), or a template's text as the IDE was listed it, or a resource URI
+        (``ref/resource``); checked against the allowlist like a get or a read."""
+        if kind == "ref/prompt":
+            return self.route_prompt(ref)
+        self._fresh()
+        for template in self._routes.raw_templates:
+            if template.exposed.get("uriTemplate") == ref:
+                denial = self._allowlist.resource_denial(template.server, template.text)
+                if denial is not None:
+                    raise PolicyDenied(ref, denial, server=template.server, tool=template.text)
+                return template.server, template.text
+        return self.route_resource(ref)
+
     def counts(self, server: str) -> tuple[int, int]:
         """(allowed, offered) tool counts for one server."""
         self._fresh()

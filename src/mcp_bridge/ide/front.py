@@ -120,6 +120,7 @@ class Front:
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource,
+            on_completion=self._complete,
             on_subscriptions_listen=ListenHandler(self._bus),
         )
         self.server.add_request_handler("server/discover", types.RequestParams, self._discover)
@@ -302,6 +303,9 @@ class Front:
             return self.bridge.read_resource(str(params.uri), inputs=inputs)
 
         return finish(ctx.protocol_version, await self._asking(ctx, params, str(params.uri), work), cacheable=True)
+
+    async def _complete(self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> Any:
+        return finish(ctx.protocol_version, await _guard(self.bridge.complete(params), ctx.protocol_version))
 
     async def _asking(
         self,

@@ -45,16 +45,19 @@ HANDSHAKE_PROTOCOL_VERSIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26", "202
 LATEST_HANDSHAKE_VERSION = HANDSHAKE_PROTOCOL_VERSIONS[-1]
 
 CAPABILITIES: Mapping[str, Any] = {
+    "completions": {},
     "prompts": {"listChanged": True},
     "resources": {"listChanged": True, "subscribe": False},
     "tools": {"listChanged": True},
 }
-"""What the front's server declares: its list, call, prompt and resource handlers, with every ``listChanged``."""
+"""What the front's server declares: its list, call, prompt, resource and completion handlers, with every
+``listChanged``."""
 
 MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
 """The SDK's ``mcp_types.version.MODERN_PROTOCOL_VERSIONS`` (a test keeps them equal)."""
 
 MODERN_CAPABILITIES: Mapping[str, Any] = {
+    "completions": {},
     "prompts": {"listChanged": True},
     "resources": {"listChanged": True, "subscribe": False},
     "tools": {"listChanged": True},

@@ -290,6 +290,15 @@ def build_server(
 
     readme = f"mem://{name}/readme"
 
+    async def complete(ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> Any:
+        """Completions of the ``greet`` prompt's ``who`` and of the item template's ``id``, by prefix; the answer
+        names the server and what it was asked for, so a test sees where a completion went."""
+        ref = params.ref
+        what = ref.name if isinstance(ref, types.PromptReference) else ref.uri
+        choices = {"greet": ["Ada", "Alan", "Grace"], f"mem://{name}/items/{{id}}": ["1", "7", "12"]}.get(what, [])
+        values = [v for v in choices if v.startswith(params.argument.value)]
+        return _complete(ctx, {"completion": {"values": values, "total": len(values), "hasMore": False}})
+
     async def list_resources(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
         resources = [{"uri": readme, "name": f"{name} readme", "mimeType": "text/plain"}]
         return _complete(ctx, {"resources": resources}, cacheable=True)
@@ -318,6 +327,7 @@ def build_server(
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
+        on_completion=complete,
         on_subscriptions_listen=ListenHandler(state.bus),
     )
 
