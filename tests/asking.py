@@ -3,7 +3,8 @@ tools) and roots, in whichever era the bridge speaks to it.
 
 In the handshake era it pushes the request on the call's own stream (``elicitation/create`` ...), as a 2025-11-25
 server does; at 2026-07-28 it answers ``InputRequiredResult`` and reads the answer from the retry, as an MRTR server
-does. Each tool returns what the client answered, so a test sees what crossed the bridge; ``capabilities`` returns
+does. ``chatty`` logs at debug, info and warning during its call (logger ``worker`` with a control sequence).
+Each tool returns what the client answered, so a test sees what crossed the bridge; ``capabilities`` returns
 what the client declared (the capabilities the bridge offered on the IDE's behalf).
 """
 
@@ -93,7 +94,7 @@ def _text(data: Any) -> types.CallToolResult:
 
 def _build(state: Asking) -> Server[Any]:
     async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
-        names = [*REQUESTS, "capabilities"]
+        names = [*REQUESTS, "capabilities", "chatty"]
         return types.ListToolsResult(
             tools=[types.Tool(name=n, description=f"asks: {n}", input_schema={"type": "object"}) for n in names]
         )
@@ -104,6 +105,11 @@ def _build(state: Asking) -> Server[Any]:
         state.eras.append(ctx.protocol_version)
         if params.name == "capabilities":
             return _text(state.declared[-1])
+        if params.name == "chatty":  # logs at three levels during the call (2026-07-28: only what the _meta asked)
+            for level in ("debug", "info", "warning"):
+                data = {"level": level, "from": state.name}
+                await ctx.session.send_log_message(level, data, "worker\x1b[31m", related_request_id=ctx.request_id)
+            return _text("done")
         request = REQUESTS[params.name]
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             if params.input_responses is None:

@@ -41,7 +41,8 @@ async def test_results_are_shaped_for_the_ides_era(tmp_path: Path) -> None:
 async def test_the_ides_envelope_never_reaches_a_server(tmp_path: Path, upstream_era: str) -> None:
     """A modern IDE's ``_meta`` carries its protocol version, client info and capabilities: they describe its link
     to the bridge, not the bridge's to the server. Other ``_meta`` keys pass. A 2026-07-28 server gets the bridge's
-    own envelope (its own client info, the version spoken to that server), a handshake-era one none."""
+    own envelope (its own client info, the version spoken to that server, and the IDE's log level, without which it
+    sends no log message), a handshake-era one none."""
     hostile = Hostile("h", tools=[tool("echo", "Echo.")], era=upstream_era)
     cfg = write_config(tmp_path / "config.yaml", {"h": hostile.server_config()})
     async with serving(hostile), bridge_client(cfg, tmp_path / "home") as client:
@@ -49,6 +50,7 @@ async def test_the_ides_envelope_never_reaches_a_server(tmp_path: Path, upstream
             name="h__echo", arguments={}, _meta={"vendor/trace": "t1", "io.modelcontextprotocol/logLevel": "debug"}
         )
         await client.session.send_request(types.CallToolRequest(params=params), Raw)
+        modern_ide = is_modern(client)
     (meta,) = hostile.metas
     assert meta.get("vendor/trace") == "t1"
     reserved = {k: v for k, v in meta.items() if k.startswith("io.modelcontextprotocol/")}
@@ -57,6 +59,8 @@ async def test_the_ides_envelope_never_reaches_a_server(tmp_path: Path, upstream
         assert reserved.pop("io.modelcontextprotocol/protocolVersion") == "2026-07-28"
         assert reserved.pop("io.modelcontextprotocol/clientInfo")["name"] == "mcp-bridge"
         assert reserved.pop("io.modelcontextprotocol/clientCapabilities") == {}
+        # a handshake-era IDE's level is the one it set with logging/setLevel (none here)
+        assert reserved.pop("io.modelcontextprotocol/logLevel", None) == ("debug" if modern_ide else None)
     assert not reserved
     assert "pytest-ide" not in repr(meta)
 

@@ -60,9 +60,9 @@ async def test_prompts_and_resources_only_as_the_allowlist_says_and_audited_in_p
     tmp_path: Path, double: PortDouble
 ) -> None:
     """alpha allows its ``greet`` prompt and its items (a glob), not its readme; beta (no ``allowed_prompts`` or
-    ``allowed_resources``) allows none: lists show only what is allowed, and every get or read, allowed or denied, is
-    an event of its own kind in Port; completions of a prompt's argument or a template's variable go to their server
-under the same rules."""
+    ``allowed_resources``) allows none: lists show only what is allowed, and every get or read, allowed or denied,
+    is an event of its own kind in Port; completions of a prompt's argument or a template's variable go to their
+    server under the same rules."""
     with upstream_pair(tmp_path, "beta-key") as up:
         double.upsert_entity(
             "_mcp_server",

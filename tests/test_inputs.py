@@ -295,3 +295,34 @@ async def test_a_question_not_tied_to_a_request_is_asked_of_the_only_call_in_fli
     assert got["answer"] == {"action": "accept", "content": {"name": "Ada"}}
     [event] = audit_jsonl(tmp_path / "audit.jsonl", "input_request")
     assert event["status"] == "Completed" and event["tool"] == "ask_unrelated"
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # logging/setLevel, handshake era
+@pytest.mark.parametrize("mode", ["legacy", "auto", "2026-07-28"])
+@UPSTREAM_ERAS
+async def test_a_servers_log_messages_reach_the_ide_named_and_at_its_level(
+    tmp_path: Path, mode: str, upstream: str
+) -> None:
+    """A handshake-era IDE sets its level with ``logging/setLevel``; a 2026-07-28 IDE asks per request: either way
+    it gets the server's messages at or above that level, the logger naming the server (its own name cleaned)."""
+    up = Asking()
+    cfg = config(tmp_path, up, protocol=upstream)
+    got: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        got.append(params)
+
+    options: dict[str, Any] = {"logging_callback": on_log}
+    if mode != "legacy":
+        options["log_level"] = "info"
+    async with serving(up), bridge_client(cfg, tmp_path / "home", mode=mode, **options) as ide:
+        if mode == "legacy":
+            await ide.set_logging_level("info")
+        assert answer(await raw_call(ide, "asking__chatty")) == "done"
+        with anyio.fail_after(5):  # a handshake-era server's messages may be relayed just after the result
+            while len(got) < 2:
+                await anyio.sleep(0.02)
+    assert [(m.level, m.logger, m.data) for m in got] == [
+        ("info", "asking/worker\\x1b[31m", {"level": "info", "from": "asking"}),
+        ("warning", "asking/worker\\x1b[31m", {"level": "warning", "from": "asking"}),
+    ]

@@ -29,7 +29,7 @@ from mcp_bridge.audit.trail import AuditTrail, Event, redact
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.backoff import Backoff
 from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
-from mcp_bridge.era import RESERVED_META
+from mcp_bridge.era import RESERVED_META, is_modern
 from mcp_bridge.errors import (
     AuditUnavailable,
     PolicyDenied,
@@ -473,8 +473,10 @@ class Bridge:
             params: dict[str, Any] = {"name": entry.original}
             if arguments is not None:
                 params["arguments"] = dict(arguments)
-            # Never the protocol's own keys (an IDE's envelope): the session stamps the bridge's own on each request.
-            if meta and (kept := {k: v for k, v in meta.items() if not str(k).startswith(RESERVED_META)}):
+            # Never the protocol's own keys (an IDE's envelope): the session stamps the bridge's own on each request;
+            # but the IDE's log level to a 2026-07-28 server (which sends no log message without it).
+            modern = is_modern(upstream.era)
+            if meta and (kept := {k: v for k, v in meta.items() if _forwarded_key(k, modern)}):
                 params["_meta"] = kept
             params.update(inputs or {})
             request = types.CallToolRequest.model_validate({"method": "tools/call", "params": params})
@@ -751,6 +753,10 @@ class Bridge:
             row["tools_by_class"] = by_class
             rows.append(row)
         return rows
+
+
+def _forwarded_key(key: object, modern: bool) -> bool:
+    return not str(key).startswith(RESERVED_META) or (modern and key == types.LOG_LEVEL_META_KEY)
 
 
 async def _first_of(waits: Iterable[Callable[[], Awaitable[None]]]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import mcp_types as types
 
 from mcp_bridge.logs import clean
+from mcp_bridge.terminal import printable
 
 SUMMARY_CHARS = 600
 """How much of the (redacted) arguments the question shows."""
@@ -21,7 +22,7 @@ SUMMARY_CHARS = 600
 
 def summary(arguments: Any) -> str:
     """The arguments as one line of JSON, control characters removed, cut to :data:`SUMMARY_CHARS`."""
-    text = clean(json.dumps(arguments or {}, ensure_ascii=False, sort_keys=True, default=str))
+    text = printable(clean(json.dumps(arguments or {}, ensure_ascii=False, sort_keys=True, default=str)))
     return text if len(text) <= SUMMARY_CHARS else f"{text[:SUMMARY_CHARS]}… ({len(text)} chars)"
 
 
@@ -29,9 +30,9 @@ def confirmation_request(
     server: str, tool: str, title: str | None, arguments_summary: str, why: str
 ) -> types.ElicitRequest:
     """The question for one call: ``why`` says which calls the server's setting holds back."""
-    name = f"{tool!r}" + (f" ({clean(title)[:80]})" if title else "")
+    name = printable(f"{tool!r}" + (f" ({clean(title)[:80]})" if title else ""), newlines=False)
     message = (
-        f"Run tool {name} on server {server!r}?\n"
+        f"Run tool {name} on server {printable(repr(server), newlines=False)}?\n"
         f"Arguments: {arguments_summary}\n"
         f"Your organisation asks you to confirm {why} of this server."
     )

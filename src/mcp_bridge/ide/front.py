@@ -123,6 +123,9 @@ class Front:
             on_completion=self._complete,
             on_subscriptions_listen=ListenHandler(self._bus),
         )
+        # logging/setLevel: a handshake-era IDE's level for the servers' log messages (the SDK warns that the
+        # capability is deprecated at 2026-07-28, where the level comes with each request; both eras are served).
+        self.server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_level)
         self.server.add_request_handler("server/discover", types.RequestParams, self._discover)
         # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
         # the span costs time on every call. Ours refuse requests before initialize saying so, remember the IDE's
@@ -134,6 +137,7 @@ class Front:
             self._reuse_tools_answer,
         ]
         self._initialized = False
+        self.log_level = LogLevel()
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(
@@ -182,7 +186,7 @@ class Front:
             self._client_known = True
             self.bridge.declare_ide_capabilities(ctx.session.client_capabilities)
             if not is_modern(ctx.protocol_version):  # roots may be asked outside a call (upstream.inputs)
-                STANDALONE[:] = [_IdeAsker(ctx, "roots", standalone=True)]
+                STANDALONE[:] = [_IdeAsker(ctx, "roots", self.log_level, standalone=True)]
             params = ctx.session.client_params
             if params is not None:
                 self.bridge.client_name = params.client_info.name
@@ -285,9 +289,14 @@ class Front:
         token = meta.get("progress_token", meta.get("progressToken"))
         progress = _relay_progress(ctx) if token is not None else None
 
+        forwarded = forwarded_meta(meta) or {}
+        level = meta.get(types.LOG_LEVEL_META_KEY) if is_modern(ctx.protocol_version) else self.log_level.level
+        if level is not None:  # the IDE's level, for a 2026-07-28 server (which sends no log without it)
+            forwarded[types.LOG_LEVEL_META_KEY] = level
+
         def work(inputs: dict[str, Any]) -> Awaitable[dict[str, Any]]:
             return self.bridge.call_tool(
-                params.name, params.arguments, meta=forwarded_meta(meta), progress=progress, inputs=inputs
+                params.name, params.arguments, meta=forwarded or None, progress=progress, inputs=inputs
             )
 
         return finish(ctx.protocol_version, await self._asking(ctx, params, params.name, work))
@@ -303,6 +312,11 @@ class Front:
             return self.bridge.read_resource(str(params.uri), inputs=inputs)
 
         return finish(ctx.protocol_version, await self._asking(ctx, params, str(params.uri), work), cacheable=True)
+
+    async def _set_level(self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams) -> Any:
+        self.log_level.level = params.level
+        log.info("front.log_level", level=params.level)
+        return types.EmptyResult()
 
     async def _complete(self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> Any:
         return finish(ctx.protocol_version, await _guard(self.bridge.complete(params), ctx.protocol_version))
@@ -320,7 +334,7 @@ class Front:
         answering with the question, and answers by retrying (:mod:`mcp_bridge.ide.rounds`); a retry that carries a
         server's own ``requestState`` goes to the server as it is."""
         if not is_modern(ctx.protocol_version):
-            asking = ASKING.set(_IdeAsker(ctx, subject))
+            asking = ASKING.set(_IdeAsker(ctx, subject, self.log_level))
             try:
                 return await _guard(work({}), ctx.protocol_version)
             finally:
@@ -328,8 +342,12 @@ class Front:
         self.bridge.declare_ide_capabilities(ctx.session.client_capabilities)
         state = params.request_state
         responses = _dumped(params.input_responses)
+
+        async def relay_log(params: types.LoggingMessageNotificationParams) -> None:  # the SDK applies the level
+            await ctx.session.send_log_message(params.level, params.data, params.logger, ctx.request_id)
+
         if state is not None and state.startswith(STATE_PREFIX):
-            return await self.held.resume(state, ctx.method, subject, responses)
+            return await self.held.resume(state, ctx.method, subject, responses, relay_log)
         inputs: dict[str, Any] = {}
         if responses is not None:
             inputs["inputResponses"] = responses
@@ -344,7 +362,7 @@ class Front:
                 ASKING.reset(asking)
 
         assert self.tasks is not None, "serve_stdio sets the task group"
-        return await self.held.start(self.tasks, ctx.method, subject, held)
+        return await self.held.start(self.tasks, ctx.method, subject, held, relay_log)
 
     # ------------------------------------------------------------------ notifications
 
@@ -451,13 +469,32 @@ class _Shapes:
         return "[" + ",".join(parts) + "]"
 
 
+_LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+@dataclass
+class LogLevel:
+    """The level a handshake-era IDE asked for with ``logging/setLevel`` (``None``: it did not; every message the
+    servers send is relayed)."""
+
+    level: str | None = None
+
+    def admits(self, level: str) -> bool:
+        if self.level not in _LOG_LEVELS or level not in _LOG_LEVELS:
+            return True
+        return _LOG_LEVELS.index(level) >= _LOG_LEVELS.index(self.level)
+
+
 class _IdeAsker:
     """Asks the IDE for a server's input on the stream of one IDE request: a handshake-era IDE gets a request of the
     bridge's own, tied to that request (as the server's was tied to the bridge's); a 2026-07-28 IDE answers input
     requests by retrying (see :mod:`mcp_bridge.upstream.inputs`)."""
 
-    def __init__(self, ctx: ServerRequestContext[Any], subject: str, *, standalone: bool = False) -> None:
+    def __init__(
+        self, ctx: ServerRequestContext[Any], subject: str, log_level: LogLevel, *, standalone: bool = False
+    ) -> None:
         self._ctx = ctx
+        self._log_level = log_level
         self.subject = subject
         self.modern = is_modern(ctx.protocol_version)
         self._standalone = standalone
@@ -476,7 +513,10 @@ class _IdeAsker:
         return await self._ctx.session.send_request(request, types.CreateMessageResult, metadata=related)
 
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
-        """At 2026-07-28 the SDK sends it only at or above the level this request's envelope asked for."""
+        """At the level the IDE asked for: ``logging/setLevel`` in the handshake era; at 2026-07-28 the SDK sends
+        it only at or above the level this request's envelope asked for."""
+        if not self.modern and not self._log_level.admits(params.level):
+            return
         related = None if self._standalone else self._ctx.request_id
         await self._ctx.session.send_log_message(params.level, params.data, params.logger, related_request_id=related)
 

@@ -46,6 +46,7 @@ LATEST_HANDSHAKE_VERSION = HANDSHAKE_PROTOCOL_VERSIONS[-1]
 
 CAPABILITIES: Mapping[str, Any] = {
     "completions": {},
+    "logging": {},
     "prompts": {"listChanged": True},
     "resources": {"listChanged": True, "subscribe": False},
     "tools": {"listChanged": True},
@@ -58,6 +59,7 @@ MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
 
 MODERN_CAPABILITIES: Mapping[str, Any] = {
     "completions": {},
+    "logging": {},
     "prompts": {"listChanged": True},
     "resources": {"listChanged": True, "subscribe": False},
     "tools": {"listChanged": True},

@@ -32,6 +32,8 @@ from mcp_bridge.upstream.inputs import InputRequest, InputResult
 
 log = get_logger(__name__)
 
+LogSink = Callable[[types.LoggingMessageNotificationParams], Awaitable[None]]
+
 STATE_PREFIX = "mcpb1."
 """Marks a ``requestState`` the bridge minted (a handle to a held call), as opposed to a server's own."""
 
@@ -79,9 +81,16 @@ class HeldCall:
     _count: int = 0
     cancel: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
+    round_log: LogSink | None = None
+    """Relays a log message to the IDE request of the current round, while it is open."""
+
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
-        """A server's log message during a held call is not relayed: the IDE request it came with may be answered
-        already (it is in the bridge's own log at debug)."""
+        """A server's log message during a held call goes to the IDE request of the round in progress (the SDK
+        sends it only at or above the level that request asked for); between rounds no IDE request is open, and the
+        bridge's own log has it at debug."""
+        if self.round_log is not None:
+            await self.round_log(params)
+            return
         log.debug("front.held_call_log", subject=self.subject, level=params.level)
 
     async def ask(self, request: InputRequest) -> InputResult:
@@ -114,11 +123,17 @@ class HeldCalls:
         return len(self._held)
 
     async def start(
-        self, tasks: anyio.abc.TaskGroup, method: str, subject: str, work: Callable[[HeldCall], Awaitable[Any]]
+        self,
+        tasks: anyio.abc.TaskGroup,
+        method: str,
+        subject: str,
+        work: Callable[[HeldCall], Awaitable[Any]],
+        log: LogSink | None = None,
     ) -> Any:
         """Run ``work`` (the forwarding of one IDE request) so that it can outlive the request; answer with its
-        result, or with the first question it asks (an ``InputRequiredResult``)."""
-        call = HeldCall(subject=subject, method=method, ttl=self.ttl)
+        result, or with the first question it asks (an ``InputRequiredResult``). ``log``: relays a server's log
+        message to this IDE request."""
+        call = HeldCall(subject=subject, method=method, ttl=self.ttl, round_log=log)
 
         async def run() -> None:
             with call.cancel:
@@ -135,13 +150,16 @@ class HeldCalls:
         tasks.start_soon(run)
         return await self._next(call)
 
-    async def resume(self, state: str, method: str, subject: str, responses: dict[str, Any] | None) -> Any:
+    async def resume(
+        self, state: str, method: str, subject: str, responses: dict[str, Any] | None, log: LogSink | None = None
+    ) -> Any:
         """The IDE's retry with its answers: give them to the held call's questions, then answer with the call's
-        next question or its result."""
+        next question or its result (``log``: as for :meth:`start`, for this retry)."""
         found = self._held.pop(state, None)
         if found is None or found[1] != f"{method} {subject}":
             raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
         call = found[0]
+        call.round_log = log
         for key, question in list(call.questions.items()):
             raw = (responses or {}).get(key)
             if raw is None:
@@ -169,6 +187,8 @@ class HeldCalls:
         except anyio.get_cancelled_exc_class():
             call.cancel.cancel()
             raise
+        finally:
+            call.round_log = None  # this IDE request is answered now
         if call.outcome.is_set() and not call.questions:
             if call.failure is not None:
                 raise call.failure

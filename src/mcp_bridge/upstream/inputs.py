@@ -15,6 +15,7 @@ offered is refused with an error, as the specification asks, and every request, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS as MODERN_VERSIONS
 
-from mcp_bridge.logs import get_logger
+from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.terminal import printable
 
 log = get_logger(__name__)
 
@@ -146,6 +148,25 @@ class InputNote:
 
 
 OnInput = Callable[[InputNote], None]
+LogSink = Callable[[types.LoggingMessageNotificationParams], Awaitable[None]]
+
+
+LOG_DATA_CHARS = 16_384
+"""A server's log message whose data is longer than this (as JSON) reaches the IDE cut, as a string."""
+
+
+def named_log(server: str, params: types.LoggingMessageNotificationParams) -> types.LoggingMessageNotificationParams:
+    """A server's log message as the IDE gets it: the logger names the server first (``docs`` or ``docs/search``;
+    control characters removed), and data larger than :data:`LOG_DATA_CHARS` is cut to a string that says so."""
+    logger = server if not params.logger else f"{server}/{printable(clean(params.logger), newlines=False)[:200]}"
+    data = params.data
+    if not isinstance(data, str | int | float | bool) and data is not None:
+        text = json.dumps(data, ensure_ascii=False, default=str)
+        if len(text) > LOG_DATA_CHARS:
+            data = f"{text[:LOG_DATA_CHARS]}… (cut by mcp-bridge: {len(text)} chars)"
+    elif isinstance(data, str) and len(data) > LOG_DATA_CHARS:
+        data = f"{data[:LOG_DATA_CHARS]}… (cut by mcp-bridge: {len(data)} chars)"
+    return params.model_copy(update={"logger": logger, "data": data})
 
 
 class InputRefused(MCPError):
@@ -255,13 +276,27 @@ class Gate:
         return await self._answer(types.ListRootsRequest())
 
     async def _log(self, params: types.LoggingMessageNotificationParams) -> None:
-        """A server's log message: to the IDE request it came with (none outside a request: the bridge's log has
-        it at debug)."""
+        """A server's log message, relayed with the server named (:func:`named_log`): to the IDE request it came
+        with, or, outside any request, on a handshake-era IDE's session; otherwise only the bridge's own log has it
+        (at debug). The IDE's side sends it only at or above the level the IDE asked for."""
         asker = ASKING.get()
+        if asker is None and STANDALONE:
+            asker = STANDALONE[-1]
         if asker is None:
             log.debug("upstream.log_message", server=self.server, level=params.level)
             return
-        await asker.log(params)
+        await asker.log(named_log(self.server, params))
+
+    def log_to(self, asker: Asker | None) -> LogSink | None:
+        """Relays this server's log messages to ``asker`` (the IDE request a call is made for), named as
+        :func:`named_log` names them; ``None`` without an asker."""
+        if asker is None:
+            return None
+
+        async def relay(params: types.LoggingMessageNotificationParams) -> None:
+            await asker.log(named_log(self.server, params))
+
+        return relay
 
     async def _answer(self, request: InputRequest) -> InputResult | types.ErrorData:
         try:

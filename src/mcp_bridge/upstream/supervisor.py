@@ -708,7 +708,10 @@ class Upstream:
             wire = self._wire if self._session is session else None
             try:
                 if wire is not None and isinstance(request, types.CallToolRequest):
-                    result = await call_direct(wire, session, request, read_timeout=timeout, progress=progress)
+                    on_log = self.gate.log_to(ASKING.get())
+                    result = await call_direct(
+                        wire, session, request, read_timeout=timeout, progress=progress, on_log=on_log
+                    )
                 else:
                     result = await send_raw(
                         session, request, request_read_timeout_seconds=timeout, progress_callback=progress

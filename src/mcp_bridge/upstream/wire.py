@@ -36,10 +36,10 @@ from mcp.shared.inbound import MCP_NAME_HEADER, MCP_PROTOCOL_VERSION_HEADER, enc
 from mcp.shared.message import ClientMessageMetadata, SessionMessage
 from mcp_types import methods as _methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from pydantic import RootModel
+from pydantic import RootModel, ValidationError
 
 from mcp_bridge.logs import get_logger
-from mcp_bridge.upstream.inputs import complete_by_default
+from mcp_bridge.upstream.inputs import LogSink, complete_by_default
 from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES
 
 log = get_logger(__name__)
@@ -145,12 +145,17 @@ class _Answer:
         answer: MemoryObjectSendStream[dict[str, Any] | types.ErrorData],
         inbound: Any,
         progress: ProgressFnT | None,
+        on_log: LogSink | None = None,
     ) -> None:
         self.request_id = request_id
         self._answer = answer
         self._inbound = inbound
         self.progress = progress
         """The caller's progress callback; ``None`` once the caller stopped waiting (later progress is dropped)."""
+        self.on_log = on_log
+        """Relays the server's log messages on this POST to the IDE request the call is for, in order with the
+        answer (the session would handle them after it); ``None`` once the caller stopped waiting (then the session
+        gets them, as everything else)."""
 
     async def send(self, item: SessionMessage | Exception) -> None:
         message = item.message if isinstance(item, SessionMessage) else None
@@ -168,6 +173,18 @@ class _Answer:
             return
         if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
             await self._relay_progress(message.params)
+        if (
+            isinstance(message, types.JSONRPCNotification)
+            and message.method == "notifications/message"
+            and (on_log := self.on_log) is not None
+        ):
+            try:
+                params = types.LoggingMessageNotificationParams.model_validate(message.params or {}, by_name=False)
+            except ValidationError:
+                pass  # the session's own handling of a malformed one
+            else:
+                await on_log(params)
+                return
         await self._inbound.send(item)
 
     async def _relay_progress(self, params: Any) -> None:
@@ -221,6 +238,7 @@ async def call_direct(
     *,
     read_timeout: float,
     progress: ProgressFnT | None,
+    on_log: LogSink | None = None,
 ) -> dict[str, Any]:
     """What ``send_raw(session, request, request_read_timeout_seconds=read_timeout, progress_callback=progress)``
     does, without the session's dispatcher and the transport's writer task in between.
@@ -268,7 +286,7 @@ async def call_direct(
         message = types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method)
     metadata = ClientMessageMetadata(headers=headers)
     send, receive = anyio.create_memory_object_stream[dict[str, Any] | types.ErrorData](1)
-    answer = _Answer(request_id, send, wire.inbound, progress)
+    answer = _Answer(request_id, send, wire.inbound, progress, on_log)
     context = RequestContext(
         client=wire.http,
         session_id=wire.transport.session_id,
@@ -302,7 +320,7 @@ async def call_direct(
             await _cancel_upstream(session, request_id, "caller cancelled", shield=True)
         raise
     finally:
-        answer.progress = None
+        answer.progress = answer.on_log = None
     if clock.cancelled_caught:
         if modern:
             post.scope.cancel()
