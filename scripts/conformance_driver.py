@@ -4,10 +4,10 @@
 server's URL as the last argument and sets ``$MCP_CONFORMANCE_SCENARIO`` (and, for scenarios with pre-registered
 credentials, ``$MCP_CONFORMANCE_CONTEXT``, a JSON object). For each run the driver:
 
-1. writes a private config with one server, ``scenario``, at that URL: ``allowed_tools``, ``allowed_prompts`` and ``allowed_resources`` all ``["*"]``,
-   ``auth: {type: oauth, client_metadata_url: ...}`` (the suite's Client ID Metadata Document URL; with the context's
-   ``client_id``/``client_secret`` when it has them), ``token_store:
-   file`` and ``auto_login: true``, in a fresh ``$MCP_BRIDGE_HOME`` (nothing touches the user's keyring or home);
+1. writes a private config with one server, ``scenario``, at that URL: ``allowed_tools``, ``allowed_prompts`` and
+   ``allowed_resources`` all ``["*"]``, ``auth: {type: oauth, client_metadata_url: ...}`` (the suite's Client ID
+   Metadata Document URL; with the context's ``client_id``/``client_secret`` when it has them), ``token_store: file``
+   and ``auto_login: true``, in a fresh ``$MCP_BRIDGE_HOME`` (nothing touches the user's keyring or home);
 2. sets ``$BROWSER`` to tests/fake_browser.py, which GETs the authorization URL and follows loopback redirects (the
    scenarios' authorization servers approve at once and redirect to the bridge's 127.0.0.1 callback);
 3. starts ``python -m mcp_bridge serve`` over stdio with the SDK's stdio client in ``$CONFORMANCE_DRIVER_MODE``
