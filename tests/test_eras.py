@@ -65,7 +65,7 @@ async def test_the_ides_envelope_never_reaches_a_server(tmp_path: Path, upstream
     assert "pytest-ide" not in repr(meta)
 
 
-async def test_discovery_offers_list_changes_but_not_resource_subscriptions(tmp_path: Path) -> None:
+async def test_discovery_offers_list_changes_and_resource_subscriptions(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "config.yaml", {})
     async with bridge_client(cfg, tmp_path / "home") as client:
         caps = client.server_capabilities
@@ -74,7 +74,7 @@ async def test_discovery_offers_list_changes_but_not_resource_subscriptions(tmp_
             caps = types.ServerCapabilities.model_validate(raw["capabilities"])
     assert caps.tools is not None and caps.tools.list_changed
     assert caps.prompts is not None and caps.prompts.list_changed
-    assert caps.resources is not None and caps.resources.list_changed and not caps.resources.subscribe
+    assert caps.resources is not None and caps.resources.list_changed and caps.resources.subscribe
 
 
 async def test_a_modern_ide_hears_of_changes_only_on_its_listen_stream(tmp_path: Path) -> None:

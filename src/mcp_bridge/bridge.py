@@ -105,6 +105,9 @@ class Bridge:
         self._changes_send, self._changes_recv = anyio.create_memory_object_stream[set[str]](64)
         self.client_name: str | None = None
         self.ide_capabilities = ide_capabilities
+        self._watchers: dict[tuple[str, str], collections.Counter[str]] = {}
+        """(server, URI it knows) → the URIs the IDE subscribed to it by (each with how many subscriptions)."""
+        self._updates_send, self._updates_recv = anyio.create_memory_object_stream[str](256)
         self._first_load = anyio.Event()
         self._allowlist_known = False  # an allowlist the user had (a cache or an answer), so a difference is a change
         self._rebuild_scheduled = False
@@ -160,8 +163,8 @@ class Bridge:
                 raise group.exceptions[0] from None
             raise
         finally:
-            self._changes_send.close()
-            self._changes_recv.close()
+            for stream in (self._changes_send, self._changes_recv, self._updates_send, self._updates_recv):
+                stream.close()
             self.audit.close()
 
     async def _open_port(self, stack: AsyncExitStack) -> Any:
@@ -271,6 +274,7 @@ class Bridge:
                 eras=self.eras,
                 protocol=self.settings.upstream_protocol(server),
                 gate=self._gate,
+                on_update=self._resource_updated,
             )
             self.upstreams[name] = upstream
             scope = anyio.CancelScope()
@@ -717,6 +721,56 @@ class Bridge:
         argument = {"argument": params.argument.model_dump(mode="json")}
         event = self.audit.call(name, argument, kind="completion")
         return await self._audited(event, admit, send)
+
+    async def subscribe(self, uri: str) -> dict[str, Any]:
+        """Subscribe the IDE to updates of a resource: routed and allowed as a read is, audited as
+        ``resource_subscribe``; the server is subscribed once however many times the IDE subscribes."""
+
+        async def admit() -> tuple[str, str]:
+            return await self._route("resource", uri, self.catalog.route_resource)
+
+        async def send(upstream: Upstream) -> dict[str, Any]:
+            key = (upstream.name, event.tool or "")
+            watchers = self._watchers.setdefault(key, collections.Counter())
+            first = not watchers
+            watchers[uri] += 1  # before the server is asked: an update right after it is not lost
+            if first:
+                try:
+                    await upstream.subscribe(key[1])
+                except BaseException:
+                    del self._watchers[key]
+                    raise
+            return {}
+
+        event = self.audit.call(uri, None, kind="resource_subscribe")
+        return await self._audited(event, admit, send)
+
+    async def unsubscribe(self, uri: str) -> None:
+        """The IDE no longer wants updates of a resource it subscribed to (unknown ones are ignored)."""
+        for (server, sent), watchers in list(self._watchers.items()):
+            if uri not in watchers:
+                continue
+            watchers[uri] -= 1
+            if watchers[uri] <= 0:
+                del watchers[uri]
+            if not watchers:
+                del self._watchers[(server, sent)]
+                upstream = self.upstreams.get(server)
+                if upstream is not None:
+                    await upstream.unsubscribe(sent)
+            return
+
+    def _resource_updated(self, server: str, sent: str) -> None:
+        for uri in self._watchers.get((server, sent), ()):
+            try:
+                self._updates_send.send_nowait(uri)
+            except anyio.WouldBlock:
+                log.warning("bridge.update_queue_full", uri=uri)
+
+    @property
+    def resource_updates(self) -> MemoryObjectReceiveStream[str]:
+        """The URIs (as the IDE subscribed to them) of resources that changed, in order."""
+        return self._updates_recv
 
     def _upstream(self, server: str) -> Upstream:
         upstream = self.upstreams.get(server)

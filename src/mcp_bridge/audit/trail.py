@@ -48,6 +48,7 @@ EVENT_KINDS = (
     "prompt_get",
     "resource_read",
     "completion",
+    "resource_subscribe",
 )
 """Every ``event_type`` an event can have (the audit blueprint in README enumerates exactly these)."""
 _SECRET_KEY = re.compile(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import mcp_types as types
+    from anyio.streams.memory import MemoryObjectReceiveStream
 
     from mcp_bridge.audit.trail import AuditTrail
     from mcp_bridge.config import Settings
@@ -72,6 +73,15 @@ class Backend(Protocol):
     async def read_resource(self, uri: str, *, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
 
     async def complete(self, params: types.CompleteRequestParams) -> dict[str, Any]: ...
+
+    async def subscribe(self, uri: str) -> dict[str, Any]: ...
+
+    async def unsubscribe(self, uri: str) -> None: ...
+
+    @property
+    def resource_updates(self) -> MemoryObjectReceiveStream[str]:
+        """The URIs (as the IDE subscribed to them) of resources that changed."""
+        ...
 
     def declare_ide_capabilities(self, capabilities: types.ClientCapabilities | None) -> None:
         """What the IDE declared (the servers are offered its input capabilities)."""

@@ -100,6 +100,11 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
             method = f"notifications/{kind}/list_changed"
             await write.send(SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method=method)))
 
+        async def updated(uri: str) -> None:
+            params = {"uri": uri}
+            method = "notifications/resources/updated"
+            await write.send(SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method=method, params=params)))
+
         async def write_out() -> None:
             """Every message to stdout, one line each, encoded as the SDK's ``stdio_server`` encodes them."""
             async with to_stdout:
@@ -115,6 +120,7 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
                 tg.start_soon(pump_in)
                 tg.start_soon(pump_out)
                 tg.start_soon(front.relay_changes, notify)
+                tg.start_soon(front.relay_updates, updated)
                 if early.lists and early.tools_digest is not None:
                     front.answered_early()
                     tg.start_soon(front.check_early_list, early.tools_digest, notify)

@@ -24,7 +24,7 @@ from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
-from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import PrivateAttr, ValidationError
 
@@ -108,7 +108,8 @@ class Front:
         self.tasks: anyio.abc.TaskGroup | None = None
         """Where held calls run (set by :func:`~mcp_bridge.ide.connection.serve_stdio`)."""
         self._bus = InMemorySubscriptionBus()
-        """List changes for a modern IDE, delivered on its ``subscriptions/listen`` streams."""
+        """List changes and resource updates for a modern IDE, delivered on its ``subscriptions/listen`` streams."""
+        self._listener = ListenHandler(self._bus)
         self.server: Server[Any] = Server(
             "mcp-bridge",
             version=__version__,
@@ -121,7 +122,9 @@ class Front:
             on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource,
             on_completion=self._complete,
-            on_subscriptions_listen=ListenHandler(self._bus),
+            on_subscribe_resource=self._subscribe,
+            on_unsubscribe_resource=self._unsubscribe,
+            on_subscriptions_listen=self._listen,
         )
         # logging/setLevel: a handshake-era IDE's level for the servers' log messages (the SDK warns that the
         # capability is deprecated at 2026-07-28, where the level comes with each request; both eras are served).
@@ -150,14 +153,10 @@ class Front:
         return await call_next(ctx)
 
     async def _discover(self, ctx: ServerRequestContext[Any], params: types.RequestParams | None) -> Any:
-        """``server/discover``: the SDK's answer, except that resource subscriptions are not offered (the bridge
-        relays list changes, not updates of single resources; the SDK would offer them with the listen stream)."""
-        capabilities = self.server.get_capabilities(protocol_version=ctx.protocol_version)
-        if capabilities.resources is not None:
-            capabilities.resources = capabilities.resources.model_copy(update={"subscribe": False})
+        """``server/discover``: the SDK's answer (list changes and resource subscriptions on the listen stream)."""
         return types.DiscoverResult(
             supported_versions=list(MODERN_PROTOCOL_VERSIONS),
-            capabilities=capabilities,
+            capabilities=self.server.get_capabilities(protocol_version=ctx.protocol_version),
             instructions=self.server.instructions,
         )
 
@@ -321,6 +320,40 @@ class Front:
     async def _complete(self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> Any:
         return finish(ctx.protocol_version, await _guard(self.bridge.complete(params), ctx.protocol_version))
 
+    async def _subscribe(self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> Any:
+        """``resources/subscribe`` (handshake era): routed and allowed as a read is; updates come as
+        ``notifications/resources/updated`` (:meth:`relay_updates`)."""
+        await _guard(self.bridge.subscribe(str(params.uri)), ctx.protocol_version)
+        return types.EmptyResult()
+
+    async def _unsubscribe(self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams) -> Any:
+        await self.bridge.unsubscribe(str(params.uri))
+        return types.EmptyResult()
+
+    async def _listen(self, ctx: ServerRequestContext[Any], params: types.SubscriptionsListenRequestParams) -> Any:
+        """``subscriptions/listen`` (2026-07-28): the SDK's listen stream, with the stream's resource subscriptions
+        made on the servers for as long as it is open. A URI that is denied, unknown or on a server without
+        subscriptions is left out of the acknowledgement (the spec's way of saying it is not honoured; the denial
+        is audited)."""
+        wanted = list(params.notifications.resource_subscriptions or ())
+        held: list[str] = []
+        for uri in dict.fromkeys(wanted):
+            try:
+                await self.bridge.subscribe(uri)
+            except (UnknownName, PolicyDenied, BridgeError, MCPError) as exc:
+                log.info("front.subscription_refused", uri=clean(uri), reason=clean(str(exc)))
+                continue
+            held.append(uri)
+        if wanted:
+            notifications = params.notifications.model_copy(update={"resource_subscriptions": held or None})
+            params = params.model_copy(update={"notifications": notifications})
+        try:
+            return await self._listener(ctx, params)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for uri in held:
+                    await self.bridge.unsubscribe(uri)
+
     async def _asking(
         self,
         ctx: ServerRequestContext[Any],
@@ -384,6 +417,18 @@ class Front:
                 return  # the IDE went away
             if told:
                 log.info("front.list_changed", kinds=told)
+
+    async def relay_updates(self, notify: Notify) -> None:
+        """Tell the IDE of updates to the resources it subscribed to: ``notifications/resources/updated`` in the
+        handshake era, on the listen streams that asked for the URI at 2026-07-28."""
+        async for uri in self.bridge.resource_updates:
+            if self.modern:
+                await self._bus.publish(ResourceUpdated(uri=uri))
+                continue
+            try:
+                await notify(uri)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the IDE went away
 
     def answered_early(self) -> None:
         """The IDE's first ``tools/list`` was answered from the warm cache: it has a whole list, so a later list (or

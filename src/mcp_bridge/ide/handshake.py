@@ -48,7 +48,7 @@ CAPABILITIES: Mapping[str, Any] = {
     "completions": {},
     "logging": {},
     "prompts": {"listChanged": True},
-    "resources": {"listChanged": True, "subscribe": False},
+    "resources": {"listChanged": True, "subscribe": True},
     "tools": {"listChanged": True},
 }
 """What the front's server declares: its list, call, prompt, resource and completion handlers, with every
@@ -61,10 +61,10 @@ MODERN_CAPABILITIES: Mapping[str, Any] = {
     "completions": {},
     "logging": {},
     "prompts": {"listChanged": True},
-    "resources": {"listChanged": True, "subscribe": False},
+    "resources": {"listChanged": True, "subscribe": True},
     "tools": {"listChanged": True},
 }
-"""What the front's ``server/discover`` declares (list changes on ``subscriptions/listen``; no resource updates)."""
+"""What the front's ``server/discover`` declares (list changes and resource updates on ``subscriptions/listen``)."""
 
 ENVELOPE = "io.modelcontextprotocol/"
 _LOG_LEVELS = frozenset({"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"})

@@ -50,7 +50,7 @@ from mcp.client.subscriptions import (
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
-from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY, ResourceUpdated
 
 from mcp_bridge import __version__
 from mcp_bridge.auth import AuthEnv, auth_for
@@ -135,8 +135,19 @@ class Upstream:
         eras: EraStore | None = None,
         protocol: Protocol = "auto",
         gate: Callable[[str, ServerConfig], Gate] | None = None,
+        on_update: Callable[[str, str], None] | None = None,
     ) -> None:
         self._on_auth_failure = on_auth_failure
+        self._on_update = on_update
+        self.subscriptions: set[str] = set()
+        """The resource URIs the bridge subscribed to on this server (for the IDE); subscribed again on every
+        connection: ``resources/subscribe`` in the handshake era, on the listen stream at 2026-07-28."""
+        self._relisten = anyio.Event()
+        """2026-07-28: set when :attr:`subscriptions` changed, so the listen stream is opened again with them."""
+        self._listening: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        """2026-07-28: the URIs the open listen stream asked for, and those the server's acknowledgement honoured."""
+        self._listened = anyio.Event()
+        """Set (and replaced) each time a listen stream is acknowledged."""
         self._make_gate = gate or (lambda name, _config: Gate(name, Offer(), lambda _note: None))
         self._asking: list[Asker] = []
         """The IDE requests being forwarded to this server (their askers), shared by each session's gate."""
@@ -277,7 +288,7 @@ class Upstream:
                 url = self.config.endpoint
                 source, known = await negotiate(session, self.name, url, self.protocol, self.eras)
                 version = session.protocol_version
-                if is_modern(version) and (kinds := self._listen_kinds(session)):
+                if is_modern(version) and ((kinds := self._listen_kinds(session)) or _can_subscribe(session)):
                     # The stream first, then the lists: a change in between is not missed (nothing is replayed).
                     opened = anyio.Event()
                     tasks.start_soon(self._listen, session, kinds, opened)
@@ -291,6 +302,8 @@ class Upstream:
                             self.eras.forget(self.name)
                         raise Reprobe(self.name, version or "?", exc) from None
                     raise
+                if not is_modern(version):
+                    await self._resubscribe(session)
             if connect_scope.cancelled_caught:
                 raise TimeoutError
             if source == "probed" and self.eras is not None and version is not None:
@@ -378,22 +391,49 @@ class Upstream:
         backoff = Backoff(initial=1.0, cap=60.0)
         while True:
             since = anyio.current_time()
+            if not kinds and not self.subscriptions:  # only resource updates to listen for, and none wanted yet
+                opened.set()
+                await self._relisten.wait()
+            self._relisten = anyio.Event()
+            self._listening = (frozenset(), frozenset())
+            uris = sorted(self.subscriptions) if _can_subscribe(session) else []
             try:
-                async with listen(
-                    session,
-                    tools_list_changed=_TOOLS in kinds,
-                    prompts_list_changed=_PROMPTS in kinds,
-                    resources_list_changed=_RESOURCES in kinds,
-                ) as subscription:
-                    self._set_listen("active")
-                    if opened.is_set():
-                        for kind in kinds:
-                            self._signal(kind)
-                    opened.set()
-                    async for event in subscription:
-                        changed = _EVENT_KINDS.get(type(event))
-                        if changed is not None:
-                            self._signal(changed)
+                with anyio.CancelScope() as again:
+                    async with (
+                        listen(
+                            session,
+                            tools_list_changed=_TOOLS in kinds,
+                            prompts_list_changed=_PROMPTS in kinds,
+                            resources_list_changed=_RESOURCES in kinds,
+                            resource_subscriptions=uris,
+                        ) as subscription,
+                        anyio.create_task_group() as watch,
+                    ):
+
+                        async def reopen_on_change() -> None:
+                            await self._relisten.wait()
+                            again.cancel()
+
+                        watch.start_soon(reopen_on_change)
+                        honored = subscription.honored.resource_subscriptions or ()
+                        self._listening = (frozenset(uris), frozenset(honored))
+                        self._listened.set()
+                        self._listened = anyio.Event()
+                        if kinds:  # (a stream for resource updates alone says nothing of the lists: TTLs apply)
+                            self._set_listen("active")
+                        if opened.is_set():
+                            for kind in kinds:
+                                self._signal(kind)
+                        opened.set()
+                        async for event in subscription:
+                            if isinstance(event, ResourceUpdated):
+                                self._updated(event.uri)
+                            changed = _EVENT_KINDS.get(type(event))
+                            if changed is not None:
+                                self._signal(changed)
+                        watch.cancel_scope.cancel()
+                if again.cancelled_caught:
+                    continue  # the subscriptions changed: open it again with them at once
                 reason = "ended by the server"
             except SubscriptionLost as exc:
                 reason = str(exc)
@@ -520,6 +560,75 @@ class Upstream:
             self._signal(_PROMPTS)
         elif isinstance(root, types.ResourceListChangedNotification):
             self._signal(_RESOURCES)
+        elif isinstance(root, types.ResourceUpdatedNotification):
+            self._updated(root.params.uri)
+
+    def _updated(self, uri: str) -> None:
+        """A resource this server was subscribed to changed (one it was not subscribed to is ignored)."""
+        if uri in self.subscriptions and self._on_update is not None:
+            self._on_update(self.name, uri)
+
+    async def subscribe(self, uri: str) -> None:
+        """Subscribe to updates of a resource (the URI as this server knows it), now and on every reconnection;
+        :class:`UpstreamError` when the server offers no subscriptions."""
+        session = await self._wait_session()
+        if not _can_subscribe(session):
+            raise UpstreamError(self.name, "the server does not offer resource subscriptions")
+        new = uri not in self.subscriptions
+        self.subscriptions.add(uri)
+        if is_modern(session.protocol_version):
+            if new:
+                self._relisten.set()
+            await self._acknowledged(uri)
+            return
+        request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+        try:
+            await send_raw(session, request, request_read_timeout_seconds=self.timeouts.call)
+        except BaseException:
+            if new:
+                self.subscriptions.discard(uri)
+            raise
+
+    async def _acknowledged(self, uri: str) -> None:
+        """2026-07-28: wait (at most ``timeouts.connect``) for a listen stream with ``uri`` to be acknowledged;
+        :class:`UpstreamError` when the server did not honour it. A stream still reconnecting keeps the
+        subscription, which is asked for again when it opens."""
+        with anyio.move_on_after(self.timeouts.connect):
+            while uri not in self._listening[0]:
+                await self._listened.wait()
+            if uri not in self._listening[1]:
+                self.subscriptions.discard(uri)
+                self._relisten.set()
+                raise UpstreamError(self.name, "the server did not honour the subscription")
+            return
+        log.info("upstream.subscription_pending", server=self.name)
+
+    async def unsubscribe(self, uri: str) -> None:
+        """No more updates of this resource (best effort: a server that fails it only sends updates nobody wants,
+        which are dropped)."""
+        if uri not in self.subscriptions:
+            return
+        self.subscriptions.discard(uri)
+        session = self._session
+        if session is None:
+            return
+        if is_modern(session.protocol_version):
+            self._relisten.set()
+            return
+        request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
+        try:
+            await send_raw(session, request, request_read_timeout_seconds=self.timeouts.connect)
+        except (MCPError, OSError, TimeoutError) as exc:
+            log.info("upstream.unsubscribe_failed", server=self.name, error=describe_error(exc))
+
+    async def _resubscribe(self, session: ClientSession) -> None:
+        """A handshake-era session (a new connection): the subscriptions the bridge holds, sent again."""
+        for uri in sorted(self.subscriptions):
+            request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+            try:
+                await send_raw(session, request, request_read_timeout_seconds=self.timeouts.connect)
+            except (MCPError, OSError, TimeoutError) as exc:
+                log.warning("upstream.resubscribe_failed", server=self.name, uri=uri, error=describe_error(exc))
 
     def _signal(self, kind: str) -> None:
         self._pending.add(kind)
@@ -560,7 +669,15 @@ class Upstream:
         cursor: str | None = None
         for _ in range(_MAX_PAGES):
             params = {"cursor": cursor} if cursor else None
-            raw = await send_raw(session, request_type.model_validate({"method": method, "params": params}))
+            try:
+                raw = await send_raw(session, request_type.model_validate({"method": method, "params": params}))
+            except MCPError as exc:
+                if exc.error.code != types.METHOD_NOT_FOUND:
+                    raise
+                # A capability declared without all of its lists (resources without templates is common): the
+                # list is empty, the server is not down.
+                log.info("upstream.list_not_served", server=self.name, method=method)
+                return items
             items.extend(x for x in raw.get(key) or [] if isinstance(x, dict))
             if isinstance(ttl := raw.get("ttlMs"), int | float) and not isinstance(ttl, bool):
                 ttls.append(float(ttl))
@@ -850,3 +967,9 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, UpstreamError | BridgeError):
         return clean(str(exc))
     return describe_error(exc)
+
+
+def _can_subscribe(session: ClientSession) -> bool:
+    """Whether the server offers resource subscriptions (``resources.subscribe``; at 2026-07-28, on listen)."""
+    caps = session.server_capabilities
+    return bool(caps and caps.resources and caps.resources.subscribe)
