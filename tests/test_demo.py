@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,11 @@ def test_demo_runs_the_whole_flow_and_exits_0(tmp_path: Path) -> None:
     )
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
-    # The transcript, in order: allowlist, IDE connection (the OAuth login), status, tools, calls, denial, search mode,
-    # audit.
+    # The transcript, in order: allowlist, IDE connection (the OAuth login), status, tools, calls, confirmation,
+    # denials, search mode, audit.
     sections = ["1. The allowlist", "2. The IDE connects", "3. Connections", "4. The merged tool list", "5. Calls"]
-    sections += ["6. A call the allowlist does not allow", "7. Search mode", "8. Audit events Port received"]
+    sections += ["6. A destructive call, confirmed", "7. What the allowlist does not allow", "8. Search mode"]
+    sections += ["9. Audit events Port received"]
     positions = [out.index(s) for s in sections]
     assert positions == sorted(positions)
     assert "1 authorization in the demo's headless browser" in out
@@ -50,14 +52,22 @@ def test_demo_runs_the_whole_flow_and_exits_0(tmp_path: Path) -> None:
         assert name in out
     assert "← open: hello from the IDE" in out and '(structured: {"sum": 5})' in out
     assert "progress 3/3" in out
+    confirm = out[out.index("6. A destructive call") : out.index("7. What the allowlist")]
+    assert confirm.count("? Run tool 'echo' on server 'keyed'?") == 2  # the headless IDE was asked, twice
+    assert "(the user clicks accept)" in confirm and "← keyed: rename the release" in confirm
+    assert "(the user clicks decline)" in confirm
+    assert "✗ denied: 'keyed__echo' is not allowed: the user declined" in confirm
     assert "✗ denied: 'open__delete_everything' is not allowed" in out
-    search = out[out.index("7. Search mode") : out.index("8. Audit events")]
+    assert "← item 7 of open" in out and "✗ denied: 'mem://open/readme' is not allowed" in out
+    search = out[out.index("8. Search mode") : out.index("9. Audit events")]
     assert "tools/list (2026-07-28): find_tools, call_tool" in search and "← open__add" in search
     assert '← {"sum": 42}' in search
-    audit = out[out.index("8. Audit events") :]
+    audit = out[out.index("9. Audit events") :]
     for title in ["open__echo", "open__add", "open__slow", "keyed__meta", "oauth__echo"]:
         assert f"{title} " in audit
-    assert "open__delete_everything  Denied" in audit
+    assert re.search(r"open__delete_everything +call +Denied", audit)
+    assert re.search(r"open__mem://open/readme +resource_read +Denied", audit)
+    assert re.search(r"keyed__echo +call +Completed", audit) and re.search(r"keyed__echo +call +Denied", audit)
     assert "✗" not in audit and "Every step worked" in out
     # Progress went to stderr, never a log line or a traceback; the temporary directory is gone.
     assert "demo: starting the local backends" in err and "Traceback" not in err

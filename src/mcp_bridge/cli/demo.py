@@ -4,7 +4,8 @@ It starts the local backends (``mcp_bridge.sandbox``: three MCP servers, with no
 and a Port stand-in that holds the allowlist and receives the audit), then runs the real bridge as a subprocess,
 speaks MCP to it over stdio the way an IDE does, and prints what happens: the allowlist Port gave, the connections
 (the OAuth login done by a headless browser against an authorization server that approves at once), the merged
-tool list, a few calls, one denied call, and the audit events Port received. Progress goes to stderr, the transcript
+tool list, a few calls, a destructive call the user confirms (and one declined), a denied call and a denied resource
+read, search mode, and the audit events Port received. Progress goes to stderr, the transcript
 to stdout. Everything lives in a temporary directory that is removed at the end (kept, and named, when a step fails).
 
 ``mcp-bridge demo --serve`` keeps the same backends up and serves the bridge on stdio in this process, so that an IDE
@@ -142,15 +143,38 @@ async def _session(t: Transcript, backends: DemoBackends, config: Path, home: Pa
         args=["-m", "mcp_bridge", "serve", "--config", str(config), "--log-level", "info"],
         env=dict(os.environ),
     )
+    user = _User(t)
     with bridge_log.open("w", encoding="utf-8") as errlog:
         ide = Implementation(name=CLIENT_NAME, version="1.0")
-        async with Client(stdio_client(params, errlog=errlog), mode="legacy", client_info=ide) as client:
-            await _ide(t, client, config, backends)
+        transport = stdio_client(params, errlog=errlog)
+        async with Client(transport, mode="legacy", client_info=ide, elicitation_callback=user.answer) as client:
+            await _ide(t, client, config, backends, user)
         await _search_mode(t, work, errlog)
     await _audit(t, backends)
 
 
-async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends) -> None:
+@dataclass
+class _User:
+    """The person at the demo's IDE: answers the bridge's questions (elicitation) with the next of :attr:`answers`,
+    showing the question and the answer."""
+
+    t: Transcript
+    answers: list[str] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
+
+    async def answer(self, context: Any, params: Any) -> Any:
+        from mcp_types import ElicitResult
+
+        message = str(getattr(params, "message", ""))
+        self.asked.append(message)
+        action = self.answers.pop(0) if self.answers else "cancel"
+        for line in message.splitlines():
+            self.t.out(f"      ? {line}")
+        self.t.out(f"      (the user clicks {action})")
+        return ElicitResult(action=action)  # type: ignore[arg-type]
+
+
+async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends, user: _User) -> None:
     info = client.server_info
     t.section("2. The IDE connects (initialize, then tools/list)")
     if info is not None:
@@ -194,9 +218,23 @@ async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends)
     await _call(t, client, "keyed__meta", {}, "with meta")
     await _call(t, client, "oauth__echo", {"text": "signed in through OAuth"}, "oauth: signed in through OAuth")
 
-    t.section("6. A call the allowlist does not allow")
+    t.section("6. A destructive call, confirmed by the user first")
+    t.out("  Port says `confirm: destructive` for `keyed`: a tool that may destroy (its `echo` declares no")
+    t.out("  annotations, so by the spec's defaults it may) is asked about in the IDE before it runs. Accepted:")
+    user.answers[:] = ["accept"]
+    await _call(t, client, "keyed__echo", {"text": "rename the release"}, "keyed: rename the release")
+    t.check(len(user.asked) == 1, f"the IDE was asked {len(user.asked)} times, expected once")
+    t.out("  Declined: the call does not run, and the audit says the user declined.")
+    user.answers[:] = ["decline"]
+    await _call(t, client, "keyed__echo", {"text": "delete the release"}, None)
+    t.check(len(user.asked) == 2, "the IDE was not asked before the second call")
+
+    t.section("7. What the allowlist does not allow")
     t.out("  `delete_everything` is offered by the server `open`, but Port does not allow it:")
     await _call(t, client, "open__delete_everything", {}, None)
+    t.out("  Resources are governed too: Port allows `open`'s items (`mem://open/items/*`), not its readme:")
+    await _read(t, client, "mem://open/items/7", "item 7 of open")
+    await _read(t, client, "mem://open/readme", None)
     t.progress("closing the IDE session (the bridge ships its audit events before it exits)")
 
 
@@ -208,7 +246,7 @@ async def _search_mode(t: Transcript, work: Path, errlog: Any) -> None:
     from mcp_types import Implementation
 
     searching = work / SEARCH_CONFIG
-    t.section("7. Search mode: for catalogs larger than the IDE takes")
+    t.section("8. Search mode: for catalogs larger than the IDE takes")
     t.out("  With more tools than the IDE takes (Cursor about 40, VS Code 128), the bridge lists two tools of its")
     t.out("  own instead; here forced with `catalog: {mode: search}`. The IDE starts another bridge:")
     params = StdioServerParameters(
@@ -271,28 +309,49 @@ async def _call(
         t.check(len(seen) > 0, f"{name} sent no progress")
 
 
+async def _read(t: Transcript, client: Any, uri: str, expect: str | None) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    t.out(f"  → resources/read {uri}")
+    try:
+        result = await client.read_resource(uri)
+    except MCPError as exc:
+        t.out(f"  ✗ denied: {exc.error.message}")
+        t.check(expect is None, f"reading {uri} failed: {exc.error.message}")
+        return
+    text = " ".join(getattr(c, "text", "") for c in result.contents)
+    t.out(f"  ← {text}")
+    t.check(expect is not None and expect in text, f"reading {uri} answered {text!r}, expected a denial")
+
+
 async def _audit(t: Transcript, backends: DemoBackends) -> None:
-    t.section(f"8. Audit events Port received (blueprint {AUDIT_BLUEPRINT})")
+    t.section(f"9. Audit events Port received (blueprint {AUDIT_BLUEPRINT})")
     calls = ["open__echo", "open__add", "open__slow", "keyed__meta", "oauth__echo", "open__delete_everything"]
+    calls.append("keyed__echo")
     deadline = time.monotonic() + 15
     while True:
         events = backends.audit_events()
         titles = [e.get("title") for e in events]
-        if all(c in titles for c in calls) or time.monotonic() > deadline:
+        read = [e for e in events if e["properties"].get("tool_name") == "mem://open/readme"]
+        if (all(c in titles for c in calls) and read) or time.monotonic() > deadline:
             break
         await anyio.sleep(0.2)
-    rows = [["TITLE", "STATUS", "DURATION", "CLIENT", "ARGUMENTS (redacted)"]]
+    rows = [["TITLE", "KIND", "STATUS", "DURATION", "CLIENT", "ARGUMENTS (redacted)"]]
     for e in sorted(events, key=lambda e: e["properties"].get("asked_at") or ""):
         p = e["properties"]
         duration = f"{max(0.0, p['duration_ms']):.0f} ms" if isinstance(p.get("duration_ms"), int | float) else ""
         arguments = json.dumps(p.get("arguments")) if p.get("arguments") is not None else ""
-        rows.append([str(e.get("title")), str(p.get("status")), duration, str(p.get("client") or ""), arguments[:40]])
+        kind, client = str(p.get("event_type") or ""), str(p.get("client") or "")
+        rows.append([str(e.get("title")), kind, str(p.get("status")), duration, client, arguments[:40]])
     for line in table(rows):
         t.out(line)
     missing = [c for c in calls if c not in titles]
     t.check(not missing, f"no audit event arrived for {', '.join(missing)}")
     denied = [e for e in events if e.get("title") == "open__delete_everything"]
     t.check(bool(denied) and denied[0]["properties"].get("status") == "Denied", "the denied call is not audited")
+    t.check(bool(read) and read[0]["properties"].get("status") == "Denied", "the denied read is not audited")
+    confirmed = sorted(p["properties"].get("status") for p in events if p.get("title") == "keyed__echo")
+    t.check(confirmed == ["Completed", "Denied"], f"the confirmed calls are audited as {confirmed}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from mcp_bridge.sandbox.browser import BROWSER
@@ -29,6 +29,8 @@ class DemoServer:
     allowed_tools: list[str]
     description: str
     http: LoopbackServer
+    rules: dict[str, Any] = field(default_factory=dict)
+    """The entity's other governance properties (``allowed_prompts``, ``allowed_resources``, ``confirm``)."""
 
     @property
     def url(self) -> str:
@@ -42,8 +44,9 @@ class DemoBackends:
     * ``keyed``: the same tools behind ``Authorization: Bearer <a random key>``;
     * ``oauth``: the same tools behind OAuth 2.1, with its authorization server on the same port (dynamic client
       registration, PKCE, refresh tokens; it approves every authorization request at once);
-    * a :class:`PortStandIn` holding one ``_mcp_server`` entity per server (which tools are allowed) and receiving
-      the audit events (blueprint ``mcp_tool_invocation``).
+    * a :class:`PortStandIn` holding one ``_mcp_server`` entity per server (which tools, prompts and resources are
+      allowed; ``keyed`` asks the user before a destructive call) and receiving the audit events (blueprint
+      ``mcp_tool_invocation``).
 
     The Port client secret and the API key are fresh random values, handed to the bridge in the environment
     (:meth:`env`), never written into the config.
@@ -64,13 +67,15 @@ class DemoBackends:
         try:
             self.port.start()
             self._progress(f"Port stand-in listening on {self.port.base_url}")
-            specs: list[tuple[str, str, list[str], str, Callable[[int], Any]]] = [
+            specs: list[tuple[str, str, list[str], str, Callable[[int], Any], dict[str, Any]]] = [
                 (
                     "open",
                     "none",
                     ["echo", "add", "slow"],
                     "Everyday helpers; no login needed.",
                     lambda _: build_app("open"),
+                    # its items may be read, its readme may not; its greet prompt is allowed
+                    {"allowed_prompts": ["greet"], "allowed_resources": ["mem://open/items/*"]},
                 ),
                 (
                     "keyed",
@@ -78,6 +83,7 @@ class DemoBackends:
                     ["echo", "meta"],
                     "A service behind an API key.",
                     lambda _: build_app("keyed", api_key=self.api_key),
+                    {"confirm": "destructive"},  # echo has no annotations, so it counts as destructive
                 ),
                 (
                     "oauth",
@@ -85,16 +91,23 @@ class DemoBackends:
                     ["echo", "add"],
                     "A service behind OAuth 2.1 (single sign-on).",
                     lambda port: build_oauth_app(build_server("oauth"), issuer_url=f"http://127.0.0.1:{port}"),
+                    {},
                 ),
             ]
-            for name, auth, allowed, description, app_for_port in specs:
+            for name, auth, allowed, description, app_for_port, rules in specs:
                 http = LoopbackServer(app_for_port, name=f"demo-{name}").start()
-                server = DemoServer(name, auth, allowed, description, http)
+                server = DemoServer(name, auth, allowed, description, http, rules)
                 self.servers.append(server)
                 self.port.upsert_entity(
                     MCP_SERVER_BLUEPRINT,
                     mcp_server_entity(
-                        name, server.url, allowed, title=f"Demo: {name}", description=description, auth_type=auth
+                        name,
+                        server.url,
+                        allowed,
+                        title=f"Demo: {name}",
+                        description=description,
+                        auth_type=auth,
+                        **rules,
                     ),
                 )
                 self._progress(f"MCP server {name!r} ({_AUTH_WORDS[auth]}) listening on {server.url}")
