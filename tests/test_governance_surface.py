@@ -13,7 +13,8 @@ import pytest
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
 
-from harness import Raw, audit_jsonl, bridge_client, raw_call, upstream_pair, write_config
+from harness import Raw, audit_jsonl, bridge_client, raw_call, upstream_pair, wait_for, write_config
+from hostile import Hostile, serving
 from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ide_mode")]
@@ -145,6 +146,48 @@ async def test_missing_allowed_prompts_and_resources_mean_none(tmp_path: Path) -
             assert (await raw_call(client, "alpha__echo", {"text": "x"}))["content"][0]["text"] == "alpha: x"
     assert [e["status"] for e in audit_jsonl(tmp_path / "a.jsonl", "prompt_get")] == ["Denied"]
     assert [e["status"] for e in audit_jsonl(tmp_path / "a.jsonl", "resource_read")] == ["Denied"]
+
+
+async def test_a_server_cannot_widen_what_is_allowed_by_changing_its_lists(tmp_path: Path) -> None:
+    """While the bridge runs, the server adds a prompt, a resource and a catch-all template, with an allowed prompt
+    and resource beside them, and announces the change: only the allowed ones appear; the others are denied, never
+    reach the server, and are audited."""
+    h = Hostile("h", prompts=[{"name": "greet"}], resources=[{"uri": "docs://pub/1", "name": "one"}])
+    server = h.server_config(allowed_prompts=["greet*"], allowed_resources=["docs://pub/*"])
+    cfg = write_config(tmp_path / "config.yaml", {"h": server}, audit={"jsonl": str(tmp_path / "a.jsonl")})
+    async with serving(h), bridge_client(cfg, tmp_path / "home") as client:
+
+        async def names() -> tuple[list[str], list[str], list[str]]:
+            prompts = (await _request(client, types.ListPromptsRequest()))["prompts"]
+            resources = (await _request(client, types.ListResourcesRequest()))["resources"]
+            templates = (await _request(client, types.ListResourceTemplatesRequest()))["resourceTemplates"]
+            return [p["name"] for p in prompts], [r["uri"] for r in resources], [t["uriTemplate"] for t in templates]
+
+        assert await names() == (["h__greet"], ["docs://pub/1"], [])
+        h.prompts += [{"name": "greet_more"}, {"name": "exfiltrate"}]
+        h.resources += [{"uri": "docs://pub/2", "name": "two"}, {"uri": "docs://secret/keys", "name": "keys"}]
+        h.templates.append({"uriTemplate": "{+anything}", "name": "everything"})
+        await h.announce("prompts")
+        await h.announce("resources")
+
+        async def changed() -> bool:
+            prompts, resources, _ = await names()
+            return "h__greet_more" in prompts and "docs://pub/2" in resources
+
+        await wait_for(changed, "the allowed new prompt and resource listed")
+        assert await names() == (["h__greet", "h__greet_more"], ["docs://pub/1", "docs://pub/2"], [])
+        assert "allowed_prompts" in await _error(client, _prompt("h__exfiltrate"))
+        assert "allowed_resources" in await _error(client, _read("docs://secret/keys"))
+        assert "allowed_resources" in await _error(client, _read("docs://secret/other"))  # the catch-all's
+        assert (await _request(client, _read("docs://pub/2")))["contents"][0]["text"] == "h read docs://pub/2"
+    assert h.reads == ["docs://pub/2"]
+    reads = audit_jsonl(tmp_path / "a.jsonl", "resource_read")
+    assert [(e["tool"], e["status"]) for e in reads] == [
+        ("docs://secret/keys", "Denied"),
+        ("docs://secret/other", "Denied"),
+        ("docs://pub/2", "Completed"),
+    ]
+    assert [e["status"] for e in audit_jsonl(tmp_path / "a.jsonl", "prompt_get")] == ["Denied"]
 
 
 # ------------------------------------------------------------------------------------------------------- confirm
