@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated
 
-from harness import Notifications, audit_jsonl, bridge_client, is_modern, raw_call, wait_for, write_config
+from harness import Notifications, bridge_client, is_modern, raw_call, wait_for, write_config
 from hostile import serving
+from port_double import AUDIT_BLUEPRINT, PortDouble, mcp_server_entity
 from watched import Watched
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ide_mode")]
@@ -23,14 +25,23 @@ pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ide_mode")]
 A, B, PRIVATE = "doc://watched/a", "doc://watched/b", "doc://watched/private"
 
 
-def config(tmp_path: Path, up: Watched, upstream: str) -> Path:
-    entry = {
-        "url": up.url,
-        "allowed_tools": ["*"],
-        "allowed_resources": ["doc://watched/a", "doc://watched/b"],
-        "protocol": upstream,
-    }
-    return write_config(tmp_path / "config.yaml", {up.name: entry}, audit={"jsonl": str(tmp_path / "audit.jsonl")})
+SECRET = "subscriptions-secret"
+
+
+@pytest.fixture
+def double() -> Iterator[PortDouble]:
+    with PortDouble() as d:
+        d.add_client("dev", SECRET)
+        yield d
+
+
+def config(tmp_path: Path, up: Watched, upstream: str, double: PortDouble) -> Path:
+    """The server approved in Port (the double) with a and b allowed; the era to speak to it, local."""
+    allowed = ["doc://watched/a", "doc://watched/b"]
+    entity = mcp_server_entity(up.name, up.url, ["*"], auth_type="none", allowed_resources=allowed)
+    double.upsert_entity("_mcp_server", entity)
+    port = {"base_url": double.base_url, "client_id": "dev", "client_secret": SECRET}
+    return write_config(tmp_path / "config.yaml", {up.name: {"protocol": upstream}}, port=port)
 
 
 def updates(notes: Notifications) -> list[str]:
@@ -51,10 +62,12 @@ def subscribed_upstream(up: Watched, upstream: str) -> set[str]:
 
 @pytest.mark.parametrize("upstream", ["legacy", "2026-07-28"])
 @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
-async def test_subscriptions_cross_in_the_ide_era_and_only_for_allowed_resources(tmp_path: Path, upstream: str) -> None:
+async def test_subscriptions_cross_in_the_ide_era_and_only_for_allowed_resources(
+    tmp_path: Path, upstream: str, double: PortDouble
+) -> None:
     up = Watched()
     notes = Notifications()
-    cfg = config(tmp_path, up, upstream)
+    cfg = config(tmp_path, up, upstream, double)
     async with serving(up), bridge_client(cfg, tmp_path / "home", notifications=notes) as ide:
         if is_modern(ide):
             await _modern_ide(ide, up, upstream)
@@ -62,7 +75,8 @@ async def test_subscriptions_cross_in_the_ide_era_and_only_for_allowed_resources
             await _handshake_ide(ide, up, upstream, notes)
         versions = dict(up.versions)
     assert versions[A] >= 2
-    events = audit_jsonl(tmp_path / "audit.jsonl", "resource_subscribe")
+    found = [e["properties"] for e in double.entities(AUDIT_BLUEPRINT).values()]  # what Port received
+    events = [p for p in found if p.get("event_type") == "resource_subscribe"]
     outcome = {(e["exposed_name"], e["status"]) for e in events}
     assert (A, "Completed") in outcome and (PRIVATE, "Denied") in outcome, events
     denied = next(e for e in events if e["status"] == "Denied")
