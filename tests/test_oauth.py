@@ -385,3 +385,44 @@ def test_the_error_page_and_the_terminal_show_the_servers_error_escaped(tmp_path
     assert login.returncode == 1  # the login was refused, at once (not after the login timeout)
     assert "the login was refused: <script>alert(1)</script>\\x1b[31m\\x1b]0;pwned\\x07 & more" in login.stderr
     assert "\x1b" not in login.stderr + login.stdout and "\x07" not in login.stderr + login.stdout
+
+
+def test_connect_connections_and_disconnect_for_the_user(tmp_path: Path) -> None:
+    """``connections`` shows a server that needs a login as such, with the command that connects it; ``connect``
+    (``login`` by its clearer name) connects it; its row then has the token's expiry and the tools enabled of
+    allowed of offered, which the user's ``tools disable`` narrows; ``disconnect`` (``logout``) undoes it."""
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        s = Setup(tmp_path, upstream)
+        before = s.run("connections")
+        (waiting,) = json.loads(s.run("connections", "--json").stdout)
+        assert s.run("connect", "secure").returncode == 0
+        (connected,) = json.loads(s.run("connections", "--json").stdout)
+        disabled = s.run("tools", "disable", "secure__echo")
+        (narrowed,) = json.loads(s.run("connections", "--json").stdout)
+        shown = s.run("connections")
+        assert s.run("disconnect", "secure").returncode == 0
+        (after,) = json.loads(s.run("connections", "--json").stdout)
+    assert before.returncode == 0 and "needs connection" in before.stdout
+    assert "`mcp-bridge connect secure`" in before.stdout
+    assert (waiting["name"], waiting["state"]) == ("secure", "needs_auth")
+    assert connected["state"] == "connected" and connected["token_expires_at"] > time.time()
+    offered = connected["tools_offered"]
+    assert offered >= 5 and connected["tools_enabled"] == connected["tools_allowed"] == offered
+    assert disabled.returncode == 0 and "disabled" in disabled.stdout
+    assert (narrowed["tools_enabled"], narrowed["tools_allowed"]) == (offered - 1, offered)
+    assert f"{offered - 1} of {offered} of {offered}" in shown.stdout and "expires in" in shown.stdout
+    assert after["state"] == "needs_auth"
+    assert s.opens() == 1  # connections never opens a browser; connect did, once
+
+
+def test_a_login_after_status_uses_the_redirect_uri_the_client_was_registered_with(tmp_path: Path) -> None:
+    """``status`` first (it cannot log in, but registers the client), then ``login``: the login's redirect URI is
+    the registered one, so the authorization server accepts it (it answered 400 before)."""
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        s = Setup(tmp_path, upstream)
+        status = s.run("status", "--json")
+        login = s.run("login", "secure")
+        stats = upstream.stats()
+    assert json.loads(status.stdout)["servers"][0]["state"] == "needs_auth"
+    assert login.returncode == 0, login.stderr
+    assert stats["register"] == 1 and stats["authorize"] == 1

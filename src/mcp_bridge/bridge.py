@@ -8,6 +8,7 @@ one server's failure stays with that server.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import threading
 import time
@@ -47,6 +48,7 @@ from mcp_bridge.governance.allowlist import (
 from mcp_bridge.governance.catalog import CACHE_FILE, NEEDS_TASKS, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.governance.confirm import confirmation_request, summary
 from mcp_bridge.governance.listing import CALL_TOOL, FIND_TOOLS, ToolList, call_arguments, find_arguments
+from mcp_bridge.governance.narrowing import Narrowing
 from mcp_bridge.governance.pins import Pins, Verdict
 from mcp_bridge.logs import clean, get_logger
 from mcp_bridge.upstream.era import ERAS_FILE, EraStore
@@ -56,7 +58,7 @@ from mcp_bridge.upstream.supervisor import ProgressFn, Upstream, describe_error,
 log = get_logger(__name__)
 
 _FLUSH_ON_EXIT_SECONDS = 3.0
-_PIN_WATCH_SECONDS = 1.0  # how often a running bridge looks for pins approved or reset by `mcp-bridge pins`
+_PIN_WATCH_SECONDS = 0.5  # how often a running bridge looks for `mcp-bridge pins` and `tools disable|enable` changes
 _REBUILD_DELAY_SECONDS = 0.02  # listings arriving within this share one catalog rebuild
 _CACHE_SAVE_DELAY_SECONDS = 1.0  # the disk cache is written at most this often
 _R = TypeVar("_R")
@@ -94,6 +96,8 @@ class Bridge:
         """Per server, when its calls of the last minute started (``rate_limit``)."""
         self.cache = CatalogCache(home / CACHE_FILE)
         self.pins = Pins(home, self.settings.on_tool_change, self._tool_changed)
+        self.narrowing = Narrowing(home)
+        """The tools the user turned off (``mcp-bridge tools disable``), looked at again with the pins."""
         self.pins.defer_writes = True  # written by _watch_pins (and on shutdown)
         self._cached: dict[str, tuple[str, Listing]] = {}
         self.upstreams: dict[str, Upstream] = {}
@@ -231,6 +235,7 @@ class Bridge:
         """Connect new servers, drop removed ones (their tools are denied at once), re-filter the rest."""
         assert self._tg is not None, "apply_allowlist needs a running bridge"
         old = self.catalog.allowlist
+        allowlist = dataclasses.replace(allowlist, user_disabled=self.narrowing.names)
         for concerned, change in changes(old, allowlist):
             log.info("allowlist.change", change=change, source=allowlist.source)
             if self._allowlist_known:  # not the first answer after a start without a cache: that changes nothing
@@ -353,6 +358,9 @@ class Bridge:
             if self.pins.store.changed_on_disk():
                 self.pins.store.reload()
                 self._publish(self._recheck_pins())
+            if self.narrowing.changed():  # `mcp-bridge tools disable|enable` in another process
+                log.info("bridge.user_disabled", tools=sorted(self.narrowing.names))
+                self.apply_allowlist(self.catalog.allowlist)
 
     def _tool_changed(self, verdict: Verdict, summary: str) -> None:
         """A tool's definition no longer matches its pin, or its server lists it with different definitions: log it

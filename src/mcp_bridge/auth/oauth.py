@@ -451,7 +451,12 @@ def build_provider(
 ) -> BridgeOAuthProvider:
     """The provider for one connection attempt, with its :class:`Login`."""
     state: OAuthState = storage.load_state()
-    port = auth.redirect_port or state.redirect_port or free_loopback_port()
+    port = auth.redirect_port or state.redirect_port
+    if port is None:
+        # Kept at once: a client registered now (even by a run that cannot log in, say `status`) is registered with
+        # this redirect URI, and a later `login` must use the same one, or the authorization server refuses it.
+        port = state.redirect_port = free_loopback_port()
+        storage.save_state(state)
     redirect = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
     preregistered = None
     if auth.client_id:

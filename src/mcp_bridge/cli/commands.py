@@ -67,6 +67,9 @@ async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.cli.doctor import listing_checks, render
 
+    if args.action is not None:
+        return await _narrow(args, loaded)
+
     if args.search is not None and not args.search.strip():
         raise UsageError("--search needs words: the job to find a tool for")
     if not 1 <= args.limit <= 50:
@@ -115,6 +118,38 @@ async def tools(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     return code
 
 
+async def _narrow(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """``tools disable|enable NAME``: the user's own narrowing (:mod:`mcp_bridge.governance.narrowing`); running
+    bridges pick it up within a second. It never widens: enabling only undoes a ``disable``."""
+    from mcp_bridge.bridge import load_allowlist
+    from mcp_bridge.governance.narrowing import Narrowing
+
+    if args.json or args.all or args.search is not None:
+        raise UsageError(f"`tools {args.action}` takes only a NAME (no --json, --all or --search)")
+    name = (args.target or "").strip()
+    if not name:
+        raise UsageError(f"`tools {args.action}` needs the tool's exposed NAME, as `mcp-bridge tools` shows it")
+    narrowing = Narrowing(home_dir())
+    if args.action == "enable":
+        if not narrowing.update(enable=name):
+            out(f"{name}: not disabled by you; nothing to enable (the allowlist decides the rest)")
+            return 0
+        out(f"{name}: enabled again; running bridges list it within a second (if the allowlist allows it)")
+        return 0
+    sep = loaded.settings.naming.separator
+    allowlist = await load_allowlist(loaded.settings, home_dir())
+    server = name.split(sep, 1)[0] if sep in name else ""
+    if server not in allowlist.servers and name not in narrowing.names:
+        known = ", ".join(sorted(allowlist.servers)) or "none"
+        raise UsageError(f"{name}: not a tool of a server on your allowlist (servers: {known}); see `mcp-bridge tools`")
+    if not narrowing.update(disable=name):
+        out(f"{name}: already disabled by you")
+        return 0
+    out(f"{name}: disabled; running bridges drop it from the IDE's list within a second")
+    out(f"  (`mcp-bridge tools enable {name}` turns it on again)")
+    return 0
+
+
 def _search(found: list[dict[str, Any]], as_json: bool) -> int:
     """``tools --search``: the ranking ``find_tools`` gives the model, best first."""
     if as_json:
@@ -149,6 +184,94 @@ def _shorten(text: str, width: int = 80) -> str:
     if space > width // 2:
         cut = cut[:space]
     return cut.rstrip(" ,;:") + "…"
+
+
+_STATES = {"needs_auth": "needs connection"}
+
+
+async def connections(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """Each server for the user: its state, the account where known, the token's expiry, and its tools enabled (by
+    the user's narrowing) of allowed of offered."""
+    from mcp_bridge.bridge import Bridge
+
+    bridge = Bridge(loaded, home_dir(), auth_env=no_browser(loaded))
+    async with bridge.running():
+        await settle(bridge, loaded)
+        rows = bridge.status()
+        entries = bridge.catalog.entries()
+        mine = bridge.narrowing.names
+        accounts = {r["server"]: await _account(bridge, r["server"]) for r in rows}
+    listed = []
+    for r in rows:
+        name = r["server"]
+        tools = [e for e in entries if e.server == name]
+        enabled = sum(1 for e in tools if e.denial is None)
+        by_user = sum(1 for e in tools if e.exposed in mine and e.denial is not None and "disabled by you" in e.denial)
+        listed.append(
+            {
+                "name": name,
+                "state": r["state"],
+                "auth": r.get("auth"),
+                "account": accounts.get(name),
+                "token_expires_at": r.get("token_expires_at"),
+                "tools_enabled": enabled,
+                "tools_allowed": enabled + by_user,
+                "tools_offered": len(tools),
+                "last_error": r.get("last_error"),
+            }
+        )
+    if args.json:
+        out_json(listed, indent=2)
+        return 0
+    if not listed:
+        out("no servers approved for you")
+        return 0
+    table = [["SERVER", "STATE", "ACCOUNT", "TOKEN", "TOOLS (enabled of allowed of offered)"]]
+    for c in listed:
+        token = ""
+        if c["token_expires_at"]:
+            left = c["token_expires_at"] - time.time()
+            token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
+        counts = f"{c['tools_enabled']} of {c['tools_allowed']} of {c['tools_offered']}"
+        table.append([c["name"], _STATES.get(c["state"], c["state"]), c["account"] or "", token, counts])
+    print_table(table)
+    waiting = [c["name"] for c in listed if c["state"] == "needs_auth"]
+    for name in waiting:
+        out(f"{name}: `mcp-bridge connect {name}` logs in (a browser opens)")
+    return 0
+
+
+async def _account(bridge: Any, server: str) -> str | None:
+    """Who the server knows the user as, where the stored token says so (a JWT's ``email``, ``preferred_username``
+    or ``sub``; read for display, not verified); ``None`` otherwise."""
+    upstream = bridge.upstreams.get(server)
+    if upstream is None or upstream.auth_env is None or getattr(upstream.config.auth, "type", None) != "oauth":
+        return None
+    try:
+        tokens = await upstream.auth_env.storage(upstream.config.endpoint).get_tokens()
+    except Exception:  # no keyring, unreadable store: nothing to show
+        return None
+    return jwt_subject(tokens.access_token) if tokens is not None else None
+
+
+def jwt_subject(token: str) -> str | None:
+    """The ``email``, ``preferred_username`` or ``sub`` claim of a JWT, unverified; ``None`` for any other token."""
+    import base64
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    for claim in ("email", "preferred_username", "sub"):
+        value = payload.get(claim)
+        if isinstance(value, str) and value:
+            return value[:120]
+    return None
 
 
 async def call(args: argparse.Namespace, loaded: LoadedConfig) -> int:

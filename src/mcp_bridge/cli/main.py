@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from mcp_bridge import __version__
 from mcp_bridge.cli.accounts import login, logout, secret
-from mcp_bridge.cli.commands import call, status, tools
+from mcp_bridge.cli.commands import call, connections, status, tools
 from mcp_bridge.cli.output import err, run
 from mcp_bridge.cli.serve import serve_command
 from mcp_bridge.cli.state import audit, pins
@@ -61,11 +61,19 @@ _DESCRIPTIONS = {
     "status": "Where the allowlist came from, and each approved server's state (connected, connecting, needs_auth, "
     "error) with its tools allowed of offered, token expiry and last error. Exit 1 when something fails.",
     "tools": "The tools as the IDE sees them: merged, namespaced, filtered by the allowlist; and why the list is "
-    "short when a server is down, needs a login or allows nothing. Exit 1 when a server failed.",
+    "short when a server is down, needs a login or allows nothing. Exit 1 when a server failed. "
+    "`tools disable NAME` turns one tool off for you (never on beyond the allowlist), `tools enable NAME` undoes it; "
+    "running bridges follow within a second.",
     "login": "Log in to one OAuth server in the browser and keep its tokens in the OS keyring; running bridges "
     "pick them up within seconds.",
     "logout": "Revoke one server's OAuth tokens (where the server supports revocation) and delete everything "
     "stored for it.",
+    "connect": "Connect one server: log in to it in the browser and keep its tokens in the OS keyring (the same as "
+    "`login`); running bridges pick them up within seconds.",
+    "disconnect": "Disconnect one server: revoke its OAuth tokens where it supports revocation and delete "
+    "everything stored for it (the same as `logout`).",
+    "connections": "Each approved server for you: its state (connected, needs connection, error), the account "
+    "where the token says, the token's expiry, and its tools enabled of allowed of offered.",
     "doctor": "Check the config, the keyring, Port, the audit spool, the allowlist, each server, the tool names "
     "and the tool count; say how to fix each problem. Exit 1 when a check failed.",
     "install": "Add the bridge to Cursor's or Claude Desktop's MCP servers, pointing at the config: one entry, "
@@ -82,6 +90,13 @@ _DESCRIPTIONS = {
     "raw result. Exit 1 when the call failed or its result is an error.",
 }
 
+
+_HELP = {
+    "login": "log in to an OAuth server (opens a browser)",
+    "connect": "connect a server: log in to it (opens a browser); the same as `login`",
+    "logout": "revoke and delete a server's stored OAuth tokens",
+    "disconnect": "disconnect a server: revoke and delete its tokens; the same as `logout`",
+}
 
 _POSITIONAL = frozenset({"target", "name"})
 
@@ -152,10 +167,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--search", metavar="QUERY", help="rank the tools for QUERY as find_tools does in search mode (best first)"
     )
     p.add_argument("--limit", type=int, default=10, help="with --search: how many (default 10)")
-    p = command("login", help="log in to an OAuth server (opens a browser)")
-    p.add_argument("server", help="the server's name (its namespace)")
-    p = command("logout", help="revoke and delete a server's stored OAuth tokens")
-    p.add_argument("server", help="the server's name (its namespace)")
+    p.add_argument("action", nargs="?", choices=["disable", "enable"], help="turn one tool off for you, or on again")
+    p.add_argument("target", nargs="?", metavar="NAME", help="disable/enable: the tool's exposed name")
+    p = command("connections", help="each server: state, account, token expiry, tools enabled")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a list of objects)")
+    for name, alias in (("login", "connect"), ("logout", "disconnect")):
+        p = command(name, help=_HELP[name])
+        p.add_argument("server", help="the server's name (its namespace)")
+        p = command(alias, help=_HELP[alias])
+        p.add_argument("server", help="the server's name (its namespace)")
     command("doctor", help="check the config, keyring, Port, servers and names; say how to fix")
     p = command("install", help="add the bridge to Cursor's or Claude Desktop's MCP servers")
     p.add_argument("--client", required=True, choices=["claude-desktop", "cursor"])
@@ -311,6 +331,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, LoadedConfig], Awaitable[int]
     "call": call,
     "login": login,
     "logout": logout,
+    "connect": login,
+    "disconnect": logout,
+    "connections": connections,
     "audit": audit,
     "pins": pins,
 }

@@ -54,6 +54,8 @@ class Allowlist:
     """Something the user should know about this allowlist (served from cache, or why it is empty)."""
     failed_closed: bool = False
     """No allowlist could be trusted (Port unreachable and no fresh enough cache): nothing is allowed."""
+    user_disabled: frozenset[str] = frozenset()
+    """Exposed names the user turned off with ``mcp-bridge tools disable`` (:mod:`~mcp_bridge.governance.narrowing`)."""
 
     def denial(self, server: str, tool: str, exposed: str, annotations: object = None) -> str | None:
         """Why this tool may not be listed or called, or ``None`` when it may (``annotations``: the tool's, for the
@@ -70,6 +72,8 @@ class Allowlist:
         for pattern in self.disabled_tools:
             if fnmatch.fnmatchcase(exposed, pattern):
                 return f"disabled by `disabled_tools` ({pattern!r})"
+        if exposed in self.user_disabled:
+            return f"disabled by you (`mcp-bridge tools enable {exposed}` turns it on again)"
         return None
 
     def prompt_denial(self, server: str, name: str) -> str | None:
