@@ -12,6 +12,7 @@ import dataclasses
 import json
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -29,10 +30,11 @@ from mcp_bridge.audit.spoolcheck import instructions_note
 from mcp_bridge.audit.trail import AuditTrail, Event, redact
 from mcp_bridge.auth import AuthEnv
 from mcp_bridge.backoff import Backoff
-from mcp_bridge.config import LoadedConfig, ServerConfig, Settings
+from mcp_bridge.config import LoadedConfig, OAuthAuth, ServerConfig, Settings
 from mcp_bridge.era import RESERVED_META, is_modern
 from mcp_bridge.errors import (
     AuditUnavailable,
+    NeedsConnection,
     PolicyDenied,
     UnknownName,
     UpstreamUnavailable,
@@ -75,6 +77,7 @@ class Bridge:
         auth_env: AuthEnv | None = None,
         initial: Allowlist | None = None,
         ide_capabilities: types.ClientCapabilities | None = None,
+        connect_tools: bool = False,
     ) -> None:
         """``initial``: what the source offers at once, when the caller already asked
         (:func:`~mcp_bridge.governance.allowlist.initial_allowlist`, which ``serve`` needs before this module is
@@ -96,6 +99,11 @@ class Bridge:
         """Per server, when its calls of the last minute started (``rate_limit``)."""
         self.cache = CatalogCache(home / CACHE_FILE)
         self.pins = Pins(home, self.settings.on_tool_change, self._tool_changed)
+        self.connect_tools = connect_tools
+        """A server that needs a login is listed as ``<server>__connect`` (``serve``: there is an IDE to sign in
+        from; hand-run commands say to run ``mcp-bridge login`` instead)."""
+        self._login_errors: dict[str, str] = {}
+        """Why the last login from the IDE of a server failed (for the connect tool's answer)."""
         self.narrowing = Narrowing(home)
         """The tools the user turned off (``mcp-bridge tools disable``), looked at again with the pins."""
         self.pins.defer_writes = True  # written by _watch_pins (and on shutdown)
@@ -226,6 +234,21 @@ class Bridge:
 
     def _auth_failed(self, server: str, reason: str) -> None:
         self.audit.note("auth_failure", server=server, status="Failed", error=reason)
+        config = self.catalog.allowlist.servers.get(server)
+        if not self.connect_tools or config is None or not isinstance(config.auth, OAuthAuth):
+            return  # no IDE to sign in from, or nothing a login fixes (an API key that is not set, say)
+        cached = self._cached.get(server)
+        unlocks = None
+        if cached is not None:
+            allowlist = self.catalog.allowlist
+            unlocks = sum(
+                1
+                for t in cached[1].tools
+                if isinstance(t.get("name"), str)
+                and allowlist.denial(server, t["name"], t["name"], t.get("annotations")) is None
+            )
+        about = config.description or config.title or ""
+        self._publish(self.catalog.set_needs(server, about, unlocks))
 
     def refresh_now(self) -> None:
         """Ask the allowlist source again at once (SIGHUP)."""
@@ -297,6 +320,7 @@ class Bridge:
         if server not in self.upstreams or config is None:
             return  # removed while listing
         blocked = self.pins.check(server, config, listing.tools, live=True)
+        self.catalog.set_needs(server, None, None, rebuild=False)  # connected: its own tools again
         self._cached[server] = (self.upstreams[server].config.endpoint, listing)
         self._cache_dirty.set()
         if self._tg is None:
@@ -471,10 +495,19 @@ class Bridge:
             if name in (FIND_TOOLS, CALL_TOOL):
                 return {"content": [{"type": "text", "text": f"{name} is not a tool call_tool calls"}], "isError": True}
             return await self.call_tool(name, inner, meta=meta, progress=progress, inputs=inputs)
+        if exposed.endswith(_CONNECT_SUFFIX) and (server := self._connect_target(exposed)) is not None:
+            return await self.connect(server)
         found: list[ToolEntry] = []
 
         async def admit() -> tuple[str, str]:
-            entry = await self._route_tool(exposed)
+            try:
+                entry = await self._route_tool(exposed)
+            except NeedsConnection as exc:
+                # An IDE that can open a URL is asked to sign in, and the call goes on; otherwise the error names
+                # the server's connect tool.
+                if exc.server is None or not self._can_open_url() or not await self._signed_in(exc.server):
+                    raise
+                entry = await self._route_tool(exposed)
             found.append(entry)
             self._rate_check(entry)
             await self._confirm(entry, arguments)
@@ -496,6 +529,131 @@ class Bridge:
             return await upstream.request(request, progress=progress, call_timeout=limit)
 
         return await self._audited(self.audit.call(exposed, arguments), admit, send)
+
+    # ------------------------------------------------------------------ connecting from the IDE
+
+    def _connect_target(self, exposed: str) -> str | None:
+        """The server whose ``<server>__connect`` this is, when it is one now."""
+        try:
+            entry = self.catalog.route_tool(exposed)
+        except (UnknownName, PolicyDenied):
+            return None
+        return entry.server if entry.connect else None
+
+    def _can_open_url(self) -> bool:
+        """Whether the IDE of this request can be asked to open a URL (URL-mode elicitation)."""
+        probe = types.ElicitRequest(
+            params=types.ElicitRequestURLParams(message="", url="https://example.invalid/", elicitation_id="probe")
+        )
+        return ASKING.get() is not None and Offer.of(self.ide_capabilities, allow_sampling=False).refusal(probe) is None
+
+    async def connect(self, server: str) -> dict[str, Any]:
+        """``<server>__connect``: sign in to the server from the IDE. An IDE with URL-mode elicitation is asked to
+        open the authorization URL, and the answer comes once the login is done ("connected: 9 of 10 tools
+        enabled"); otherwise the system browser opens and the answer carries the URL at once (the tools appear
+        when the login completes, as a list change). One login per server across every bridge (a file lock)."""
+        if not self.catalog.needs(server):
+            allowed, offered = self.catalog.counts(server)
+            return _text_result(f"{server} is connected already: {allowed} of {offered} tools enabled")
+        via_ide = self._can_open_url()
+        outcome = await self._login(server, via_ide=via_ide)
+        if isinstance(outcome, str):  # the browser's URL: the login goes on without the IDE
+            return _text_result(
+                f"A browser page opened to sign in to {server}. If it did not open, visit:\n{outcome}\n"
+                f"Its tools appear here once you have signed in."
+            )
+        if not outcome:
+            error = self.upstreams[server].last_error if server in self.upstreams else None
+            return _text_result(f"not connected: {self._login_errors.pop(server, error) or 'the login failed'}", True)
+        allowed, offered = await self._connected(server)
+        return _text_result(f"connected: {allowed} of {offered} tools enabled")
+
+    async def _signed_in(self, server: str) -> bool:
+        """A call met a server that needs a connection: the IDE is asked to sign in (URL-mode elicitation), and
+        whether the server is connected now."""
+        if await self._login(server, via_ide=True) is not True:
+            return False
+        await self._connected(server)
+        return not self.catalog.needs(server)
+
+    async def _login(self, server: str, *, via_ide: bool) -> bool | str:
+        """Run one browser login for ``server`` beside its supervisor (which waits for new tokens). ``via_ide``:
+        the IDE is asked to open the URL, and this waits for the login (True when it worked); otherwise the system
+        browser opens, the login finishes in the background, and its URL is returned at once."""
+        from mcp_bridge.auth.oauth import LoginPolicy
+
+        assert self._tg is not None, "a running bridge"
+        config = self.catalog.allowlist.servers[server]
+        urls: list[str] = []
+        announced = anyio.Event()
+
+        def announce(_name: str, url: str) -> None:
+            urls.append(url)
+            announced.set()
+
+        timeout = self.settings.timeouts.login
+        policy = LoginPolicy(interactive=True, cooldown=0, timeout=timeout, announce=announce, open_browser=not via_ide)
+        env = AuthEnv(self.home, self.settings.token_store, policy)
+        probe = Upstream(server, config, self.settings.timeouts, lambda *_: None, auth_env=env, eras=self.eras)
+        scope = anyio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await probe.run()
+
+        async def finish() -> bool:
+            with anyio.move_on_after(timeout + self.settings.timeouts.connect):
+                await probe.settled.wait()
+            ok = probe.state == "connected"
+            scope.cancel()
+            self.audit.note("login", server=server, status="Completed" if ok else "Failed", error=probe.last_error)
+            if ok:
+                upstream = self.upstreams.get(server)
+                if upstream is not None:
+                    upstream.credentials_changed()
+            else:
+                self._login_errors[server] = probe.last_error or "the login did not finish"
+            return ok
+
+        self._tg.start_soon(run)
+        await _first_of([probe.settled.wait, announced.wait])
+        if announced.is_set() and not probe.settled.is_set():
+            if not via_ide:
+                self._tg.start_soon(finish)
+                return urls[0]
+            asker = ASKING.get()
+            assert asker is not None, "via_ide needs an IDE to ask"
+            request = types.ElicitRequest(
+                params=types.ElicitRequestURLParams(
+                    message=f"Sign in to {server} to connect it to your IDE.",
+                    url=urls[0],
+                    elicitation_id=f"connect-{server}-{uuid.uuid4().hex[:12]}",
+                )
+            )
+            try:
+                answer = await asker.ask(request)
+            except MCPError as exc:
+                scope.cancel()
+                self._login_errors[server] = f"the IDE could not be asked: {clean(exc.error.message)}"
+                return False
+            action = getattr(answer, "action", None)
+            if action != "accept":
+                scope.cancel()
+                self._login_errors[server] = "the user declined" if action == "decline" else "the user cancelled"
+                self.audit.note("login", server=server, status="Failed", error=self._login_errors[server])
+                return False
+        return await finish()
+
+    async def _connected(self, server: str) -> tuple[int, int]:
+        """After a login: wait (at most ``timeouts.connect``) for the server to connect and list; its tool counts
+        (allowed, offered)."""
+        upstream = self.upstreams.get(server)
+        with anyio.move_on_after(self.settings.timeouts.connect):
+            while upstream is not None and self.catalog.needs(server):
+                upstream.credentials_changed()
+                with anyio.move_on_after(0.5):
+                    await upstream.next_outcome()
+        return self.catalog.counts(server)
 
     async def _audited(
         self,
@@ -649,6 +807,10 @@ class Bridge:
             missing = self._unlisted()
             sep = self.settings.naming.separator
             owner = [u for u in missing if name.startswith(u.name + sep)] if kind != "resource" else []
+            if len(owner) == 1 and self.catalog.needs(owner[0].name):
+                tool = self.catalog.connect_name(owner[0].name)
+                reason = f"server {owner[0].name!r} needs a connection: call `{tool}` to connect it"
+                raise NeedsConnection(name, reason, server=owner[0].name) from None
             if len(owner) == 1:
                 raise owner[0].unavailable() from None
             if missing:
@@ -815,6 +977,16 @@ class Bridge:
             row["tools_by_class"] = by_class
             rows.append(row)
         return rows
+
+
+_CONNECT_SUFFIX = "connect"
+
+
+def _text_result(text: str, error: bool = False) -> dict[str, Any]:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}]}
+    if error:
+        result["isError"] = True
+    return result
 
 
 def _forwarded_key(key: object, modern: bool) -> bool:

@@ -5,6 +5,7 @@ Every error a user can meet is a ``BridgeError``; the CLI maps them to exit code
     BridgeError                 base; exit code 1 unless a subclass says otherwise
     ├── ConfigError             the config file or the environment it names is wrong (exit 2)
     ├── PolicyDenied            the allowlist or the user's ``disabled_tools`` does not allow this name
+    │   └── NeedsConnection     its server needs a connection first (``<server>__connect``)
     ├── UnknownName             no exposed tool, prompt or resource has this name (or, for a resource, several)
     ├── AuditUnavailable        the audit spool cannot record events (damaged, disk full): calls are denied
     └── UpstreamError           something went wrong talking to one remote server (carries ``server``)
@@ -45,6 +46,14 @@ class PolicyDenied(BridgeError):
         self.reason = reason
         self.server = server  # the upstream and its original tool name, when the name routes to one
         self.tool = tool
+
+
+class NeedsConnection(PolicyDenied):
+    """A tool of a server that needs a connection (a login) first: the message names its ``<server>__connect``."""
+
+    def __init__(self, name: str, reason: str, *, server: str | None = None, tool: str | None = None) -> None:
+        super().__init__(name, reason, server=server, tool=tool)
+        self.args = (f"{name!r} is not available yet: {reason}",)
 
 
 class UnknownName(BridgeError):

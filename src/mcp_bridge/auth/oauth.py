@@ -73,6 +73,8 @@ class LoginPolicy:
     """Called with (server, URL) when a browser flow starts: the CLI prints it, ``serve`` logs it."""
     on_waiting: Callable[[float], None] | None = None
     """Called with the seconds the flow may now take, so the caller can extend its own deadline."""
+    open_browser: bool = True
+    """Open the system browser on the authorization URL (not when the IDE opens it: URL-mode elicitation)."""
 
 
 class _BridgeContext(OAuthContext):
@@ -304,8 +306,9 @@ class Login:
             self.policy.announce(self.name, url)
         else:
             self._print_url(url)
-        log.info("oauth.browser_login", server=self.name)
-        threading.Thread(target=_open_browser, args=(self.name, url), name="open-browser", daemon=True).start()
+        log.info("oauth.browser_login", server=self.name, browser=self.policy.open_browser)
+        if self.policy.open_browser:
+            threading.Thread(target=_open_browser, args=(self.name, url), name="open-browser", daemon=True).start()
 
     @staticmethod
     def _print_url(url: str) -> None:

@@ -108,7 +108,12 @@ async def _serve(
 
     auth_env = AuthEnv.for_serve(loaded.settings, home, announce=logged_only if headless_browser else None)
     bridge = Bridge(
-        loaded, home, initial=allowlist, auth_env=auth_env, ide_capabilities=_declared(early.client_capabilities)
+        loaded,
+        home,
+        initial=allowlist,
+        auth_env=auth_env,
+        ide_capabilities=_declared(early.client_capabilities),
+        connect_tools=True,
     )
     bridge.client_name = early.client_name  # known from the first line: the catalog's mode may depend on it
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))

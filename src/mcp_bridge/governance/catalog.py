@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp_bridge.config import NamingConfig
-from mcp_bridge.errors import PolicyDenied, UnknownName
+from mcp_bridge.errors import NeedsConnection, PolicyDenied, UnknownName
 from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.governance.allowlist import Allowlist
 from mcp_bridge.governance.naming import assign_names
@@ -107,11 +107,33 @@ class ToolEntry:
     definitions (``denial`` says which); see :mod:`mcp_bridge.governance.pins` and :func:`by_name`."""
     duplicated: bool = False
     """Blocked because the server lists its name with different definitions (:func:`by_name`)."""
+    connect: bool = False
+    """The bridge's own ``<server>__connect`` tool of a server that needs a connection (:meth:`Catalog.needs`)."""
 
     @property
     def description(self) -> str:
         text = self.definition.get("description") or ""
         return text.strip().splitlines()[0] if text.strip() else ""
+
+
+CONNECT = "connect"
+"""The tool name (after the server's name and the separator) of the bridge's own tool that connects a server."""
+
+
+def connect_tool(name: str, server: str, about: str, unlocks: int | None) -> dict[str, Any]:
+    """The definition of ``<server>__connect``: its title says what it does, its description what the server is for
+    and what connecting unlocks."""
+    what = f"its {unlocks} tool{'s' if unlocks != 1 else ''}" if unlocks else "its tools"
+    text = f"Connect {server}: sign in to it (a browser page opens) to enable {what}."
+    if about:
+        text += f" {server}: {about.strip()}"
+    return {
+        "name": name,
+        "title": f"Connect {server}",
+        "description": text[:1000],
+        "inputSchema": {"type": "object", "properties": {}},
+        "annotations": {"title": f"Connect {server}", "readOnlyHint": False, "openWorldHint": True},
+    }
 
 
 class Catalog:
@@ -137,6 +159,8 @@ class Catalog:
         self._stale = False
         self._unreported: set[str] = set()
         self._version = 0
+        self._needs: dict[str, tuple[str, int | None]] = {}
+        """Servers that need a connection (a login): what they are for, and how many tools connecting unlocks."""
 
     # ------------------------------------------------------------------ updates
 
@@ -176,6 +200,26 @@ class Catalog:
             self._cached.discard(server)
         return self._changed(rebuild)
 
+    def set_needs(self, server: str, about: str | None, unlocks: int | None, *, rebuild: bool = True) -> set[str]:
+        """A server needs a connection (``about``: what it is for; ``unlocks``: how many of its tools connecting
+        enables, when known), or no longer (``about`` None): while it does, its tools are replaced in the list by
+        one tool of the bridge's own, ``<server>__connect``."""
+        need = (about or "", unlocks) if about is not None else None
+        if self._needs.get(server) == need:
+            return set()
+        if need is None:
+            del self._needs[server]
+        else:
+            self._needs[server] = need
+        return self._changed(rebuild)
+
+    def needs(self, server: str) -> bool:
+        """Whether the server needs a connection (see :meth:`set_needs`)."""
+        return server in self._needs
+
+    def connect_name(self, server: str) -> str:
+        return f"{server}{self._naming.separator}{CONNECT}"
+
     def set_blocked(self, server: str, blocked: dict[str, str], *, rebuild: bool = True) -> set[str]:
         """Which of a server's tools fail their pins (re-checked after a pin or allowlist change)."""
         if self._blocked.get(server, {}) == blocked:
@@ -199,6 +243,8 @@ class Catalog:
             del self._listings[server]
             self._cached.discard(server)
             self._blocked.pop(server, None)
+        for server in [s for s in self._needs if s not in allowlist.servers]:
+            del self._needs[server]
         return self._changed(rebuild)
 
     def _changed(self, rebuild: bool) -> set[str]:
@@ -248,6 +294,9 @@ class Catalog:
                     pin = blocked.get(original)
                 if denial is not None:
                     pin = None
+                if denial is None and server in self._needs:
+                    denial = f"server {server!r} needs a connection: call `{self.connect_name(server)}` to connect it"
+                    pin = None
                 tools[exposed] = ToolEntry(
                     exposed=exposed,
                     server=server,
@@ -258,6 +307,11 @@ class Catalog:
                     blocked=pin is not None,
                     duplicated=pin is not None and original in duplicated,
                 )
+        for server, (about, unlocks) in sorted(self._needs.items()):
+            name = self.connect_name(server)
+            tools[name] = ToolEntry(
+                name, server, CONNECT, connect_tool(name, server, about, unlocks), None, False, connect=True
+            )
         self._tools = tools
         self._visible_tools = [e.definition for e in tools.values() if e.denial is None]
 
@@ -312,6 +366,12 @@ class Catalog:
         entry = self._tools.get(exposed)
         if entry is None:
             raise UnknownName("tool", exposed)
+        if entry.connect:
+            return entry
+        if entry.server in self._needs and not self._allowlist.denial(
+            entry.server, entry.original, exposed, entry.definition.get("annotations")
+        ):
+            raise NeedsConnection(exposed, entry.denial or "", server=entry.server, tool=entry.original)
         denial = self._allowlist.denial(entry.server, entry.original, exposed, entry.definition.get("annotations"))
         if denial is None and (entry.blocked or entry.denial == NEEDS_TASKS):  # changed since pinned; needs tasks
             denial = entry.denial
@@ -377,7 +437,7 @@ class Catalog:
     def counts(self, server: str) -> tuple[int, int]:
         """(allowed, offered) tool counts for one server."""
         self._fresh()
-        mine = [e for e in self._tools.values() if e.server == server]
+        mine = [e for e in self._tools.values() if e.server == server and not e.connect]
         return sum(1 for e in mine if e.denial is None), len(mine)
 
 

@@ -782,6 +782,11 @@ class Upstream:
         if self.state == "error":
             self._retry_now.set()
 
+    def credentials_changed(self) -> None:
+        """New tokens were stored (a login from the IDE): a server waiting for a login connects again now."""
+        if self.state in ("needs_auth", "error"):
+            self._retry_now.set()
+
     async def next_outcome(self) -> None:
         """Wait until the connection attempt under way (or the next one) has ended, connected or not."""
         seen = self._attempts_ended
