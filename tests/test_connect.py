@@ -16,7 +16,7 @@ import pytest
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
 
-from harness import Raw, bridge_client, raw_call, tool_names, wait_for, write_config
+from harness import Raw, bridge_client, raw_call, run_cli, tool_names, wait_for, write_config
 from oauth_harness import FAKE_BROWSER, LocalOAuthUpstream, browser_env, browser_opens
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ide_mode")]
@@ -115,3 +115,54 @@ async def test_connect_without_url_elicitation_opens_the_browser_and_returns_the
             await wait_for(connected, "the server's tools in place of its connect tool", timeout=30)
     opens = browser_opens(tmp_path / "browser.jsonl")
     assert len(opens) == 1 and opens[0]["url"] in text
+
+
+async def test_expiry_mid_session_in_three_bridges_opens_one_browser(tmp_path: Path) -> None:
+    """Three IDE windows, each with its bridge, connected; the server then loses every token (a refresh fails too).
+    Each bridge's next call fails naming ``secure__connect``, which replaces the tools; all three call it at once,
+    and one browser opens: the other bridges take the tokens that login stored (a lock), and all three get the
+    tools back without a restart."""
+    from contextlib import AsyncExitStack
+
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        cfg, env = _setup(tmp_path, upstream)
+        login = run_cli(tmp_path / "home", "login", "secure", "--config", str(cfg), env=env)
+        assert login.returncode == 0, login.stderr
+        async with AsyncExitStack() as stack:
+            ides = [
+                await stack.enter_async_context(
+                    bridge_client(cfg, tmp_path / "home", env=env, stderr_path=tmp_path / f"bridge-{i}.log")
+                )
+                for i in range(3)
+            ]
+            for ide in ides:
+                assert "secure__echo" in await tool_names(ide)
+            assert upstream.forget_clients(tokens=True) == 1
+            for ide in ides:
+                with pytest.raises(MCPError) as failed:
+                    await raw_call(ide, "secure__echo", {"text": "x"})
+                assert "secure" in failed.value.error.message
+            for ide in ides:
+
+                async def needs_connection(ide: Any = ide) -> bool:
+                    return await tool_names(ide) == ["secure__connect"]
+
+                await wait_for(needs_connection, "the connect tool in place of the tools", timeout=20)
+            results: list[dict[str, Any]] = []
+
+            async def connect(ide: Any) -> None:
+                results.append(await raw_call(ide, "secure__connect"))
+
+            async with anyio.create_task_group() as tg:
+                for ide in ides:
+                    tg.start_soon(connect, ide)
+            for ide in ides:
+
+                async def back(ide: Any = ide) -> bool:
+                    return "secure__echo" in await tool_names(ide)
+
+                await wait_for(back, "the tools back in every bridge", timeout=30)
+                assert (await raw_call(ide, "secure__echo", {"text": "y"}))["content"][0]["text"] == "secure: y"
+    assert len(results) == 3 and not any(r.get("isError") for r in results), results
+    opens = browser_opens(tmp_path / "browser.jsonl")
+    assert len(opens) == 2, opens  # the first login (the CLI's), and one for the three bridges
