@@ -243,7 +243,7 @@ def test_the_check_finds_a_key_in_the_wrong_place_and_a_wrong_default() -> None:
         "`audience` is documented here, but OAuthAuth has no such key",
         "`timeout` says (default: 30), but PortConfig.timeout defaults to 10",
         "`level` says (default: warning), but LogConfig.level defaults to 'info'",
-        "`kind` is documented here, but NoAuth | ApiKeyAuth | OAuthAuth has no such key",
+        "`kind` is documented here, but NoAuth | ApiKeyAuth | OAuthAuth | PortTokenAuth has no such key",
     ]
     for what in expected:
         assert any(what in p for p in problems), (what, problems)

@@ -142,8 +142,35 @@ async def test_two_credentials_see_different_servers(double: PortDouble, tmp_pat
 
 
 def settings_with(port: dict[str, Any], servers: dict[str, Any] | None = None) -> Settings:
+    """Settings with Port (without Port's own MCP server unless ``port`` says ``native_tools``)."""
+    port = {"native_tools": False, **port}
     text = json.dumps({"port": {"client_id": "x", "client_secret": "y", **port}, "servers": servers or {}})
     return parse_config(text, environ={}).settings
+
+
+def test_ports_own_mcp_server_is_server_port_by_region_and_a_local_entry_overrides_it() -> None:
+    docs = mcp_server_entity("docs", "https://docs.example.com/mcp", ["search"], auth_type="none")
+    eu, _ = map_entities([docs], settings_with({"native_tools": True}))
+    us, _ = map_entities([docs], settings_with({"native_tools": True, "region": "us"}))
+    assert sorted(eu) == ["docs", "port"]
+    port = eu["port"]
+    assert (port.url, port.auth.type, port.allowed_tools) == ("https://mcp.port.io/v1", "oauth", ["*"])
+    assert port.allowed_prompts == port.allowed_resources == ["*"] and port.description
+    assert us["port"].url == "https://mcp.us.port.io/v1"
+    # A stand-in (base_url) has no known MCP endpoint unless given; then port_token signs in with the API token.
+    standin = {"native_tools": True, "base_url": "http://127.0.0.1:9"}
+    assert "port" not in map_entities([docs], settings_with(standin))[0]
+    given, _ = map_entities(
+        [docs], settings_with({**standin, "mcp_url": "http://127.0.0.1:9/mcp", "mcp_auth": "port_token"})
+    )
+    assert (given["port"].url, given["port"].auth.type) == ("http://127.0.0.1:9/mcp", "port_token")
+    local = {"port": {"url": "https://port-mcp.internal.example/v1", "auth": {"type": "api_key", "value": "Bearer t"}}}
+    overridden, _ = map_entities([docs], settings_with({"native_tools": True}, local))
+    assert (overridden["port"].url, overridden["port"].auth.type) == ("https://port-mcp.internal.example/v1", "api_key")
+    # Off, or a server Port itself lists as `port`: no native server (the entity wins).
+    assert "port" not in map_entities([docs], settings_with({}))[0]
+    own = mcp_server_entity("port", "https://p.example.com/mcp", ["x"], auth_type="none")
+    assert map_entities([own], settings_with({"native_tools": True}))[0]["port"].url == "https://p.example.com/mcp"
 
 
 def test_entities_map_to_servers_and_bad_ones_are_skipped() -> None:

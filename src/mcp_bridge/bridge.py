@@ -140,6 +140,8 @@ class Bridge:
             async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
                 self._tg = tg
                 port_client = await self._open_port(stack)
+                if port_client is not None and self.auth_env is not None:  # port_token auth (Port's MCP server)
+                    self.auth_env = dataclasses.replace(self.auth_env, port_token=port_client.bearer)
                 self.source = source = self._given_source or self._make_source(port_client)
                 if port_client is not None and self.audit.ships and self.settings.port is not None:
                     blueprint = self.settings.port.audit_blueprint or ""

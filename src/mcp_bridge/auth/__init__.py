@@ -9,14 +9,14 @@ lives in :mod:`mcp_bridge.auth.oauth`, its storage in :mod:`mcp_bridge.auth.stor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx2
 
-from mcp_bridge.config import ApiKeyAuth, NoAuth, OAuthAuth, ServerConfig, Settings
+from mcp_bridge.config import ApiKeyAuth, NoAuth, OAuthAuth, PortTokenAuth, ServerConfig, Settings
 from mcp_bridge.errors import AuthRequired
 
 if TYPE_CHECKING:
@@ -42,6 +42,24 @@ class HeaderAuth(httpx2.Auth):
         return f"HeaderAuth(header={self._header!r}, value=***)"
 
 
+class PortBearer(httpx2.Auth):
+    """The bridge's own Port access token as a bearer token (``port_token``): asked of the Port client for each
+    request (it keeps and renews it), and renewed once when the server answers 401."""
+
+    def __init__(self, token: Callable[[bool], Awaitable[str]]) -> None:
+        self._token = token
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        request.headers["Authorization"] = f"Bearer {await self._token(False)}"
+        response = yield request
+        if response.status_code == 401:
+            request.headers["Authorization"] = f"Bearer {await self._token(True)}"
+            yield request
+
+    def __repr__(self) -> str:
+        return "PortBearer()"
+
+
 @dataclass(frozen=True)
 class AuthEnv:
     """What OAuth needs from the process: where state lives, where secrets go, and how logins may happen."""
@@ -49,6 +67,8 @@ class AuthEnv:
     home: Path
     token_store: str
     policy: LoginPolicy
+    port_token: Callable[[bool], Awaitable[str]] | None = None
+    """The Port client's access token (``renew``: a new one), for ``port_token`` auth; set by a bridge with Port."""
 
     @classmethod
     def for_serve(
@@ -88,6 +108,12 @@ def auth_for(
         return None
     if isinstance(auth, ApiKeyAuth):
         return HeaderAuth(auth.header, auth.value)
+    if isinstance(auth, PortTokenAuth):
+        if env is None or env.port_token is None:
+            raise AuthRequired(
+                name, "its auth is port_token, and there are no Port credentials here (port: in the config)"
+            )
+        return PortBearer(env.port_token)
     if isinstance(auth, OAuthAuth):
         if env is None:
             raise AuthRequired(name, "OAuth is not available here (no token store configured)")

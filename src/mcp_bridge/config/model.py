@@ -93,7 +93,14 @@ class OAuthAuth(_Model):
         return value
 
 
-AuthConfig = Annotated[NoAuth | ApiKeyAuth | OAuthAuth, Field(discriminator="type")]
+class PortTokenAuth(_Model):
+    """The access token of the bridge's own Port credentials (``port.client_id``/``client_secret``), as a bearer
+    token: for Port's MCP server where it accepts it (``port.mcp_auth: port_token``)."""
+
+    type: Literal["port_token"]
+
+
+AuthConfig = Annotated[NoAuth | ApiKeyAuth | OAuthAuth | PortTokenAuth, Field(discriminator="type")]
 
 Protocol = Literal["auto", "legacy", "2026-07-28"]
 """Which protocol era to speak on one side: ``auto`` (find out, and remember per server), ``legacy`` (the handshake
@@ -329,6 +336,10 @@ PORT_PRESETS: dict[str, tuple[str, PortFields, PortApproval]] = {
 }
 
 PORT_REGIONS = {"eu": "https://api.port.io", "us": "https://api.us.port.io"}
+PORT_MCP_REGIONS = {"eu": "https://mcp.port.io/v1", "us": "https://mcp.us.port.io/v1"}
+"""Port's remote MCP server per region, as Port's docs give them."""
+NATIVE_SERVER = "port"
+"""The server name of Port's own MCP server (``port.native_tools``)."""
 
 
 class PortConfig(_Model):
@@ -351,20 +362,40 @@ class PortConfig(_Model):
     audit_blueprint: str | None = "mcp_tool_invocation"
     timeout: float = Field(default=10, gt=0)
     """Seconds for one request to Port."""
+    native_tools: bool = True
+    """Also connect to Port's own MCP server, as server ``port`` (its tools governed like any server's, all allowed by
+    default: Port's RBAC applies on its side)."""
+    mcp_url: str | None = None
+    """Port's MCP server. Default: the documented endpoint of ``region``; none when ``base_url`` points elsewhere (a
+    stand-in: give it here)."""
+    mcp_auth: Literal["oauth", "port_token"] = "oauth"
+    """How the bridge signs in to Port's MCP server: OAuth, as Port documents it (a browser login, like any OAuth
+    server), or ``port_token``: the access token of ``client_id``/``client_secret``, where Port accepts it."""
 
     @model_validator(mode="after")
     def _check_base_url(self) -> PortConfig:
-        if self.base_url is not None:
-            parts = urlsplit(self.base_url)
+        for key, url in (("base_url", self.base_url), ("mcp_url", self.mcp_url)):
+            if url is None:
+                continue
+            parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL")
+                raise ValueError(f"{key} {url!r} is not an http(s) URL")
             if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-                raise ValueError(f"base_url {self.base_url!r}: plain http is allowed only to loopback")
+                raise ValueError(f"{key} {url!r}: plain http is allowed only to loopback")
         return self
 
     @property
     def api_url(self) -> str:
         return (self.base_url or PORT_REGIONS[self.region]).rstrip("/")
+
+    @property
+    def native_url(self) -> str | None:
+        """Where Port's own MCP server is (``None``: native tools off, or no known endpoint)."""
+        if not self.native_tools:
+            return None
+        if self.mcp_url is not None:
+            return self.mcp_url
+        return None if self.base_url is not None else PORT_MCP_REGIONS[self.region]
 
     @property
     def effective_blueprint(self) -> str:

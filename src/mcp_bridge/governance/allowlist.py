@@ -21,12 +21,14 @@ from pydantic import ValidationError
 
 from mcp_bridge import risk
 from mcp_bridge.config import (
+    NATIVE_SERVER,
     SERVER_NAME_RULE,
     ApiKeyAuth,
     AuthConfig,
     NoAuth,
     OAuthAuth,
     PortConfig,
+    PortTokenAuth,
     ServerConfig,
     Settings,
     server_name_ok,
@@ -332,10 +334,45 @@ def map_entities(entities: list[dict[str, Any]], settings: Settings) -> tuple[di
         servers[ident] = server
         if problem:
             problems[ident] = problem
+    native = _native_server(settings, servers)
+    if native is not None:
+        servers[NATIVE_SERVER] = native
     for name in settings.servers:
         if name not in servers:
             log.warning("allowlist.local_entry_ignored", server=name, reason="Port does not list this server for you")
     return servers, problems
+
+
+def _native_server(settings: Settings, servers: Mapping[str, ServerConfig]) -> ServerConfig | None:
+    """Port's own MCP server as server ``port`` (``port.native_tools``): all its tools, prompts and resources allowed
+    (Port's RBAC applies on its side); a local ``servers: port:`` entry may override its URL and auth."""
+    assert settings.port is not None
+    local = settings.servers.get(NATIVE_SERVER)
+    url = (local.url if local is not None else None) or settings.port.native_url
+    if url is None or not settings.port.native_tools:
+        return None
+    if NATIVE_SERVER in servers:
+        log.warning("allowlist.native_tools_skipped", reason="Port lists a server named `port` itself")
+        return None
+    auth: AuthConfig
+    if local is not None and "auth" in local.model_fields_set:
+        auth = local.auth
+    elif settings.port.mcp_auth == "port_token":
+        auth = PortTokenAuth(type="port_token")
+    else:
+        auth = OAuthAuth(type="oauth")
+    return ServerConfig(
+        url=url,
+        allowed_tools=["*"],
+        allowed_prompts=["*"],
+        allowed_resources=["*"],
+        auth=auth,
+        allow_insecure_http=bool(local and local.allow_insecure_http),
+        protocol=local.protocol if local else None,
+        title="Port",
+        description="Port's own tools: your software catalog (blueprints, entities), scorecards and self-service "
+        "actions.",
+    )
 
 
 class _Skip(Exception):

@@ -89,6 +89,12 @@ class PortClient:
             log.debug("port.token_renewed", expires_in=expires_in)
             return token
 
+    async def bearer(self, renew: bool = False) -> str:
+        """The access token, for Port's MCP server (``port_token``): ``renew`` after it was refused."""
+        if not renew:
+            return await self._access_token()
+        return await self._access_token(renew=True, stale=self._token)
+
     # ------------------------------------------------------------------ requests
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:

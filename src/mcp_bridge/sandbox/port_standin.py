@@ -36,8 +36,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_bridge.sandbox.loopback import LoopbackServer
+from mcp_bridge.sandbox.port_mcp import PortMcpState, build_port_mcp
 from mcp_bridge.sandbox.port_query import MISSING, Unsupported
 from mcp_bridge.sandbox.port_routes import Client, PortRoutes, ReceivedEntity
 from mcp_bridge.sandbox.port_shapes import (
@@ -111,7 +113,8 @@ class PortStandIn(PortRoutes):
         self._lock = threading.RLock()
         self._http: LoopbackServer | None = None
         self._stopping = False
-        self._app = Starlette(routes=[Route("/{path:path}", self._dispatch, methods=_ALL_METHODS)])
+        self.mcp = PortMcpState()
+        """What Port's MCP endpoint (``/mcp``, :mod:`~mcp_bridge.sandbox.port_mcp`) was asked to do."""
         self.reset()
 
     def reset(self) -> None:
@@ -149,10 +152,34 @@ class PortStandIn(PortRoutes):
         if self.running:
             return self
         self._stopping = False
-        self._http = LoopbackServer(lambda _port: self._app, port=self.port, name="port-stand-in", lifespan=False)
+        self._http = LoopbackServer(lambda _port: self._make_app(), port=self.port, name="port-stand-in")
         self._http.start(timeout)
         self.port = self._http.port
         return self
+
+    def _make_app(self) -> ASGIApp:
+        """The Port API routes, and Port's MCP endpoint at ``/mcp`` (a new one per start)."""
+        mcp = build_port_mcp(self._mcp_blueprints, self._mcp_entities, self._mcp_token, self.mcp)
+        api = Starlette(routes=[Route("/{path:path}", self._dispatch, methods=_ALL_METHODS)])
+        return _Split(mcp, api)
+
+    def _mcp_blueprints(self) -> list[str]:
+        with self._lock:
+            return sorted(self._blueprints)
+
+    def _mcp_entities(self, blueprint: str, client_id: str | None) -> list[dict[str, Any]] | None:
+        with self._lock:
+            if blueprint not in self._blueprints:
+                return None
+            client = self._clients.get(client_id or "")
+            found = list(self._entities.get(blueprint, {}).values())
+            visible = client.visible if client is not None else None
+            return [copy.deepcopy(e) for e in found if visible is None or visible(e)]
+
+    def _mcp_token(self, token: str | None) -> str | None:
+        with self._lock:
+            owner = self._tokens.get(token) if token else None
+            return owner[0] if owner is not None and owner[1] > self._now() else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop listening ("Port is down"): connections are refused until ``start()``. Delayed answers end early."""
@@ -475,6 +502,18 @@ class PortStandIn(PortRoutes):
 
 
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class _Split:
+    """``/mcp`` to Port's MCP endpoint (which also takes the lifespan: its session manager), the rest to the API."""
+
+    def __init__(self, mcp: ASGIApp, api: ASGIApp) -> None:
+        self.mcp, self.api = mcp, api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        mcp = scope["type"] == "lifespan" or path == "/mcp" or path.startswith("/mcp/")
+        await (self.mcp if mcp else self.api)(scope, receive, send)
 
 
 def _match(method: str, path: str) -> tuple[str | None, str | None]:
