@@ -19,6 +19,7 @@ from harness import raw_call, tool_names
 from mcp_bridge.sandbox.demo_backends import DemoBackends
 
 EXPECTED_TOOLS = {"open__echo", "open__add", "open__slow", "keyed__echo", "keyed__meta", "oauth__echo", "oauth__add"}
+EXPECTED_TOOLS |= {"port__list_blueprints", "port__search_entities", "port__run_action"}  # Port's own tools
 
 
 def demo_env(tmp_path: Path) -> dict[str, str]:
@@ -41,13 +42,18 @@ def test_demo_runs_the_whole_flow_and_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
     # The transcript, in order: allowlist, IDE connection (the OAuth login), status, tools, calls, confirmation,
     # denials, search mode, audit.
-    sections = ["1. The allowlist", "2. The IDE connects", "3. Connections", "4. The merged tool list", "5. Calls"]
+    sections = ["1. The allowlist", "2. The IDE connects", "2b. Connecting `oauth` from the IDE", "3. Connections"]
+    sections += ["4. The merged tool list", "5. Calls"]
     sections += ["6. A destructive call, confirmed", "7. What the allowlist does not allow", "8. Search mode"]
     sections += ["9. Audit events Port received"]
     positions = [out.index(s) for s in sections]
     assert positions == sorted(positions)
     assert "1 authorization in the demo's headless browser" in out
-    assert out.count(" connected ") == 3
+    connecting = out[out.index("2. The IDE connects") : out.index("3. Connections")]
+    assert "oauth__connect: Connect oauth." in connecting  # not connected yet: one tool, its connect tool
+    assert "? Sign in to oauth" in connecting and re.search(r"← connected: 2 of \d+ tools enabled", connecting)
+    assert "port__search_entities" in connecting  # Port's own tools beside the approved servers'
+    assert out[out.index("3. Connections") : out.index("4. The merged")].count(" connected ") == 4
     for name in EXPECTED_TOOLS:
         assert name in out
     assert "← open: hello from the IDE" in out and '(structured: {"sum": 5})' in out

@@ -2,11 +2,12 @@
 
 It starts the local backends (``mcp_bridge.sandbox``: three MCP servers, with no auth, an API key and OAuth,
 and a Port stand-in that holds the allowlist and receives the audit), then runs the real bridge as a subprocess,
-speaks MCP to it over stdio the way an IDE does, and prints what happens: the allowlist Port gave, the connections
-(the OAuth login done by a headless browser against an authorization server that approves at once), the merged
-tool list, a few calls, a destructive call the user confirms (and one declined), a denied call and a denied resource
-read, search mode, and the audit events Port received. Progress goes to stderr, the transcript
-to stdout. Everything lives in a temporary directory that is removed at the end (kept, and named, when a step fails).
+speaks MCP to it over stdio the way an IDE does, and prints what happens: the allowlist Port gave, the
+merged tool list with Port's own tools, `oauth` connected from the IDE (its connect tool, a URL elicitation the
+headless browser answers), the connections, a few calls, a destructive call the user confirms (and one declined), a
+denied call and a denied resource read, search mode, and the audit events Port received. Progress goes to stderr,
+the transcript to stdout. Everything lives in a temporary directory that is removed at the end (kept, and named,
+when a step fails).
 
 ``mcp-bridge demo --serve`` keeps the same backends up and serves the bridge on stdio in this process, so that an IDE
 or the MCP Inspector can run it as its command; the entry to paste is printed on stderr.
@@ -34,8 +35,9 @@ from mcp_bridge.sandbox.port_shapes import AUDIT_BLUEPRINT
 from mcp_bridge.terminal import printable
 
 CLIENT_NAME = "mcp-bridge-demo-ide"
+PORT_TOOLS = ("list_blueprints", "search_entities", "run_action")  # the Port stand-in's MCP endpoint
 SEARCH_CONFIG = "config-search.yaml"  # the demo's config with `catalog: {mode: search}` (step 7)
-SETTLE_SECONDS = 30.0  # how long the demo waits for all three servers' tools (the OAuth login included)
+SETTLE_SECONDS = 30.0  # how long the demo waits for the servers' tools
 
 
 class DemoFailed(BridgeError):
@@ -84,7 +86,8 @@ def run(serve: Callable[[str], int] | None = None) -> int:
         t.progress("starting the local backends (all on 127.0.0.1)")
         with DemoBackends(progress=t.progress) as backends:
             config = work / "config.yaml"
-            config.write_text(yaml.safe_dump(backends.config(str(home)), sort_keys=False), encoding="utf-8")
+            settings = backends.config(str(home), connect_in_ide=serve is None)
+            config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
             searching = {**backends.config(str(home)), "catalog": {"mode": "search"}}  # step 7
             (work / SEARCH_CONFIG).write_text(yaml.safe_dump(searching, sort_keys=False), encoding="utf-8")
             # The bridge (this process's with --serve, subprocesses otherwise) reads its secrets and home from here.
@@ -134,7 +137,8 @@ async def _session(t: Transcript, backends: DemoBackends, config: Path, home: Pa
         rows.append([name, server.auth.type, server.url or "", ", ".join(server.allowed_tools or [])])
     for line in table(rows):
         t.out(line)
-    t.check(len(allowlist.servers) == 3, f"Port listed {len(allowlist.servers)} servers, expected 3")
+    t.out("  (`port` is Port's own MCP server, which the bridge adds with `port:`; port.native_tools)")
+    t.check(len(allowlist.servers) == 4, f"the allowlist has {len(allowlist.servers)} servers, expected 3 and Port's")
 
     t.progress("starting the bridge as an IDE does (mcp-bridge serve over stdio)")
     bridge_log = work / "bridge.log"
@@ -167,6 +171,17 @@ class _User:
 
         message = str(getattr(params, "message", ""))
         self.asked.append(message)
+        url = getattr(params, "url", None)
+        if isinstance(url, str):  # URL mode: the IDE opens the page; here the headless browser signs in
+            from mcp_bridge.sandbox.browser import browse
+
+            self.t.out(f"      ? {message}")
+            self.t.out(f"      (the IDE opens {url.split('?', 1)[0]}?…; the headless browser signs in)")
+            status, outcome, _visited = await anyio.to_thread.run_sync(browse, url, time.monotonic() + 20)
+            if status != 0:
+                self.t.out(f"      ✗ the headless browser failed: {outcome}")
+                return ElicitResult(action="cancel")
+            return ElicitResult(action="accept")
         action = self.answers.pop(0) if self.answers else "cancel"
         for line in message.splitlines():
             self.t.out(f"      ? {line}")
@@ -179,16 +194,34 @@ async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends,
     t.section("2. The IDE connects (initialize, then tools/list)")
     if info is not None:
         t.out(f"  initialize: {info.name} {info.version}, protocol {client.protocol_version}")
-    t.progress("waiting for the three servers' tools (the OAuth login runs in the headless browser)")
-    expected = {f"{s.name}__{tool}" for s in backends.servers for tool in s.allowed_tools}
+    t.progress("waiting for the servers' tools")
+    expected = {f"{s.name}__{tool}" for s in backends.servers for tool in s.allowed_tools if s.auth != "oauth"}
+    expected |= {f"port__{tool}" for tool in PORT_TOOLS} | {"oauth__connect"}
     tools = await _settled_tools(client, expected)
     names = {tool.name for tool in tools}
-    t.out(f"  tools/list: {len(tools)} tools from {len({n.split('__')[0] for n in names})} servers")
+    t.out(f"  tools/list: {len(tools)} tools; `oauth` is not connected yet, so it is one tool, oauth__connect:")
+    connect = next((tool for tool in tools if tool.name == "oauth__connect"), None)
+    if t.check(connect is not None, "oauth__connect is not listed") and connect is not None:
+        t.out(f"    {connect.name}: {connect.title}. {connect.description}")
     t.check(names == expected, f"the merged list is {sorted(names)}, expected {sorted(expected)}")
+    t.out(
+        "  Port's own tools (port.native_tools) are listed beside the approved servers': "
+        + ", ".join(sorted(n for n in names if n.startswith("port__")))
+    )
+
+    t.section("2b. Connecting `oauth` from the IDE (no terminal, no restart)")
+    t.out("  The IDE calls oauth__connect; it declared URL-mode elicitation, so the bridge asks it to open the")
+    t.out("  sign-in page (the authorization server approves at once):")
+    await _call(t, client, "oauth__connect", {}, "connected: 2 of")
+    expected = (expected - {"oauth__connect"}) | {"oauth__echo", "oauth__add"}
+    tools = await _settled_tools(client, expected)
+    names = {tool.name for tool in tools}
+    t.out(f"  tools/list again (a list change told the IDE): {len(tools)} tools, oauth's among them")
+    t.check(names == expected, f"after connecting, the list is {sorted(names)}, expected {sorted(expected)}")
     oauth = backends.oauth_stats()
     codes = oauth.get("token", {}).get("authorization_code", 0)
     t.out(f"  OAuth to `oauth`: {oauth.get('register', 0)} dynamic client registration, {codes} code exchange,")
-    t.out(f"  {oauth.get('authorize', 0)} authorization in the demo's headless browser (the server approves at once)")
+    t.out(f"  {oauth.get('authorize', 0)} authorization in the demo's headless browser")
     t.check(oauth.get("authorize") == 1 and codes == 1, f"expected exactly one OAuth login, the server saw {oauth}")
 
     t.section("3. Connections (`mcp-bridge status`, run beside the IDE's bridge)")
@@ -202,7 +235,7 @@ async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends,
         t.out(f"  {line}")
     problem = status.stderr.decode("utf-8", "replace").strip()
     t.check(status.returncode == 0, f"`mcp-bridge status` exited {status.returncode}: {problem}")
-    t.check(stdout.count(" connected ") == 3, "not every server shows as connected")
+    t.check(stdout.count(" connected ") == 4, "not every server shows as connected")
     if t.check(backends.oauth_stats().get("authorize") == 1, "`status` logged in again instead of reusing the token"):
         t.out("  (this second bridge reused the stored OAuth token: no second login)")
 
@@ -217,11 +250,13 @@ async def _ide(t: Transcript, client: Any, config: Path, backends: DemoBackends,
     await _call(t, client, "open__slow", {"steps": 3, "delay": 0.1}, "done after 3 steps", progress=True)
     await _call(t, client, "keyed__meta", {}, "with meta")
     await _call(t, client, "oauth__echo", {"text": "signed in through OAuth"}, "oauth: signed in through OAuth")
+    await _call(t, client, "port__search_entities", {"blueprint": "_mcp_server", "query": "o"}, '"identifier": "oauth"')
 
     t.section("6. A destructive call, confirmed by the user first")
     t.out("  Port says `confirm: destructive` for `keyed`: a tool that may destroy (its `echo` declares no")
     t.out("  annotations, so by the spec's defaults it may) is asked about in the IDE before it runs. Accepted:")
     user.answers[:] = ["accept"]
+    user.asked.clear()  # (the sign-in of step 2b was a question too)
     await _call(t, client, "keyed__echo", {"text": "rename the release"}, "keyed: rename the release")
     t.check(len(user.asked) == 1, f"the IDE was asked {len(user.asked)} times, expected once")
     t.out("  Declined: the call does not run, and the audit says the user declined.")
@@ -327,7 +362,7 @@ async def _read(t: Transcript, client: Any, uri: str, expect: str | None) -> Non
 async def _audit(t: Transcript, backends: DemoBackends) -> None:
     t.section(f"9. Audit events Port received (blueprint {AUDIT_BLUEPRINT})")
     calls = ["open__echo", "open__add", "open__slow", "keyed__meta", "oauth__echo", "open__delete_everything"]
-    calls.append("keyed__echo")
+    calls += ["keyed__echo", "port__search_entities"]
     deadline = time.monotonic() + 15
     while True:
         events = backends.audit_events()

@@ -128,15 +128,22 @@ class DemoBackends:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def config(self, home: str) -> dict[str, Any]:
-        """The bridge's config: Port (the stand-in) is the allowlist; only the API key's reference is local."""
+    def config(self, home: str, *, connect_in_ide: bool = True) -> dict[str, Any]:
+        """The bridge's config: Port (the stand-in) is the allowlist; only the API key's reference is local.
+        ``connect_in_ide``: `oauth` waits to be connected from the IDE (its connect tool); otherwise the headless
+        browser logs in at startup (``demo --serve``, for an IDE that may not declare URL elicitation)."""
         return {
             "port": {
                 "base_url": self.port.base_url,
                 "client_id": DEMO_PORT_CLIENT_ID,
                 "client_secret": "${env:" + ENV_PORT_SECRET + "}",
                 "refresh_interval": 30,
+                # Port's own tools: the stand-in's MCP endpoint, signed in with the bridge's Port token.
+                "mcp_url": f"{self.port.base_url}/mcp",
+                "mcp_auth": "port_token",
             },
+            # No browser opens by itself: the IDE connects `oauth` (its connect tool), as a user does.
+            "auto_login": not connect_in_ide,
             "servers": {"keyed": {"auth": {"type": "api_key", "value": "Bearer ${env:" + ENV_API_KEY + "}"}}},
             # A demo runs where there may be no keyring: the OAuth tokens go to a 0600 file in the demo's home.
             "token_store": "file",
