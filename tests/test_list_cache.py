@@ -73,8 +73,7 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
     """A bridge that never runs (no upstream is ever contacted) with both servers' listings in its catalog."""
     bridge = make_bridge(tmp_path)
     yield bridge
-    bridge._changes_send.close()  # running() would close them
-    bridge._changes_recv.close()
+    bridge.close_streams()  # running() would close them
 
 
 def make_bridge(tmp_path: Path) -> Bridge:

@@ -177,9 +177,13 @@ class Bridge:
                 raise group.exceptions[0] from None
             raise
         finally:
-            for stream in (self._changes_send, self._changes_recv, self._updates_send, self._updates_recv):
-                stream.close()
+            self.close_streams()
             self.audit.close()
+
+    def close_streams(self) -> None:
+        """Close the change and update streams (``running`` does on exit; a bridge that never ran, in tests)."""
+        for stream in (self._changes_send, self._changes_recv, self._updates_send, self._updates_recv):
+            stream.close()
 
     async def _open_port(self, stack: AsyncExitStack) -> Any:
         """The one Port client (allowlist and audit share it), or ``None`` without ``port:``."""
