@@ -166,3 +166,12 @@ async def test_expiry_mid_session_in_three_bridges_opens_one_browser(tmp_path: P
     assert len(results) == 3 and not any(r.get("isError") for r in results), results
     opens = browser_opens(tmp_path / "browser.jsonl")
     assert len(opens) == 2, opens  # the first login (the CLI's), and one for the three bridges
+
+
+async def test_in_search_mode_the_connect_tool_is_listed_directly(tmp_path: Path) -> None:
+    with LocalOAuthUpstream("secure", tmp_path) as upstream:
+        cfg, env = _setup(tmp_path, upstream)
+        text = cfg.read_text(encoding="utf-8") + "catalog: {mode: search}\n"
+        cfg.write_text(text, encoding="utf-8")
+        async with bridge_client(cfg, tmp_path / "home", env=env) as ide:
+            assert await tool_names(ide) == ["find_tools", "call_tool", "secure__connect"]

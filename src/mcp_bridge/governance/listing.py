@@ -99,14 +99,16 @@ class ToolList:
         return self._search_list
 
     def direct(self, client_name: str | None) -> list[ToolEntry]:
-        """The tools listed directly in search mode: each server's ``always`` tools, then the most used ones, as
-        many as the budget leaves beside the two meta tools."""
+        """The tools listed directly in search mode: each server's connect tool while it needs a connection, its
+        ``always`` tools, then the most used ones, as many as the budget leaves beside the two meta tools."""
         limit, _ = self.budget(client_name)
         room = max(0, (limit or budget.DEFAULT_BUDGET) - len(META_TOOLS))
         listable = {e.exposed: e for e in self._catalog.entries() if e.denial is None}
         servers = self._catalog.allowlist.servers
-        chosen: list[ToolEntry] = []
+        chosen: list[ToolEntry] = [e for e in listable.values() if e.connect]  # a server to connect: say so first
         for entry in listable.values():
+            if entry.connect:
+                continue
             server = servers.get(entry.server)
             patterns = server.always if server is not None else []
             if any(fnmatch.fnmatchcase(entry.original, p) for p in patterns):
