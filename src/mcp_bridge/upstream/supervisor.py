@@ -72,7 +72,7 @@ from mcp_bridge.upstream.era import (
 )
 from mcp_bridge.upstream.http_errors import HTTP_ERROR, explain_not_mcp
 from mcp_bridge.upstream.inputs import ASKING, Asker, Gate, Offer, OfferingSession, drive, screen
-from mcp_bridge.upstream.transport import NOT_SENT, GuardedTransport
+from mcp_bridge.upstream.transport import NOT_SENT, GuardedTransport, coalescing
 from mcp_bridge.upstream.wire import Wire, call_direct, open_wire, send_raw
 
 log = get_logger(__name__)
@@ -269,7 +269,7 @@ class Upstream:
         t = self.timeouts
         timeout = httpx2.Timeout(t.connect, read=t.call + 5, write=t.connect, pool=t.connect)
         gate = self._fresh_gate()
-        transport = GuardedTransport(httpx2.AsyncHTTPTransport(verify=await _ssl_context()))
+        transport = GuardedTransport(coalescing(httpx2.AsyncHTTPTransport(verify=await _ssl_context())))
         async with (
             httpx2.AsyncClient(auth=auth, timeout=timeout, transport=transport) as http,
             open_wire(self.config.endpoint, http) as (read, write, wire),

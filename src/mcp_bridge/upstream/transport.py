@@ -3,15 +3,19 @@
 :class:`GuardedTransport` turns "could not connect" on a POST into a JSON-RPC error (:data:`NOT_SENT`) instead of a
 crash in the SDK's task group, reads a JSON answer only up to :data:`MAX_MESSAGE_BYTES`, drains what is left of a
 finished event stream so that the connection is kept, and turns an HTTP error status into a message a user can act
-on (:mod:`~mcp_bridge.upstream.http_errors`).
+on (:mod:`~mcp_bridge.upstream.http_errors`). :func:`coalescing` makes a request's head and body go out in one
+socket write instead of two.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import contextlib
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import anyio
+import httpcore2
 import httpx2
 
 from mcp_bridge.upstream.http_errors import AnswerTooLarge, explain_http_error, http_error_to_explain
@@ -23,6 +27,8 @@ NOT_SENT = -32099
 """Internal JSON-RPC code: the request never left this machine (the TCP connection could not be made)."""
 _DRAIN_SECONDS = 0.05
 _DRAIN_BYTES = 1 << 16
+_COALESCE_BYTES = 1 << 16
+"""Writes are held back (to go out with the next) only up to this much: past it the syscall is worth its cost."""
 
 
 class GuardedTransport(httpx2.AsyncBaseTransport):
@@ -116,3 +122,111 @@ class _DrainOnClose(httpx2.AsyncByteStream):
                     await chunks.aclose()  # cut short (too long, too slow, broken): close it now, not in the GC
             finally:
                 await self._inner.aclose()
+
+
+def coalescing(transport: httpx2.AsyncHTTPTransport) -> httpx2.AsyncHTTPTransport:
+    """``transport`` with each request's head and body sent in one socket write (:class:`_CoalescingStream`).
+
+    httpcore writes an HTTP/1.1 request's head and its body separately: two ``send`` calls on the socket, each a
+    trip through the kernel's TCP stack (on loopback, the receiver's side of it too) and through the stream's
+    timeout and error mapping. A tool call is one small POST, so that is two trips where one would do. Only a pool
+    of direct HTTP/1.1 connections is changed (a proxied one, HTTP/2, or an httpx2 without that pool is left as
+    it is).
+    """
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if (
+        type(pool) is httpcore2.AsyncConnectionPool
+        and isinstance(backend, httpcore2.AsyncNetworkBackend)
+        and not getattr(pool, "_http2", False)
+    ):
+        pool._network_backend = _CoalescingBackend(backend)
+    return transport
+
+
+class _CoalescingBackend(httpcore2.AsyncNetworkBackend):
+    """A network backend whose streams hold back writes until the next read (:class:`_CoalescingStream`)."""
+
+    def __init__(self, inner: httpcore2.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        return _CoalescingStream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        return _CoalescingStream(
+            await self._inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _CoalescingStream(httpcore2.AsyncNetworkStream):
+    """An HTTP/1.1 connection's stream that sends what is written with the next read (or write past
+    :data:`_COALESCE_BYTES`, or TLS start, or close): an HTTP/1.1 client reads the answer after every request, so
+    the request's head and body leave together.
+
+    A write that fails at the read is what httpcore does with a request it could not write whole: it goes on to read
+    the server's answer (which may explain), so the read goes on too, and fails (or answers) as it would have.
+    """
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._held: list[bytes] = []
+        self._size = 0
+        self._timeout: float | None = None
+
+    async def _flush(self) -> None:
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held, self._size = [], 0
+        await self._inner.write(data, timeout=self._timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        self._held.append(bytes(buffer))
+        self._size += len(buffer)
+        self._timeout = timeout
+        if self._size > _COALESCE_BYTES:
+            await self._flush()
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        if self._held:
+            # As httpcore does for a request it could not write: the server's answer (or its close) tells why.
+            with contextlib.suppress(httpcore2.WriteError):
+                await self._flush()
+        return await self._inner.read(max_bytes, timeout=timeout)
+
+    async def aclose(self) -> None:
+        self._held, self._size = [], 0
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> httpcore2.AsyncNetworkStream:
+        await self._flush()
+        return _CoalescingStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
