@@ -2,7 +2,8 @@
 
 Each line is parsed once (a line that is no valid JSON-RPC request gets its error here, never a crash), an
 ``initialize`` answered early is fed to the server and its second answer dropped, the kept ``tools/list`` answer is
-spliced in (:meth:`~mcp_bridge.ide.front.Front.wire_message`), and nothing but JSON-RPC reaches stdout.
+spliced in (:meth:`~mcp_bridge.ide.front.Front.wire_message`), and nothing but JSON-RPC reaches stdout. A 2026-07-28
+IDE's ordinary ``tools/call`` is handled beside the server (:mod:`mcp_bridge.ide.fastpath`), answered on the same wire.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import mcp_types as types
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from mcp_bridge.ide import fastpath
 from mcp_bridge.ide.backend import Backend
 from mcp_bridge.ide.front import _WIRE_DUMP, Front
 from mcp_bridge.ide.handshake import EarlyStart, era_refusal, request_id_ok
@@ -49,6 +51,12 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
         pending: set[Any] = set()
         answered = anyio.Event()
 
+        def settled(request_id: Any) -> None:
+            pending.discard(request_id)
+            answered.set()
+
+        fast = fastpath.FastCalls(front, write, settled) if fastpath.enabled() else None
+
         async def pump_in() -> None:
             """Each line from the IDE, parsed as the SDK's ``stdio_server`` parses it (once: this is the hot path),
             to the server; a line that is no valid request gets its JSON-RPC error here (:func:`_bad_line_error`,
@@ -69,6 +77,16 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
                         error = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=types.ErrorData(**shut))
                         await write.send(SessionMessage(error))
                         continue
+                    if fast is not None and isinstance(message, types.JSONRPCRequest) and fast.takes(message):
+                        pending.add(message.id)
+                        fast.start(message)  # an ordinary 2026-07-28 tools/call: the short way (ide.fastpath)
+                        continue
+                    if (
+                        fast is not None
+                        and isinstance(message, types.JSONRPCNotification)
+                        and message.method == "notifications/cancelled"
+                    ):
+                        fast.cancel(message.params)  # (the SDK sees it too: it may name one of its requests)
                     if isinstance(message, types.JSONRPCRequest) and message.method != "subscriptions/listen":
                         pending.add(message.id)  # (a listen stream is never answered: nothing to wait for)
                     elif isinstance(message, types.JSONRPCNotification) and (refusal := _refusal(line)) is not None:
@@ -128,6 +146,8 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
                     await front.server.run(receive, out_send, front.initialization_options())
                 tg.cancel_scope.cancel()
             write.close()  # pump_out closed it already, unless it never ran
+    if fast is not None and fast.served:
+        log.info("front.fast_calls", served=fast.served)
     await anyio.to_thread.run_sync(front.keeper.wait)  # the last answer kept: a start soon after can use it
 
 

@@ -89,6 +89,16 @@ class _PreEncoded(types.JSONRPCResponse):
         return super().model_dump_json(*args, **kwargs)
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The envelope of the last 2026-07-28 request the SDK accepted (for :mod:`mcp_bridge.ide.fastpath`): the
+    raw client info and capabilities, and the capabilities as the SDK parsed them."""
+
+    client_info: Any
+    capabilities: Any
+    parsed: types.ClientCapabilities | None
+
+
 class Front:
     """Handlers of the IDE-facing server, bound to one :class:`Bridge`."""
 
@@ -141,6 +151,8 @@ class Front:
         ]
         self._initialized = False
         self.log_level = LogLevel()
+        self.envelope: Envelope | None = None
+        """The IDE's envelope as the SDK last accepted it on a 2026-07-28 request."""
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(
@@ -150,6 +162,15 @@ class Front:
     async def _note_era(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if self.modern is None and ctx.request_id is not None:
             self.modern = is_modern(ctx.protocol_version)
+        if (
+            ctx.request_id is not None
+            and is_modern(ctx.protocol_version)
+            and isinstance(params := ctx.params, Mapping)
+            and isinstance(raw := params.get("_meta"), dict)
+        ):  # the envelope the SDK accepted (its ladder ran before any middleware): the short way's (ide.fastpath)
+            info, capabilities = raw.get(types.CLIENT_INFO_META_KEY), raw.get(types.CLIENT_CAPABILITIES_META_KEY)
+            if (known := self.envelope) is None or (known.client_info, known.capabilities) != (info, capabilities):
+                self.envelope = Envelope(info, capabilities, ctx.session.client_capabilities)
         return await call_next(ctx)
 
     async def _discover(self, ctx: ServerRequestContext[Any], params: types.RequestParams | None) -> Any:
