@@ -14,8 +14,9 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp.shared.exceptions import MCPError
 
-from harness import LocalUpstream, audit_jsonl, bridge_process, write_config
+from harness import LocalUpstream, audit_jsonl, bridge_client, bridge_process, is_modern, raw_call, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +162,30 @@ async def test_the_ides_cancel_reaches_the_server_and_the_call_is_never_answered
     assert _served(stderr_path.read_text()) >= 2
     events = audit_jsonl(tmp_path / "cancel-audit.jsonl", "call")
     assert any(e["tool"] == "wait_forever" and e["status"] == "Failed" and e["error"] == "cancelled" for e in events)
+
+
+@pytest.mark.usefixtures("ide_mode")
+async def test_an_sdk_ide_in_each_mode_gets_its_calls_answered_and_only_2026_07_28_takes_the_short_way(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    config = write_config(tmp_path / "config.yaml", {"alpha": alpha.server_config()})
+    stderr_path = tmp_path / "stderr.log"
+    steps: list[float] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        steps.append(value)
+
+    async with bridge_client(config, tmp_path / "home", stderr_path=stderr_path) as client:
+        modern = is_modern(client)
+        for i in range(3):
+            result = await raw_call(client, "alpha__echo", {"text": f"m{i}"})
+            assert result["content"][0]["text"] == f"alpha: m{i}"
+        slow = await raw_call(client, "alpha__slow", {"steps": 2, "delay": 0.01}, progress=progress)
+        assert slow["content"][0]["text"] == "done after 2 steps"
+        assert steps == [1.0, 2.0]
+        with pytest.raises(MCPError) as denied:
+            await raw_call(client, "alpha__nope", {})
+        assert denied.value.error.code == -32602
+    # 2026-07-28: the first call takes the SDK's way (server/discover was answered before the SDK loaded, so its
+    # envelope is not known yet), the other four the short way; the handshake era never takes it.
+    assert _served(stderr_path.read_text()) == (4 if modern else 0)
