@@ -1,7 +1,8 @@
 """The short way for a 2026-07-28 IDE's ordinary ``tools/call`` (``ide.fastpath``): the IDE sees on stdout exactly
 what the SDK's way gives (``MCP_BRIDGE_FAST_CALLS=0``), line for line: results, errors, ``isError``, a server's
 ``_meta``, progress, log messages at the request's level; what is unusual (an unknown field, a retry's
-``requestState``, another envelope, malformed arguments) goes the SDK's way; the IDE's ``notifications/cancelled``
+``requestState`` or ``inputResponses``, another envelope, malformed arguments, a ``_meta`` key of the IDE's own) goes
+the SDK's way; the IDE's ``notifications/cancelled``
 cancels the call upstream and it is never answered; the calls are audited. Raw pipes to a bridge subprocess, a local
 server on 127.0.0.1 that speaks only 2026-07-28."""
 
@@ -53,6 +54,8 @@ _SCRIPT: list[dict[str, Any]] = [
     _call(11, "alpha__echo", {"text": "other"}, meta=_OTHER),
     _call(12, "alpha__echo", "not an object"),
     _call(13, "alpha__echo", {"text": "back"}, meta=_OTHER),
+    _call(14, "alpha__echo", {"text": "answers"}, inputResponses={}),
+    _call(15, "alpha__echo", {"text": "odd meta"}, meta={"example.com/trace": "t1"}),
 ]
 _FAST = 7
 """Calls of the script that take the short way: 2-8 (not 13: the SDK accepted its envelope with 11, but then the
