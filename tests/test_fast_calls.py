@@ -1,10 +1,11 @@
 """The short way for a 2026-07-28 IDE's ordinary ``tools/call`` (``ide.fastpath``): the IDE sees on stdout exactly
 what the SDK's way gives (``MCP_BRIDGE_FAST_CALLS=0``), line for line: results, errors, ``isError``, a server's
-``_meta``, progress, log messages at the request's level; what is unusual (an unknown field, a retry's
-``requestState`` or ``inputResponses``, another envelope, malformed arguments, a ``_meta`` key of the IDE's own) goes
-the SDK's way; the IDE's ``notifications/cancelled``
-cancels the call upstream and it is never answered; the calls are audited. Raw pipes to a bridge subprocess, a local
-server on 127.0.0.1 that speaks only 2026-07-28."""
+``_meta``, progress; what is unusual (an unknown field, a retry's ``requestState`` or ``inputResponses``, another
+envelope, malformed arguments, a ``_meta`` key of the IDE's own) goes the SDK's way; the IDE's
+``notifications/cancelled`` cancels the call upstream and it is never answered; the calls are audited. Raw pipes to a
+bridge subprocess, a local server on 127.0.0.1 that speaks only 2026-07-28. (Servers' log messages on the short way:
+``test_inputs.py``; input rounds and confirmation: ``test_inputs.py`` and ``test_governance_surface.py``, whose
+2026-07-28 IDEs take it from their second call.)"""
 
 from __future__ import annotations
 
