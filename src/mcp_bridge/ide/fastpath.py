@@ -129,6 +129,7 @@ class FastCalls:
         key = coerce_request_id(message.id)
         cancelled = self._running[key][1]
         answer: types.JSONRPCResponse | types.JSONRPCError | None = None
+        answering = False
         try:
             with scope:
                 try:
@@ -138,10 +139,11 @@ class FastCalls:
                     error = handler_exception_to_error_data(exc) or modern_error_data(exc)
                     answer = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
             if answer is not None and not cancelled[0]:
+                answering = True  # a write cut short may still have delivered it: never a second answer
                 await self._send(answer)
         except anyio.get_cancelled_exc_class():
             # The bridge is shutting down: answer so that the IDE is not left waiting (as the SDK does).
-            if not cancelled[0]:
+            if not cancelled[0] and not answering:
                 closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
                 with anyio.move_on_after(_SHUTDOWN_WRITE_SECONDS, shield=True):
                     await self._send(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=closed))
