@@ -40,11 +40,13 @@ from mcp_bridge.sandbox.localservers import EraGate
 
 @dataclass(frozen=True)
 class Post:
-    """One POST the server received: its JSON-RPC method, ``MCP-Protocol-Version`` and ``Mcp-Param-*`` headers."""
+    """One POST the server received: its JSON-RPC method, ``MCP-Protocol-Version`` and ``Mcp-Param-*`` headers, and
+    its W3C ``traceparent`` header."""
 
     method: str | None
     version: str | None
     params: dict[str, str]
+    traceparent: str | None = None
 
 
 @dataclass
@@ -192,6 +194,7 @@ class _Recorder:
                 message.get("method") if isinstance(message, dict) else None,
                 headers.get("mcp-protocol-version"),
                 {k: v for k, v in headers.items() if k.startswith("mcp-param-")},
+                headers.get("traceparent"),
             )
         )
         replayed = False

@@ -27,6 +27,7 @@ from mcp_bridge.config import (
     ProtocolConfig,
     ServerConfig,
     Settings,
+    TelemetryConfig,
     TimeoutsConfig,
     UserConfig,
     home_dir,
@@ -793,6 +794,7 @@ def test_example_port_block_parses_when_uncommented() -> None:
         AuditConfig,
         UserConfig,
         ProtocolConfig,
+        TelemetryConfig,
     ],
 )
 def test_example_documents_every_key(model: type[BaseModel]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from mcp_bridge import telemetry
 from mcp_bridge.audit.trail import AuditTrail
 from mcp_bridge.backoff import Backoff
 from mcp_bridge.logs import clean, get_logger
@@ -75,6 +76,7 @@ class Shipper:
                 sent = await self.ship_once()
             except Exception as exc:  # supervisor boundary: Port down, bad answer; the events stay spooled
                 log.warning("audit.ship_failed", error=clean(str(exc)))
+                telemetry.hooks.count("mcp_bridge.audit.ship_failures")
                 await anyio.sleep(backoff.next())
                 continue
             backoff.reset()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from mcp_bridge import __version__
+from mcp_bridge import __version__, telemetry
 from mcp_bridge.audit.spoolcheck import SPOOL_FILE, spools
 from mcp_bridge.config import Settings
 from mcp_bridge.errors import AuditUnavailable
@@ -226,6 +226,7 @@ class AuditTrail:
         When the spool cannot take it, the event still goes to the JSONL copy and to the log (``audit.unrecorded``,
         an error), and :class:`~mcp_bridge.errors.AuditUnavailable` is raised: the answer must not go back."""
         event.replied_at = event.replied_at or time.time()
+        telemetry.hooks.finished(event)  # the request's span and metrics (telemetry on)
         level = {"Completed": 10, "Failed": 20, "Denied": 30}.get(event.status, 20)  # debug / info / warning
         logged = level > 10 or enabled_for(level)
         if self.spool is None and self.jsonl is None and not logged:

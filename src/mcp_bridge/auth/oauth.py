@@ -42,7 +42,7 @@ from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.auth.oauth2 import OAuthContext
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthMetadata, ProtectedResourceMetadata
 
-from mcp_bridge import __version__
+from mcp_bridge import __version__, telemetry
 from mcp_bridge.auth.store import OAuthState, ServerTokenStorage
 from mcp_bridge.config import OAuthAuth, is_loopback_host
 from mcp_bridge.errors import AuthRequired
@@ -211,6 +211,7 @@ class BridgeOAuthProvider(OAuthClientProvider):
                 self._forget_client("a token refresh")
             self.store.clear_tokens()  # a refresh token that failed once will fail again: do not reload it
         ok = await super()._handle_refresh_response(response)
+        telemetry.hooks.count("mcp_bridge.oauth.token_refreshes", outcome="ok" if ok else "failed")
         if ok:
             log.info("oauth.refreshed", server_url=self.context.server_url)
             self._save_state()

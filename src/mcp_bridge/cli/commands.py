@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from mcp_bridge import risk
+from mcp_bridge import risk, telemetry
 from mcp_bridge.cli.output import UsageError, err, out, out_json, print_table
 from mcp_bridge.config import LoadedConfig, home_dir
 from mcp_bridge.errors import BridgeError
@@ -28,10 +28,16 @@ async def status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     # 1 when the bridge fails closed (allowlist or audit) or a server's tools cannot be served (down, no answer,
     # waiting for a login, blocked by their pins): what a script checking the setup needs to know.
     code = 1 if audit["problem"] or any(not c.ok for c in checks) else 0
+    exported = telemetry.describe(loaded.settings)
     if args.json:
-        out_json({"allowlist": allowlist, "servers": rows, "audit": audit}, indent=2)
+        out_json({"allowlist": allowlist, "servers": rows, "audit": audit, "telemetry": exported}, indent=2)
         return code
     out(_allowlist_line(allowlist))
+    if exported["enabled"]:
+        out(
+            f"telemetry: traces to {exported['traces']}, metrics every {exported['metrics_interval']:g} s to "
+            f"{exported['metrics']} (OTLP/HTTP, service {exported['service_name']})"
+        )
     if audit["problem"]:
         out(f"audit: FAILED CLOSED, every tool call is denied\n  {audit['problem']}")
     if not rows:

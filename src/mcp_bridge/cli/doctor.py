@@ -121,6 +121,9 @@ async def run_checks(
     if spools(settings):
         say("checking the audit spool...")
         checks.append(await _check_audit_spool(home))
+    if settings.telemetry.enabled:
+        say("checking the telemetry collector...")
+        checks.append(await _check_telemetry(settings))
     checks.extend(allowlist_checks)
 
     usable = {n for n in allowlist.servers if n not in allowlist.problems}
@@ -192,6 +195,61 @@ async def _check_port(settings: Settings, home: Path) -> Check:
             return _fail("port", str(exc), f"check port.preset / port.blueprint: {blueprint!r} must exist in Port")
         return _fail("port", str(exc), "fix what Port's message above says, then run `mcp-bridge doctor` again")
     return _ok("port", f"{port.api_url}: credentials accepted; {len(entities)} approved entities in {blueprint!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------- telemetry
+
+
+async def _check_telemetry(settings: Settings) -> Check:
+    """With telemetry on: the OpenTelemetry SDK is installed, and the collector takes an (empty) OTLP/HTTP export
+    of traces, sent with the headers the exporter would send (``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS``, never
+    shown)."""
+    import os
+    from urllib.parse import unquote
+
+    import httpx2
+
+    from mcp_bridge import telemetry
+
+    missing = [m for m in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http") if not _installed(m)]
+    if missing:
+        return _fail(
+            "telemetry",
+            f"telemetry is enabled but {', '.join(missing)} is not installed",
+            "pip install 'mcp-bridge[otel]'",
+        )
+    url = telemetry.signal_endpoint(settings.telemetry, "traces")
+    shown = telemetry.shown(url)
+    headers = {"content-type": "application/x-protobuf"}
+    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        for pair in (os.environ.get(variable) or "").split(","):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip():
+                headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    env_fix = "check telemetry.endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) and that the collector runs"
+    try:
+        async with httpx2.AsyncClient(timeout=5.0) as http:
+            response = await http.post(url, content=b"", headers=headers)
+    except httpx2.HTTPError as exc:
+        return _fail("telemetry", f"the collector at {shown} cannot be reached: {type(exc).__name__}", env_fix)
+    if response.status_code in (401, 403):
+        return _fail(
+            "telemetry",
+            f"the collector at {shown} refused the export (HTTP {response.status_code})",
+            "check the credentials in OTEL_EXPORTER_OTLP_HEADERS",
+        )
+    if response.status_code >= 300:
+        return _fail("telemetry", f"the collector at {shown} answered HTTP {response.status_code}", env_fix)
+    return _ok("telemetry", f"the collector at {shown} takes OTLP/HTTP exports (traces and metrics)")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------- audit

@@ -99,6 +99,7 @@ async def _serve(
 ) -> int:
     import anyio
 
+    from mcp_bridge import telemetry
     from mcp_bridge.auth import AuthEnv
     from mcp_bridge.bridge import Bridge
     from mcp_bridge.ide.connection import serve_stdio
@@ -117,10 +118,13 @@ async def _serve(
     )
     bridge.client_name = early.client_name  # known from the first line: the catalog's mode may depend on it
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
-    async with bridge.running(), anyio.create_task_group() as tg:
-        tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
-        await serve_stdio(bridge, early, ide_protocol=loaded.settings.protocol.ide)
-        tg.cancel_scope.cancel()
+    with telemetry.started(loaded.settings, version=__version__) as hooks:  # off: nothing of OpenTelemetry loads
+        async with bridge.running(), anyio.create_task_group() as tg:
+            tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
+            if hooks.active:
+                tg.start_soon(hooks.watch, bridge)
+            await serve_stdio(bridge, early, ide_protocol=loaded.settings.protocol.ide)
+            tg.cancel_scope.cancel()
     log.info("serve.stop")
     return 0
 

@@ -443,6 +443,30 @@ class CatalogConfig(_Model):
     """The most tools to list; ``None``: the IDE's known limit (by its ``clientInfo.name``), else 128."""
 
 
+class TelemetryConfig(_Model):
+    """OpenTelemetry traces and metrics of the bridge itself, exported over OTLP/HTTP (protobuf). Off unless
+    ``enabled``: the ``OTEL_EXPORTER_OTLP_*`` variables configure the exporter (endpoint, headers, timeout, TLS) but
+    never turn it on. Needs the ``otel`` extra (``pip install 'mcp-bridge[otel]'``)."""
+
+    enabled: bool = False
+    endpoint: str | None = None
+    """The collector's OTLP/HTTP base URL (``http://127.0.0.1:4318``; ``/v1/traces`` and ``/v1/metrics`` are
+    appended); ``None``: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the per-signal variables), else the OTLP default."""
+    service_name: str = Field(default="mcp-bridge", min_length=1)
+    """``service.name`` (``OTEL_SERVICE_NAME`` wins, as the SDK has it)."""
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    """More resource attributes (beside ``OTEL_RESOURCE_ATTRIBUTES``); ``user.email`` comes from ``user.email``."""
+    metrics_interval: float = Field(default=60, ge=1, le=3600)
+    """Seconds between metric exports."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP over HTTP)")
+        return v
+
+
 class UserConfig(_Model):
     email: str | None = None
     """Recorded in audit events (Port's API has no "who am I")."""
@@ -470,6 +494,7 @@ class Settings(_Model):
     kept and re-pinned (see :mod:`mcp_bridge.governance.pins`). Every change is audited."""
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     def upstream_protocol(self, server: ServerConfig) -> Protocol:
         """The era to speak to ``server``: its own ``protocol``, else ``protocol.upstream`` (the environment's

@@ -28,7 +28,7 @@ from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, R
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import PrivateAttr, ValidationError
 
-from mcp_bridge import __version__
+from mcp_bridge import __version__, telemetry
 from mcp_bridge.era import finish, forwarded_meta, is_modern
 from mcp_bridge.errors import BridgeError, PolicyDenied, UnknownName
 from mcp_bridge.ide.backend import Backend
@@ -140,15 +140,17 @@ class Front:
         # capability is deprecated at 2026-07-28, where the level comes with each request; both eras are served).
         self.server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_level)
         self.server.add_request_handler("server/discover", types.RequestParams, self._discover)
-        # The SDK installs an OpenTelemetry span middleware on every server; a local gateway exports no traces, and
-        # the span costs time on every call. Ours refuse requests before initialize saying so, remember the IDE's
-        # session and reuse the last tools/list answer.
+        # The SDK installs an OpenTelemetry span middleware on every server; it costs time on every call, and with
+        # telemetry on the bridge's own takes its place (mcp_bridge.telemetry). Ours refuse requests before
+        # initialize saying so, remember the IDE's session and reuse the last tools/list answer.
         self.server.middleware[:] = [
             self._note_era,
             self._require_initialize,
             self._remember_client,
             self._reuse_tools_answer,
         ]
+        if (traced := telemetry.hooks.front_middleware()) is not None:  # a span per request (telemetry on)
+            self.server.middleware.insert(0, traced)
         self._initialized = False
         self.log_level = LogLevel()
         self.envelope: Envelope | None = None

@@ -52,7 +52,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY, ResourceUpdated
 
-from mcp_bridge import __version__
+from mcp_bridge import __version__, telemetry
 from mcp_bridge.auth import AuthEnv, auth_for
 from mcp_bridge.auth.oauth import LoginCompletedElsewhere
 from mcp_bridge.backoff import Backoff
@@ -691,6 +691,7 @@ class Upstream:
         if state != self.state:
             log.info("upstream.state", server=self.name, state=state)
         self.state = state
+        telemetry.hooks.upstream_state(self.name, state)
         if state == "connected":
             self.last_error = None
             self.settled.set()
@@ -726,6 +727,7 @@ class Upstream:
     def _fail(self, state: State, exc: BaseException) -> None:
         self.last_error = describe_error(exc)
         self.state = state
+        telemetry.hooks.upstream_state(self.name, state)
         self.connected_since = None
         log.warning("upstream.failed", server=self.name, state=state, error=self.last_error)
         self.settled.set()
@@ -765,7 +767,8 @@ class Upstream:
         if self.state == "error":
             self._retry_now.set()
         wait = self.timeouts.connect
-        with anyio.move_on_after(wait):
+        waiting = telemetry.hooks.span("wait for connection", **{"mcp_bridge.server": self.name, "state": self.state})
+        with waiting, anyio.move_on_after(wait):
             while self._attempts_ended == seen and not self._stopped:
                 await self._attempt_ended.wait()
         session = self._session
@@ -815,7 +818,8 @@ class Upstream:
         if asker is not None:
             self._asking.append(asker)
         try:
-            return await self._request(request, call_timeout=call_timeout, progress=progress)
+            with telemetry.hooks.upstream(self.name, request, self.era, self.config.endpoint):
+                return await self._request(request, call_timeout=call_timeout, progress=progress)
         finally:
             if asker is not None:
                 self._asking.remove(asker)
@@ -863,6 +867,7 @@ class Upstream:
                     if self.eras is not None:
                         self.eras.forget(self.name)
                     self.request_recycle(session)
+                    telemetry.hooks.note("retry", reason="era refused", attempt=attempt + 1)
                     continue
                 if (
                     code == types.HEADER_MISMATCH
@@ -875,12 +880,14 @@ class Upstream:
                     relisted = True
                     log.info("upstream.header_mismatch", server=self.name, tool=clean(request.params.name))
                     await self._relist(session, _TOOLS)
+                    telemetry.hooks.note("retry", reason="header mismatch", attempt=attempt + 1)
                     continue
                 if code == NOT_SENT or _session_gone(exc):
                     # Never reached the server (no connection), or the server rejected the session before running
                     # the request: reconnect and try again.
                     log.info("upstream.retry_unsent", server=self.name, attempt=attempt + 1, reason=exc.error.message)
                     self.request_recycle(session)  # withdrawn: the next round waits for the new session
+                    telemetry.hooks.note("retry", reason=clean(exc.error.message), attempt=attempt + 1)
                     continue
                 if code == types.REQUEST_TIMEOUT:
                     raise UpstreamTimeout(self.name, f"timed out: no answer within {timeout:g}s") from None

@@ -18,6 +18,7 @@ import anyio
 import httpcore2
 import httpx2
 
+from mcp_bridge import telemetry
 from mcp_bridge.upstream.http_errors import AnswerTooLarge, explain_http_error, http_error_to_explain
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -42,6 +43,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        telemetry.hooks.http(request)  # the traceparent header, as the request's _meta has it (telemetry on)
         try:
             response = await self._inner.handle_async_request(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:

@@ -38,6 +38,7 @@ from mcp_types import methods as _methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import RootModel, ValidationError
 
+from mcp_bridge import telemetry
 from mcp_bridge.logs import get_logger
 from mcp_bridge.upstream.inputs import LogSink, complete_by_default
 from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES
@@ -250,7 +251,8 @@ async def call_direct(
     is a complete one, as :class:`~mcp_bridge.upstream.inputs.OfferingSession` takes it); a timeout and a cancelled
     caller send the same ``notifications/cancelled`` (at 2026-07-28: abort the POST) and raise the same errors
     (``tests/test_direct_calls.py`` compares the two ways). Not done: the dispatcher's OpenTelemetry span (the
-    bridge exports no traces). A session of neither era known here takes the session's way.
+    bridge's own, :meth:`mcp_bridge.telemetry.Hooks.upstream`, is around it; the trace context goes into ``_meta``
+    here as the dispatcher puts it). A session of neither era known here takes the session's way.
     """
     version = session.protocol_version
     modern = version in MODERN_PROTOCOL_VERSIONS
@@ -274,6 +276,7 @@ async def call_direct(
         headers = {MCP_PROTOCOL_VERSION_HEADER: version}
     if progress is not None:
         meta["progressToken"] = request_id  # the request id is the progress token, as the session makes it
+    telemetry.hooks.inject(meta)  # the trace context (telemetry on), as the session's dispatcher injects it
     if meta:
         params["_meta"] = meta
     else:

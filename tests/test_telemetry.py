@@ -1,0 +1,214 @@
+"""Telemetry (issue 20): the bridge's own traces and metrics over OTLP/HTTP, checked where a collector gets them.
+
+The bridge runs as a subprocess over stdio, once per IDE mode; a local OTLP/HTTP receiver (:mod:`otlp`) decodes
+what it exports, and the scripted upstream (:mod:`hostile`) records the trace context each request brought, in its
+``_meta`` and in its ``traceparent`` header. Timings are the bench's (``bench/telemetry.py``), not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from harness import Raw, SilentServer, bridge_client, free_port, run_cli, write_config
+from hostile import Hostile, serving, tool
+from otlp import Receiver
+
+pytestmark = pytest.mark.anyio
+
+SERVER, CLIENT = 2, 3  # the protobuf's SpanKind values
+SECRET_ARGUMENT = "telemetry-secret-argument-value"
+
+
+def _config(tmp_path: Path, upstream: Hostile, endpoint: str | None, **telemetry: Any) -> Path:
+    extra: dict[str, Any] = {"user": {"email": "dev@example.com"}, "timeouts": {"startup_wait": 5}}
+    if endpoint is not None:
+        extra["telemetry"] = {"enabled": True, "endpoint": endpoint, "metrics_interval": 1, **telemetry}
+    return write_config(tmp_path / "config.yaml", {"h": upstream.server_config()}, **extra)
+
+
+def _upstream() -> Hostile:
+    return Hostile(
+        "h",
+        tools=[tool("echo", "Echo.")],
+        prompts=[{"name": "greet", "description": "Greet."}],
+    )
+
+
+async def _call(client: Any, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "arguments": arguments}
+    if meta is not None:
+        params["_meta"] = meta
+    request = types.CallToolRequest(params=types.CallToolRequestParams.model_validate(params))
+    return (await client.session.send_request(request, Raw)).root  # type: ignore[no-any-return]
+
+
+async def _until(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.1)
+
+
+def _all_values(receiver: Receiver) -> str:
+    return json.dumps([[s.attributes, s.events] for s in receiver.spans] + [receiver.metrics], default=str)
+
+
+@pytest.mark.usefixtures("ide_mode")
+async def test_spans_and_metrics_reach_the_collector_with_the_ides_trace_carried_to_the_server(tmp_path: Path) -> None:
+    upstream = _upstream()
+    trace_id, ide_span = secrets.token_hex(16), secrets.token_hex(8)
+    traceparent = f"00-{trace_id}-{ide_span}-01"
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream), bridge_client(config, tmp_path / "home") as client:
+            await client.session.send_request(types.ListToolsRequest(), Raw)
+            result = await _call(client, "h__echo", {"token": SECRET_ARGUMENT}, {"traceparent": traceparent})
+            assert result["content"][0]["text"] == "h ran echo"
+            prompt = types.GetPromptRequest(params=types.GetPromptRequestParams(name="h__greet"))
+            await client.session.send_request(prompt, Raw)
+            with pytest.raises(MCPError):
+                await _call(client, "h__nope", {}, None)
+            await _until(lambda: "mcp_bridge.calls" in receiver.metrics, "the calls' metrics, exported each second")
+        await _until(lambda: receiver.named("tools/call echo"), "the spans, flushed when the bridge stops")
+
+    # One SERVER span for the IDE's call, in the IDE's trace, a child of the IDE's span.
+    (front,) = receiver.named("tools/call h__echo")
+    assert front.kind == SERVER
+    assert (front.trace_id, front.parent_span_id) == (trace_id, ide_span)
+    assert front.attributes["mcp.method.name"] == "tools/call"
+    assert front.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert front.attributes["gen_ai.tool.name"] == "h__echo"
+    assert front.attributes["jsonrpc.request.id"]
+    assert front.attributes["mcp_bridge.server"] == "h"
+    assert front.attributes["mcp_bridge.tool"] == "echo"
+    assert front.attributes["mcp_bridge.outcome"] == "Completed"
+    assert "error.type" not in front.attributes
+
+    # Its child, the request to the server; the server got that span's context in _meta and in the HTTP header.
+    (call,) = receiver.named("tools/call echo")
+    assert call.kind == CLIENT
+    assert (call.trace_id, call.parent_span_id) == (trace_id, front.span_id)
+    assert call.attributes["mcp_bridge.server"] == "h"
+    assert call.attributes["server.address"] == "127.0.0.1"
+    sent = f"00-{trace_id}-{call.span_id}-01"
+    assert upstream.metas[-1]["traceparent"] == sent
+    (post,) = [p for p in upstream.posts if p.method == "tools/call"]
+    assert post.traceparent == sent
+
+    # A prompt goes the session's way (the SDK's dispatcher injects the context): the same trace shape.
+    (prompt_span,) = receiver.named("prompts/get h__greet")
+    (prompt_call,) = receiver.named("prompts/get greet")
+    assert prompt_call.parent_span_id == prompt_span.span_id
+    assert prompt_span.attributes["gen_ai.prompt.name"] == "h__greet"
+    (prompt_post,) = [p for p in upstream.posts if p.method == "prompts/get"]
+    assert (prompt_post.traceparent or "").startswith(f"00-{prompt_call.trace_id}-{prompt_call.span_id}-")
+
+    # A denied call: its own trace (the IDE sent none), the outcome and the error's type.
+    (denied,) = receiver.named("tools/call h__nope")
+    assert denied.attributes["mcp_bridge.outcome"] == "Denied"
+    assert denied.attributes["error.type"] == "-32602"
+    assert denied.status_code == 2  # ERROR
+    assert denied.trace_id != trace_id
+
+    # Lists and discovery have spans too.
+    assert receiver.named("tools/list")
+
+    # Who and what: the resource carries the service and the user as the audit knows them.
+    assert front.resource["service.name"] == "mcp-bridge"
+    assert front.resource["user.email"] == "dev@example.com"
+
+    # Metrics: calls by server, tool and outcome; durations; the server's state; the catalog's size.
+    calls = {(a["mcp_bridge.tool"], a["mcp_bridge.outcome"]): v for a, v in receiver.metrics["mcp_bridge.calls"]}
+    assert calls[("echo", "Completed")] >= 1
+    assert any(k[1] == "Denied" for k in calls)
+    assert any(a.get("mcp_bridge.server") == "h" for a, _ in receiver.metrics["mcp_bridge.call.duration"])
+    assert any(a.get("mcp.method.name") == "tools/call" for a, _ in receiver.metrics["mcp.server.operation.duration"])
+    assert any(a.get("mcp_bridge.server") == "h" for a, _ in receiver.metrics["mcp.client.operation.duration"])
+    states = receiver.metrics["mcp_bridge.upstream.state"]
+    assert ({"mcp_bridge.server": "h", "mcp_bridge.state": "connected"}, 1) in states
+    assert ({"mcp_bridge.server": "h"}, 1) in receiver.metrics["mcp_bridge.catalog.tools"]
+    assert "mcp_bridge.audit.spool.pending" not in receiver.metrics  # no spool without Port: see the next test
+
+    # No argument value anywhere (audit.arguments is the default, digest).
+    assert SECRET_ARGUMENT not in _all_values(receiver)
+
+
+async def test_arguments_in_spans_only_with_full_audit_arguments(tmp_path: Path) -> None:
+    upstream = _upstream()
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text + "audit: {arguments: full}\n", encoding="utf-8")
+        async with serving(upstream), bridge_client(config, tmp_path / "home") as client:
+            await _call(client, "h__echo", {"query": "visible"}, None)
+        await _until(lambda: receiver.named("tools/call h__echo"), "the span")
+    (front,) = receiver.named("tools/call h__echo")
+    assert json.loads(front.attributes["gen_ai.tool.call.arguments"]) == {"query": "visible"}
+
+
+@pytest.mark.usefixtures("ide_mode")
+@pytest.mark.parametrize("collector", ["refused", "silent"])
+async def test_a_dead_collector_costs_the_calls_nothing(tmp_path: Path, collector: str) -> None:
+    """Nothing listens (connection refused), or something accepts and never answers: every call is answered, and
+    the bridge stops (its last flush is bounded); what could not be exported is dropped, counted and logged."""
+    upstream = _upstream()
+    with SilentServer() as silent:
+        endpoint = f"http://127.0.0.1:{free_port() if collector == 'refused' else silent.port}"
+        config = _config(tmp_path, upstream, endpoint)
+        stderr = tmp_path / "bridge-stderr.log"
+        env = {"OTEL_EXPORTER_OTLP_TIMEOUT": "1"}  # the variables configure the exporter (its default: 5 s)
+        async with serving(upstream), bridge_client(config, tmp_path / "home", env=env, stderr_path=stderr) as client:
+            for i in range(20):
+                result = await _call(client, "h__echo", {"i": i}, None)
+                assert result["content"][0]["text"] == "h ran echo"
+            # The metrics (each second) try to go out, and fail after the exporter's retries: dropped and logged.
+            await _until(lambda: "telemetry.export_failed" in stderr.read_text(encoding="utf-8"), "a failed export")
+            result = await _call(client, "h__echo", {}, None)  # and calls go on as before
+            assert result["content"][0]["text"] == "h ran echo"
+        assert len(upstream.calls) == 21
+
+
+async def test_nothing_of_opentelemetrys_sdk_is_imported_when_telemetry_is_off(tmp_path: Path) -> None:
+    """``PYTHONPROFILEIMPORTTIME`` makes the bridge list every module it imports (on stderr): with telemetry off, no
+    module of the OpenTelemetry SDK or its exporter is among them; with it on (the control), they are."""
+    upstream = _upstream()
+    imported: dict[bool, str] = {}
+    with Receiver() as receiver:
+        for on in (False, True):
+            config = _config(tmp_path, upstream, receiver.endpoint if on else None)
+            stderr = tmp_path / f"stderr-{on}.log"
+            env = {"PYTHONPROFILEIMPORTTIME": "1"}
+            async with (
+                serving(upstream),
+                bridge_client(config, tmp_path / "home", env=env, stderr_path=stderr) as client,
+            ):
+                await _call(client, "h__echo", {}, None)
+            imported[on] = stderr.read_text(encoding="utf-8")
+    for on, text in imported.items():
+        loaded = re.search(r"\|\s+opentelemetry\.(sdk|exporter)\b", text) is not None
+        assert loaded == on, f"telemetry {'on' if on else 'off'}: OpenTelemetry SDK imported: {loaded}"
+
+
+def test_status_and_doctor_say_what_is_exported_and_whether_the_collector_answers(tmp_path: Path) -> None:
+    upstream = _upstream()  # not served: status and doctor need no server for this
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        status = run_cli(tmp_path / "home", "status", "--json", "--config", str(config))
+        shown = json.loads(status.stdout)["telemetry"]
+        assert shown["enabled"] is True
+        assert shown["traces"] == f"{receiver.endpoint}/v1/traces"
+        assert shown["metrics"] == f"{receiver.endpoint}/v1/metrics"
+        doctor = run_cli(tmp_path / "home", "doctor", "--config", str(config))
+        assert f"✓ telemetry: the collector at {receiver.endpoint}" in doctor.stdout, doctor.stdout
+    dead = _config(tmp_path, upstream, f"http://127.0.0.1:{free_port()}")
+    doctor = run_cli(tmp_path / "home", "doctor", "--config", str(dead))
+    assert "✗ telemetry" in doctor.stdout, doctor.stdout
+    assert doctor.returncode == 1
