@@ -76,7 +76,7 @@ async def test_spans_and_metrics_reach_the_collector_with_the_ides_trace_carried
             await client.session.send_request(prompt, Raw)
             with pytest.raises(MCPError):
                 await _call(client, "h__nope", {}, None)
-            await _until(lambda: "mcp_bridge.calls" in receiver.metrics, "the calls' metrics, exported each second")
+            await _until(lambda: "mcp_bridge.call.duration" in receiver.metrics, "the calls' metrics, each second")
         await _until(lambda: receiver.named("tools/call echo"), "the spans, flushed when the bridge stops")
 
     # One SERVER span for the IDE's call, in the IDE's trace, a child of the IDE's span.
@@ -126,10 +126,11 @@ async def test_spans_and_metrics_reach_the_collector_with_the_ides_trace_carried
     assert front.resource["user.email"] == "dev@example.com"
 
     # Metrics: calls by server, tool and outcome; durations; the server's state; the catalog's size.
-    calls = {(a["mcp_bridge.tool"], a["mcp_bridge.outcome"]): v for a, v in receiver.metrics["mcp_bridge.calls"]}
-    assert calls[("echo", "Completed")] >= 1
-    assert any(k[1] == "Denied" for k in calls)
-    assert any(a.get("mcp_bridge.server") == "h" for a, _ in receiver.metrics["mcp_bridge.call.duration"])
+    durations = receiver.metrics["mcp_bridge.call.duration"]  # a histogram: (count, sum) by its attributes
+    calls = {(a["mcp_bridge.server"], a["mcp_bridge.tool"], a["mcp_bridge.outcome"]): v[0] for a, v in durations}
+    assert calls[("h", "echo", "Completed")] == 1
+    assert calls[("h", "greet", "Completed")] == 1
+    assert any(k[2] == "Denied" for k in calls)
     assert any(a.get("mcp.method.name") == "tools/call" for a, _ in receiver.metrics["mcp.server.operation.duration"])
     assert any(a.get("mcp_bridge.server") == "h" for a, _ in receiver.metrics["mcp.client.operation.duration"])
     states = receiver.metrics["mcp_bridge.upstream.state"]

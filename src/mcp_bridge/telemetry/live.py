@@ -1,4 +1,5 @@
-"""The live hooks: OpenTelemetry's SDK, exporting over OTLP/HTTP (protobuf). Imported only with telemetry enabled.
+"""The live hooks: traces and metrics exported over OTLP/HTTP (protobuf) by OpenTelemetry's SDK. Imported only with
+telemetry enabled.
 
 Spans follow OpenTelemetry's semantic conventions for MCP and GenAI tools: one ``SERVER`` span per request of the
 IDE, named ``{mcp.method.name} {target}``, parented by the trace context the IDE sent in the request's ``_meta``
@@ -9,32 +10,51 @@ the retries as events and a wait for a connection as a span of its own; its cont
 request's ``_meta`` (both eras) and in the HTTP ``traceparent`` header. Argument values only with
 ``audit.arguments: full``, masked as the logs are.
 
-Spans go through a batch processor: a call only hands its span to a queue. A collector that cannot be reached costs
-the export thread its timeout, never a call: what cannot be exported is dropped and counted
-(``mcp_bridge.telemetry.dropped``), and the log says so (once, then every 100th time).
+The cost on a call is kept to recording: the SDK's own spans and metric instruments cost about 60-100 µs a span and
+25 µs a measurement on the 2-core machine of ``bench/telemetry.py``, more than issue 20's 50 µs a call for two spans
+and three measurements. So a call records its spans as small :class:`_Span` objects (W3C ids made here) and its
+measurements as tuples, appended to queues; a daemon thread turns them into the SDK's ``ReadableSpan`` objects and
+instrument updates and exports them (spans in batches of up to 512, every second or sooner when 512 wait; metrics
+every ``telemetry.metrics_interval``). A queue that is full (a collector down for long) drops, and counts
+(``mcp_bridge.telemetry.dropped``); a collector that cannot be reached costs that thread its timeout, never a call,
+and the log says so (the 1st, 2nd, 4th, 8th... time).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import contextvars
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
-from opentelemetry import propagate
+from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from opentelemetry.trace import SpanKind, StatusCode, get_current_span
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from mcp_bridge.config import Settings
 from mcp_bridge.logs import clean, get_logger
@@ -51,6 +71,58 @@ _TIMEOUT_VARIABLES = (
 )
 _TRACEPARENT = b'"traceparent":"'
 _TRACESTATE = b'"tracestate":"'
+_MAX_QUEUE = 2048
+"""Spans (and, apart, measurements) waiting for the export thread; past it new ones are dropped and counted."""
+_BATCH = 512
+_SPAN_DELAY_SECONDS = 1.0
+_MEASURE_DELAY_SECONDS = 0.5
+_HEX = frozenset("0123456789abcdef")
+
+_current: contextvars.ContextVar[_Span | None] = contextvars.ContextVar("mcp_bridge_span", default=None)
+
+
+class _Span:
+    """One span as a call records it; made into the SDK's ``ReadableSpan`` by the export thread."""
+
+    __slots__ = (
+        "attributes",
+        "end",
+        "error",
+        "events",
+        "kind",
+        "name",
+        "parent_id",
+        "remote_parent",
+        "sampled",
+        "span_id",
+        "start",
+        "trace_id",
+        "trace_state",
+    )
+
+    def __init__(self, name: str, kind: SpanKind, attributes: dict[str, Any], parent: _Parent | None) -> None:
+        self.name, self.kind, self.attributes = name, kind, attributes
+        self.span_id = random.getrandbits(64) or 1
+        if parent is None:
+            self.trace_id = random.getrandbits(128) or 1
+            self.parent_id, self.remote_parent, self.sampled, self.trace_state = 0, False, True, ""
+        else:
+            self.trace_id, self.parent_id, self.sampled, self.trace_state = parent
+            self.remote_parent = not isinstance(parent, _Span)
+        self.events: list[tuple[int, str, dict[str, Any]]] = []
+        self.error: str | None = None
+        self.start = time.time_ns()
+        self.end = 0
+
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+
+    # a child's parent: (trace id, span id, sampled, trace state)
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.trace_id, self.span_id, self.sampled, self.trace_state))
+
+
+_Parent = tuple[int, int, bool, str] | _Span
 
 
 class _Dropped:
@@ -59,6 +131,7 @@ class _Dropped:
     def __init__(self) -> None:
         self.spans = 0
         self.metric_batches = 0
+        self.measurements = 0
         self._lock = threading.Lock()
         self._failures = 0
 
@@ -66,11 +139,13 @@ class _Dropped:
         with self._lock:
             if what == "spans":
                 self.spans += n
-            else:
+            elif what == "metrics":
                 self.metric_batches += n
+            else:
+                self.measurements += n
             self._failures += 1
             failures = self._failures
-        if failures == 1 or failures % 100 == 0:
+        if failures & (failures - 1) == 0:  # the 1st, 2nd, 4th, 8th... failure: said, never flooding the log
             log.warning("telemetry.export_failed", dropped=what, count=n, failures=failures, endpoint=endpoint)
 
 
@@ -133,6 +208,29 @@ def _error_type(exc: BaseException) -> str:
     return str(code) if isinstance(code, int) else type(exc).__qualname__
 
 
+def _parse(meta: Any) -> tuple[int, int, bool, str] | None:
+    """The W3C trace context in a request's ``_meta`` (``traceparent``, ``tracestate``), or ``None``."""
+    if not meta:
+        return None
+    try:
+        value = meta.get("traceparent")
+    except AttributeError:
+        return None
+    if not isinstance(value, str) or len(value) < 55:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or (parts[0] == "00" and len(parts) != 4):
+        return None
+    version, trace, span, flags = parts[:4]
+    if len(trace) != 32 or len(span) != 16 or len(flags) != 2 or not _HEX.issuperset(version + trace + span + flags):
+        return None
+    trace_id, span_id = int(trace, 16), int(span, 16)
+    if not trace_id or not span_id:
+        return None
+    state = meta.get("tracestate")
+    return trace_id, span_id, bool(int(flags, 16) & 1), state if isinstance(state, str) and len(state) <= 512 else ""
+
+
 class Live(Hooks):
     active = True
 
@@ -144,35 +242,30 @@ class Live(Hooks):
             attributes["service.name"] = config.service_name
         if settings.user is not None and settings.user.email:
             attributes["user.email"] = settings.user.email  # who, as the audit records it
-        resource = Resource.create(attributes)
+        self.resource = Resource.create(attributes)
+        self.scope = InstrumentationScope("mcp-bridge", version)
         timeout = None if any(os.environ.get(v) for v in _TIMEOUT_VARIABLES) else _EXPORT_TIMEOUT_SECONDS
         self.dropped = _Dropped()
         traces = signal_endpoint(config, "traces")
         metrics = signal_endpoint(config, "metrics")
-        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # failures are counted and logged below
-        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        self.tracer_provider.add_span_processor(
-            BatchSpanProcessor(_SpanExporter(self.dropped, endpoint=traces, timeout=timeout))
-        )
+        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # failures are counted and logged here
+        self.exporter = _SpanExporter(self.dropped, endpoint=traces, timeout=timeout)
         reader = PeriodicExportingMetricReader(
             _MetricExporter(self.dropped, endpoint=metrics, timeout=timeout),
             export_interval_millis=config.metrics_interval * 1000,
         )
-        self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
-        self.tracer = self.tracer_provider.get_tracer("mcp-bridge", version)
-        meter = self.meter_provider.get_meter("mcp-bridge", version)
-        self._meter = meter
+        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[reader], shutdown_on_exit=False)
+        meter = self._meter = self.meter_provider.get_meter("mcp-bridge", version)
         self.server_duration = meter.create_histogram(
             "mcp.server.operation.duration", unit="s", description="Requests of the IDE, as the bridge served them"
         )
         self.client_duration = meter.create_histogram(
             "mcp.client.operation.duration", unit="s", description="Requests of the bridge to the servers"
         )
-        self.calls = meter.create_counter(
-            "mcp_bridge.calls", unit="{call}", description="Calls, reads and prompts by server, tool and outcome"
-        )
         self.call_duration = meter.create_histogram(
-            "mcp_bridge.call.duration", unit="s", description="Calls, reads and prompts by server, tool and outcome"
+            "mcp_bridge.call.duration",
+            unit="s",
+            description="Calls, reads and prompts by server, tool and outcome (its count is the number of calls)",
         )
         self.state = meter.create_gauge("mcp_bridge.upstream.state", description="1 for each server's current state")
         self.reconnects = meter.create_counter("mcp_bridge.upstream.reconnects", unit="{reconnect}")
@@ -183,17 +276,44 @@ class Live(Hooks):
             "mcp_bridge.telemetry.dropped",
             callbacks=[self._observe_dropped],
             unit="{item}",
-            description="Spans and metric batches that could not be exported (dropped)",
+            description="Spans, measurements and metric batches that could not be exported (dropped)",
         )
         self.interval = config.metrics_interval
         self._counters: dict[str, Any] = {}
         self._states: dict[str, str] = {}
+        self._spans: collections.deque[_Span] = collections.deque()
+        self._measures: collections.deque[tuple[Any, str, float, dict[str, Any]]] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._export_spans, name="telemetry-spans", daemon=True),
+            threading.Thread(target=self._apply_measures, name="telemetry-metrics", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
         log.info("telemetry.start", traces=traces, metrics=metrics)
 
-    # ------------------------------------------------------------------ spans
+    # ------------------------------------------------------------------ recording (on the event loop)
+
+    def _finish(self, span: _Span) -> None:
+        span.end = time.time_ns()
+        if not span.sampled:
+            return
+        if len(self._spans) >= _MAX_QUEUE:
+            self.dropped.failed("spans", 1, "(queue full)")
+            return
+        self._spans.append(span)
+        if len(self._spans) >= _BATCH:
+            self._wake.set()
+
+    def _measure(self, instrument: Any, how: str, value: float, attributes: dict[str, Any]) -> None:
+        if len(self._measures) >= _MAX_QUEUE * 4:
+            self.dropped.failed("measurements", 1, "(queue full)")
+            return
+        self._measures.append((instrument, how, value, attributes))
 
     def front_middleware(self) -> Any:
-        tracer, duration = self.tracer, self.server_duration
+        finish, measure, duration = self._finish, self._measure, self.server_duration
 
         async def traced(ctx: Any, call_next: Any) -> Any:
             if ctx.request_id is None:  # notifications are not traced
@@ -201,37 +321,26 @@ class Live(Hooks):
             method = ctx.method
             target, attributes = _target(method, ctx.params)
             attributes["mcp.method.name"] = method
-            attributes["jsonrpc.request.id"] = str(ctx.request_id)
-            attributes["network.transport"] = "pipe"
             if ctx.protocol_version:
                 attributes["mcp.protocol.version"] = ctx.protocol_version
-            parent = _extract(ctx.meta)
+            measured = dict(attributes)
+            measured.pop("mcp.resource.uri", None)
+            attributes["jsonrpc.request.id"] = str(ctx.request_id)
+            attributes["network.transport"] = "pipe"
+            span = _Span(f"{method} {target}" if target else method, SpanKind.SERVER, attributes, _parse(ctx.meta))
+            token = _current.set(span)
             start = time.perf_counter()
-            error: str | None = None
-            with tracer.start_as_current_span(
-                f"{method} {target}" if target else method,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    return await call_next(ctx)
-                except BaseException as exc:
-                    error = _error_type(exc)
-                    span.set_attribute("error.type", error)
-                    if (code := getattr(getattr(exc, "error", None), "code", None)) is not None:
-                        span.set_attribute("rpc.response.status_code", str(code))
-                    span.set_status(StatusCode.ERROR)
-                    raise
-                finally:
-                    measured = {
-                        k: v for k, v in attributes.items() if k not in ("jsonrpc.request.id", "mcp.resource.uri")
-                    }
-                    if error is not None:
-                        measured["error.type"] = error
-                    duration.record(time.perf_counter() - start, measured)
+            try:
+                return await call_next(ctx)
+            except BaseException as exc:  # the JSON-RPC error's code, as the conventions have it
+                span.error = measured["error.type"] = attributes["error.type"] = _error_type(exc)
+                if (code := getattr(getattr(exc, "error", None), "code", None)) is not None:
+                    attributes["rpc.response.status_code"] = str(code)
+                raise
+            finally:
+                _current.reset(token)
+                finish(span)
+                measure(duration, "record", time.perf_counter() - start, measured)
 
         return traced
 
@@ -241,50 +350,58 @@ class Live(Hooks):
         target, attributes = _target(method, getattr(request, "params", None))
         attributes["mcp.method.name"] = method
         attributes["mcp_bridge.server"] = server
-        attributes["network.protocol.name"] = "http"
         if era:
             attributes["mcp.protocol.version"] = era
+        measured = dict(attributes)
+        measured.pop("mcp.resource.uri", None)
+        attributes["network.protocol.name"] = "http"
         if url:
-            from urllib.parse import urlsplit
-
             parts = urlsplit(url)
             if parts.hostname:
                 attributes["server.address"] = parts.hostname
             with contextlib.suppress(ValueError):
                 if parts.port:
                     attributes["server.port"] = parts.port
+        span = _Span(f"{method} {target}" if target else method, SpanKind.CLIENT, attributes, _current.get())
+        token = _current.set(span)
+        # The SDK's dispatcher (the session's way: everything but the direct tools/call) puts the current OpenTelemetry
+        # context into the request's _meta: make this span that context.
+        otel_token = otel_context.attach(set_span_in_context(NonRecordingSpan(_span_context(span))))
         start = time.perf_counter()
-        error: str | None = None
-        with self.tracer.start_as_current_span(
-            f"{method} {target}" if target else method,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                error = _error_type(exc)
-                span.set_attribute("error.type", error)
-                span.set_status(StatusCode.ERROR)
-                raise
-            finally:
-                measured = {k: v for k, v in attributes.items() if k != "mcp.resource.uri"}
-                if error is not None:
-                    measured["error.type"] = error
-                self.client_duration.record(time.perf_counter() - start, measured)
+        try:
+            yield span
+        except BaseException as exc:
+            span.error = measured["error.type"] = attributes["error.type"] = _error_type(exc)
+            raise
+        finally:
+            otel_context.detach(otel_token)
+            _current.reset(token)
+            self._finish(span)
+            self._measure(self.client_duration, "record", time.perf_counter() - start, measured)
 
-    def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-        return self.tracer.start_as_current_span(name, attributes=attributes)
+    @contextlib.contextmanager
+    def span(self, name: str, **attributes: Any) -> Iterator[Any]:
+        span = _Span(name, SpanKind.INTERNAL, attributes, _current.get())
+        token = _current.set(span)
+        try:
+            yield span
+        finally:
+            _current.reset(token)
+            self._finish(span)
 
     def note(self, name: str, **attributes: Any) -> None:
-        span = get_current_span()
-        if span.is_recording():
-            span.add_event(name, {k: v for k, v in attributes.items() if v is not None})
+        span = _current.get()
+        if span is not None:
+            span.events.append((time.time_ns(), name, {k: v for k, v in attributes.items() if v is not None}))
 
     def inject(self, meta: MutableMapping[str, Any]) -> None:
-        propagate.inject(meta)
+        span = _current.get()
+        if span is not None:
+            meta["traceparent"] = span.traceparent()
+            if span.trace_state:
+                meta["tracestate"] = span.trace_state
+            else:
+                meta.pop("tracestate", None)
 
     def http(self, request: Any) -> None:
         if request.method != "POST" or "traceparent" in request.headers:
@@ -303,7 +420,7 @@ class Live(Hooks):
                 request.headers[header] = body[start:end].decode("ascii", "replace")
 
     def finished(self, event: Any) -> None:
-        if event.kind == "call" or event.kind in ("prompt_get", "resource_read", "completion", "resource_subscribe"):
+        if event.kind in ("call", "prompt_get", "resource_read", "completion", "resource_subscribe"):
             attributes = {
                 "mcp_bridge.server": event.server or "",
                 "mcp_bridge.tool": event.tool or event.exposed_name or "",
@@ -312,44 +429,35 @@ class Live(Hooks):
             }
             if event.error_class:
                 attributes["error.type"] = event.error_class
-            span = get_current_span()
-            if span.is_recording():
-                span.set_attributes(attributes)
+            span = _current.get()
+            if span is not None:
+                span.attributes.update(attributes)
+                if event.error_class:
+                    span.error = span.error or event.error_class
                 if self.arguments and event.arguments is not None:
-                    span.set_attribute("gen_ai.tool.call.arguments", clean(json.dumps(event.arguments, default=str)))
-            self.calls.add(1, attributes)
+                    span.attributes["gen_ai.tool.call.arguments"] = clean(json.dumps(event.arguments, default=str))
             if event.replied_at is not None:
-                self.call_duration.record(max(0.0, event.replied_at - event.asked_at), attributes)
-
-    # ------------------------------------------------------------------ metrics
+                self._measure(self.call_duration, "record", max(0.0, event.replied_at - event.asked_at), attributes)
 
     def upstream_state(self, server: str, state: str) -> None:
         previous = self._states.get(server)
         if previous == state:
             return
         if previous is not None:
-            self.state.set(0, {"mcp_bridge.server": server, "mcp_bridge.state": previous})
+            self._measure(self.state, "set", 0, {"mcp_bridge.server": server, "mcp_bridge.state": previous})
             if state == "connecting":
-                self.reconnects.add(1, {"mcp_bridge.server": server})
+                self._measure(self.reconnects, "add", 1, {"mcp_bridge.server": server})
         self._states[server] = state
-        self.state.set(1, {"mcp_bridge.server": server, "mcp_bridge.state": state})
+        self._measure(self.state, "set", 1, {"mcp_bridge.server": server, "mcp_bridge.state": state})
 
     def count(self, name: str, **attributes: Any) -> None:
         counter = self._counters.get(name)
         if counter is None:
             counter = self._counters[name] = self._meter.create_counter(name)
-        counter.add(1, {f"mcp_bridge.{k}": v for k, v in attributes.items()})
-
-    def _observe_dropped(self, options: Any) -> Any:
-        from opentelemetry.metrics import Observation
-
-        return [
-            Observation(self.dropped.spans, {"mcp_bridge.signal": "traces"}),
-            Observation(self.dropped.metric_batches, {"mcp_bridge.signal": "metrics"}),
-        ]
+        self._measure(counter, "add", 1, {f"mcp_bridge.{k}": v for k, v in attributes.items()})
 
     async def watch(self, bridge: Any) -> None:
-        """Sample the bridge's gauges (audit spool backlog, catalog size) on the event loop, before each export."""
+        """Sample the bridge's gauges (audit spool backlog, catalog size) on the event loop, once per export."""
         while True:
             self.sample(bridge)
             await anyio.sleep(self.interval)
@@ -359,8 +467,8 @@ class Live(Hooks):
             spool = bridge.audit.spool
             if spool is not None:
                 stats = spool.stats()
-                self.spool_pending.set(stats.pending)
-                self.spool_dropped.set(stats.dropped)
+                self._measure(self.spool_pending, "set", stats.pending, {})
+                self._measure(self.spool_dropped, "set", stats.dropped, {})
         except Exception as exc:  # a spool that cannot be read is the audit's to report
             log.debug("telemetry.spool_unreadable", error=str(exc))
         counts: dict[str, int] = {}
@@ -368,16 +476,77 @@ class Live(Hooks):
             if entry.denial is None and not entry.blocked:
                 counts[entry.server] = counts.get(entry.server, 0) + 1
         for server in bridge.upstreams:
-            self.catalog_tools.set(counts.get(server, 0), {"mcp_bridge.server": server})
+            self._measure(self.catalog_tools, "set", counts.get(server, 0), {"mcp_bridge.server": server})
+
+    # ------------------------------------------------------------------ exporting (in the threads)
+
+    def _observe_dropped(self, options: Any) -> Any:
+        from opentelemetry.metrics import Observation
+
+        return [
+            Observation(self.dropped.spans, {"mcp_bridge.signal": "traces"}),
+            Observation(self.dropped.measurements + self.dropped.metric_batches, {"mcp_bridge.signal": "metrics"}),
+        ]
+
+    def _apply_measures(self) -> None:
+        while not self._stopping:
+            time.sleep(_MEASURE_DELAY_SECONDS)
+            self._drain_measures()
+
+    def _drain_measures(self) -> None:
+        while self._measures:
+            instrument, how, value, attributes = self._measures.popleft()
+            with contextlib.suppress(Exception):
+                getattr(instrument, how)(value, attributes)
+
+    def _export_spans(self) -> None:
+        while not self._stopping:
+            self._wake.wait(_SPAN_DELAY_SECONDS)
+            self._wake.clear()
+            self._drain_spans()
+
+    def _drain_spans(self) -> None:
+        while self._spans:
+            batch: list[ReadableSpan] = []
+            while self._spans and len(batch) < _BATCH:
+                batch.append(self._readable(self._spans.popleft()))
+            self.exporter.export(batch)
+
+    def _readable(self, span: _Span) -> ReadableSpan:
+        flags = TraceFlags(TraceFlags.SAMPLED)
+        state = _trace_state(span.trace_state)
+        parent = None
+        if span.parent_id:
+            parent = SpanContext(span.trace_id, span.parent_id, span.remote_parent, flags, state)
+        status = Status(StatusCode.ERROR) if span.error else Status(StatusCode.UNSET)
+        if span.error:
+            span.attributes.setdefault("error.type", span.error)
+        return ReadableSpan(
+            name=span.name,
+            context=_span_context(span),
+            parent=parent,
+            resource=self.resource,
+            attributes=span.attributes,
+            events=[Event(name, attributes, timestamp=at) for at, name, attributes in span.events],
+            kind=span.kind,
+            status=status,
+            start_time=span.start,
+            end_time=span.end,
+            instrumentation_scope=self.scope,
+        )
 
     def shutdown(self, within: float) -> None:
-        """Flush and stop both providers in a thread, waiting at most ``within`` seconds (the export threads are
-        daemons: a collector that does not answer never holds the exit)."""
+        """Export what waits and stop, in a thread, waiting at most ``within`` seconds (the threads are daemons: a
+        collector that does not answer never holds the exit)."""
+        self._stopping = True
+        self._wake.set()
 
         def stop() -> None:
-            for provider in (self.tracer_provider, self.meter_provider):
-                with contextlib.suppress(Exception):
-                    provider.shutdown()
+            with contextlib.suppress(Exception):
+                self._drain_measures()
+                self._drain_spans()
+            with contextlib.suppress(Exception):
+                self.meter_provider.shutdown()
 
         thread = threading.Thread(target=stop, name="telemetry-shutdown", daemon=True)
         thread.start()
@@ -386,15 +555,15 @@ class Live(Hooks):
             log.warning("telemetry.flush_incomplete", within=within)
 
 
-def _extract(meta: Any) -> Any:
-    """The IDE's trace context from a request's ``_meta``; ``None`` (the current context) when it carries none."""
-    if not meta:
+def _trace_state(header: str) -> TraceState | None:
+    if not header:
         return None
     try:
-        carrier = dict(meta)
-        if "traceparent" not in carrier:
-            return None
-        context = propagate.extract(carrier)
-    except (TypeError, ValueError):
+        return TraceState.from_header([header])
+    except Exception:  # a malformed tracestate is dropped, as the W3C spec says
         return None
-    return context if get_current_span(context).get_span_context().is_valid else None
+
+
+def _span_context(span: _Span) -> SpanContext:
+    flags = TraceFlags(TraceFlags.SAMPLED if span.sampled else TraceFlags.DEFAULT)
+    return SpanContext(span.trace_id, span.span_id, False, flags, _trace_state(span.trace_state))

@@ -1,0 +1,295 @@
+"""Per-call cost of telemetry (issue 20): the bridge with telemetry off and on, in one run (a benchmark, not a test).
+
+Run from the repository root (needs the ``otel`` extra, which ``.[test]`` includes)::
+
+    .venv/bin/python bench/telemetry.py [--calls 1000] [--rounds 3] [--eras 2026-07-28,2025-11-25] [--no-write]
+
+Issue 20's target: with telemetry on, at most 50 µs more per call at p50 (batch span processor), and an unreachable
+collector never slows or fails a call. Paths, each a ``mcp-bridge serve`` subprocess over stdio with one local
+upstream (``mcp_bridge.sandbox.localservers``), the same ``echo`` call as ``bench/floor.py``:
+
+* off: ``telemetry`` absent (nothing of OpenTelemetry's SDK is loaded);
+* on: ``telemetry: {enabled: true, endpoint: ...}`` to a live collector: a subprocess of this file
+  (``--collector PORT``) that answers every OTLP/HTTP POST with 200 and an empty protobuf answer;
+* on, collector refused: the endpoint is a port nobody listens on;
+* on, collector silent: a subprocess of this file (``--silent PORT``) accepts connections and never answers.
+
+Per era and path: connect, 20 warm-up calls, then ``--calls`` sequential calls per round, each answer checked; the
+path order rotates every round. Values are medians across rounds of each round's p50/p90; the overhead is a path's
+p50 minus off's p50 in the same run; CPU per call is the bridge process's user + system time over a round (Linux
+``/proc``, the export thread included) divided by the calls. Also, per path: spawn → first call answered (one
+sample, the telemetry start included). It prints one markdown table and appends it to ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from common import Upstream
+
+TARGET_OVERHEAD_US = 50.0
+PATHS = ("off", "on", "on, collector refused", "on, collector silent")
+
+
+# ---------------------------------------------------------------------------------------------- collectors
+
+
+def collector_main(port: int) -> int:
+    """A collector's front door that takes everything: 200 and an empty (valid) protobuf answer to every POST."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    return 0
+
+
+def silent_main(port: int) -> int:
+    """Accepts connections and never answers (a hung collector)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    held = []
+    while True:
+        conn, _ = sock.accept()
+        held.append(conn)
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class PathResult:
+    p50: list[float] = field(default_factory=list)
+    p90: list[float] = field(default_factory=list)
+    bridge_cpu: list[float] = field(default_factory=list)
+    first_call_ms: float = 0.0
+
+
+@dataclass
+class EraResult:
+    paths: dict[str, PathResult] = field(default_factory=dict)
+
+
+def tree_cpu(pid: int) -> float:
+    from common import cpu_seconds, process_tree
+
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
+async def run_era(
+    era: str, upstream: Upstream, work: Path, calls: int, rounds: int, endpoints: dict[str, str | None]
+) -> EraResult:
+    from contextlib import AsyncExitStack
+
+    from common import (
+        ERAS,
+        WARMUP_CALLS,
+        bridge_client_in,
+        call_echo,
+        ms,
+        own_children,
+        percentile,
+        timed_calls,
+        write_config,
+    )
+
+    mode = ERAS[era][0]
+    result = EraResult()
+    tool = f"{upstream.name}__echo"
+    async with AsyncExitStack() as stack:
+        clients: dict[str, Any] = {}
+        pids: dict[str, int] = {}
+        for i, (path, endpoint) in enumerate(endpoints.items()):
+            extra: dict[str, Any] = {}
+            if endpoint is not None:
+                extra["telemetry"] = {"enabled": True, "endpoint": endpoint}
+            config = write_config(work / f"{era}-{i}.yaml", [upstream], **extra)
+            before = set(own_children())
+            t0 = time.perf_counter()
+            clients[path] = await stack.enter_async_context(
+                bridge_client_in(config, work / f"home-{era}-{i}", work / f"bridge-{era}-{i}.stderr.log", mode)
+            )
+            await call_echo(clients[path].session, tool, "first")
+            result.paths[path] = PathResult(first_call_ms=ms(time.perf_counter() - t0))
+            (pids[path],) = set(own_children()) - before
+            if clients[path].protocol_version != era:
+                raise RuntimeError(f"{path} connected at {clients[path].protocol_version}, not {era}")
+            await timed_calls(clients[path].session, tool, WARMUP_CALLS, upstream.name)
+        names = list(clients)
+        for r in range(rounds):
+            for path in names[r % len(names) :] + names[: r % len(names)]:
+                res = result.paths[path]
+                cpu0 = tree_cpu(pids[path])
+                samples = await timed_calls(clients[path].session, tool, calls, upstream.name)
+                res.bridge_cpu.append(ms(tree_cpu(pids[path]) - cpu0) / calls)
+                res.p50.append(ms(percentile(samples, 50)))
+                res.p90.append(ms(percentile(samples, 90)))
+                print(
+                    f"  {era} round {r + 1}/{rounds} {path:24}: p50 {res.p50[-1]:.3f} ms  p90 {res.p90[-1]:.3f} ms",
+                    file=sys.stderr,
+                )
+    return result
+
+
+def render(
+    results: dict[str, EraResult], calls: int, rounds: int, started: dt.datetime, load_start: str, quiet: str
+) -> str:
+    from common import WARMUP_CALLS, machine_line, markdown_table, med, spread, title_line, verdict
+
+    rows = []
+    verdicts = []
+    for era, result in results.items():
+        off = result.paths["off"]
+        o50, o90, ocpu = med(off.p50), med(off.p90), med(off.bridge_cpu)
+        for path, res in result.paths.items():
+            p50, p90, cpu = med(res.p50), med(res.p90), med(res.bridge_cpu)
+            over = (p50 - o50) * 1000
+            rows.append(
+                [
+                    era,
+                    path,
+                    f"{p50:.3f}",
+                    f"{p90:.3f}",
+                    f"{p50 / o50:.3f}x",
+                    "—" if path == "off" else f"{over:+.0f}",
+                    f"{cpu:.3f}" + ("" if path == "off" else f" ({(cpu - ocpu) * 1000:+.0f} µs)"),
+                    f"{res.first_call_ms:.0f}",
+                    spread(res.p50),
+                ]
+            )
+            if path != "off":
+                verdicts.append(
+                    f"- {era}, {path}: {over:+.0f} µs per call at p50 (p90 {(p90 - o90) * 1000:+.0f} µs) — target "
+                    f"≤ {TARGET_OVERHEAD_US:g} µs {verdict(over <= TARGET_OVERHEAD_US)}"
+                )
+    lines = [
+        title_line(started, "telemetry on and off (`bench/telemetry.py`)"),
+        "",
+        machine_line(load_start) + (f"; {quiet}" if quiet else ""),
+        f"- per era: an SDK client in that era's mode, one local upstream that speaks only that era; {calls} "
+        f"sequential `echo` calls per path per round, {rounds} rounds rotating the path order, {WARMUP_CALLS} "
+        "warm-up calls per path; values are medians across rounds of each round's p50/p90",
+        "- off = no `telemetry`; on = `telemetry: {enabled: true, endpoint}` to a local collector that answers 200; "
+        "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans go through the batch "
+        "span processor (the SDK's defaults), metrics every 60 s",
+        "- CPU µs/call: the bridge process (its export threads included), median across rounds; first call: spawn → "
+        "the first `echo` answered, one sample",
+        "",
+    ]
+    table = markdown_table(
+        [
+            "era",
+            "path",
+            "p50 ms",
+            "p90 ms",
+            "p50 / off",
+            "p50 over off µs",
+            "bridge CPU ms/call",
+            "first call ms",
+            "notes",
+        ],
+        rows,
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    )
+    return "\n".join([*lines, *table, "", *verdicts]) + "\n"
+
+
+def main() -> int:
+    side = argparse.ArgumentParser(add_help=False)
+    side.add_argument("--collector", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    side.add_argument("--silent", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    known, _ = side.parse_known_args()
+    if known.collector:
+        return collector_main(known.collector)
+    if known.silent:
+        return silent_main(known.silent)
+
+    import subprocess
+
+    import anyio
+
+    from common import (
+        ERAS,
+        Processes,
+        add_common_args,
+        append_results,
+        free_port,
+        install_signal_handlers,
+        kill_group,
+        load_average,
+        parse_eras,
+        quiet_note,
+        wait_port,
+        workdir,
+    )
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0], parents=[side])
+    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per path per round (default 1000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, rotating the path order (default 3)")
+    parser.add_argument("--eras", default="2026-07-28,2025-11-25", help="protocol eras (default both)")
+    add_common_args(parser)
+    args = parser.parse_args()
+    try:
+        eras = parse_eras(args.eras)
+    except ValueError as exc:
+        parser.error(f"--eras: {exc}")
+    install_signal_handlers()
+    quiet = quiet_note(args)
+    started = dt.datetime.now(dt.UTC)
+    load_start = load_average()
+    t_start = time.perf_counter()
+    results: dict[str, EraResult] = {}
+    with workdir(args.keep) as work:
+        procs = Processes(work)
+        sides: list[subprocess.Popen[bytes]] = []
+        try:
+            collector, silent = free_port(), free_port()
+            for flag, port in (("--collector", collector), ("--silent", silent)):
+                proc = subprocess.Popen([sys.executable, __file__, flag, str(port)], start_new_session=True)
+                sides.append(proc)
+                wait_port(port, proc)
+            endpoints: dict[str, str | None] = {
+                "off": None,
+                "on": f"http://127.0.0.1:{collector}",
+                "on, collector refused": f"http://127.0.0.1:{free_port()}",
+                "on, collector silent": f"http://127.0.0.1:{silent}",
+            }
+            for era in eras:
+                (local,) = procs.start_upstreams([f"local{era[:4]}"], ["--era", ERAS[era][1]])
+                results[era] = anyio.run(run_era, era, local, work, args.calls, args.rounds, endpoints)
+        except KeyboardInterrupt:
+            print("interrupted; cleaning up", file=sys.stderr)
+            return 130
+        finally:
+            procs.kill_all()
+            for proc in sides:
+                kill_group(proc.pid)
+                proc.wait(5)
+    append_results(render(results, args.calls, args.rounds, started, load_start, quiet), not args.no_write)
+    print(f"total runtime {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
