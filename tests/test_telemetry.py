@@ -213,3 +213,64 @@ def test_status_and_doctor_say_what_is_exported_and_whether_the_collector_answer
     doctor = run_cli(tmp_path / "home", "doctor", "--config", str(dead))
     assert "✗ telemetry" in doctor.stdout, doctor.stdout
     assert doctor.returncode == 1
+
+
+async def test_a_retry_and_the_reconnection_show_in_the_trace_and_the_metrics(tmp_path: Path) -> None:
+    """A server restarted under a handshake-era session forgets it: the call is sent again on a new session. The
+    request's span shows the retry (an event with the reason) and the wait for the new connection (a span inside
+    it); the metrics count the reconnection."""
+    from harness import LocalUpstream
+
+    alpha = LocalUpstream("alpha", tmp_path).start()
+    try:
+        with Receiver() as receiver:
+            config = write_config(
+                tmp_path / "config.yaml",
+                {"alpha": alpha.server_config()},
+                protocol={"upstream": "legacy"},
+                telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
+            )
+            async with bridge_client(config, tmp_path / "home", mode="legacy") as client:
+                await _call(client, "alpha__echo", {"text": "before"}, None)
+                alpha.restart()
+                got = await _call(client, "alpha__echo", {"text": "after"}, None)
+                assert got["content"][0]["text"] == "alpha: after"
+                await _until(lambda: "mcp_bridge.upstream.reconnects" in receiver.metrics, "the reconnection counted")
+            await _until(lambda: len(receiver.named("tools/call echo")) == 2, "both calls' spans")
+    finally:
+        alpha.kill()
+    second = receiver.named("tools/call echo")[-1]
+    retries = [attributes for name, attributes in second.events if name == "retry"]
+    assert retries and "session" in retries[0]["reason"].lower(), second.events
+    waits = [s for s in receiver.named("wait for connection") if s.parent_span_id == second.span_id]
+    assert waits and waits[0].attributes["mcp_bridge.server"] == "alpha"
+    assert ({"mcp_bridge.server": "alpha"}, 1) in receiver.metrics["mcp_bridge.upstream.reconnects"]
+
+
+async def test_the_audit_backlog_and_shipping_failures_are_metrics(tmp_path: Path) -> None:
+    """With Port, the audit spool's backlog is a gauge and each failed shipment a count: Port refusing every batch
+    (503) leaves the call's event waiting, and says so."""
+    from port_double import PortDouble, mcp_server_entity
+
+    upstream = _upstream()
+    with PortDouble() as double, Receiver() as receiver:
+        double.add_client("dev", "telemetry-port-secret")
+        double.upsert_entity("_mcp_server", mcp_server_entity("h", upstream.url, ["*"], auth_type="none"))
+        double.fail_next("bulk", status=503, times=100_000)
+        port = {"base_url": double.base_url, "client_id": "dev", "client_secret": "${env:TEST_PORT_SECRET}"}
+        config = write_config(
+            tmp_path / "config.yaml",
+            {},
+            port=port,
+            timeouts={"startup_wait": 5},
+            telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
+        )
+        env = {"TEST_PORT_SECRET": "telemetry-port-secret"}
+        async with serving(upstream), bridge_client(config, tmp_path / "home", env=env) as client:
+            await _call(client, "h__echo", {}, None)
+
+            def backlog() -> bool:
+                pending = receiver.metrics.get("mcp_bridge.audit.spool.pending", [])
+                return any(v >= 1 for _, v in pending) and "mcp_bridge.audit.ship_failures" in receiver.metrics
+
+            await _until(backlog, "the backlog and a failed shipment in the metrics")
