@@ -62,8 +62,14 @@ def _all_values(receiver: Receiver) -> str:
 
 
 @pytest.mark.usefixtures("ide_mode")
-async def test_spans_and_metrics_reach_the_collector_with_the_ides_trace_carried_to_the_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("upstream_era", ["both", "handshake"])
+async def test_spans_and_metrics_reach_the_collector_with_the_ides_trace_carried_to_the_server(
+    tmp_path: Path, upstream_era: str
+) -> None:
+    """``both``: the server speaks 2026-07-28 (and the bridge speaks it to it); ``handshake``: only the handshake
+    era. Either way the IDE's trace goes on to the server, in ``_meta`` and in the ``traceparent`` header."""
     upstream = _upstream()
+    upstream.era = upstream_era
     trace_id, ide_span = secrets.token_hex(16), secrets.token_hex(8)
     traceparent = f"00-{trace_id}-{ide_span}-01"
     with Receiver() as receiver:

@@ -58,7 +58,7 @@ from opentelemetry.trace import (
 
 from mcp_bridge.config import Settings
 from mcp_bridge.logs import clean, get_logger
-from mcp_bridge.telemetry import Hooks, signal_endpoint
+from mcp_bridge.telemetry import Hooks, otlp, signal_endpoint
 
 log = get_logger(__name__)
 
@@ -243,6 +243,8 @@ class Live(Hooks):
         if settings.user is not None and settings.user.email:
             attributes["user.email"] = settings.user.email  # who, as the audit records it
         self.resource = Resource.create(attributes)
+        self.resource_attributes = dict(self.resource.attributes)
+        self.version, self.config = version, config
         self.scope = InstrumentationScope("mcp-bridge", version)
         timeout = None if any(os.environ.get(v) for v in _TIMEOUT_VARIABLES) else _EXPORT_TIMEOUT_SECONDS
         self.dropped = _Dropped()
@@ -507,10 +509,47 @@ class Live(Hooks):
 
     def _drain_spans(self) -> None:
         while self._spans:
-            batch: list[ReadableSpan] = []
+            batch: list[_Span] = []
             while self._spans and len(batch) < _BATCH:
-                batch.append(self._readable(self._spans.popleft()))
-            self.exporter.export(batch)
+                batch.append(self._spans.popleft())
+            self._send(batch)
+
+    def _send(self, batch: list[_Span]) -> None:
+        """Encode a batch (:mod:`.otlp`) and POST it through the exporter's HTTP client (its headers, compression,
+        retries and timeout); through the SDK's own encoder where that client is not there (another SDK release)."""
+        client = getattr(self.exporter, "_client", None)
+        if not callable(getattr(client, "export", None)):
+            self.exporter.export([self._readable(span) for span in batch])
+            return
+        for span in batch:
+            if span.error:
+                span.attributes.setdefault("error.type", span.error)
+        data = otlp.request(
+            self.resource_attributes,
+            ("mcp-bridge", self.version),
+            [
+                otlp.span(
+                    trace_id=span.trace_id,
+                    span_id=span.span_id,
+                    parent_id=span.parent_id,
+                    trace_state=span.trace_state,
+                    name=span.name,
+                    kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
+                    start=span.start,
+                    end=span.end,
+                    attributes=span.attributes,
+                    events=span.events,
+                    error=span.error is not None,
+                )
+                for span in batch
+            ],
+        )
+        try:
+            ok = bool(client.export(data).success)  # type: ignore[union-attr]
+        except Exception:  # the export thread's boundary: drop, count, go on
+            ok = False
+        if not ok:
+            self.dropped.failed("spans", len(batch), signal_endpoint(self.config, "traces"))
 
     def _readable(self, span: _Span) -> ReadableSpan:
         flags = TraceFlags(TraceFlags.SAMPLED)
