@@ -72,18 +72,20 @@ def enabled(settings: Settings) -> bool:
 
 
 def start(settings: Settings, *, version: str) -> Hooks:
-    """Start exporting (when ``telemetry.enabled``), and put the live hooks in place. Without the ``otel`` extra it
-    raises :class:`ImportError` with the command that installs it."""
+    """Start exporting (when ``telemetry.enabled``), and put the live hooks in place. Without the ``otel`` extra the
+    bridge serves on without telemetry, and the log says so (an error, with the command that installs it)."""
     global hooks
     if not settings.telemetry.enabled or hooks.active:
         return hooks
     try:
         from mcp_bridge.telemetry.live import Live
     except ImportError as exc:  # pragma: no cover - depends on what is installed
-        raise ImportError(
-            f"telemetry is enabled but the OpenTelemetry SDK is not installed ({exc}); "
-            "install it with: pip install 'mcp-bridge[otel]'"
-        ) from exc
+        from mcp_bridge.logs import get_logger
+
+        get_logger(__name__).error(
+            "telemetry.unavailable", error=str(exc), fix="pip install 'mcp-bridge[otel]' (the OpenTelemetry SDK)"
+        )
+        return hooks
     hooks = Live(settings, version=version)
     return hooks
 

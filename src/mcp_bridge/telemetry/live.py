@@ -198,7 +198,8 @@ def _target(method: str, params: Any) -> tuple[str | None, dict[str, Any]]:
     elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
         uri = get("uri")
         if uri is not None:
-            return str(uri), {"mcp.resource.uri": str(uri)}
+            shown = clean(str(uri))  # a URI may carry a token in its query
+            return shown, {"mcp.resource.uri": shown}
     return None, {}
 
 
