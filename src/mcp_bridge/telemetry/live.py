@@ -125,6 +125,34 @@ class _Span:
 _Parent = tuple[int, int, bool, str] | _Span
 
 
+class _Request:
+    """Around one request to a server: its ``CLIENT`` span is the current one (and, on the session's way, the
+    OpenTelemetry context the SDK's dispatcher injects into ``_meta``: the direct ``tools/call`` injects its own)."""
+
+    __slots__ = ("_live", "_measured", "_otel", "_session_way", "_start", "_token", "span")
+
+    def __init__(self, live: Live, span: _Span, measured: dict[str, Any], session_way: bool) -> None:
+        self._live, self.span, self._measured, self._session_way = live, span, measured, session_way
+        self._otel: object = None
+
+    def __enter__(self) -> _Span:
+        self._token = _current.set(self.span)
+        if self._session_way:
+            self._otel = otel_context.attach(set_span_in_context(NonRecordingSpan(_span_context(self.span))))
+        self._start = time.perf_counter()
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        span = self.span
+        if exc is not None:
+            span.error = self._measured["error.type"] = span.attributes["error.type"] = _error_type(exc)
+        if self._otel is not None:
+            otel_context.detach(self._otel)  # type: ignore[arg-type]
+        _current.reset(self._token)
+        self._live._finish(span)
+        self._live._measure(self._live.client_duration, "record", time.perf_counter() - self._start, self._measured)
+
+
 class _Dropped:
     """What could not be exported (spans and metric batches), counted and logged sparingly."""
 
@@ -283,6 +311,7 @@ class Live(Hooks):
         )
         self.interval = config.metrics_interval
         self._counters: dict[str, Any] = {}
+        self._addresses: dict[str, dict[str, Any]] = {}
         self._states: dict[str, str] = {}
         self._spans: collections.deque[_Span] = collections.deque()
         self._measures: collections.deque[tuple[Any, str, float, dict[str, Any]]] = collections.deque()
@@ -347,8 +376,7 @@ class Live(Hooks):
 
         return traced
 
-    @contextlib.contextmanager
-    def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> Iterator[Any]:
+    def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
         target, attributes = _target(method, getattr(request, "params", None))
         attributes["mcp.method.name"] = method
@@ -359,28 +387,22 @@ class Live(Hooks):
         measured.pop("mcp.resource.uri", None)
         attributes["network.protocol.name"] = "http"
         if url:
+            attributes.update(self._address(url))
+        span = _Span(f"{method} {target}" if target else method, SpanKind.CLIENT, attributes, _current.get())
+        return _Request(self, span, measured, method != "tools/call")
+
+    def _address(self, url: str) -> dict[str, Any]:
+        found = self._addresses.get(url)
+        if found is None:
+            found = {}
             parts = urlsplit(url)
             if parts.hostname:
-                attributes["server.address"] = parts.hostname
+                found["server.address"] = parts.hostname
             with contextlib.suppress(ValueError):
                 if parts.port:
-                    attributes["server.port"] = parts.port
-        span = _Span(f"{method} {target}" if target else method, SpanKind.CLIENT, attributes, _current.get())
-        token = _current.set(span)
-        # The SDK's dispatcher (the session's way: everything but the direct tools/call) puts the current OpenTelemetry
-        # context into the request's _meta: make this span that context.
-        otel_token = otel_context.attach(set_span_in_context(NonRecordingSpan(_span_context(span))))
-        start = time.perf_counter()
-        try:
-            yield span
-        except BaseException as exc:
-            span.error = measured["error.type"] = attributes["error.type"] = _error_type(exc)
-            raise
-        finally:
-            otel_context.detach(otel_token)
-            _current.reset(token)
-            self._finish(span)
-            self._measure(self.client_duration, "record", time.perf_counter() - start, measured)
+                    found["server.port"] = parts.port
+            self._addresses[url] = found
+        return found
 
     @contextlib.contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[Any]:
