@@ -4,7 +4,7 @@ Run from the repository root (needs the ``otel`` extra, which ``.[test]`` includ
 
     .venv/bin/python bench/telemetry.py [--calls 1000] [--rounds 3] [--eras 2026-07-28,2025-11-25] [--no-write]
 
-Issue 20's target: with telemetry on, at most 50 µs more per call at p50 (batch span processor), and an unreachable
+Issue 20's target: with telemetry on, at most 50 µs more per call at p50 (spans batched), and an unreachable
 collector never slows or fails a call. Paths, each a ``mcp-bridge serve`` subprocess over stdio with one local
 upstream (``mcp_bridge.sandbox.localservers``), the same ``echo`` call as ``bench/floor.py``:
 
@@ -257,8 +257,8 @@ def render(
         f"sequential `echo` calls per path per round, {rounds} rounds rotating the path order, {WARMUP_CALLS} "
         "warm-up calls per path; values are medians across rounds of each round's p50/p90",
         "- off = no `telemetry`; on = `telemetry: {enabled: true, endpoint}` to a local collector that answers 200; "
-        "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans go through the batch "
-        "span processor (the SDK's defaults), metrics every 60 s",
+        "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans and measurements are "
+        "queued by the call and exported by the bridge's daemon threads (spans each second), metrics every 60 s",
         "- CPU µs/call: the bridge process (its export threads included), median across rounds; first call: spawn → "
         "the first `echo` answered, one sample",
         "",
