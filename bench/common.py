@@ -76,6 +76,8 @@ never edited, and ratios compare paths measured in the same run.
 - `bench/audit.py`: audit recording cost per call and spool throughput.
 - `bench/search.py`: search mode's quality (recall@1, recall@5, MRR@10 of job-phrased queries over real servers'
   tools, `bench/search_data/`) and cost (`find_tools` time, `tools/list` size, index update) at 100 to 10,000 tools.
+- `bench/telemetry.py`: per-call latency and the bridge's CPU with telemetry off and on (a live collector, one that
+  refuses, one that never answers), in each protocol era, and the event loop's CPU for the telemetry hooks of a call.
 
 The tables whose title names no script come from `bench/latency.py` as it was before `bench/peers.py` existed (then
 direct-vs-bridge latency and startup with 10 upstreams only).
