@@ -1,5 +1,5 @@
-"""The live hooks: traces and metrics exported over OTLP/HTTP (protobuf) by OpenTelemetry's SDK. Imported only with
-telemetry enabled.
+"""The live hooks: traces and metrics exported over OTLP/HTTP (protobuf), through the OTLP exporters' HTTP clients
+(OpenTelemetry's SDK). Imported only with telemetry enabled.
 
 Spans follow OpenTelemetry's semantic conventions for MCP and GenAI tools: one ``SERVER`` span per request of the
 IDE, named ``{mcp.method.name} {target}``, parented by the trace context the IDE sent in the request's ``_meta``
@@ -10,18 +10,20 @@ the retries as events and a wait for a connection as a span of its own; its cont
 request's ``_meta`` (both eras) and in the HTTP ``traceparent`` header. Argument values only with
 ``audit.arguments: full``, masked as the logs are.
 
-The cost on a call is kept to recording: the SDK's own spans and metric instruments cost about 60-100 µs a span and
-25 µs a measurement on the 2-core machine of ``bench/telemetry.py``, more than issue 20's 50 µs a call for two spans
-and three measurements. So a call records its spans as small :class:`_Span` objects (W3C ids made here) and its
-measurements as tuples, appended to queues; a daemon thread turns them into the SDK's ``ReadableSpan`` objects and
-instrument updates and exports them (spans in batches of up to 512, every second or sooner when 512 wait; metrics
-every ``telemetry.metrics_interval``). A queue that is full (a collector down for long) drops, and counts
-(``mcp_bridge.telemetry.dropped``); a collector that cannot be reached costs that thread its timeout, never a call,
-and the log says so (the 1st, 2nd, 4th, 8th... time).
+The cost on a call is kept to recording: the SDK's own spans, metric instruments and OTLP encoder cost about
+60-100 µs a span, 20 µs a measurement and 80 µs a span's encoding on the 2-core machine of ``bench/telemetry.py``,
+more than issue 20's 50 µs a call for two spans and three measurements. So a call records its spans as small
+:class:`_Span` objects (W3C ids made here) and its measurements as tuples, appended to queues; daemon threads encode
+the spans (:mod:`.otlp`, by hand) and export them in batches of up to 512, every second or sooner when 512 wait, and
+aggregate the measurements (:class:`_Instrument`: cumulative histograms, counters, gauges) and export them every
+``telemetry.metrics_interval``. A queue that is full (a collector down for long) drops, and counts
+(``mcp_bridge.telemetry.dropped``); a collector that cannot be reached costs those threads their timeout, never a
+call, and the log says so (the 1st, 2nd, 4th, 8th... time).
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import contextvars
@@ -39,8 +41,6 @@ import anyio
 from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -192,21 +192,14 @@ class _SpanExporter(OTLPSpanExporter):
         return result
 
 
-class _MetricExporter(OTLPMetricExporter):
-    def __init__(self, dropped: _Dropped, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._dropped = dropped
+class _Instrument:
+    """A metric the bridge aggregates itself (``histogram``, ``counter`` or ``gauge``): the SDK's instruments cost
+    about 20 µs a measurement here, this about 2."""
 
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float | None = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        try:
-            result = super().export(metrics_data, timeout_millis, **kwargs)
-        except Exception:  # the export thread's boundary: drop, count, go on
-            result = MetricExportResult.FAILURE
-        if result is not MetricExportResult.SUCCESS:
-            self._dropped.failed("metrics", 1, self._endpoint)
-        return result
+    __slots__ = ("description", "kind", "name", "unit")
+
+    def __init__(self, name: str, kind: str, unit: str = "", description: str = "") -> None:
+        self.name, self.kind, self.unit, self.description = name, kind, unit, description
 
 
 def _target(method: str, params: Any) -> tuple[str | None, dict[str, Any]]:
@@ -281,34 +274,34 @@ class Live(Hooks):
         metrics = signal_endpoint(config, "metrics")
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # failures are counted and logged here
         self.exporter = _SpanExporter(self.dropped, endpoint=traces, timeout=timeout)
-        reader = PeriodicExportingMetricReader(
-            _MetricExporter(self.dropped, endpoint=metrics, timeout=timeout),
-            export_interval_millis=config.metrics_interval * 1000,
+        self.metric_exporter = OTLPMetricExporter(endpoint=metrics, timeout=timeout)
+        self.server_duration = _Instrument(
+            "mcp.server.operation.duration", "histogram", "s", "Requests of the IDE, as the bridge served them"
         )
-        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[reader], shutdown_on_exit=False)
-        meter = self._meter = self.meter_provider.get_meter("mcp-bridge", version)
-        self.server_duration = meter.create_histogram(
-            "mcp.server.operation.duration", unit="s", description="Requests of the IDE, as the bridge served them"
+        self.client_duration = _Instrument(
+            "mcp.client.operation.duration", "histogram", "s", "Requests of the bridge to the servers"
         )
-        self.client_duration = meter.create_histogram(
-            "mcp.client.operation.duration", unit="s", description="Requests of the bridge to the servers"
-        )
-        self.call_duration = meter.create_histogram(
+        self.call_duration = _Instrument(
             "mcp_bridge.call.duration",
-            unit="s",
-            description="Calls, reads and prompts by server, tool and outcome (its count is the number of calls)",
+            "histogram",
+            "s",
+            "Calls, reads and prompts by server, tool and outcome (its count is the number of calls)",
         )
-        self.state = meter.create_gauge("mcp_bridge.upstream.state", description="1 for each server's current state")
-        self.reconnects = meter.create_counter("mcp_bridge.upstream.reconnects", unit="{reconnect}")
-        self.spool_pending = meter.create_gauge("mcp_bridge.audit.spool.pending", unit="{event}")
-        self.spool_dropped = meter.create_gauge("mcp_bridge.audit.spool.dropped", unit="{event}")
-        self.catalog_tools = meter.create_gauge("mcp_bridge.catalog.tools", unit="{tool}")
-        meter.create_observable_counter(
+        self.state = _Instrument("mcp_bridge.upstream.state", "gauge", "", "1 for each server's current state")
+        self.reconnects = _Instrument("mcp_bridge.upstream.reconnects", "counter", "{reconnect}")
+        self.spool_pending = _Instrument("mcp_bridge.audit.spool.pending", "gauge", "{event}")
+        self.spool_dropped = _Instrument("mcp_bridge.audit.spool.dropped", "gauge", "{event}")
+        self.catalog_tools = _Instrument("mcp_bridge.catalog.tools", "gauge", "{tool}")
+        self._dropped_metric = _Instrument(
             "mcp_bridge.telemetry.dropped",
-            callbacks=[self._observe_dropped],
-            unit="{item}",
-            description="Spans, measurements and metric batches that could not be exported (dropped)",
+            "counter",
+            "{item}",
+            "Spans, measurements and metric batches that could not be exported (dropped)",
         )
+        self._points: dict[_Instrument, dict[tuple[tuple[str, Any], ...], Any]] = {}
+        self._points_lock = threading.Lock()
+        self._started_ns = time.time_ns()
+        self._exported_at = time.monotonic()
         self.interval = config.metrics_interval
         self._counters: dict[str, Any] = {}
         self._addresses: dict[str, dict[str, Any]] = {}
@@ -478,7 +471,7 @@ class Live(Hooks):
     def count(self, name: str, **attributes: Any) -> None:
         counter = self._counters.get(name)
         if counter is None:
-            counter = self._counters[name] = self._meter.create_counter(name)
+            counter = self._counters[name] = _Instrument(name, "counter")
         self._measure(counter, "add", 1, {f"mcp_bridge.{k}": v for k, v in attributes.items()})
 
     async def watch(self, bridge: Any) -> None:
@@ -505,24 +498,63 @@ class Live(Hooks):
 
     # ------------------------------------------------------------------ exporting (in the threads)
 
-    def _observe_dropped(self, options: Any) -> Any:
-        from opentelemetry.metrics import Observation
-
-        return [
-            Observation(self.dropped.spans, {"mcp_bridge.signal": "traces"}),
-            Observation(self.dropped.measurements + self.dropped.metric_batches, {"mcp_bridge.signal": "metrics"}),
-        ]
-
     def _apply_measures(self) -> None:
         while not self._stopping:
             time.sleep(_MEASURE_DELAY_SECONDS)
-            self._drain_measures()
+            with self._points_lock:
+                self._drain_measures()
+                if time.monotonic() - self._exported_at >= self.interval:
+                    self._export_metrics()
 
     def _drain_measures(self) -> None:
+        bounds = otlp.HISTOGRAM_BOUNDS
         while self._measures:
-            instrument, how, value, attributes = self._measures.popleft()
-            with contextlib.suppress(Exception):
-                getattr(instrument, how)(value, attributes)
+            instrument, _how, value, attributes = self._measures.popleft()
+            key = tuple(sorted(attributes.items()))
+            points = self._points.setdefault(instrument, {})
+            if instrument.kind == "histogram":
+                state = points.get(key)
+                if state is None:
+                    state = points[key] = [0, 0.0, value, value, [0] * (len(bounds) + 1)]
+                state[0] += 1
+                state[1] += value
+                state[2] = min(state[2], value)
+                state[3] = max(state[3], value)
+                state[4][bisect.bisect_left(bounds, value)] += 1
+            elif instrument.kind == "counter":
+                points[key] = points.get(key, 0) + value
+            else:
+                points[key] = value
+
+    def _export_metrics(self) -> None:
+        """Every metric so far (cumulative since the start), in one OTLP request through the exporter's HTTP client."""
+        self._exported_at = time.monotonic()
+        now = time.time_ns()
+        dropped = self.dropped
+        self._points[self._dropped_metric] = {
+            (("mcp_bridge.signal", "traces"),): dropped.spans,
+            (("mcp_bridge.signal", "metrics"),): dropped.measurements + dropped.metric_batches,
+        }
+        encoded = []
+        for instrument, points in self._points.items():
+            if not points:
+                continue
+            rows = [(dict(key), value) for key, value in points.items()]
+            if instrument.kind == "histogram":
+                data = otlp.histogram(rows, self._started_ns, now)
+            elif instrument.kind == "counter":
+                data = otlp.counter(rows, self._started_ns, now)
+            else:
+                data = otlp.gauge(rows, self._started_ns, now)
+            encoded.append(otlp.metric(instrument.name, instrument.unit, instrument.description, data))
+        request = otlp.metrics_request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
+        client = getattr(self.metric_exporter, "_client", None)
+        try:
+            ok = bool(client.export(request).success)  # type: ignore[union-attr]
+        except Exception:  # the export thread's boundary (or another SDK release without that client): count it
+            ok = False
+        if not ok:
+            self.dropped.failed("metrics", 1, signal_endpoint(self.config, "metrics"))
 
     def _export_spans(self) -> None:
         while not self._stopping:
@@ -605,10 +637,10 @@ class Live(Hooks):
 
         def stop() -> None:
             with contextlib.suppress(Exception):
-                self._drain_measures()
                 self._drain_spans()
-            with contextlib.suppress(Exception):
-                self.meter_provider.shutdown()
+            with contextlib.suppress(Exception), self._points_lock:
+                self._drain_measures()
+                self._export_metrics()
 
         thread = threading.Thread(target=stop, name="telemetry-shutdown", daemon=True)
         thread.start()

@@ -113,3 +113,65 @@ def request(resource: Mapping[str, Any], scope: tuple[str, str], spans: Iterable
     scope_spans = _ld(1, scope_message) + b"".join(_ld(2, s) for s in spans)
     resource_spans = _ld(1, key_values(1, resource)) + _ld(2, scope_spans)
     return _ld(1, resource_spans)
+
+
+# ---------------------------------------------------------------------------------------------------------- metrics
+
+HISTOGRAM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+"""Seconds: the boundaries OpenTelemetry's semantic conventions advise for the MCP operation durations."""
+_CUMULATIVE = 2
+
+
+def _double(field: int, value: float) -> bytes:
+    return _tag(field, 1) + struct.pack("<d", value)
+
+
+def _number_point(attributes: Mapping[str, Any], start: int, now: int, value: float | int) -> bytes:
+    """``NumberDataPoint``: attributes 7, start 2, time 3, as_double 4 or as_int 6 (sfixed64)."""
+    number = _tag(6, 1) + struct.pack("<q", value) if isinstance(value, int) else _double(4, value)
+    return key_values(7, attributes) + _fixed64(2, start) + _fixed64(3, now) + number
+
+
+def gauge(points: Iterable[tuple[Mapping[str, Any], float | int]], start: int, now: int) -> bytes:
+    """A ``Gauge`` (field 5 of ``Metric``): each point's last value."""
+    return _ld(5, b"".join(_ld(1, _number_point(a, start, now, v)) for a, v in points))
+
+
+def counter(points: Iterable[tuple[Mapping[str, Any], float | int]], start: int, now: int) -> bytes:
+    """A monotonic cumulative ``Sum`` (field 7 of ``Metric``)."""
+    body = b"".join(_ld(1, _number_point(a, start, now, v)) for a, v in points)
+    return _ld(7, body + _uint(2, _CUMULATIVE) + _uint(3, 1))
+
+
+def histogram(points: Iterable[tuple[Mapping[str, Any], Any]], start: int, now: int) -> bytes:
+    """A cumulative ``Histogram`` (field 9 of ``Metric``); each point's state: count, sum, min, max, bucket counts."""
+    bounds = b"".join(struct.pack("<d", b) for b in HISTOGRAM_BOUNDS)
+    body = []
+    for attributes, (count, total, low, high, buckets) in points:
+        point = (
+            key_values(9, attributes)
+            + _fixed64(2, start)
+            + _fixed64(3, now)
+            + _tag(4, 1)
+            + struct.pack("<Q", count)
+            + _double(5, total)
+            + _ld(6, b"".join(struct.pack("<Q", n) for n in buckets))
+            + _ld(7, bounds)
+            + _double(11, low)
+            + _double(12, high)
+        )
+        body.append(_ld(1, point))
+    return _ld(9, b"".join(body) + _uint(2, _CUMULATIVE))
+
+
+def metric(name: str, unit: str, description: str, data: bytes) -> bytes:
+    """A ``Metric``: name 1, description 2, unit 3, then its data (gauge 5, sum 7, histogram 9)."""
+    return _ld(1, name.encode()) + _ld(2, description.encode()) + _ld(3, unit.encode()) + data
+
+
+def metrics_request(resource: Mapping[str, Any], scope: tuple[str, str], metrics: Iterable[bytes]) -> bytes:
+    """An ``ExportMetricsServiceRequest`` of one resource and one instrumentation scope."""
+    scope_message = _ld(1, scope[0].encode()) + _ld(2, scope[1].encode())
+    scope_metrics = _ld(1, scope_message) + b"".join(_ld(2, m) for m in metrics)
+    resource_metrics = _ld(1, key_values(1, resource)) + _ld(2, scope_metrics)
+    return _ld(1, resource_metrics)
