@@ -280,3 +280,22 @@ async def test_the_audit_backlog_and_shipping_failures_are_metrics(tmp_path: Pat
                 return any(v >= 1 for _, v in pending) and "mcp_bridge.audit.ship_failures" in receiver.metrics
 
             await _until(backlog, "the backlog and a failed shipment in the metrics")
+
+
+async def test_calls_on_the_short_way_have_their_spans_too(tmp_path: Path) -> None:
+    """A 2026-07-28 IDE's ordinary calls take the short way from the second on (ide/fastpath.py): each still gets
+    its SERVER span with the request to the server as its child."""
+    upstream = _upstream()
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream), bridge_client(config, tmp_path / "home", mode="2026-07-28") as client:
+            for _ in range(3):
+                assert (await _call(client, "h__echo", {}, None))["content"][0]["text"] == "h ran echo"
+        await _until(lambda: len(receiver.named("tools/call echo")) == 3, "the three calls' spans")
+    fronts = receiver.named("tools/call h__echo")
+    calls = receiver.named("tools/call echo")
+    assert len(fronts) == 3 and all(f.kind == SERVER for f in fronts)
+    assert sorted(c.parent_span_id for c in calls) == sorted(f.span_id for f in fronts)
+    assert all(f.attributes["mcp_bridge.outcome"] == "Completed" for f in fronts)
+    log = (tmp_path / "home" / "bridge-stderr.log").read_text(encoding="utf-8")
+    assert re.search(r'"served": 2\b', log), "the second and third calls took the short way"

@@ -17,7 +17,6 @@ import mcp_types as types
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from mcp_bridge import telemetry
 from mcp_bridge.ide import fastpath
 from mcp_bridge.ide.backend import Backend
 from mcp_bridge.ide.front import _WIRE_DUMP, Front
@@ -56,9 +55,7 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
             pending.discard(request_id)
             answered.set()
 
-        # With telemetry on, every request goes the SDK's way, where its span is made (the front's middleware).
-        traced = telemetry.hooks.front_middleware() is not None
-        fast = fastpath.FastCalls(front, write, settled) if fastpath.enabled() and not traced else None
+        fast = fastpath.FastCalls(front, write, settled) if fastpath.enabled() else None
 
         async def pump_in() -> None:
             """Each line from the IDE, parsed as the SDK's ``stdio_server`` parses it (once: this is the hot path),

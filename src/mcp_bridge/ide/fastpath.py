@@ -28,6 +28,7 @@ from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, handler_exception_to_error_data
 from mcp.shared.message import SessionMessage
 
+from mcp_bridge import telemetry
 from mcp_bridge.era import MODERN_VERSIONS, finish
 from mcp_bridge.ide.front import Front, _guard
 from mcp_bridge.ide.rounds import HeldCall
@@ -63,6 +64,18 @@ def enabled() -> bool:
     return AVAILABLE and os.environ.get("MCP_BRIDGE_FAST_CALLS", "1") != "0"
 
 
+class _Traced:
+    """What the telemetry middleware reads of a request (as of the SDK's request context)."""
+
+    method = "tools/call"
+
+    def __init__(self, request_id: Any, params: dict[str, Any]) -> None:
+        self.request_id = request_id
+        self.params = params
+        self.meta = params.get("_meta")
+        self.protocol_version = self.meta.get(types.PROTOCOL_VERSION_META_KEY) if isinstance(self.meta, dict) else None
+
+
 class FastCalls:
     """Ordinary ``tools/call`` requests of a 2026-07-28 IDE, each in a task of its own, answered on ``write``;
     ``done(request_id)`` is told when one is settled (answered, or cancelled unanswered)."""
@@ -81,6 +94,8 @@ class FastCalls:
         self._runner: Any = ServerRunner(front.server, cast(Any, None), None) if AVAILABLE else None
         self.served = 0
         """Requests taken the short way (logged when the IDE's connection ends)."""
+        self._traced = telemetry.hooks.front_middleware()
+        """With telemetry on: the span the SDK's way would make (the front's middleware), made here too."""
 
     def takes(self, message: types.JSONRPCRequest) -> bool:
         """Whether ``message`` is an ordinary ``tools/call`` of a 2026-07-28 IDE whose envelope the SDK accepted."""
@@ -133,7 +148,12 @@ class FastCalls:
         try:
             with scope:
                 try:
-                    result = await self._call(message.id, cast(dict[str, Any], message.params))
+                    params = cast(dict[str, Any], message.params)
+                    if self._traced is None:
+                        result = await self._call(message.id, params)
+                    else:
+                        request = _Traced(message.id, params)
+                        result = await self._traced(request, lambda _ctx: self._call(message.id, params))
                     answer = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
                 except Exception as exc:
                     error = handler_exception_to_error_data(exc) or modern_error_data(exc)
