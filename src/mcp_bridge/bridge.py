@@ -47,7 +47,7 @@ from mcp_bridge.governance.allowlist import (
     changes,
     loading_from_port,
 )
-from mcp_bridge.governance.catalog import CACHE_FILE, NEEDS_TASKS, Catalog, CatalogCache, Listing, ToolEntry
+from mcp_bridge.governance.catalog import CACHE_FILE, CONNECT, NEEDS_TASKS, Catalog, CatalogCache, Listing, ToolEntry
 from mcp_bridge.governance.confirm import confirmation_request, summary
 from mcp_bridge.governance.listing import CALL_TOOL, FIND_TOOLS, ToolList, call_arguments, find_arguments
 from mcp_bridge.governance.narrowing import Narrowing
@@ -243,18 +243,7 @@ class Bridge:
         config = self.catalog.allowlist.servers.get(server)
         if not self.connect_tools or config is None or not isinstance(config.auth, OAuthAuth):
             return  # no IDE to sign in from, or nothing a login fixes (an API key that is not set, say)
-        cached = self._cached.get(server)
-        unlocks = None
-        if cached is not None:
-            allowlist = self.catalog.allowlist
-            unlocks = sum(
-                1
-                for t in cached[1].tools
-                if isinstance(t.get("name"), str)
-                and allowlist.denial(server, t["name"], t["name"], t.get("annotations")) is None
-            )
-        about = config.description or config.title or ""
-        self._publish(self.catalog.set_needs(server, about, unlocks))
+        self._publish(self.catalog.set_needs(server, config.description or config.title or ""))
 
     def refresh_now(self) -> None:
         """Ask the allowlist source again at once (SIGHUP)."""
@@ -326,7 +315,7 @@ class Bridge:
         if server not in self.upstreams or config is None:
             return  # removed while listing
         blocked = self.pins.check(server, config, listing.tools, live=True)
-        self.catalog.set_needs(server, None, None, rebuild=False)  # connected: its own tools again
+        self.catalog.set_needs(server, None, rebuild=False)  # connected: its own tools again
         self._cached[server] = (self.upstreams[server].config.endpoint, listing)
         self._cache_dirty.set()
         if self._tg is None:
@@ -497,11 +486,11 @@ class Bridge:
                     return await self._find_tools(arguments)
                 name, inner = call_arguments(arguments)
             except ValueError as exc:
-                return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+                return _text_result(str(exc), error=True)
             if name in (FIND_TOOLS, CALL_TOOL):
-                return {"content": [{"type": "text", "text": f"{name} is not a tool call_tool calls"}], "isError": True}
+                return _text_result(f"{name} is not a tool call_tool calls", error=True)
             return await self.call_tool(name, inner, meta=meta, progress=progress, inputs=inputs)
-        if exposed.endswith(_CONNECT_SUFFIX) and (server := self._connect_target(exposed)) is not None:
+        if exposed.endswith(CONNECT) and (server := self._connect_target(exposed)) is not None:
             return await self.connect(server)
         found: list[ToolEntry] = []
 
@@ -548,10 +537,8 @@ class Bridge:
 
     def _can_open_url(self) -> bool:
         """Whether the IDE of this request can be asked to open a URL (URL-mode elicitation)."""
-        probe = types.ElicitRequest(
-            params=types.ElicitRequestURLParams(message="", url="https://example.invalid/", elicitation_id="probe")
-        )
-        return ASKING.get() is not None and Offer.of(self.ide_capabilities, allow_sampling=False).refusal(probe) is None
+        elicitation = Offer.of(self.ide_capabilities, allow_sampling=False).elicitation
+        return ASKING.get() is not None and elicitation is not None and elicitation.url is not None
 
     async def connect(self, server: str) -> dict[str, Any]:
         """``<server>__connect``: sign in to the server from the IDE. An IDE with URL-mode elicitation is asked to
@@ -570,7 +557,8 @@ class Bridge:
             )
         if not outcome:
             error = self.upstreams[server].last_error if server in self.upstreams else None
-            return _text_result(f"not connected: {self._login_errors.pop(server, error) or 'the login failed'}", True)
+            why = self._login_errors.pop(server, error) or "the login failed"
+            return _text_result(f"not connected: {why}", error=True)
         allowed, offered = await self._connected(server)
         return _text_result(f"connected: {allowed} of {offered} tools enabled")
 
@@ -983,9 +971,6 @@ class Bridge:
             row["tools_by_class"] = by_class
             rows.append(row)
         return rows
-
-
-_CONNECT_SUFFIX = "connect"
 
 
 def _text_result(text: str, error: bool = False) -> dict[str, Any]:

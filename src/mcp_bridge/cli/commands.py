@@ -9,7 +9,7 @@ from typing import Any
 
 from mcp_bridge import risk, telemetry
 from mcp_bridge.cli.output import UsageError, err, out, out_json, print_table
-from mcp_bridge.config import LoadedConfig, home_dir
+from mcp_bridge.config import LoadedConfig, OAuthAuth, home_dir
 from mcp_bridge.errors import BridgeError
 
 
@@ -48,10 +48,7 @@ async def status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     table = [["SERVER", "STATE", "ERA", "TOOLS", "URL", "TOKEN", "LAST ERROR"]]
     for r in rows:
         tools = f"{r['tools_allowed']} of {r['tools_offered']}"
-        token = ""
-        if r.get("token_expires_at"):
-            left = r["token_expires_at"] - time.time()
-            token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
+        token = _token_text(r.get("token_expires_at"))
         table.append([r["server"], r["state"], r.get("era") or "", tools, r["url"], token, r["last_error"] or ""])
     print_table(table)
     for r in rows:
@@ -234,10 +231,7 @@ async def connections(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return 0
     table = [["SERVER", "STATE", "ACCOUNT", "TOKEN", "TOOLS (enabled of allowed of offered)"]]
     for c in listed:
-        token = ""
-        if c["token_expires_at"]:
-            left = c["token_expires_at"] - time.time()
-            token = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
+        token = _token_text(c["token_expires_at"])
         counts = f"{c['tools_enabled']} of {c['tools_allowed']} of {c['tools_offered']}"
         table.append([c["name"], _STATES.get(c["state"], c["state"]), c["account"] or "", token, counts])
     print_table(table)
@@ -251,7 +245,7 @@ async def _account(bridge: Any, server: str) -> str | None:
     """Who the server knows the user as, where the stored token says so (a JWT's ``email``, ``preferred_username``
     or ``sub``; read for display, not verified); ``None`` otherwise."""
     upstream = bridge.upstreams.get(server)
-    if upstream is None or upstream.auth_env is None or getattr(upstream.config.auth, "type", None) != "oauth":
+    if upstream is None or upstream.auth_env is None or not isinstance(upstream.config.auth, OAuthAuth):
         return None
     try:
         tokens = await upstream.auth_env.storage(upstream.config.endpoint).get_tokens()
@@ -324,6 +318,14 @@ async def _audit_health(loaded: LoadedConfig) -> dict[str, Any]:
     health = await anyio.to_thread.run_sync(check, spool_path(home_dir()))
     problem = str(health.problem) if health.problem is not None else None
     return {"spool": str(health.path), "state": health.state, "problem": problem, "pending": health.pending}
+
+
+def _token_text(expires_at: float | None) -> str:
+    """When a server's access token expires, for a table (empty when there is none)."""
+    if not expires_at:
+        return ""
+    left = expires_at - time.time()
+    return f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshes on use)"
 
 
 def _allowlist_line(allowlist: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ The last listing of each server is kept on disk (:class:`CatalogCache`) so that 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +160,8 @@ class Catalog:
         self._stale = False
         self._unreported: set[str] = set()
         self._version = 0
-        self._needs: dict[str, tuple[str, int | None]] = {}
-        """Servers that need a connection (a login): what they are for, and how many tools connecting unlocks."""
+        self._needs: dict[str, str] = {}
+        """Servers that need a connection (a login), and what each is for."""
 
     # ------------------------------------------------------------------ updates
 
@@ -200,17 +201,16 @@ class Catalog:
             self._cached.discard(server)
         return self._changed(rebuild)
 
-    def set_needs(self, server: str, about: str | None, unlocks: int | None, *, rebuild: bool = True) -> set[str]:
-        """A server needs a connection (``about``: what it is for; ``unlocks``: how many of its tools connecting
-        enables, when known), or no longer (``about`` None): while it does, its tools are replaced in the list by
-        one tool of the bridge's own, ``<server>__connect``."""
-        need = (about or "", unlocks) if about is not None else None
-        if self._needs.get(server) == need:
+    def set_needs(self, server: str, about: str | None, *, rebuild: bool = True) -> set[str]:
+        """A server needs a connection (``about``: what it is for), or no longer (``None``): while it does, its
+        tools are replaced in the list by one tool of the bridge's own, ``<server>__connect``, which says how many
+        of them connecting enables (when its listing is known, say from the disk cache)."""
+        if self._needs.get(server) == about:
             return set()
-        if need is None:
+        if about is None:
             del self._needs[server]
         else:
-            self._needs[server] = need
+            self._needs[server] = about
         return self._changed(rebuild)
 
     def needs(self, server: str) -> bool:
@@ -275,6 +275,7 @@ class Catalog:
         tool_keys = [(s, name) for s in servers for name in listed_tools[s][0]]
         tool_names = assign_names(tool_keys, separator=sep, max_length=max_len)
         tools: dict[str, ToolEntry] = {}
+        unlocks: collections.Counter[str] = collections.Counter()  # a server that needs a connection: its tools then
         previous, self._definitions = self._definitions, {}
         for server in servers:
             blocked = self._blocked.get(server, {})
@@ -295,6 +296,7 @@ class Catalog:
                 if denial is not None:
                     pin = None
                 if denial is None and server in self._needs:
+                    unlocks[server] += 1
                     denial = f"server {server!r} needs a connection: call `{self.connect_name(server)}` to connect it"
                     pin = None
                 tools[exposed] = ToolEntry(
@@ -307,11 +309,10 @@ class Catalog:
                     blocked=pin is not None,
                     duplicated=pin is not None and original in duplicated,
                 )
-        for server, (about, unlocks) in sorted(self._needs.items()):
+        for server, about in sorted(self._needs.items()):
             name = self.connect_name(server)
-            tools[name] = ToolEntry(
-                name, server, CONNECT, connect_tool(name, server, about, unlocks), None, False, connect=True
-            )
+            definition = connect_tool(name, server, about, unlocks[server] or None)
+            tools[name] = ToolEntry(name, server, CONNECT, definition, None, False, connect=True)
         self._tools = tools
         self._visible_tools = [e.definition for e in tools.values() if e.denial is None]
 
@@ -368,11 +369,9 @@ class Catalog:
             raise UnknownName("tool", exposed)
         if entry.connect:
             return entry
-        if entry.server in self._needs and not self._allowlist.denial(
-            entry.server, entry.original, exposed, entry.definition.get("annotations")
-        ):
-            raise NeedsConnection(exposed, entry.denial or "", server=entry.server, tool=entry.original)
         denial = self._allowlist.denial(entry.server, entry.original, exposed, entry.definition.get("annotations"))
+        if denial is None and entry.server in self._needs:
+            raise NeedsConnection(exposed, entry.denial or "", server=entry.server, tool=entry.original)
         if denial is None and (entry.blocked or entry.denial == NEEDS_TASKS):  # changed since pinned; needs tasks
             denial = entry.denial
         if denial is not None:

@@ -18,9 +18,6 @@ from mcp_bridge.files import read_json_object, write_private_json
 
 FILE = "disabled_tools.json"
 
-POLL_SECONDS = 0.5
-"""How often a running bridge looks at the file."""
-
 
 class Narrowing:
     """The disabled tools of one home, as last read."""

@@ -363,7 +363,7 @@ class Front:
         for uri in dict.fromkeys(wanted):
             try:
                 await self.bridge.subscribe(uri)
-            except (UnknownName, PolicyDenied, BridgeError, MCPError) as exc:
+            except (BridgeError, MCPError) as exc:  # denied, unknown, or not offered by the server
                 log.info("front.subscription_refused", uri=clean(uri), reason=clean(str(exc)))
                 continue
             held.append(uri)

@@ -581,9 +581,8 @@ class Upstream:
                 self._relisten.set()
             await self._acknowledged(uri)
             return
-        request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
         try:
-            await send_raw(session, request, request_read_timeout_seconds=self.timeouts.call)
+            await send_raw(session, _subscribe_request(uri), request_read_timeout_seconds=self.timeouts.call)
         except BaseException:
             if new:
                 self.subscriptions.discard(uri)
@@ -624,9 +623,8 @@ class Upstream:
     async def _resubscribe(self, session: ClientSession) -> None:
         """A handshake-era session (a new connection): the subscriptions the bridge holds, sent again."""
         for uri in sorted(self.subscriptions):
-            request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
             try:
-                await send_raw(session, request, request_read_timeout_seconds=self.timeouts.connect)
+                await send_raw(session, _subscribe_request(uri), request_read_timeout_seconds=self.timeouts.connect)
             except (MCPError, OSError, TimeoutError) as exc:
                 log.warning("upstream.resubscribe_failed", server=self.name, uri=uri, error=describe_error(exc))
 
@@ -979,6 +977,10 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, UpstreamError | BridgeError):
         return clean(str(exc))
     return describe_error(exc)
+
+
+def _subscribe_request(uri: str) -> types.SubscribeRequest:
+    return types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
 
 
 def _can_subscribe(session: ClientSession) -> bool:
