@@ -24,6 +24,9 @@ A peer that cannot be installed or run is reported as such in the table, with th
    ``initialize`` (or ``server/discover``), ``tools/list``, 50 warm-up calls, then ``--calls`` sequential ``echo``
    calls, each answer checked; the path order rotates every round. Values are medians across rounds of each round's
    p50/p99. A peer that cannot serve an era is reported with what went wrong.
+   The bridge runs twice: as it is, and as ``bridge-httpx2`` with ``MCP_BRIDGE_LEAN_HTTP=0`` (its direct tool calls
+   through httpx2 as every other request, instead of its own HTTP/1.1 connections: ``mcp_bridge.upstream.lean``),
+   so that the lean client's share shows as a ratio from the same run.
 2. Memory (handshake era): 10 local upstreams. One bridge serving all 10, against 10 ``mcp-remote`` processes (one
    per server, which is what users run today) and 10 ``mcp-proxy`` processes: each spawned, initialized,
    ``tools/list``-ed and driven with 20 ``echo`` calls per server, then measured while still running: the sum over
@@ -96,7 +99,9 @@ NPM_DIR = PEERS_DIR / "npm"
 PROXY_VENV = PEERS_DIR / "mcp-proxy-venv"
 PROXY_REQUIREMENTS = PEERS_SRC / "mcp-proxy-requirements.txt"
 
-PATHS = ["direct", "bridge", "mcp-remote", "mcp-proxy"]
+PATHS = ["direct", "bridge", "bridge-httpx2", "mcp-remote", "mcp-proxy"]
+BRIDGE_VARIANTS = {"bridge": {}, "bridge-httpx2": {"MCP_BRIDGE_LEAN_HTTP": "0"}}
+"""The bridge as it is, and with its direct calls sent through httpx2 as every other request (latency only)."""
 PEER_PATHS = ["mcp-remote", "mcp-proxy"]
 WARMUP = 50
 MEMORY_UPSTREAMS = 10
@@ -261,9 +266,10 @@ async def open_path(
         return
     home = work / f"{path}-{tag}"
     stderr_path = work / f"{path}.stderr.log"
-    if path == "bridge":
+    if path in BRIDGE_VARIANTS:
         config = write_config(work / f"bridge-{upstream.name}.yaml", [upstream])
-        command, env, tool = bridge_command(config), bridge_env(home), f"{upstream.name}__echo"
+        env = {**bridge_env(home), **BRIDGE_VARIANTS[path]}
+        command, tool = bridge_command(config), f"{upstream.name}__echo"
     else:
         command, env, tool = peers[path].command(upstream.url), peer_env(home), "echo"
     async with stdio_client_in(command, env, home, stderr_path, mode) as client:
@@ -397,7 +403,11 @@ async def memory_round(upstreams: list[Upstream], work: Path, peers: dict[str, P
 async def run_memory(
     upstreams: list[Upstream], work: Path, peers: dict[str, Peer], paths: list[str], rounds: int
 ) -> dict[str, PathMemory]:
-    results = {p: PathMemory(problem=peers[p].problem if p in peers else None) for p in paths if p != "direct"}
+    results = {
+        p: PathMemory(problem=peers[p].problem if p in peers else None)
+        for p in paths
+        if p not in ("direct", "bridge-httpx2")
+    }
     for r in range(rounds):
         for path, res in results.items():
             if res.problem:
@@ -426,6 +436,7 @@ async def run_memory(
 LABELS = {
     "direct": "direct SDK client",
     "bridge": "mcp-bridge",
+    "bridge-httpx2": "mcp-bridge, calls through httpx2 (`MCP_BRIDGE_LEAN_HTTP=0`)",
     "mcp-remote": "mcp-remote",
     "mcp-proxy": "mcp-proxy",
 }

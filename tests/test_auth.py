@@ -68,3 +68,40 @@ def test_the_file_store_is_private_and_round_trips(tmp_path: Path) -> None:
     backend.delete("k")
     assert backend.get("k") is None and backend.get("k2") == "v2"
     assert (tmp_path / "secrets.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.anyio
+async def test_each_auth_says_its_header_in_advance_only_when_its_flow_would_add_nothing_else(tmp_path: Path) -> None:
+    """``lean_headers`` (direct calls over the bridge's own connections, ``upstream.lean``): an API key and a Port
+    token always; OAuth only once initialized, with a valid token and no flow step in progress, else ``None`` (the
+    call then goes through httpx2 and the flow, which refreshes or logs in)."""
+    import time
+
+    from mcp.shared.auth import OAuthToken
+
+    from mcp_bridge.auth import HeaderAuth, PortBearer
+    from mcp_bridge.auth.oauth import build_provider
+    from mcp_bridge.config import OAuthAuth
+
+    assert await HeaderAuth("X-Api-Key", "k").lean_headers() == {"X-Api-Key": "k"}
+
+    async def port_token(renew: bool) -> str:
+        return "renewed" if renew else "cached"
+
+    assert await PortBearer(port_token).lean_headers() == {"Authorization": "Bearer cached"}
+
+    tokens = storage(tmp_path)
+    await tokens.set_tokens(OAuthToken(access_token="tok-1", token_type="Bearer", expires_in=3600))
+    policy = LoginPolicy(interactive=False, cooldown=0, timeout=1)
+    provider = build_provider("s", tokens.server_url, OAuthAuth(type="oauth"), tokens, tmp_path, policy)
+    assert await provider.lean_headers() is None  # its first request goes through the flow (which loads the token)
+    await provider._initialize()
+    provider._initialized = True
+    assert await provider.lean_headers() == {"Authorization": "Bearer tok-1"}
+    async with provider.context.lock:  # a refresh or login in progress
+        assert await provider.lean_headers() is None
+    provider.context.token_expiry_time = time.time() - 1
+    assert await provider.lean_headers() is None  # expired: the flow refreshes it first
+    provider.context.token_expiry_time = None
+    provider.context.current_tokens = None
+    assert await provider.lean_headers() is None

@@ -127,6 +127,9 @@ class Scripted:
     def __init__(self, modern: bool = False) -> None:
         self.modern = modern
         self.posts: list[tuple[dict[str, str], bytes]] = []
+        self.clients: list[Any] = []
+        """The client address (host, port) of each POST: one per connection used."""
+        self.bounced: set[Any] = set()
 
     def messages(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.posts if body]
@@ -140,8 +143,18 @@ class Scripted:
         body = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.posts.append((headers, body))
+        self.clients.append(scope.get("client"))
         message = json.loads(body)
         method, request_id = message.get("method"), message.get("id")
+        bounce = (message.get("params") or {}).get("name") if method == "tools/call" else None
+        if bounce in ("unauthorized_once", "redirect_once") and request_id not in self.bounced:
+            self.bounced.add(request_id)  # the first time this request comes: not here, not yet
+            if bounce == "unauthorized_once":
+                await self._reply(send, Reply(401, "application/json", [b"{}"]))
+            else:
+                await send({"type": "http.response.start", "status": 307, "headers": [(b"location", b"/mcp/")]})
+                await send({"type": "http.response.body", "body": b""})
+            return
         if method is None or request_id is None:  # a notification, or the client's answer to our ping
             await self._reply(send, Reply(202, "text/plain"))
         elif method == "server/discover" and self.modern:
@@ -464,3 +477,35 @@ async def test_at_2026_07_28_a_call_given_up_is_cancelled_by_aborting_its_post_a
         await anyio.sleep(0.3)
         assert len(_calls(c.server)) == 4
         assert not [m for m in c.server.messages() if m.get("method") == "notifications/cancelled"]
+
+
+@pytest.mark.parametrize("bounce", ["unauthorized_once", "redirect_once"])
+async def test_an_answer_for_the_auth_flow_or_a_redirect_sends_the_call_again_the_transports_way(
+    bounce: str, era: str
+) -> None:
+    """401/403 (the auth flow answers them) and redirects (followed within the origin) mean the server did not run
+    the call: the direct call's own connection gives it to the transport, which sends it again its way."""
+    async with connected(era) as c:
+        assert c.upstream._wire is not None and c.upstream._wire.lean is not None
+        result = await c.upstream.request(_request(bounce, {"q": 1}))
+        assert result["structuredContent"] == {"name": bounce, "arguments": {"q": 1}}
+        posted = _calls(c.server)
+    assert len(posted) == 2
+    assert posted[0][1] == posted[1][1]  # the same request, byte for byte (the same id: it ran once)
+
+
+async def test_direct_calls_keep_one_connection_and_the_switch_turns_that_off(
+    monkeypatch: pytest.MonkeyPatch, era: str
+) -> None:
+    async with connected(era) as c:
+        for i in range(4):
+            await c.upstream.request(_request("echo", {"i": i}))
+        calls = [
+            client for client, (_, body) in zip(c.server.clients, c.server.posts, strict=True) if b"tools/call" in body
+        ]
+    assert len(calls) == 4 and len(set(calls)) == 1
+    monkeypatch.setenv("MCP_BRIDGE_LEAN_HTTP", "0")
+    async with connected(era) as c:
+        assert c.upstream._wire is not None and c.upstream._wire.lean is None
+        result = await c.upstream.request(_request("echo", {"i": 0}))
+        assert result["structuredContent"]["arguments"] == {"i": 0}

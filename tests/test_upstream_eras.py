@@ -440,17 +440,22 @@ async def test_the_direct_call_path_serves_both_eras(monkeypatch: pytest.MonkeyP
     own stamp: envelope, ``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``; ``tests/test_direct_calls.py`` compares the
     bytes with the session's)."""
     direct: list[Any] = []
-    real_post = wire._post
+    real_post, real_lean_post = wire._post, wire._lean_post
 
     async def counting_post(*args: Any) -> None:
-        direct.append(args)
+        direct.append(("transport", args))
         await real_post(*args)
 
+    async def counting_lean_post(*args: Any) -> bool:
+        direct.append(("lean", args))
+        return await real_lean_post(*args)
+
     monkeypatch.setattr(wire, "_post", counting_post)
+    monkeypatch.setattr(wire, "_lean_post", counting_lean_post)
     hostile = Hostile("h", tools=[tool("echo", "Echo.")], era=era)
     async with serving(hostile), supervised(hostile.url) as (up, _):
         request = types.CallToolRequest(params=types.CallToolRequestParams(name="echo", arguments={}))
         result = await up.request(request)
     assert result["content"][0]["text"] == "h ran echo"
     assert up.era == _spoken(era)
-    assert len(direct) == 1
+    assert [way for way, _ in direct] == ["lean"]  # the direct POST, over the direct calls' own connection

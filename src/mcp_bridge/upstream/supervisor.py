@@ -269,10 +269,11 @@ class Upstream:
         t = self.timeouts
         timeout = httpx2.Timeout(t.connect, read=t.call + 5, write=t.connect, pool=t.connect)
         gate = self._fresh_gate()
-        transport = GuardedTransport(coalescing(httpx2.AsyncHTTPTransport(verify=await _ssl_context())))
+        verify = await _ssl_context()
+        transport = GuardedTransport(coalescing(httpx2.AsyncHTTPTransport(verify=verify)))
         async with (
             httpx2.AsyncClient(auth=auth, timeout=timeout, transport=transport) as http,
-            open_wire(self.config.endpoint, http) as (read, write, wire),
+            open_wire(self.config.endpoint, http, ssl_context=verify, connect_timeout=t.connect) as (read, write, wire),
             OfferingSession(
                 read,
                 write,

@@ -56,7 +56,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         if kind.startswith("text/event-stream"):
             response.stream = _DrainOnClose(response.stream)
         elif kind.startswith("application/json") and response.status_code < 400:
-            response.stream = _Capped(response.stream, MAX_MESSAGE_BYTES)
+            response.stream = Capped(response.stream, MAX_MESSAGE_BYTES)
         elif request.method == "POST" and response.status_code >= 400 and http_error_to_explain(request, response):
             return await explain_http_error(request, response)
         return response
@@ -65,7 +65,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-class _Capped(httpx2.AsyncByteStream):
+class Capped(httpx2.AsyncByteStream):
     """A JSON answer, read only up to ``limit`` bytes: the SDK reads a JSON answer whole, and an endless one from a
     hostile server would fill memory. Past the limit the read fails (:class:`AnswerTooLarge`), and the request with
     it; the session goes on. (Streamed answers have the same limit per event, in the SDK's SSE reader.)"""

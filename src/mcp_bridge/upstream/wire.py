@@ -18,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
+import os
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -40,8 +43,10 @@ from pydantic import RootModel, ValidationError
 
 from mcp_bridge import telemetry
 from mcp_bridge.logs import get_logger
+from mcp_bridge.upstream.http_errors import explain_http_error, http_error_to_explain
 from mcp_bridge.upstream.inputs import LogSink, complete_by_default
-from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES
+from mcp_bridge.upstream.lean import LeanPool, Lost, NotSent
+from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES, NOT_SENT, Capped
 
 log = get_logger(__name__)
 
@@ -97,16 +102,27 @@ class Wire:
     """What the session reads from: the transport puts every message from the server here."""
     tasks: anyio.abc.TaskGroup
     """The transport's task group: its POSTs run (and fail) here."""
+    lean: LeanPool | None = None
+    """Direct calls' own HTTP/1.1 connections (:mod:`~mcp_bridge.upstream.lean`), where the endpoint allows them."""
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(_FIRST_DIRECT_ID))
 
 
+def lean_enabled() -> bool:
+    """``MCP_BRIDGE_LEAN_HTTP`` (default on): ``0`` sends direct calls through httpx2 as every other request."""
+    return os.environ.get("MCP_BRIDGE_LEAN_HTTP", "1") != "0"
+
+
 @contextlib.asynccontextmanager
-async def open_wire(url: str, http: httpx2.AsyncClient) -> AsyncIterator[tuple[Any, Any, Wire | None]]:
+async def open_wire(
+    url: str, http: httpx2.AsyncClient, *, ssl_context: ssl.SSLContext | None = None, connect_timeout: float = 10.0
+) -> AsyncIterator[tuple[Any, Any, Wire | None]]:
     """``streamable_http_client(url, http_client=http)``'s streams, and the transport under them.
 
     It is that function's body, keeping hold of what it builds (it hands out only the two streams), so that a
-    tools/call can be POSTed through the same transport (:func:`call_direct`). Without the SDK internals that
-    needs (:data:`DIRECT_CALLS`), it is that function, and the wire is ``None``.
+    tools/call can be POSTed through the same transport (:func:`call_direct`), or over connections of its own
+    (:class:`~mcp_bridge.upstream.lean.LeanPool`, with ``ssl_context`` for TLS, where :func:`lean_enabled` and the
+    endpoint allows). Without the SDK internals that needs (:data:`DIRECT_CALLS`), it is that function, and the wire
+    is ``None``.
     """
     if not DIRECT_CALLS:
         async with streamable_http_client(url, http_client=http, max_sse_event_size=MAX_MESSAGE_BYTES) as (r, w):
@@ -114,7 +130,8 @@ async def open_wire(url: str, http: httpx2.AsyncClient) -> AsyncIterator[tuple[A
         return
     # The transport hands its URL only to httpx2, which takes a parsed URL as well as a string: parsed once here,
     # not again for every request (a third of the cost of building one).
-    transport = StreamableHTTPTransport(cast(str, httpx2.URL(url)), max_sse_event_size=MAX_MESSAGE_BYTES)
+    parsed = httpx2.URL(url)
+    transport = StreamableHTTPTransport(cast(str, parsed), max_sse_event_size=MAX_MESSAGE_BYTES)
     inbound, read = create_context_streams[SessionMessage | Exception](0)
     write, outbound = create_context_streams[SessionMessage](0)
     async with inbound, read, write, outbound, anyio.create_task_group() as tasks:
@@ -122,10 +139,21 @@ async def open_wire(url: str, http: httpx2.AsyncClient) -> AsyncIterator[tuple[A
         def start_get_stream() -> None:
             tasks.start_soon(transport.handle_get_stream, http, inbound)
 
+        lean = None
+        if lean_enabled() and LeanPool.usable(parsed, http):
+            lean = LeanPool(
+                parsed,
+                ssl_context=ssl_context,
+                connect_timeout=connect_timeout,
+                tasks=tasks,
+                default_headers=http.headers,
+            )
         tasks.start_soon(transport.post_writer, http, outbound, inbound, write, start_get_stream, tasks)
         try:
-            yield read, write, Wire(transport, http, inbound, tasks)
+            yield read, write, Wire(transport, http, inbound, tasks, lean)
         finally:
+            if lean is not None:
+                await lean.aclose()
             if transport.session_id:
                 await transport.terminate_session(http)
             tasks.cancel_scope.cancel()
@@ -147,8 +175,12 @@ class _Answer:
         inbound: Any,
         progress: ProgressFnT | None,
         on_log: LogSink | None = None,
+        *,
+        inline: bool = False,
     ) -> None:
         self.request_id = request_id
+        self._inline = inline
+        """The POST runs in the caller's own task (:mod:`~mcp_bridge.upstream.lean`): nothing to make way for."""
         self._answer = answer
         self._inbound = inbound
         self.progress = progress
@@ -169,7 +201,8 @@ class _Answer:
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.debug("upstream.late_answer_dropped", request_id=self.request_id)  # as the session drops them
                 return
-            for _ in range(_ANSWER_HOPS):  # the answer's way to the IDE first, then the transport's clean-up
+            # The answer's way to the IDE first, then the transport's clean-up (none to wait for when inline).
+            for _ in range(0 if self._inline else _ANSWER_HOPS):
                 await anyio.lowlevel.checkpoint()
             return
         if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/progress":
@@ -288,6 +321,37 @@ async def call_direct(
     else:  # no "params": null on the wire
         message = types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method)
     metadata = ClientMessageMetadata(headers=headers)
+    outcome: dict[str, Any] | types.ErrorData | None = None
+    if wire.lean is not None and (credentials := await _lean_credentials(wire.http)) is not None:
+        outcome = await _by_lean(
+            wire, wire.lean, session, message, metadata, credentials, progress, on_log, read_timeout, modern
+        )
+    if outcome is None:  # the transport's own way (or the lean way's answer means: send it again that way)
+        outcome = await _by_transport(wire, session, message, metadata, progress, on_log, read_timeout, modern)
+    if isinstance(outcome, types.ErrorData):
+        raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
+    # What send_request does with a result before it returns it.
+    complete_by_default(outcome, version)
+    _clamp_inbound_ttl(outcome)
+    with contextlib.suppress(KeyError):
+        _methods.validate_server_result(method, version, outcome)
+    if not (foreign := _later_revision_fields(method, version)).isdisjoint(outcome):
+        outcome = {k: v for k, v in outcome.items() if k not in foreign}
+    return _Raw.model_validate(outcome, by_name=False).root
+
+
+async def _by_transport(
+    wire: Wire,
+    session: ClientSession,
+    message: types.JSONRPCRequest,
+    metadata: ClientMessageMetadata,
+    progress: ProgressFnT | None,
+    on_log: LogSink | None,
+    read_timeout: float,
+    modern: bool,
+) -> dict[str, Any] | types.ErrorData:
+    """The call POSTed by the session's transport, in its task group, as its own POSTs are."""
+    request_id = cast(int, message.id)
     send, receive = anyio.create_memory_object_stream[dict[str, Any] | types.ErrorData](1)
     answer = _Answer(request_id, send, wire.inbound, progress, on_log)
     context = RequestContext(
@@ -313,7 +377,7 @@ async def call_direct(
     try:
         with receive, anyio.move_on_after(read_timeout) as clock:
             try:
-                outcome = await receive.receive()
+                return await receive.receive()
             except anyio.EndOfStream:  # the POST failed, or the connection is closing
                 raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
     except anyio.get_cancelled_exc_class():
@@ -324,22 +388,163 @@ async def call_direct(
         raise
     finally:
         answer.progress = answer.on_log = None
-    if clock.cancelled_caught:
-        if modern:
-            post.scope.cancel()
+    assert clock.cancelled_caught
+    if modern:
+        post.scope.cancel()
+    else:
+        await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
+    raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {message.method!r} timed out")
+
+
+async def _lean_credentials(http: httpx2.AsyncClient) -> dict[str, str] | None:
+    """The headers the client's auth puts on a request now, when it can say so in advance (``lean_headers``);
+    ``None`` when it cannot (the call takes the transport's way, through the auth flow)."""
+    auth = http.auth
+    if auth is None:
+        return {}
+    lean_headers = getattr(auth, "lean_headers", None)
+    return await lean_headers() if callable(lean_headers) else None
+
+
+async def _by_lean(
+    wire: Wire,
+    pool: LeanPool,
+    session: ClientSession,
+    message: types.JSONRPCRequest,
+    metadata: ClientMessageMetadata,
+    credentials: dict[str, str],
+    progress: ProgressFnT | None,
+    on_log: LogSink | None,
+    read_timeout: float,
+    modern: bool,
+) -> dict[str, Any] | types.ErrorData | None:
+    """The call POSTed over the lean pool's own connection, in this task (:mod:`~mcp_bridge.upstream.lean`); what
+    comes back is handled by the transport's own code, as on its way. ``None``: not sent, or answered with a status
+    that means the transport's way must send it (a redirect, or an auth challenge for the auth flow to answer)."""
+    request_id = cast(int, message.id)
+    send, receive = anyio.create_memory_object_stream[dict[str, Any] | types.ErrorData](1)
+    answer = _Answer(request_id, send, wire.inbound, progress, on_log, inline=True)
+    context = RequestContext(
+        client=wire.http,
+        session_id=wire.transport.session_id,
+        session_message=SessionMessage(message, metadata=metadata),
+        metadata=metadata,
+        read_stream_writer=cast(Any, answer),
+    )
+    try:
+        with send, receive, anyio.move_on_after(read_timeout) as clock:
+            try:
+                if not await _lean_post(wire.transport, pool, context, credentials):
+                    return None
+            except (Lost, httpx2.TransportError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                # As on the transport's way, where the POST's failure ends the connection: the call's outcome is
+                # unknown, and the session is not trusted further.
+                log.info("upstream.lean_post_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
+            try:
+                return receive.receive_nowait()
+            except anyio.WouldBlock:
+                return _NO_ANSWER  # the answer named another request (the transport's way says the same)
+    except anyio.get_cancelled_exc_class():
+        if not modern:  # (at 2026-07-28 the POST's connection, closed, is the cancellation)
+            await _cancel_upstream(session, request_id, "caller cancelled", shield=True)
+        raise
+    finally:
+        answer.progress = answer.on_log = None
+    assert clock.cancelled_caught
+    if not modern:
+        await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
+    raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {message.method!r} timed out")
+
+
+class _Outgoing:
+    """What the telemetry's ``http`` hook reads of a request (as of an ``httpx2.Request``)."""
+
+    method = "POST"
+
+    def __init__(self, headers: dict[str, str], content: bytes) -> None:
+        self.headers, self.content = headers, content
+
+
+async def _lean_post(
+    transport: StreamableHTTPTransport, pool: LeanPool, ctx: RequestContext, credentials: dict[str, str]
+) -> bool:
+    """``transport._handle_post_request(ctx)`` over the lean pool: the same headers and body, and the same handling of
+    the answer (with the bridge's transport's: :class:`~mcp_bridge.upstream.transport.GuardedTransport`). ``False``
+    when the transport's way must send it: the lean way could not, or the answer was a redirect (the transport
+    follows those within the origin) or 401/403 (the auth flow answers those); none of them ran the request."""
+    message = ctx.session_message.message
+    assert isinstance(message, types.JSONRPCRequest)
+    headers = transport._prepare_headers()
+    if ctx.metadata is not None and ctx.metadata.headers is not None:
+        headers.update(ctx.metadata.headers)
+    headers.update(credentials)
+    data = message.model_dump(by_alias=True, mode="json", exclude_unset=True)
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()  # as httpx2's json=
+    telemetry.hooks.http(_Outgoing(headers, body))  # the traceparent header (telemetry on), as the transport adds it
+    try:
+        response = await pool.post(headers, body, ctx.client)
+    except NotSent as exc:
+        error = types.ErrorData(code=NOT_SENT, message=f"could not connect: {exc}")
+        await ctx.read_stream_writer.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
+        return True
+    if response is None:
+        return False
+    try:
+        status = response.status_code
+        if 300 <= status < 400 or status in (401, 403):
+            return False
+        if status >= 400 or "set-cookie" in response.headers:
+            request = response.request = httpx2.Request("POST", pool.url, headers=headers)
+            if "set-cookie" in response.headers:
+                ctx.client.cookies.extract_cookies(response)  # (the next calls take the transport's way, with them)
+            if status >= 400 and http_error_to_explain(request, response):
+                response = await explain_http_error(request, response)
+        await _answered(transport, ctx, message, response)
+    finally:
+        await response.aclose()
+    return True
+
+
+async def _answered(
+    transport: StreamableHTTPTransport, ctx: RequestContext, message: types.JSONRPCRequest, response: httpx2.Response
+) -> None:
+    """What ``transport._handle_post_request`` does with a request's answer (its redirect and session-id branches
+    aside: a redirect is sent the transport's way, and a tools/call starts no session)."""
+    writer = ctx.read_stream_writer
+    if response.status_code == 202:
+        reason = "server answered a request with 202 Accepted"
+        await transport._resolve_abandoned_request(writer, message.id, reason, code=types.INVALID_REQUEST)
+        return
+    if response.status_code >= 400:
+        # A spec-correct server may return the JSON-RPC error in the body at a non-2xx status.
+        if response.headers.get("content-type", "").lower().startswith("application/json"):
+            try:
+                parsed = types.jsonrpc_message_adapter.validate_json(await response.aread(), by_name=False)
+                if isinstance(parsed, types.JSONRPCError):
+                    reply = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=parsed.error)
+                    await writer.send(SessionMessage(reply))
+                    return
+            except (httpx2.StreamError, ValidationError):
+                pass
+        if response.status_code == 404:
+            if transport.session_id is None:
+                error = types.ErrorData(code=types.METHOD_NOT_FOUND, message="Not Found")
+            else:
+                error = types.ErrorData(code=types.INVALID_REQUEST, message="Session terminated")
         else:
-            await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
-        raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {method!r} timed out")
-    if isinstance(outcome, types.ErrorData):
-        raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
-    # What send_request does with a result before it returns it.
-    complete_by_default(outcome, version)
-    _clamp_inbound_ttl(outcome)
-    with contextlib.suppress(KeyError):
-        _methods.validate_server_result(method, version, outcome)
-    if not (foreign := _later_revision_fields(method, version)).isdisjoint(outcome):
-        outcome = {k: v for k, v in outcome.items() if k not in foreign}
-    return _Raw.model_validate(outcome, by_name=False).root
+            error = types.ErrorData(code=types.INTERNAL_ERROR, message="Server returned an error response")
+        await writer.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
+        return
+    content_type = response.headers.get("content-type", "").lower()
+    if content_type.startswith("application/json"):
+        response.stream = Capped(response.stream, MAX_MESSAGE_BYTES)
+        await transport._handle_json_response(response, writer, request_id=message.id)
+    elif content_type.startswith("text/event-stream"):
+        await transport._handle_sse_response(response, ctx)
+    else:
+        error = types.ErrorData(code=types.INVALID_REQUEST, message=f"Unexpected content type: {content_type}")
+        await writer.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
 
 
 async def _cancel_upstream(session: ClientSession, request_id: int, reason: str, *, shield: bool) -> None:
