@@ -55,7 +55,7 @@ async def serve_stdio(bridge: Backend, early: EarlyStart | None = None, *, ide_p
             pending.discard(request_id)
             answered.set()
 
-        fast = fastpath.FastCalls(front, write, settled) if fastpath.enabled() else None
+        fast = fastpath.FastCalls(front, stdout, settled) if fastpath.enabled() else None
 
         async def pump_in() -> None:
             """Each line from the IDE, parsed as the SDK's ``stdio_server`` parses it (once: this is the hot path),

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectSendStream
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, handler_exception_to_error_data
-from mcp.shared.message import SessionMessage
 
 from mcp_bridge import telemetry
 from mcp_bridge.era import MODERN_VERSIONS, finish
-from mcp_bridge.ide.front import Front, _guard
+from mcp_bridge.ide.front import _WIRE_DUMP, Front, _guard
 from mcp_bridge.ide.rounds import HeldCall
 from mcp_bridge.logs import get_logger
 from mcp_bridge.upstream.inputs import ASKING
@@ -59,6 +57,12 @@ _LOG_LEVELS = frozenset({"debug", "info", "notice", "warning", "error", "critica
 _SHUTDOWN_WRITE_SECONDS = 2.0
 
 
+class Writer(Protocol):
+    """The IDE's stdout (:class:`mcp_bridge.ide.stdio._Writer`): whole lines, one at a time."""
+
+    async def write(self, text: str) -> None: ...
+
+
 def enabled() -> bool:
     """``MCP_BRIDGE_FAST_CALLS`` (default on): ``0`` sends every request the SDK's way."""
     return AVAILABLE and os.environ.get("MCP_BRIDGE_FAST_CALLS", "1") != "0"
@@ -77,17 +81,14 @@ class _Traced:
 
 
 class FastCalls:
-    """Ordinary ``tools/call`` requests of a 2026-07-28 IDE, each in a task of its own, answered on ``write``;
-    ``done(request_id)`` is told when one is settled (answered, or cancelled unanswered)."""
+    """Ordinary ``tools/call`` requests of a 2026-07-28 IDE, each in a task of its own, answered on ``stdout`` (the
+    IDE's writer, which writes one whole line at a time) as each call's task has its messages ready: its progress and
+    log messages, then its answer, in that order, with no hop through the connection's writer task; ``done(request_id)``
+    is told when one is settled (answered, or cancelled unanswered)."""
 
-    def __init__(
-        self,
-        front: Front,
-        write: MemoryObjectSendStream[SessionMessage],
-        done: Callable[[Any], None],
-    ) -> None:
+    def __init__(self, front: Front, stdout: Writer, done: Callable[[Any], None]) -> None:
         self._front = front
-        self._write = write
+        self._stdout = stdout
         self._done = done
         self._running: dict[Any, tuple[anyio.CancelScope, list[bool]]] = {}
         """coerced request id -> (its scope, [cancelled by the IDE])"""
@@ -174,8 +175,8 @@ class FastCalls:
 
     async def _send(self, message: types.JSONRPCMessage) -> None:
         try:
-            await self._write.send(SessionMessage(message))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._stdout.write(message.model_dump_json(**_WIRE_DUMP) + "\n")  # as the connection's writer does
+        except OSError:
             log.debug("front.fast_answer_dropped")  # the IDE's side is closed
 
     async def _call(self, request_id: Any, params: dict[str, Any]) -> dict[str, Any]:
