@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,45 @@ async def test_calls_on_the_short_way_have_their_spans_too(tmp_path: Path) -> No
     assert all(f.attributes["mcp_bridge.outcome"] == "Completed" for f in fronts)
     log = (tmp_path / "home" / "bridge-stderr.log").read_text(encoding="utf-8")
     assert re.search(r'"served": 2\b', log), "the second and third calls took the short way"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_what_is_answered_before_the_sdk_loads_has_spans_dated_when_it_was_answered(
+    tmp_path: Path, mode: str
+) -> None:
+    """``serve`` answers the first ``server/discover`` (or ``initialize``) and, from the warm cache, ``tools/list``
+    before the SDK and telemetry are loaded: each still gets its span, once telemetry is up, dated when the request
+    was read and answered (not when the SDK saw the first again), the list's a child of the IDE's trace context."""
+    upstream = _upstream()
+    first = "server/discover" if mode == "auto" else "initialize"
+    trace_id, ide_span = secrets.token_hex(16), secrets.token_hex(8)
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream):
+            async with bridge_client(config, tmp_path / "home", mode=mode) as client:  # fills the warm cache
+                await client.session.send_request(types.ListToolsRequest(), Raw)
+                await _call(client, "h__echo", {}, None)
+            await _until(lambda: receiver.named(first), "the first run's spans")
+            receiver.spans.clear()
+            before = time.time_ns()
+            async with bridge_client(config, tmp_path / "home", mode=mode) as client:
+                connected = time.time_ns()
+                listing = types.ListToolsRequest(
+                    params=types.PaginatedRequestParams.model_validate(
+                        {"_meta": {"traceparent": f"00-{trace_id}-{ide_span}-01"}}
+                    )
+                )
+                listed = await client.session.send_request(listing, Raw)
+                answered = time.time_ns()
+                assert [t["name"] for t in listed.root["tools"]] == ["h__echo"]
+                await _call(client, "h__echo", {}, None)  # the bridge serves on: telemetry is up
+            await _until(lambda: receiver.named("tools/call h__echo"), "the second run's spans")
+    (opening,) = receiver.named(first)  # one span, though the SDK handled the request too
+    assert before <= opening.start_ns <= opening.end_ns <= connected, (before, opening, connected)
+    assert opening.kind == SERVER and opening.attributes["mcp_bridge.answered_early"] is True
+    lists = receiver.named("tools/list")
+    (early,) = [s for s in lists if s.attributes.get("mcp_bridge.answered_early")]
+    assert connected <= early.start_ns <= early.end_ns <= answered
+    assert (early.trace_id, early.parent_span_id) == (trace_id, ide_span)
+    assert early.kind == SERVER and early.attributes["jsonrpc.request.id"]
+    assert early.attributes["mcp.protocol.version"] == ("2026-07-28" if mode == "auto" else "2025-11-25")

@@ -77,6 +77,8 @@ _BATCH = 512
 _SPAN_DELAY_SECONDS = 1.0
 _MEASURE_DELAY_SECONDS = 0.5
 _HEX = frozenset("0123456789abcdef")
+_FED_TO_THE_SDK = ("initialize", "server/discover")
+"""Requests ``serve`` answers early and feeds to the SDK all the same (it drops the SDK's second answer)."""
 
 _current: contextvars.ContextVar[_Span | None] = contextvars.ContextVar("mcp_bridge_span", default=None)
 
@@ -304,6 +306,8 @@ class Live(Hooks):
         self._exported_at = time.monotonic()
         self.interval = config.metrics_interval
         self._counters: dict[str, Any] = {}
+        self._early: dict[tuple[str, Any], Any] = {}
+        """``initialize``/``server/discover`` answered before the SDK loaded, by (method, id), until the SDK sees it."""
         self._addresses: dict[str, dict[str, Any]] = {}
         self._states: dict[str, str] = {}
         self._spans: collections.deque[_Span] = collections.deque()
@@ -320,8 +324,8 @@ class Live(Hooks):
 
     # ------------------------------------------------------------------ recording (on the event loop)
 
-    def _finish(self, span: _Span) -> None:
-        span.end = time.time_ns()
+    def _finish(self, span: _Span, end: int = 0) -> None:
+        span.end = end or time.time_ns()
         if not span.sampled:
             return
         if len(self._spans) >= _MAX_QUEUE:
@@ -338,7 +342,7 @@ class Live(Hooks):
         self._measures.append((instrument, how, value, attributes))
 
     def front_middleware(self) -> Any:
-        finish, measure, duration = self._finish, self._measure, self.server_duration
+        finish, measure, duration, early = self._finish, self._measure, self.server_duration, self._early
 
         async def traced(ctx: Any, call_next: Any) -> Any:
             if ctx.request_id is None:  # notifications are not traced
@@ -364,10 +368,36 @@ class Live(Hooks):
                 raise
             finally:
                 _current.reset(token)
-                finish(span)
-                measure(duration, "record", time.perf_counter() - start, measured)
+                if early and (answered := early.pop((method, ctx.request_id), None)) is not None:
+                    # answered before the SDK was loaded (and fed to it since): the times it was read and answered at
+                    span.start = answered.start_ns
+                    attributes["mcp_bridge.answered_early"] = True
+                    finish(span, answered.end_ns)
+                    measure(duration, "record", max(0, answered.end_ns - answered.start_ns) / 1e9, measured)
+                else:
+                    finish(span)
+                    measure(duration, "record", time.perf_counter() - start, measured)
 
         return traced
+
+    def answered_early(self, answers: Sequence[Any], version: str | None) -> None:
+        for answer in answers:
+            if answer.method in _FED_TO_THE_SDK:
+                self._early[(answer.method, answer.request_id)] = answer  # the middleware's span takes its times
+                continue
+            measured: dict[str, Any] = {"mcp.method.name": answer.method}
+            if version:
+                measured["mcp.protocol.version"] = version
+            attributes = {
+                **measured,
+                "jsonrpc.request.id": str(answer.request_id),
+                "network.transport": "pipe",
+                "mcp_bridge.answered_early": True,
+            }
+            span = _Span(answer.method, SpanKind.SERVER, attributes, _parse(answer.trace))
+            span.start = answer.start_ns
+            self._finish(span, answer.end_ns)
+            self._measure(self.server_duration, "record", max(0, answer.end_ns - answer.start_ns) / 1e9, measured)
 
     def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
