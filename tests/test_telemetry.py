@@ -342,3 +342,25 @@ async def test_what_is_answered_before_the_sdk_loads_has_spans_dated_when_it_was
     assert (early.trace_id, early.parent_span_id) == (trace_id, ide_span)
     assert early.kind == SERVER and early.attributes["jsonrpc.request.id"]
     assert early.attributes["mcp.protocol.version"] == ("2026-07-28" if mode == "auto" else "2025-11-25")
+
+
+@pytest.mark.parametrize("upstream_era", ["both", "handshake"])
+async def test_the_upstream_session_id_is_on_the_request_span(tmp_path: Path, upstream_era: str) -> None:
+    """A handshake-era server gives the bridge a session (``Mcp-Session-Id``): the request's CLIENT span carries it
+    as ``mcp.session.id``, as the server got it. A 2026-07-28 server has no sessions, and the IDE's stdio none:
+    neither span gets one."""
+    upstream = _upstream()
+    upstream.era = upstream_era
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream), bridge_client(config, tmp_path / "home", mode="legacy") as client:
+            await _call(client, "h__echo", {}, None)
+        await _until(lambda: receiver.named("tools/call echo"), "the spans")
+    (call,) = receiver.named("tools/call echo")
+    (front,) = receiver.named("tools/call h__echo")
+    (post,) = [p for p in upstream.posts if p.method == "tools/call"]
+    assert "mcp.session.id" not in front.attributes
+    if upstream_era == "handshake":
+        assert post.session and call.attributes["mcp.session.id"] == post.session
+    else:
+        assert post.session is None and "mcp.session.id" not in call.attributes

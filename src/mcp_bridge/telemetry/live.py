@@ -452,7 +452,15 @@ class Live(Hooks):
                 meta.pop("tracestate", None)
 
     def http(self, request: Any) -> None:
-        if request.method != "POST" or "traceparent" in request.headers:
+        if request.method != "POST":
+            return
+        headers = request.headers
+        session = headers.get("mcp-session-id")
+        if session is not None:  # a handshake-era session: the request's span says which (semantic conventions)
+            span = _current.get()
+            if span is not None and span.kind is SpanKind.CLIENT:
+                span.attributes["mcp.session.id"] = session
+        if "traceparent" in headers:
             return
         try:
             body: bytes = request.content
