@@ -364,3 +364,47 @@ async def test_the_upstream_session_id_is_on_the_request_span(tmp_path: Path, up
         assert post.session and call.attributes["mcp.session.id"] == post.session
     else:
         assert post.session is None and "mcp.session.id" not in call.attributes
+
+
+@pytest.mark.parametrize(("ide", "server"), [("legacy", "2026-07-28"), ("2026-07-28", "legacy")])
+async def test_a_call_answered_across_input_rounds_carries_the_bridges_span_to_the_server(
+    tmp_path: Path, ide: str, server: str
+) -> None:
+    """A server asks for input mid-call in the other era than the IDE's. A handshake-era IDE cannot answer a
+    2026-07-28 server's ``InputRequiredResult`` itself: the bridge asks it, then sends the call again with the
+    answers; a 2026-07-28 IDE answers a handshake-era server's pushed question by retrying, and the bridge hands the
+    answer to the call it held. Either way every request the server gets carries the bridge's CLIENT span as the
+    trace parent, not the trace context the IDE sent with its call."""
+    from mcp.client.session import ClientRequestContext
+
+    from asking import Asking
+
+    async def elicit(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    up = Asking()
+    trace_id, ide_span = secrets.token_hex(16), secrets.token_hex(8)
+    meta = {"traceparent": f"00-{trace_id}-{ide_span}-01"}
+    with Receiver() as receiver:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {up.name: {"url": up.url, "allowed_tools": ["*"], "protocol": server}},
+            telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
+        )
+        async with (
+            serving(up),
+            bridge_client(config, tmp_path / "home", mode=ide, elicitation_callback=elicit) as client,
+        ):
+            if ide == "legacy":
+                result = await _call(client, "asking__ask", {}, meta)
+                text = result["content"][0]["text"]
+            else:  # the SDK client answers the round and retries, with the same _meta
+                called = await client.call_tool("asking__ask", {}, meta=meta)  # type: ignore[arg-type]
+                text = called.content[0].text  # type: ignore[union-attr]
+            assert json.loads(text)["answer"]["content"] == {"name": "Ada"}
+        await _until(lambda: receiver.named("tools/call ask"), "the spans")
+    (call,) = receiver.named("tools/call ask")
+    assert call.trace_id == trace_id
+    # the first request and, to a 2026-07-28 server, the retry with the answer
+    assert len(up.metas) == (2 if server == "2026-07-28" else 1)
+    assert [m.get("traceparent") for m in up.metas] == [f"00-{trace_id}-{call.span_id}-01"] * len(up.metas)
