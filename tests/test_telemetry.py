@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -408,3 +410,45 @@ async def test_a_call_answered_across_input_rounds_carries_the_bridges_span_to_t
     # the first request and, to a 2026-07-28 server, the retry with the answer
     assert len(up.metas) == (2 if server == "2026-07-28" else 1)
     assert [m.get("traceparent") for m in up.metas] == [f"00-{trace_id}-{call.span_id}-01"] * len(up.metas)
+
+
+async def test_a_token_refresh_is_counted(tmp_path: Path) -> None:
+    """An OAuth server whose access tokens live 5 s (the real authorization server of the tests): after a login, the
+    serving bridge refreshes the expired token on its own, and ``mcp_bridge.oauth.token_refreshes`` counts it."""
+    from harness import bridge_env
+    from oauth_harness import LocalOAuthUpstream, browser_env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **browser_env(tmp_path / "browser.jsonl"),
+        "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+    }
+    with LocalOAuthUpstream("secure", tmp_path, token_lifetime=5) as upstream, Receiver() as receiver:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {"secure": {"url": upstream.url, "allowed_tools": ["*"], "auth": {"type": "oauth"}}},
+            timeouts={"connect": 5, "startup_wait": 5, "login": 20},
+            telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
+        )
+        login = subprocess.run(
+            [sys.executable, "-m", "mcp_bridge", "login", "secure", "--config", str(config)],
+            env=bridge_env(home, env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert login.returncode == 0, login.stderr
+        async with bridge_client(config, home, env=env) as client:
+            assert (await _call(client, "secure__echo", {"text": "a"}, None))["content"][0]["text"] == "secure: a"
+            await anyio.sleep(6)  # the access token has expired
+            assert (await _call(client, "secure__echo", {"text": "b"}, None))["content"][0]["text"] == "secure: b"
+
+            def refreshed() -> bool:
+                points = receiver.metrics.get("mcp_bridge.oauth.token_refreshes", [])
+                return any(a == {"mcp_bridge.outcome": "ok"} and v >= 1 for a, v in points)
+
+            await _until(refreshed, "the refresh counted, in the metrics exported each second")
+        assert upstream.stats()["token"].get("refresh_token", 0) >= 1
