@@ -452,3 +452,56 @@ async def test_a_token_refresh_is_counted(tmp_path: Path) -> None:
 
             await _until(refreshed, "the refresh counted, in the metrics exported each second")
         assert upstream.stats()["token"].get("refresh_token", 0) >= 1
+
+
+def _shape(receiver: Receiver) -> tuple[list[Any], dict[tuple[str, str], Any]]:
+    """What a collector got, without what differs between two runs (ids, times, durations' sums, request ids)."""
+    varying = {"jsonrpc.request.id", "server.port", "mcp.session.id"}
+    by_id = {s.span_id: s.name for s in receiver.spans}
+    spans = sorted(
+        (
+            s.name,
+            s.kind,
+            s.status_code,
+            by_id.get(s.parent_span_id, "(remote)" if s.parent_span_id else None),
+            json.dumps({k: v for k, v in s.attributes.items() if k not in varying}, sort_keys=True),
+            json.dumps({k: v for k, v in s.resource.items() if k != "service.instance.id"}, sort_keys=True),
+        )
+        for s in receiver.spans
+    )
+    metrics: dict[tuple[str, str], Any] = {}
+    for name, points in receiver.metrics.items():
+        for attributes, value in points:  # the last export's value of each point (cumulative)
+            metrics[(name, json.dumps(attributes, sort_keys=True))] = value[0] if isinstance(value, tuple) else value
+    return spans, metrics
+
+
+async def test_the_exporters_public_export_gives_the_collector_the_same(tmp_path: Path) -> None:
+    """The bridge encodes spans and metrics itself and POSTs them through the OTLP exporters' HTTP clients (a private
+    attribute: no public API takes encoded requests). ``MCP_BRIDGE_TELEMETRY_EXPORT=sdk`` takes the way used where
+    those clients are not there: the SDK's span and metric objects through the exporters' public ``export()``. A
+    collector gets the same spans and metrics either way."""
+    shapes = []
+    for way in ("direct", "sdk"):
+        upstream = _upstream()
+        stderr = tmp_path / f"stderr-{way}.log"
+        env = {"MCP_BRIDGE_TELEMETRY_EXPORT": way}
+        with Receiver() as receiver:
+            config = _config(tmp_path, upstream, receiver.endpoint)
+            home = tmp_path / f"home-{way}"
+            async with serving(upstream), bridge_client(config, home, env=env, stderr_path=stderr) as client:
+                await _call(client, "h__echo", {}, {"traceparent": f"00-{'1' * 32}-{'2' * 16}-01"})
+                with pytest.raises(MCPError):
+                    await _call(client, "h__nope", {}, None)
+                await _until(lambda: "mcp_bridge.call.duration" in receiver.metrics, "the metrics")
+            await _until(lambda: receiver.named("tools/call echo"), "the spans")
+        assert ("telemetry.public_export" in stderr.read_text(encoding="utf-8")) == (way == "sdk")
+        shapes.append(_shape(receiver))
+    (direct_spans, direct_metrics), (sdk_spans, sdk_metrics) = shapes
+    assert direct_spans == sdk_spans
+    assert any(name == "tools/call h__nope" and status == 2 for name, _, status, *_ in sdk_spans)
+    for key in ("mcp_bridge.call.duration", "mcp_bridge.upstream.state", "mcp_bridge.catalog.tools"):
+        assert {k: v for k, v in direct_metrics.items() if k[0] == key} == {
+            k: v for k, v in sdk_metrics.items() if k[0] == key
+        }, key
+    assert {k[0] for k in direct_metrics} == {k[0] for k in sdk_metrics}

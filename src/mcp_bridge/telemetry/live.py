@@ -80,6 +80,10 @@ _HEX = frozenset("0123456789abcdef")
 _FED_TO_THE_SDK = ("initialize", "server/discover")
 """Requests ``serve`` answers early and feeds to the SDK all the same (it drops the SDK's second answer)."""
 
+EXPORT_SWITCH = "MCP_BRIDGE_TELEMETRY_EXPORT"
+"""``sdk``: export through the exporters' public ``export()`` (the SDK's objects and encoder) instead of their HTTP
+clients (a diagnostic; what happens by itself where those clients are not there)."""
+
 _current: contextvars.ContextVar[_Span | None] = contextvars.ContextVar("mcp_bridge_span", default=None)
 
 
@@ -194,6 +198,24 @@ class _SpanExporter(OTLPSpanExporter):
         return result
 
 
+def _direct(exporter: Any) -> Any:
+    """The exporter's own HTTP client's ``export(bytes)``, or ``None``: the public way is then taken.
+
+    Why a private attribute: the OTLP/HTTP exporters (``opentelemetry-exporter-otlp-proto-http`` 1.45) have no public
+    way to send a request that is already encoded. Their public ``export()`` takes the SDK's span or metric objects
+    and encodes them with the SDK's encoder, which costs about 80 µs a span on this machine against a few by hand
+    (:mod:`.otlp`), in a thread that shares the interpreter lock with the calls. Their ``_client`` is what that
+    ``export()`` itself POSTs through, with everything the exporter resolved from its arguments and the
+    ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, compression, TLS, timeout, retries); ``export(bytes)``
+    returns a result with ``success``. Where it is not there (another release), or ``MCP_BRIDGE_TELEMETRY_EXPORT=sdk``
+    asks for it, :meth:`Live._send` and :meth:`Live._export_metrics` build the SDK's objects and call the public
+    ``export()`` instead (slower, same result: ``tests/test_telemetry.py`` checks both ways)."""
+    if os.environ.get(EXPORT_SWITCH) == "sdk":
+        return None
+    export = getattr(getattr(exporter, "_client", None), "export", None)
+    return export if callable(export) else None
+
+
 class _Instrument:
     """A metric the bridge aggregates itself (``histogram``, ``counter`` or ``gauge``): the SDK's instruments cost
     about 20 µs a measurement here, this about 2."""
@@ -277,6 +299,10 @@ class Live(Hooks):
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # failures are counted and logged here
         self.exporter = _SpanExporter(self.dropped, endpoint=traces, timeout=timeout)
         self.metric_exporter = OTLPMetricExporter(endpoint=metrics, timeout=timeout)
+        self._post_spans = _direct(self.exporter)
+        self._post_metrics = _direct(self.metric_exporter)
+        if self._post_spans is None or self._post_metrics is None:
+            log.info("telemetry.public_export", reason="the exporters' public export(), with the SDK's encoder")
         self.server_duration = _Instrument(
             "mcp.server.operation.duration", "histogram", "s", "Requests of the IDE, as the bridge served them"
         )
@@ -565,7 +591,8 @@ class Live(Hooks):
                 points[key] = value
 
     def _export_metrics(self) -> None:
-        """Every metric so far (cumulative since the start), in one OTLP request through the exporter's HTTP client."""
+        """Every metric so far (cumulative since the start), in one OTLP request through the exporter's HTTP client
+        (or its public ``export()``: :func:`_direct`)."""
         self._exported_at = time.monotonic()
         now = time.time_ns()
         dropped = self.dropped
@@ -573,6 +600,17 @@ class Live(Hooks):
             (("mcp_bridge.signal", "traces"),): dropped.spans,
             (("mcp_bridge.signal", "metrics"),): dropped.measurements + dropped.metric_batches,
         }
+        try:
+            if self._post_metrics is None:
+                ok = self._export_metrics_public(now)
+            else:
+                ok = bool(self._post_metrics(self._encode_metrics(now)).success)
+        except Exception:  # the export thread's boundary: count it
+            ok = False
+        if not ok:
+            self.dropped.failed("metrics", 1, signal_endpoint(self.config, "metrics"))
+
+    def _encode_metrics(self, now: int) -> bytes:
         encoded = []
         for instrument, points in self._points.items():
             if not points:
@@ -585,14 +623,43 @@ class Live(Hooks):
             else:
                 data = otlp.gauge(rows, self._started_ns, now)
             encoded.append(otlp.metric(instrument.name, instrument.unit, instrument.description, data))
-        request = otlp.metrics_request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
-        client = getattr(self.metric_exporter, "_client", None)
-        try:
-            ok = bool(client.export(request).success)  # type: ignore[union-attr]
-        except Exception:  # the export thread's boundary (or another SDK release without that client): count it
-            ok = False
-        if not ok:
-            self.dropped.failed("metrics", 1, signal_endpoint(self.config, "metrics"))
+        return otlp.metrics_request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
+
+    def _export_metrics_public(self, now: int) -> bool:
+        """The same metrics as the SDK's objects, through the exporter's public ``export()``."""
+        from opentelemetry.sdk.metrics.export import (
+            AggregationTemporality,
+            Gauge,
+            Histogram,
+            HistogramDataPoint,
+            Metric,
+            MetricExportResult,
+            MetricsData,
+            NumberDataPoint,
+            ResourceMetrics,
+            ScopeMetrics,
+            Sum,
+        )
+
+        start, cumulative = self._started_ns, AggregationTemporality.CUMULATIVE
+        metrics = []
+        for instrument, points in self._points.items():
+            if not points:
+                continue
+            data: Any
+            if instrument.kind == "histogram":
+                rows = [
+                    HistogramDataPoint(dict(key), start, now, n, total, buckets, otlp.HISTOGRAM_BOUNDS, low, high)
+                    for key, (n, total, low, high, buckets) in points.items()
+                ]
+                data = Histogram(rows, cumulative)
+            else:
+                numbers = [NumberDataPoint(dict(key), start, now, value) for key, value in points.items()]
+                data = Sum(numbers, cumulative, True) if instrument.kind == "counter" else Gauge(numbers)
+            metrics.append(Metric(instrument.name, instrument.description, instrument.unit, data))
+        scope = ScopeMetrics(self.scope, metrics, "")
+        request = MetricsData([ResourceMetrics(self.resource, [scope], "")])
+        return self.metric_exporter.export(request) is MetricExportResult.SUCCESS
 
     def _export_spans(self) -> None:
         while not self._stopping:
@@ -609,9 +676,10 @@ class Live(Hooks):
 
     def _send(self, batch: list[_Span]) -> None:
         """Encode a batch (:mod:`.otlp`) and POST it through the exporter's HTTP client (its headers, compression,
-        retries and timeout); through the SDK's own encoder where that client is not there (another SDK release)."""
-        client = getattr(self.exporter, "_client", None)
-        if not callable(getattr(client, "export", None)):
+        retries and timeout); or, as the SDK's spans, through its public ``export()`` (:func:`_direct`), which counts
+        what fails (:class:`_SpanExporter`)."""
+        post = self._post_spans
+        if post is None:
             self.exporter.export([self._readable(span) for span in batch])
             return
         for span in batch:
@@ -638,7 +706,7 @@ class Live(Hooks):
             ],
         )
         try:
-            ok = bool(client.export(data).success)  # type: ignore[union-attr]
+            ok = bool(post(data).success)
         except Exception:  # the export thread's boundary: drop, count, go on
             ok = False
         if not ok:
