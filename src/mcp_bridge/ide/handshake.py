@@ -343,13 +343,14 @@ def answer_initialize(
         )
     frame = {"jsonrpc": "2.0", "id": request_id, "result": result}
     data = (json.dumps(frame, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    sent = time.time_ns()
     try:
         write_all(stdout_fd, data)
     except OSError as exc:  # the IDE is gone or stdout is unusable: let the ordinary path meet the same fate
         log.warning("serve.early_initialize_failed", error=f"{type(exc).__name__}: {exc}")
         return EarlyStart(consumed=consumed)
     method = "initialize" if parsed is not None else "server/discover"
-    answered = Answered(method, request_id, received, time.time_ns(), trace_context(line))
+    answered = Answered(method, request_id, received, sent, trace_context(line))
     log.debug("serve.discover_answered_early" if parsed is None else "serve.initialize_answered_early", version=version)
     return EarlyStart(
         consumed=consumed,

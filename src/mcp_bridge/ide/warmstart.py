@@ -349,10 +349,12 @@ def answer_lists_while_loading(
                     stop = True
                     break
                 if kind == "list" and request_id is not None:
-                    line = buffer[pos:end]
+                    # the time it is answered: taken before the write, as after it the loader (the SDK's import)
+                    # may hold the interpreter lock for a while
+                    sent = time.time_ns()
                     write_all(stdout_fd, response_line(request_id, result))
                     answered.append(request_id)
-                    spans.append(Answered("tools/list", request_id, arrived, time.time_ns(), trace_context(line)))
+                    spans.append(Answered("tools/list", request_id, arrived, sent, trace_context(buffer[pos:end])))
                     log.debug("warmstart.tools_list_answered", bytes=len(result))
                 else:
                     kept.append(buffer[pos : end + 1])
