@@ -71,11 +71,17 @@ _TIMEOUT_VARIABLES = (
 )
 _TRACEPARENT = b'"traceparent":"'
 _TRACESTATE = b'"tracestate":"'
-_MAX_QUEUE = 2048
-"""Spans (and, apart, measurements) waiting for the export thread; past it new ones are dropped and counted."""
-_BATCH = 512
-_SPAN_DELAY_SECONDS = 1.0
-_MEASURE_DELAY_SECONDS = 0.5
+_MAX_QUEUE = 8192
+"""Spans (and, apart, measurements) waiting for the export threads; past it new ones are dropped and counted."""
+_BATCH = 2048
+"""Spans a request holds at most; this many waiting wake the span thread before its delay is out."""
+_SPAN_DELAY_SECONDS = 5.0
+"""Between span exports: each POST costs the thread a few ms of interpreter time (the exporter's HTTP client), so
+few large ones (the SDK's batch processor waits 5 s too)."""
+_MEASURE_DELAY_SECONDS = 1.0
+_CHUNK = 128
+"""Spans encoded between two yields of the interpreter lock (``time.sleep(0)``): the event loop never waits for a
+whole batch's encoding."""
 _HEX = frozenset("0123456789abcdef")
 _FED_TO_THE_SDK = ("initialize", "server/discover")
 """Requests ``serve`` answers early and feeds to the SDK all the same (it drops the SDK's second answer)."""
@@ -362,7 +368,7 @@ class Live(Hooks):
             self._wake.set()
 
     def _measure(self, instrument: Any, how: str, value: float, attributes: dict[str, Any]) -> None:
-        if len(self._measures) >= _MAX_QUEUE * 4:
+        if len(self._measures) >= _MAX_QUEUE * 2:
             self.dropped.failed("measurements", 1, "(queue full)")
             return
         self._measures.append((instrument, how, value, attributes))
@@ -682,29 +688,29 @@ class Live(Hooks):
         if post is None:
             self.exporter.export([self._readable(span) for span in batch])
             return
-        for span in batch:
-            if span.error:
-                span.attributes.setdefault("error.type", span.error)
-        data = otlp.request(
-            self.resource_attributes,
-            ("mcp-bridge", self.version),
-            [
-                otlp.span(
-                    trace_id=span.trace_id,
-                    span_id=span.span_id,
-                    parent_id=span.parent_id,
-                    trace_state=span.trace_state,
-                    name=span.name,
-                    kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
-                    start=span.start,
-                    end=span.end,
-                    attributes=span.attributes,
-                    events=span.events,
-                    error=span.error is not None,
+        encoded = []
+        for at in range(0, len(batch), _CHUNK):
+            if at:
+                time.sleep(0)  # let the event loop have the interpreter lock between chunks
+            for span in batch[at : at + _CHUNK]:
+                if span.error:
+                    span.attributes.setdefault("error.type", span.error)
+                encoded.append(
+                    otlp.span(
+                        trace_id=span.trace_id,
+                        span_id=span.span_id,
+                        parent_id=span.parent_id,
+                        trace_state=span.trace_state,
+                        name=span.name,
+                        kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
+                        start=span.start,
+                        end=span.end,
+                        attributes=span.attributes,
+                        events=span.events,
+                        error=span.error is not None,
+                    )
                 )
-                for span in batch
-            ],
-        )
+        data = otlp.request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
         try:
             ok = bool(post(data).success)
         except Exception:  # the export thread's boundary: drop, count, go on
