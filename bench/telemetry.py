@@ -258,7 +258,8 @@ def render(
         "warm-up calls per path; values are medians across rounds of each round's p50/p90",
         "- off = no `telemetry`; on = `telemetry: {enabled: true, endpoint}` to a local collector that answers 200; "
         "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans and measurements are "
-        "queued by the call and exported by the bridge's daemon threads (spans each second), metrics every 60 s",
+        "queued by the call and exported by the bridge's daemon threads (spans every 5 s or per 2,048), metrics "
+        "every 60 s",
         "- CPU µs/call: the bridge process (its export threads included), median across rounds; first call: spawn → "
         "the first `echo` answered, one sample",
         "",

@@ -79,6 +79,8 @@ class Asking:
     declared: list[dict[str, Any] | None] = field(default_factory=list)
     """The client capabilities of each call received."""
     eras: list[str] = field(default_factory=list)
+    metas: list[dict[str, Any]] = field(default_factory=list)
+    """The ``_meta`` of each call received (the trace context the bridge sent, say)."""
 
     @property
     def url(self) -> str:
@@ -103,6 +105,7 @@ def _build(state: Asking) -> Server[Any]:
         caps = ctx.session.client_capabilities
         state.declared.append(caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps else None)
         state.eras.append(ctx.protocol_version)
+        state.metas.append(dict(ctx.meta or {}))
         if params.name == "capabilities":
             return _text(state.declared[-1])
         if params.name == "chatty":  # logs at three levels during the call (2026-07-28: only what the _meta asked)

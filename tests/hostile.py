@@ -41,12 +41,13 @@ from mcp_bridge.sandbox.localservers import EraGate
 @dataclass(frozen=True)
 class Post:
     """One POST the server received: its JSON-RPC method, ``MCP-Protocol-Version`` and ``Mcp-Param-*`` headers, and
-    its W3C ``traceparent`` header."""
+    its W3C ``traceparent`` and ``Mcp-Session-Id`` headers."""
 
     method: str | None
     version: str | None
     params: dict[str, str]
     traceparent: str | None = None
+    session: str | None = None
 
 
 @dataclass
@@ -195,6 +196,7 @@ class _Recorder:
                 headers.get("mcp-protocol-version"),
                 {k: v for k, v in headers.items() if k.startswith("mcp-param-")},
                 headers.get("traceparent"),
+                headers.get("mcp-session-id"),
             )
         )
         replayed = False

@@ -33,6 +33,8 @@ class Span:
     events: list[tuple[str, dict[str, Any]]]
     status_code: int
     resource: dict[str, Any]
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(v: Any) -> Any:
@@ -117,6 +119,8 @@ class Receiver:
                             events=[(e.name, attributes(e.attributes)) for e in s.events],
                             status_code=s.status.code,
                             resource=resource,
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
                         )
                     )
 

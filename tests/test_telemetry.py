@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +302,206 @@ async def test_calls_on_the_short_way_have_their_spans_too(tmp_path: Path) -> No
     assert all(f.attributes["mcp_bridge.outcome"] == "Completed" for f in fronts)
     log = (tmp_path / "home" / "bridge-stderr.log").read_text(encoding="utf-8")
     assert re.search(r'"served": 2\b', log), "the second and third calls took the short way"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_what_is_answered_before_the_sdk_loads_has_spans_dated_when_it_was_answered(
+    tmp_path: Path, mode: str
+) -> None:
+    """``serve`` answers the first ``server/discover`` (or ``initialize``) and, from the warm cache, ``tools/list``
+    before the SDK and telemetry are loaded: each still gets its span, once telemetry is up, dated when the request
+    was read and answered (not when the SDK saw the first again), the list's a child of the IDE's trace context."""
+    upstream = _upstream()
+    first = "server/discover" if mode == "auto" else "initialize"
+    trace_id, ide_span = secrets.token_hex(16), secrets.token_hex(8)
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream):
+            async with bridge_client(config, tmp_path / "home", mode=mode) as client:  # fills the warm cache
+                await client.session.send_request(types.ListToolsRequest(), Raw)
+                await _call(client, "h__echo", {}, None)
+            await _until(lambda: receiver.named(first), "the first run's spans")
+            receiver.spans.clear()
+            before = time.time_ns()
+            async with bridge_client(config, tmp_path / "home", mode=mode) as client:
+                connected = time.time_ns()
+                listing = types.ListToolsRequest(
+                    params=types.PaginatedRequestParams.model_validate(
+                        {"_meta": {"traceparent": f"00-{trace_id}-{ide_span}-01"}}
+                    )
+                )
+                listed = await client.session.send_request(listing, Raw)
+                answered = time.time_ns()
+                assert [t["name"] for t in listed.root["tools"]] == ["h__echo"]
+                await _call(client, "h__echo", {}, None)  # the bridge serves on: telemetry is up
+            await _until(lambda: receiver.named("tools/call h__echo"), "the second run's spans")
+    (opening,) = receiver.named(first)  # one span, though the SDK handled the request too
+    assert before <= opening.start_ns <= opening.end_ns <= connected, (before, opening, connected)
+    assert opening.kind == SERVER and opening.attributes["mcp_bridge.answered_early"] is True
+    lists = receiver.named("tools/list")
+    (early,) = [s for s in lists if s.attributes.get("mcp_bridge.answered_early")]
+    assert connected <= early.start_ns <= early.end_ns <= answered
+    assert (early.trace_id, early.parent_span_id) == (trace_id, ide_span)
+    assert early.kind == SERVER and early.attributes["jsonrpc.request.id"]
+    assert early.attributes["mcp.protocol.version"] == ("2026-07-28" if mode == "auto" else "2025-11-25")
+
+
+@pytest.mark.parametrize("upstream_era", ["both", "handshake"])
+async def test_the_upstream_session_id_is_on_the_request_span(tmp_path: Path, upstream_era: str) -> None:
+    """A handshake-era server gives the bridge a session (``Mcp-Session-Id``): the request's CLIENT span carries it
+    as ``mcp.session.id``, as the server got it. A 2026-07-28 server has no sessions, and the IDE's stdio none:
+    neither span gets one."""
+    upstream = _upstream()
+    upstream.era = upstream_era
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream), bridge_client(config, tmp_path / "home", mode="legacy") as client:
+            await _call(client, "h__echo", {}, None)
+        await _until(lambda: receiver.named("tools/call echo"), "the spans")
+    (call,) = receiver.named("tools/call echo")
+    (front,) = receiver.named("tools/call h__echo")
+    (post,) = [p for p in upstream.posts if p.method == "tools/call"]
+    assert "mcp.session.id" not in front.attributes
+    if upstream_era == "handshake":
+        assert post.session and call.attributes["mcp.session.id"] == post.session
+    else:
+        assert post.session is None and "mcp.session.id" not in call.attributes
+
+
+@pytest.mark.parametrize(("ide", "server"), [("legacy", "2026-07-28"), ("2026-07-28", "legacy")])
+async def test_a_call_answered_across_input_rounds_carries_the_bridges_span_to_the_server(
+    tmp_path: Path, ide: str, server: str
+) -> None:
+    """A server asks for input mid-call in the other era than the IDE's. A handshake-era IDE cannot answer a
+    2026-07-28 server's ``InputRequiredResult`` itself: the bridge asks it, then sends the call again with the
+    answers; a 2026-07-28 IDE answers a handshake-era server's pushed question by retrying, and the bridge hands the
+    answer to the call it held. Either way every request the server gets carries the bridge's CLIENT span as the
+    trace parent, not the trace context the IDE sent with its call."""
+    from mcp.client.session import ClientRequestContext
+
+    from asking import Asking
+
+    async def elicit(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    up = Asking()
+    trace_id, ide_span = secrets.token_hex(16), secrets.token_hex(8)
+    meta = {"traceparent": f"00-{trace_id}-{ide_span}-01"}
+    with Receiver() as receiver:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {up.name: {"url": up.url, "allowed_tools": ["*"], "protocol": server}},
+            telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
+        )
+        async with (
+            serving(up),
+            bridge_client(config, tmp_path / "home", mode=ide, elicitation_callback=elicit) as client,
+        ):
+            if ide == "legacy":
+                result = await _call(client, "asking__ask", {}, meta)
+                text = result["content"][0]["text"]
+            else:  # the SDK client answers the round and retries, with the same _meta
+                called = await client.call_tool("asking__ask", {}, meta=meta)  # type: ignore[arg-type]
+                text = called.content[0].text  # type: ignore[union-attr]
+            assert json.loads(text)["answer"]["content"] == {"name": "Ada"}
+        await _until(lambda: receiver.named("tools/call ask"), "the spans")
+    (call,) = receiver.named("tools/call ask")
+    assert call.trace_id == trace_id
+    # the first request and, to a 2026-07-28 server, the retry with the answer
+    assert len(up.metas) == (2 if server == "2026-07-28" else 1)
+    assert [m.get("traceparent") for m in up.metas] == [f"00-{trace_id}-{call.span_id}-01"] * len(up.metas)
+
+
+async def test_a_token_refresh_is_counted(tmp_path: Path) -> None:
+    """An OAuth server whose access tokens live 5 s (the real authorization server of the tests): after a login, the
+    serving bridge refreshes the expired token on its own, and ``mcp_bridge.oauth.token_refreshes`` counts it."""
+    from harness import bridge_env
+    from oauth_harness import LocalOAuthUpstream, browser_env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **browser_env(tmp_path / "browser.jsonl"),
+        "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+    }
+    with LocalOAuthUpstream("secure", tmp_path, token_lifetime=5) as upstream, Receiver() as receiver:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {"secure": {"url": upstream.url, "allowed_tools": ["*"], "auth": {"type": "oauth"}}},
+            timeouts={"connect": 5, "startup_wait": 5, "login": 20},
+            telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
+        )
+        login = subprocess.run(
+            [sys.executable, "-m", "mcp_bridge", "login", "secure", "--config", str(config)],
+            env=bridge_env(home, env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert login.returncode == 0, login.stderr
+        async with bridge_client(config, home, env=env) as client:
+            assert (await _call(client, "secure__echo", {"text": "a"}, None))["content"][0]["text"] == "secure: a"
+            await anyio.sleep(6)  # the access token has expired
+            assert (await _call(client, "secure__echo", {"text": "b"}, None))["content"][0]["text"] == "secure: b"
+
+            def refreshed() -> bool:
+                points = receiver.metrics.get("mcp_bridge.oauth.token_refreshes", [])
+                return any(a == {"mcp_bridge.outcome": "ok"} and v >= 1 for a, v in points)
+
+            await _until(refreshed, "the refresh counted, in the metrics exported each second")
+        assert upstream.stats()["token"].get("refresh_token", 0) >= 1
+
+
+def _shape(receiver: Receiver) -> tuple[list[Any], dict[tuple[str, str], Any]]:
+    """What a collector got, without what differs between two runs (ids, times, durations' sums, request ids)."""
+    varying = {"jsonrpc.request.id", "server.port", "mcp.session.id"}
+    by_id = {s.span_id: s.name for s in receiver.spans}
+    spans = sorted(
+        (
+            s.name,
+            s.kind,
+            s.status_code,
+            by_id.get(s.parent_span_id, "(remote)" if s.parent_span_id else None),
+            json.dumps({k: v for k, v in s.attributes.items() if k not in varying}, sort_keys=True),
+            json.dumps({k: v for k, v in s.resource.items() if k != "service.instance.id"}, sort_keys=True),
+        )
+        for s in receiver.spans
+    )
+    metrics: dict[tuple[str, str], Any] = {}
+    for name, points in receiver.metrics.items():
+        for attributes, value in points:  # the last export's value of each point (cumulative)
+            metrics[(name, json.dumps(attributes, sort_keys=True))] = value[0] if isinstance(value, tuple) else value
+    return spans, metrics
+
+
+async def test_the_exporters_public_export_gives_the_collector_the_same(tmp_path: Path) -> None:
+    """The bridge encodes spans and metrics itself and POSTs them through the OTLP exporters' HTTP clients (a private
+    attribute: no public API takes encoded requests). ``MCP_BRIDGE_TELEMETRY_EXPORT=sdk`` takes the way used where
+    those clients are not there: the SDK's span and metric objects through the exporters' public ``export()``. A
+    collector gets the same spans and metrics either way."""
+    shapes = []
+    for way in ("direct", "sdk"):
+        upstream = _upstream()
+        stderr = tmp_path / f"stderr-{way}.log"
+        env = {"MCP_BRIDGE_TELEMETRY_EXPORT": way}
+        with Receiver() as receiver:
+            config = _config(tmp_path, upstream, receiver.endpoint)
+            home = tmp_path / f"home-{way}"
+            async with serving(upstream), bridge_client(config, home, env=env, stderr_path=stderr) as client:
+                await _call(client, "h__echo", {}, {"traceparent": f"00-{'1' * 32}-{'2' * 16}-01"})
+                with pytest.raises(MCPError):
+                    await _call(client, "h__nope", {}, None)
+                await _until(lambda: "mcp_bridge.call.duration" in receiver.metrics, "the metrics")
+            await _until(lambda: receiver.named("tools/call echo"), "the spans")
+        assert ("telemetry.public_export" in stderr.read_text(encoding="utf-8")) == (way == "sdk")
+        shapes.append(_shape(receiver))
+    (direct_spans, direct_metrics), (sdk_spans, sdk_metrics) = shapes
+    assert direct_spans == sdk_spans
+    assert any(name == "tools/call h__nope" and status == 2 for name, _, status, *_ in sdk_spans)
+    for key in ("mcp_bridge.call.duration", "mcp_bridge.upstream.state", "mcp_bridge.catalog.tools"):
+        assert {k: v for k, v in direct_metrics.items() if k[0] == key} == {
+            k: v for k, v in sdk_metrics.items() if k[0] == key
+        }, key
+    assert {k[0] for k in direct_metrics} == {k[0] for k in sdk_metrics}

@@ -119,6 +119,7 @@ async def _serve(
     bridge.client_name = early.client_name  # known from the first line: the catalog's mode may depend on it
     log.info("serve.start", version=__version__, config=str(loaded.path), servers=sorted(loaded.settings.servers))
     with telemetry.started(loaded.settings, version=__version__) as hooks:  # off: nothing of OpenTelemetry loads
+        hooks.answered_early(early.answers, early.version)  # what was answered before it was up: spans, dated then
         async with bridge.running(), anyio.create_task_group() as tg:
             tg.start_soon(_handle_signals, tg.cancel_scope, bridge)
             if hooks.active:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -76,6 +77,33 @@ _OPTIONAL_INFO_STRINGS = ("title", "description", "websiteUrl")
 
 
 @dataclass(frozen=True)
+class Answered:
+    """A request answered before the SDK (and telemetry) was loaded: what its span needs once telemetry is up."""
+
+    method: str
+    request_id: int | str
+    start_ns: int
+    """When its line had been read (wall clock, ns since the epoch)."""
+    end_ns: int
+    """When its answer had been written."""
+    trace: Mapping[str, str] | None = None
+    """The W3C trace context (``traceparent``, ``tracestate``) of the request's ``_meta``, when it had one."""
+
+
+def trace_context(line: bytes) -> dict[str, str] | None:
+    """``traceparent`` and ``tracestate`` from a request line's ``params._meta`` (only when the line names one)."""
+    if b"traceparent" not in line:
+        return None
+    message = _request(line)
+    params = message.get("params") if message is not None else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    found = {k: v for k in ("traceparent", "tracestate") if isinstance(v := meta.get(k), str)}
+    return found or None
+
+
+@dataclass(frozen=True)
 class EarlyStart:
     """What ``serve`` read from stdin before the SDK was loaded, and what it answered."""
 
@@ -101,6 +129,11 @@ class EarlyStart:
     ended: bool = False
     """stdin ended while answering early, and every line read had been answered or was a notification: there is
     nothing left to serve."""
+    answers: tuple[Answered, ...] = ()
+    """Each request answered early (the ``initialize`` or ``server/discover``, the lists), with its times: their
+    spans are made once telemetry is up (:meth:`mcp_bridge.telemetry.Hooks.answered_early`)."""
+    first_read_ns: int = 0
+    """When the first line had been read (wall clock, ns; 0: nothing read here)."""
 
     @property
     def answered(self) -> bool:
@@ -279,6 +312,7 @@ def answer_initialize(
         return EarlyStart()
     log.debug("serve.awaiting_first_message")
     consumed = _read_first_line(stdin_fd)
+    received = time.time_ns()
     line, newline, _ = consumed.partition(b"\n")
     if not newline:
         return EarlyStart(consumed=consumed)
@@ -301,15 +335,22 @@ def answer_initialize(
         if envelope is None:
             return EarlyStart(consumed=consumed)
         return EarlyStart(
-            consumed=consumed, version=envelope[0], client_name=envelope[1], client_capabilities=declared(line)
+            consumed=consumed,
+            version=envelope[0],
+            client_name=envelope[1],
+            client_capabilities=declared(line),
+            first_read_ns=received,
         )
     frame = {"jsonrpc": "2.0", "id": request_id, "result": result}
     data = (json.dumps(frame, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    sent = time.time_ns()
     try:
         write_all(stdout_fd, data)
     except OSError as exc:  # the IDE is gone or stdout is unusable: let the ordinary path meet the same fate
         log.warning("serve.early_initialize_failed", error=f"{type(exc).__name__}: {exc}")
         return EarlyStart(consumed=consumed)
+    method = "initialize" if parsed is not None else "server/discover"
+    answered = Answered(method, request_id, received, sent, trace_context(line))
     log.debug("serve.discover_answered_early" if parsed is None else "serve.initialize_answered_early", version=version)
     return EarlyStart(
         consumed=consumed,
@@ -318,6 +359,8 @@ def answer_initialize(
         client_name=client_name,
         version=version,
         client_capabilities=declared(line),
+        answers=(answered,),
+        first_read_ns=received,
     )
 
 

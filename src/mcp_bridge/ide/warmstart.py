@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,9 +45,11 @@ from mcp_bridge import __version__
 from mcp_bridge.ide.handshake import (
     HANDSHAKE_PROTOCOL_VERSIONS,
     MODERN_VERSIONS,
+    Answered,
     EarlyStart,
     modern_envelope,
     request_id_ok,
+    trace_context,
     write_all,
 )
 from mcp_bridge.logs import get_logger
@@ -331,6 +334,8 @@ def answer_lists_while_loading(
     pos = buffer.find(b"\n") + 1 if early.answered else 0
     kept = [buffer[:pos]]  # what the SDK reads: the initialize, the notifications; not the lists answered here
     answered: list[int | str] = []
+    spans: list[Answered] = []
+    arrived = early.first_read_ns or time.time_ns()  # when the lines in the buffer had been read
     ended = False
     try:
         while True:
@@ -344,8 +349,12 @@ def answer_lists_while_loading(
                     stop = True
                     break
                 if kind == "list" and request_id is not None:
+                    # the time it is answered: taken before the write, as after it the loader (the SDK's import)
+                    # may hold the interpreter lock for a while
+                    sent = time.time_ns()
                     write_all(stdout_fd, response_line(request_id, result))
                     answered.append(request_id)
+                    spans.append(Answered("tools/list", request_id, arrived, sent, trace_context(buffer[pos:end])))
                     log.debug("warmstart.tools_list_answered", bytes=len(result))
                 else:
                     kept.append(buffer[pos : end + 1])
@@ -353,6 +362,7 @@ def answer_lists_while_loading(
             if stop:
                 break
             chunk = _read_or_done(stdin_fd, done_r)
+            arrived = time.time_ns()
             if chunk is None:  # loaded
                 break
             if not chunk:
@@ -362,7 +372,14 @@ def answer_lists_while_loading(
     except OSError as exc:  # stdin or stdout unusable: the ordinary path meets the same and reports it
         log.debug("warmstart.io_failed", error=f"{type(exc).__name__}: {exc}")
     kept.append(buffer[pos:])
-    early = replace(early, consumed=b"".join(kept), lists=tuple(answered), tools_digest=digest, ended=ended)
+    early = replace(
+        early,
+        consumed=b"".join(kept),
+        lists=tuple(answered),
+        tools_digest=digest,
+        ended=ended,
+        answers=(*early.answers, *spans),
+    )
     if ended:
         return early  # the IDE has gone and nothing is left to do: no need to wait for the SDK
     # Not in a `finally`: on SIGTERM (an exception here) the process is ending, and the pipe must stay open for as

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,6 +61,13 @@ class Hooks:
 
     async def watch(self, bridge: Any) -> None:
         """Sample the running bridge's gauges (audit spool backlog, catalog size) until cancelled."""
+
+    def answered_early(self, answers: Sequence[Any], version: str | None) -> None:
+        """Requests ``serve`` answered before the SDK and telemetry were loaded
+        (:class:`mcp_bridge.ide.handshake.Answered`: method, id, start and end times, trace context), in a
+        connection of protocol ``version``: their spans, with the times they were read and answered at. The
+        ``initialize`` or ``server/discover`` among them is fed to the SDK too: its span is the one the front's
+        middleware makes then, given these times."""
 
 
 hooks: Hooks = Hooks()

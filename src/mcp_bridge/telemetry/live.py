@@ -71,12 +71,24 @@ _TIMEOUT_VARIABLES = (
 )
 _TRACEPARENT = b'"traceparent":"'
 _TRACESTATE = b'"tracestate":"'
-_MAX_QUEUE = 2048
-"""Spans (and, apart, measurements) waiting for the export thread; past it new ones are dropped and counted."""
-_BATCH = 512
-_SPAN_DELAY_SECONDS = 1.0
-_MEASURE_DELAY_SECONDS = 0.5
+_MAX_QUEUE = 8192
+"""Spans (and, apart, measurements) waiting for the export threads; past it new ones are dropped and counted."""
+_BATCH = 2048
+"""Spans a request holds at most; this many waiting wake the span thread before its delay is out."""
+_SPAN_DELAY_SECONDS = 5.0
+"""Between span exports: each POST costs the thread a few ms of interpreter time (the exporter's HTTP client), so
+few large ones (the SDK's batch processor waits 5 s too)."""
+_MEASURE_DELAY_SECONDS = 1.0
+_CHUNK = 128
+"""Spans encoded between two yields of the interpreter lock (``time.sleep(0)``): the event loop never waits for a
+whole batch's encoding."""
 _HEX = frozenset("0123456789abcdef")
+_FED_TO_THE_SDK = ("initialize", "server/discover")
+"""Requests ``serve`` answers early and feeds to the SDK all the same (it drops the SDK's second answer)."""
+
+EXPORT_SWITCH = "MCP_BRIDGE_TELEMETRY_EXPORT"
+"""``sdk``: export through the exporters' public ``export()`` (the SDK's objects and encoder) instead of their HTTP
+clients (a diagnostic; what happens by itself where those clients are not there)."""
 
 _current: contextvars.ContextVar[_Span | None] = contextvars.ContextVar("mcp_bridge_span", default=None)
 
@@ -192,6 +204,24 @@ class _SpanExporter(OTLPSpanExporter):
         return result
 
 
+def _direct(exporter: Any) -> Any:
+    """The exporter's own HTTP client's ``export(bytes)``, or ``None``: the public way is then taken.
+
+    Why a private attribute: the OTLP/HTTP exporters (``opentelemetry-exporter-otlp-proto-http`` 1.45) have no public
+    way to send a request that is already encoded. Their public ``export()`` takes the SDK's span or metric objects
+    and encodes them with the SDK's encoder, which costs about 80 µs a span on this machine against a few by hand
+    (:mod:`.otlp`), in a thread that shares the interpreter lock with the calls. Their ``_client`` is what that
+    ``export()`` itself POSTs through, with everything the exporter resolved from its arguments and the
+    ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, compression, TLS, timeout, retries); ``export(bytes)``
+    returns a result with ``success``. Where it is not there (another release), or ``MCP_BRIDGE_TELEMETRY_EXPORT=sdk``
+    asks for it, :meth:`Live._send` and :meth:`Live._export_metrics` build the SDK's objects and call the public
+    ``export()`` instead (slower, same result: ``tests/test_telemetry.py`` checks both ways)."""
+    if os.environ.get(EXPORT_SWITCH) == "sdk":
+        return None
+    export = getattr(getattr(exporter, "_client", None), "export", None)
+    return export if callable(export) else None
+
+
 class _Instrument:
     """A metric the bridge aggregates itself (``histogram``, ``counter`` or ``gauge``): the SDK's instruments cost
     about 20 µs a measurement here, this about 2."""
@@ -275,6 +305,10 @@ class Live(Hooks):
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # failures are counted and logged here
         self.exporter = _SpanExporter(self.dropped, endpoint=traces, timeout=timeout)
         self.metric_exporter = OTLPMetricExporter(endpoint=metrics, timeout=timeout)
+        self._post_spans = _direct(self.exporter)
+        self._post_metrics = _direct(self.metric_exporter)
+        if self._post_spans is None or self._post_metrics is None:
+            log.info("telemetry.public_export", reason="the exporters' public export(), with the SDK's encoder")
         self.server_duration = _Instrument(
             "mcp.server.operation.duration", "histogram", "s", "Requests of the IDE, as the bridge served them"
         )
@@ -304,6 +338,8 @@ class Live(Hooks):
         self._exported_at = time.monotonic()
         self.interval = config.metrics_interval
         self._counters: dict[str, Any] = {}
+        self._early: dict[tuple[str, Any], Any] = {}
+        """``initialize``/``server/discover`` answered before the SDK loaded, by (method, id), until the SDK sees it."""
         self._addresses: dict[str, dict[str, Any]] = {}
         self._states: dict[str, str] = {}
         self._spans: collections.deque[_Span] = collections.deque()
@@ -320,8 +356,8 @@ class Live(Hooks):
 
     # ------------------------------------------------------------------ recording (on the event loop)
 
-    def _finish(self, span: _Span) -> None:
-        span.end = time.time_ns()
+    def _finish(self, span: _Span, end: int = 0) -> None:
+        span.end = end or time.time_ns()
         if not span.sampled:
             return
         if len(self._spans) >= _MAX_QUEUE:
@@ -332,13 +368,13 @@ class Live(Hooks):
             self._wake.set()
 
     def _measure(self, instrument: Any, how: str, value: float, attributes: dict[str, Any]) -> None:
-        if len(self._measures) >= _MAX_QUEUE * 4:
+        if len(self._measures) >= _MAX_QUEUE * 2:
             self.dropped.failed("measurements", 1, "(queue full)")
             return
         self._measures.append((instrument, how, value, attributes))
 
     def front_middleware(self) -> Any:
-        finish, measure, duration = self._finish, self._measure, self.server_duration
+        finish, measure, duration, early = self._finish, self._measure, self.server_duration, self._early
 
         async def traced(ctx: Any, call_next: Any) -> Any:
             if ctx.request_id is None:  # notifications are not traced
@@ -364,10 +400,36 @@ class Live(Hooks):
                 raise
             finally:
                 _current.reset(token)
-                finish(span)
-                measure(duration, "record", time.perf_counter() - start, measured)
+                if early and (answered := early.pop((method, ctx.request_id), None)) is not None:
+                    # answered before the SDK was loaded (and fed to it since): the times it was read and answered at
+                    span.start = answered.start_ns
+                    attributes["mcp_bridge.answered_early"] = True
+                    finish(span, answered.end_ns)
+                    measure(duration, "record", max(0, answered.end_ns - answered.start_ns) / 1e9, measured)
+                else:
+                    finish(span)
+                    measure(duration, "record", time.perf_counter() - start, measured)
 
         return traced
+
+    def answered_early(self, answers: Sequence[Any], version: str | None) -> None:
+        for answer in answers:
+            if answer.method in _FED_TO_THE_SDK:
+                self._early[(answer.method, answer.request_id)] = answer  # the middleware's span takes its times
+                continue
+            measured: dict[str, Any] = {"mcp.method.name": answer.method}
+            if version:
+                measured["mcp.protocol.version"] = version
+            attributes = {
+                **measured,
+                "jsonrpc.request.id": str(answer.request_id),
+                "network.transport": "pipe",
+                "mcp_bridge.answered_early": True,
+            }
+            span = _Span(answer.method, SpanKind.SERVER, attributes, _parse(answer.trace))
+            span.start = answer.start_ns
+            self._finish(span, answer.end_ns)
+            self._measure(self.server_duration, "record", max(0, answer.end_ns - answer.start_ns) / 1e9, measured)
 
     def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
@@ -422,7 +484,15 @@ class Live(Hooks):
                 meta.pop("tracestate", None)
 
     def http(self, request: Any) -> None:
-        if request.method != "POST" or "traceparent" in request.headers:
+        if request.method != "POST":
+            return
+        headers = request.headers
+        session = headers.get("mcp-session-id")
+        if session is not None:  # a handshake-era session: the request's span says which (semantic conventions)
+            span = _current.get()
+            if span is not None and span.kind is SpanKind.CLIENT:
+                span.attributes["mcp.session.id"] = session
+        if "traceparent" in headers:
             return
         try:
             body: bytes = request.content
@@ -527,7 +597,8 @@ class Live(Hooks):
                 points[key] = value
 
     def _export_metrics(self) -> None:
-        """Every metric so far (cumulative since the start), in one OTLP request through the exporter's HTTP client."""
+        """Every metric so far (cumulative since the start), in one OTLP request through the exporter's HTTP client
+        (or its public ``export()``: :func:`_direct`)."""
         self._exported_at = time.monotonic()
         now = time.time_ns()
         dropped = self.dropped
@@ -535,6 +606,17 @@ class Live(Hooks):
             (("mcp_bridge.signal", "traces"),): dropped.spans,
             (("mcp_bridge.signal", "metrics"),): dropped.measurements + dropped.metric_batches,
         }
+        try:
+            if self._post_metrics is None:
+                ok = self._export_metrics_public(now)
+            else:
+                ok = bool(self._post_metrics(self._encode_metrics(now)).success)
+        except Exception:  # the export thread's boundary: count it
+            ok = False
+        if not ok:
+            self.dropped.failed("metrics", 1, signal_endpoint(self.config, "metrics"))
+
+    def _encode_metrics(self, now: int) -> bytes:
         encoded = []
         for instrument, points in self._points.items():
             if not points:
@@ -547,14 +629,43 @@ class Live(Hooks):
             else:
                 data = otlp.gauge(rows, self._started_ns, now)
             encoded.append(otlp.metric(instrument.name, instrument.unit, instrument.description, data))
-        request = otlp.metrics_request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
-        client = getattr(self.metric_exporter, "_client", None)
-        try:
-            ok = bool(client.export(request).success)  # type: ignore[union-attr]
-        except Exception:  # the export thread's boundary (or another SDK release without that client): count it
-            ok = False
-        if not ok:
-            self.dropped.failed("metrics", 1, signal_endpoint(self.config, "metrics"))
+        return otlp.metrics_request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
+
+    def _export_metrics_public(self, now: int) -> bool:
+        """The same metrics as the SDK's objects, through the exporter's public ``export()``."""
+        from opentelemetry.sdk.metrics.export import (
+            AggregationTemporality,
+            Gauge,
+            Histogram,
+            HistogramDataPoint,
+            Metric,
+            MetricExportResult,
+            MetricsData,
+            NumberDataPoint,
+            ResourceMetrics,
+            ScopeMetrics,
+            Sum,
+        )
+
+        start, cumulative = self._started_ns, AggregationTemporality.CUMULATIVE
+        metrics = []
+        for instrument, points in self._points.items():
+            if not points:
+                continue
+            data: Any
+            if instrument.kind == "histogram":
+                rows = [
+                    HistogramDataPoint(dict(key), start, now, n, total, buckets, otlp.HISTOGRAM_BOUNDS, low, high)
+                    for key, (n, total, low, high, buckets) in points.items()
+                ]
+                data = Histogram(rows, cumulative)
+            else:
+                numbers = [NumberDataPoint(dict(key), start, now, value) for key, value in points.items()]
+                data = Sum(numbers, cumulative, True) if instrument.kind == "counter" else Gauge(numbers)
+            metrics.append(Metric(instrument.name, instrument.description, instrument.unit, data))
+        scope = ScopeMetrics(self.scope, metrics, "")
+        request = MetricsData([ResourceMetrics(self.resource, [scope], "")])
+        return self.metric_exporter.export(request) is MetricExportResult.SUCCESS
 
     def _export_spans(self) -> None:
         while not self._stopping:
@@ -571,36 +682,37 @@ class Live(Hooks):
 
     def _send(self, batch: list[_Span]) -> None:
         """Encode a batch (:mod:`.otlp`) and POST it through the exporter's HTTP client (its headers, compression,
-        retries and timeout); through the SDK's own encoder where that client is not there (another SDK release)."""
-        client = getattr(self.exporter, "_client", None)
-        if not callable(getattr(client, "export", None)):
+        retries and timeout); or, as the SDK's spans, through its public ``export()`` (:func:`_direct`), which counts
+        what fails (:class:`_SpanExporter`)."""
+        post = self._post_spans
+        if post is None:
             self.exporter.export([self._readable(span) for span in batch])
             return
-        for span in batch:
-            if span.error:
-                span.attributes.setdefault("error.type", span.error)
-        data = otlp.request(
-            self.resource_attributes,
-            ("mcp-bridge", self.version),
-            [
-                otlp.span(
-                    trace_id=span.trace_id,
-                    span_id=span.span_id,
-                    parent_id=span.parent_id,
-                    trace_state=span.trace_state,
-                    name=span.name,
-                    kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
-                    start=span.start,
-                    end=span.end,
-                    attributes=span.attributes,
-                    events=span.events,
-                    error=span.error is not None,
+        encoded = []
+        for at in range(0, len(batch), _CHUNK):
+            if at:
+                time.sleep(0)  # let the event loop have the interpreter lock between chunks
+            for span in batch[at : at + _CHUNK]:
+                if span.error:
+                    span.attributes.setdefault("error.type", span.error)
+                encoded.append(
+                    otlp.span(
+                        trace_id=span.trace_id,
+                        span_id=span.span_id,
+                        parent_id=span.parent_id,
+                        trace_state=span.trace_state,
+                        name=span.name,
+                        kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
+                        start=span.start,
+                        end=span.end,
+                        attributes=span.attributes,
+                        events=span.events,
+                        error=span.error is not None,
+                    )
                 )
-                for span in batch
-            ],
-        )
+        data = otlp.request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
         try:
-            ok = bool(client.export(data).success)  # type: ignore[union-attr]
+            ok = bool(post(data).success)
         except Exception:  # the export thread's boundary: drop, count, go on
             ok = False
         if not ok:

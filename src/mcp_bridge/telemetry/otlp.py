@@ -15,10 +15,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 _CACHE_LIMIT = 4096
-_kv_cache: dict[tuple[str, type, Any], bytes] = {}
+_kv_cache: dict[tuple[int, str, type, Any], bytes] = {}
+UNIQUE_KEYS = frozenset({"jsonrpc.request.id"})
+"""Attributes whose value differs on every span: encoded each time, never kept (they would only churn the cache)."""
+_SMALL = [bytes((n,)) for n in range(0x80)]
+_U64 = struct.Struct("<Q")
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -37,7 +43,7 @@ def _ld(field: int, payload: bytes) -> bytes:
 
 
 def _fixed64(field: int, value: int) -> bytes:
-    return _tag(field, 1) + struct.pack("<Q", value)
+    return _tag(field, 1) + _U64.pack(value)
 
 
 def _uint(field: int, value: int) -> bytes:
@@ -57,21 +63,39 @@ def _any_value(value: Any) -> bytes:
     return _ld(1, str(value).encode("utf-8", "replace"))
 
 
+def _key_value(field: int, key: str, value: Any) -> bytes:
+    return _ld(field, _ld(1, key.encode("utf-8", "replace")) + _ld(2, _any_value(value)))
+
+
 def key_values(field: int, attributes: Mapping[str, Any]) -> bytes:
-    """Each attribute as a ``KeyValue`` in ``field`` of the enclosing message."""
+    """Each attribute as a ``KeyValue`` in ``field`` of the enclosing message (each one's bytes kept for the next
+    span with the same attribute: the method, the server, the tool, the outcome repeat)."""
     parts = []
+    cache = _kv_cache
     for key, value in attributes.items():
         if value is None:
             continue
-        cache_key = (key, type(value), value if not isinstance(value, list) else tuple(value))
-        encoded = _kv_cache.get(cache_key)
+        if key in UNIQUE_KEYS:
+            parts.append(_key_value(field, key, value))
+            continue
+        cache_key = (field, key, type(value), value if not isinstance(value, list) else tuple(value))
+        encoded = cache.get(cache_key)
         if encoded is None:
-            encoded = _ld(1, key.encode("utf-8", "replace")) + _ld(2, _any_value(value))
-            if len(_kv_cache) >= _CACHE_LIMIT:
-                _kv_cache.clear()
-            _kv_cache[cache_key] = encoded
-        parts.append(_ld(field, encoded))
+            encoded = _key_value(field, key, value)
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[cache_key] = encoded
+        parts.append(encoded)
     return b"".join(parts)
+
+
+_TRACE_ID = b"\x0a\x10"  # field 1, 16 bytes
+_SPAN_ID = b"\x12\x08"  # field 2, 8 bytes
+_PARENT_ID = b"\x22\x08"  # field 4, 8 bytes
+_KIND = b"\x30"  # field 6, varint
+_START = b"\x39"  # field 7, fixed64
+_END = b"\x41"  # field 8, fixed64
+_ERROR = _ld(15, _uint(3, 2))  # Status { code: STATUS_CODE_ERROR }
 
 
 def span(
@@ -89,21 +113,26 @@ def span(
     error: bool,
 ) -> bytes:
     """One ``Span`` (``kind``: the protobuf's, 1 internal, 2 server, 3 client)."""
-    parts = [_ld(1, trace_id.to_bytes(16, "big")), _ld(2, span_id.to_bytes(8, "big"))]
+    parts = [_TRACE_ID, trace_id.to_bytes(16, "big"), _SPAN_ID, span_id.to_bytes(8, "big")]
     if trace_state:
         parts.append(_ld(3, trace_state.encode("ascii", "replace")))
     if parent_id:
-        parts.append(_ld(4, parent_id.to_bytes(8, "big")))
-    parts.append(_ld(5, name.encode("utf-8", "replace")))
-    parts.append(_uint(6, kind))
-    parts.append(_fixed64(7, start))
-    parts.append(_fixed64(8, end))
-    parts.append(key_values(9, attributes))
+        parts += (_PARENT_ID, parent_id.to_bytes(8, "big"))
+    parts += (
+        _ld(5, name.encode("utf-8", "replace")),
+        _KIND,
+        _SMALL[kind],
+        _START,
+        _U64.pack(start),
+        _END,
+        _U64.pack(end),
+        key_values(9, attributes),
+    )
     for at, event_name, event_attributes in events:
         event = _fixed64(1, at) + _ld(2, event_name.encode("utf-8", "replace")) + key_values(3, event_attributes)
         parts.append(_ld(11, event))
     if error:
-        parts.append(_ld(15, _uint(3, 2)))  # Status { code: STATUS_CODE_ERROR }
+        parts.append(_ERROR)
     return b"".join(parts)
 
 

@@ -913,6 +913,13 @@ class Upstream:
             params["inputResponses"] = answers
             if state is not None:
                 params["requestState"] = state
+            # The bridge's own span as the parent, as for any request to a server (telemetry on), not the trace
+            # context the IDE sent with its request: the session's dispatcher injects one only for methods that
+            # normally take its way, and a tools/call normally takes the direct one (upstream.wire), which injects.
+            meta = dict(params.get("_meta") or {})
+            telemetry.hooks.inject(meta)
+            if meta:
+                params["_meta"] = meta
             again = type(request).model_validate({**raw, "params": params}, by_name=False)
             return await send_raw(session, again, request_read_timeout_seconds=timeout, progress_callback=progress)
 
