@@ -1,13 +1,17 @@
 """The wire under an upstream's session, and the direct ``tools/call`` path through it.
 
 ``tools/call`` takes a shorter way than the session's :meth:`~mcp.client.session.ClientSession.send_request`: it is
-POSTed through the session's own transport object (:func:`call_direct`), which skips three task hops and two
-in-memory streams per call and gives the same bytes on the wire, the same result checks and the same errors.
+POSTed with the session's own transport object (:func:`call_direct`), which skips three task hops and two
+in-memory streams per call and gives the same bytes on the wire, the same result checks and the same errors. Where
+the endpoint allows, the POST goes over the wire's own HTTP/1.1 connections in the caller's task
+(:mod:`~mcp_bridge.upstream.lean`, :func:`_by_lean`) rather than through httpx2 in the transport's task group
+(:func:`_by_transport`); what comes back is handled by the transport's own code either way.
 
 Copied from the MCP SDK, ``mcp`` 2.3.0, and built on its internals (:data:`DIRECT_CALLS` says whether they are
 there): :func:`open_wire` is the body of ``mcp.client.streamable_http.streamable_http_client``, keeping hold of the
 transport it builds; :func:`call_direct` does what ``ClientSession.send_request`` and the session's dispatcher do
-with one request and its answer (:class:`_Answer`, :func:`_cancel_upstream`), in either protocol era: a 2026-07-28
+with one request and its answer (:class:`_Answer`, :func:`_cancel_upstream`; :func:`_answered` is the end of the
+transport's ``_handle_post_request``), in either protocol era: a 2026-07-28
 session's request carries what the session stamps on each (``_meta`` and the ``Mcp-*`` headers), and a caller that
 stops waiting aborts its POST, which is that era's cancellation, as the transport does for its own. Check them
 against the SDK's code when the SDK is upgraded (``tests/test_direct_calls.py`` compares the two ways case by case).
