@@ -51,6 +51,7 @@ class Reply:
     chunks: list[bytes] = field(default_factory=list)
     delay: float = 0.0
     """Seconds between the headers and the body."""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 RESULT = {
@@ -109,6 +110,9 @@ def _script(request: dict[str, Any]) -> Reply:
             return Reply(delay=3)
         case "weird_type":
             return Reply(200, "text/plain", [b"hello"])
+        case "sets_cookie":
+            answer = json.dumps(_answer(request, result=RESULT)).encode()
+            return Reply(content_type="application/json", chunks=[answer], headers=[(b"set-cookie", b"lb=node-2")])
         case "string_id":
             answer = {"jsonrpc": "2.0", "id": str(request["id"]), "result": RESULT}
             return Reply(content_type="application/json", chunks=[json.dumps(answer).encode()])
@@ -195,7 +199,7 @@ class Scripted:
 
     @staticmethod
     async def _reply(send: Send, reply: Reply, *, session: bool = False) -> None:
-        headers = [(b"content-type", reply.content_type.encode())]
+        headers = [(b"content-type", reply.content_type.encode()), *reply.headers]
         if session:
             headers.append((b"mcp-session-id", b"scripted-session-1"))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
@@ -509,3 +513,22 @@ async def test_direct_calls_keep_one_connection_and_the_switch_turns_that_off(
         assert c.upstream._wire is not None and c.upstream._wire.lean is None
         result = await c.upstream.request(_request("echo", {"i": 0}))
         assert result["structuredContent"]["arguments"] == {"i": 0}
+
+
+async def test_a_cookie_the_server_sets_is_kept_and_sent_from_then_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load balancer's sticky-session cookie set on a direct call's answer goes into the client's jar, and later
+    calls take httpx2's way, which sends it (the lean way does not do cookies)."""
+    sent: list[bool] = []
+    real = upstream_module._lean_post
+
+    async def counting(*args: Any) -> bool:
+        sent.append(await real(*args))  # False: not sent the lean way (the transport's way sends it)
+        return sent[-1]
+
+    monkeypatch.setattr(upstream_module, "_lean_post", counting)
+    async with connected() as c:
+        await c.upstream.request(_request("sets_cookie"))
+        await c.upstream.request(_request("echo"))
+        posted = _calls(c.server)
+    assert sent == [True, False]
+    assert "cookie" not in posted[0][0] and posted[1][0]["cookie"] == "lb=node-2"
