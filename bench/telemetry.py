@@ -84,6 +84,8 @@ class PathResult:
     p50: list[float] = field(default_factory=list)
     p90: list[float] = field(default_factory=list)
     bridge_cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+    """The upstream server's CPU per call (it parses what the bridge sends it: with telemetry on, trace context)."""
     first_call_ms: float = 0.0
 
 
@@ -141,9 +143,10 @@ async def run_era(
         for r in range(rounds):
             for path in names[r % len(names) :] + names[: r % len(names)]:
                 res = result.paths[path]
-                cpu0 = tree_cpu(pids[path])
+                cpu0, server0 = tree_cpu(pids[path]), tree_cpu(upstream.proc.pid)
                 samples = await timed_calls(clients[path].session, tool, calls, upstream.name)
                 res.bridge_cpu.append(ms(tree_cpu(pids[path]) - cpu0) / calls)
+                res.server_cpu.append(ms(tree_cpu(upstream.proc.pid) - server0) / calls)
                 res.p50.append(ms(percentile(samples, 50)))
                 res.p90.append(ms(percentile(samples, 90)))
                 print(
@@ -227,9 +230,9 @@ def render(
     verdicts = []
     for era, result in results.items():
         off = result.paths["off"]
-        o50, o90, ocpu = med(off.p50), med(off.p90), med(off.bridge_cpu)
+        o50, o90, ocpu, oserver = med(off.p50), med(off.p90), med(off.bridge_cpu), med(off.server_cpu)
         for path, res in result.paths.items():
-            p50, p90, cpu = med(res.p50), med(res.p90), med(res.bridge_cpu)
+            p50, p90, cpu, server = med(res.p50), med(res.p90), med(res.bridge_cpu), med(res.server_cpu)
             over = (p50 - o50) * 1000
             rows.append(
                 [
@@ -240,6 +243,7 @@ def render(
                     f"{p50 / o50:.3f}x",
                     "—" if path == "off" else f"{over:+.0f}",
                     f"{cpu:.3f}" + ("" if path == "off" else f" ({(cpu - ocpu) * 1000:+.0f} µs)"),
+                    f"{server:.3f}" + ("" if path == "off" else f" ({(server - oserver) * 1000:+.0f} µs)"),
                     f"{res.first_call_ms:.0f}",
                     spread(res.p50),
                 ]
@@ -260,8 +264,9 @@ def render(
         "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans and measurements are "
         "queued by the call and exported by the bridge's daemon threads (spans every 5 s or per 2,048), metrics "
         "every 60 s",
-        "- CPU µs/call: the bridge process (its export threads included), median across rounds; first call: spawn → "
-        "the first `echo` answered, one sample",
+        "- CPU µs/call: the bridge process (its export threads included), and the upstream server's (an SDK server: "
+        "with telemetry on it gets trace context in `_meta` and a `traceparent` header), median across rounds; first "
+        "call: spawn → the first `echo` answered, one sample",
         "",
     ]
     table = markdown_table(
@@ -273,11 +278,12 @@ def render(
             "p50 / off",
             "p50 over off µs",
             "bridge CPU ms/call",
+            "server CPU ms/call",
             "first call ms",
             "notes",
         ],
         rows,
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     )
     off, on = med(hooks["off"]), med(hooks["on"])
     verdicts.append(
