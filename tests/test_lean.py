@@ -145,6 +145,7 @@ async def test_the_request_on_the_wire_is_httpx2s() -> None:
     assert sent == {k.lower(): v for k, v in expected.headers.raw}
 
 
+BOTH = b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nte\r\n0\r\n\r\n"
 CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 1\r\n\r\n"
 
 
@@ -161,8 +162,13 @@ CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\
         (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nby", b"by", False),
         (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nv0", b"v0", False),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\ndup", b"dup", True),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nte\r\n0\r\n\r\n",
+            b"te",
+            False,
+        ),
     ],
-    ids=["chunked", "bare-lf", "interim", "no-content", "close", "http10", "repeated-length"],
+    ids=["chunked", "bare-lf", "interim", "no-content", "close", "http10", "repeated-length", "length-and-chunked"],
 )
 async def test_every_framing_of_an_answer(raw: bytes, body: bytes, kept: bool) -> None:
     async def handler(conn: Conn) -> None:

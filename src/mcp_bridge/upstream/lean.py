@@ -238,7 +238,9 @@ class LeanPool:
             keep = keep and status != 101
         elif codings:
             chunked = codings[-1] == b"chunked"
-            keep = keep and chunked  # any other last coding: the body ends with the connection
+            # Any other last coding: the body ends with the connection. With a Content-Length beside it, the coding
+            # wins and the connection is not kept (RFC 9112 6.3: a message framed both ways may be an attack).
+            keep = keep and chunked and not lengths
         elif lengths:
             (value,) = lengths if len(lengths) == 1 else (b"",)
             if not value.isdigit():
