@@ -24,9 +24,11 @@ A peer that cannot be installed or run is reported as such in the table, with th
    ``initialize`` (or ``server/discover``), ``tools/list``, 50 warm-up calls, then ``--calls`` sequential ``echo``
    calls, each answer checked; the path order rotates every round. Values are medians across rounds of each round's
    p50/p99. A peer that cannot serve an era is reported with what went wrong.
-   The bridge runs twice: as it is, and as ``bridge-httpx2`` with ``MCP_BRIDGE_LEAN_HTTP=0`` (its direct tool calls
-   through httpx2 as every other request, instead of its own HTTP/1.1 connections: ``mcp_bridge.upstream.lean``),
-   so that the lean client's share shows as a ratio from the same run.
+   The bridge runs three ways: as it is (the upstream in its local ``servers:`` list, events logged); as
+   ``bridge-port``, with a local Port stand-in (``mcp_bridge.sandbox.port_standin``) as its allowlist and audit sink,
+   as an organisation runs it (every call's event spooled in SQLite, two commits on the call's path, and shipped);
+   and as ``bridge-httpx2`` with ``MCP_BRIDGE_LEAN_HTTP=0`` (its direct tool calls through httpx2 as every other
+   request, instead of its own HTTP/1.1 connections: ``mcp_bridge.upstream.lean``); ratios from the same run.
 2. Memory (handshake era): 10 local upstreams. One bridge serving all 10, against 10 ``mcp-remote`` processes (one
    per server, which is what users run today) and 10 ``mcp-proxy`` processes: each spawned, initialized,
    ``tools/list``-ed and driven with 20 ``echo`` calls per server, then measured while still running: the sum over
@@ -50,6 +52,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from mcp.client.session import ClientSession
@@ -99,9 +102,11 @@ NPM_DIR = PEERS_DIR / "npm"
 PROXY_VENV = PEERS_DIR / "mcp-proxy-venv"
 PROXY_REQUIREMENTS = PEERS_SRC / "mcp-proxy-requirements.txt"
 
-PATHS = ["direct", "bridge", "bridge-httpx2", "mcp-remote", "mcp-proxy"]
-BRIDGE_VARIANTS = {"bridge": {}, "bridge-httpx2": {"MCP_BRIDGE_LEAN_HTTP": "0"}}
-"""The bridge as it is, and with its direct calls sent through httpx2 as every other request (latency only)."""
+PATHS = ["direct", "bridge", "bridge-port", "bridge-httpx2", "mcp-remote", "mcp-proxy"]
+BRIDGE_VARIANTS = {"bridge": {}, "bridge-port": {}, "bridge-httpx2": {"MCP_BRIDGE_LEAN_HTTP": "0"}}
+"""The bridge as it is; with Port (a local stand-in) as its allowlist and audit sink, so that every call's audit event
+is spooled (two SQLite commits on the call's path) and shipped; and with its direct calls sent through httpx2 as
+every other request (latency only, these two)."""
 PEER_PATHS = ["mcp-remote", "mcp-proxy"]
 WARMUP = 50
 MEMORY_UPSTREAMS = 10
@@ -110,6 +115,43 @@ INSTALL_TIMEOUT = 600
 
 TARGET_RATIO_DIRECT = 1.2
 TARGET_MEMORY_FRACTION = 0.25
+PORT_SECRET_ENV = "BENCH_PORT_SECRET"  # noqa: S105 (the variable's name, not a secret)
+_port_standin: tuple[str, subprocess.Popen[str], str] | None = None
+"""(the upstream it holds, its process, its base URL)"""
+_STANDIN = """
+import sys, time
+from mcp_bridge.sandbox.port_shapes import MCP_SERVER_BLUEPRINT, mcp_server_entity
+from mcp_bridge.sandbox.port_standin import PortStandIn
+port = PortStandIn().start()
+port.add_client("bench", "bench-secret")
+port.upsert_entity(MCP_SERVER_BLUEPRINT, mcp_server_entity(sys.argv[1], sys.argv[2], ["*"], auth_type="none"))
+print(port.base_url, flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def _port_for(upstream: Upstream) -> dict[str, Any]:
+    """The ``port:`` section of a bridge whose allowlist is a local Port stand-in holding ``upstream``: in a process of
+    its own (in this one, its request handling would take the measuring client's interpreter lock), started once per
+    upstream."""
+    global _port_standin
+    if _port_standin is None or _port_standin[0] != upstream.url:
+        _stop_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _STANDIN, upstream.name, upstream.url], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        _port_standin = (upstream.url, proc, proc.stdout.readline().strip())
+    return {"base_url": _port_standin[2], "client_id": "bench", "client_secret": "${env:" + PORT_SECRET_ENV + "}"}
+
+
+def _stop_port() -> None:
+    global _port_standin
+    if _port_standin is not None:
+        _port_standin[1].kill()
+        _port_standin[1].wait()
+        _port_standin = None
 
 
 # ---------------------------------------------------------------------------------------------- peers
@@ -267,8 +309,11 @@ async def open_path(
     home = work / f"{path}-{tag}"
     stderr_path = work / f"{path}.stderr.log"
     if path in BRIDGE_VARIANTS:
-        config = write_config(work / f"bridge-{upstream.name}.yaml", [upstream])
-        env = {**bridge_env(home), **BRIDGE_VARIANTS[path]}
+        if path == "bridge-port":
+            config = write_config(work / f"bridge-port-{upstream.name}.yaml", [], port=_port_for(upstream))
+        else:
+            config = write_config(work / f"bridge-{upstream.name}.yaml", [upstream])
+        env = {**bridge_env(home), **BRIDGE_VARIANTS[path], PORT_SECRET_ENV: "bench-secret"}
         command, tool = bridge_command(config), f"{upstream.name}__echo"
     else:
         command, env, tool = peers[path].command(upstream.url), peer_env(home), "echo"
@@ -406,7 +451,7 @@ async def run_memory(
     results = {
         p: PathMemory(problem=peers[p].problem if p in peers else None)
         for p in paths
-        if p not in ("direct", "bridge-httpx2")
+        if p not in ("direct", "bridge-httpx2", "bridge-port")
     }
     for r in range(rounds):
         for path, res in results.items():
@@ -436,6 +481,7 @@ async def run_memory(
 LABELS = {
     "direct": "direct SDK client",
     "bridge": "mcp-bridge",
+    "bridge-port": "mcp-bridge with Port (allowlist and audit spool)",
     "bridge-httpx2": "mcp-bridge, calls through httpx2 (`MCP_BRIDGE_LEAN_HTTP=0`)",
     "mcp-remote": "mcp-remote",
     "mcp-proxy": "mcp-proxy",
@@ -624,6 +670,7 @@ def main() -> int:
             return 130
         finally:
             procs.kill_all()
+            _stop_port()
     append_results(render(lats, mem, peers, args, started, load_start, quiet), not args.no_write)
     print(f"total runtime {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return 0

@@ -86,6 +86,8 @@ async def test_n_calls_give_n_entities_with_the_right_fields_and_a_denied_call_i
             await raw_call(client, "alpha__delete_everything")
     entities = calls_in_port(double)  # the bridge flushed on exit
     assert len({e["identifier"] for e in entities}) == len(entities) == 7
+    # A burst of calls ships in a request or two, not one request per call (shipper.LINGER_SECONDS).
+    assert len(double.requests_to("bulk")) <= 2
     by_status: dict[str, list[dict[str, Any]]] = {}
     for e in entities:
         by_status.setdefault(e["properties"]["status"], []).append(e)
