@@ -82,7 +82,14 @@ class _Conn:
             return True
         try:
             fd = self.sock.fileno()
-            readable, _, _ = select.select([fd], [], [], 0) if fd >= 0 else ([fd], None, None)
+            if fd < 0:
+                return False
+            if hasattr(select, "poll"):  # (no limit on the descriptor's number, unlike select())
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                readable = bool(poller.poll(0))
+            else:  # pragma: no cover - Windows
+                readable = bool(select.select([fd], [], [], 0)[0])
         except (OSError, ValueError):
             return False
         return not readable  # readable: closed, or sent something nobody asked for
