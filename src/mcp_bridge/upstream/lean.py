@@ -127,6 +127,7 @@ class LeanPool:
         self._idle: list[_Conn] = []
         self._conns: set[_Conn] = set()
         """Every connection open (kept or in use): all closed with the pool."""
+        self._connecting = 0
         self.closed = False
         self._start = b"POST " + (url.raw_path or b"/") + b" HTTP/1.1\r\nHost: " + url.netloc + b"\r\n"
         self._request = httpx2.Request("POST", url)
@@ -155,9 +156,13 @@ class LeanPool:
         data = head + body
         conn = await self._kept()
         if conn is None:
-            if len(self._conns) >= MAX_CONNECTIONS:
+            if len(self._conns) + self._connecting >= MAX_CONNECTIONS:
                 return None
-            conn = await self._connect()
+            self._connecting += 1  # (a slot, while the connection is being made)
+            try:
+                conn = await self._connect()
+            finally:
+                self._connecting -= 1
         try:
             try:
                 await conn.stream.send(data)
