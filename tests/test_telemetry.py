@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -415,7 +413,6 @@ async def test_a_call_answered_across_input_rounds_carries_the_bridges_span_to_t
 async def test_a_token_refresh_is_counted(tmp_path: Path) -> None:
     """An OAuth server whose access tokens live 5 s (the real authorization server of the tests): after a login, the
     serving bridge refreshes the expired token on its own, and ``mcp_bridge.oauth.token_refreshes`` counts it."""
-    from harness import bridge_env
     from oauth_harness import LocalOAuthUpstream, browser_env
 
     home = tmp_path / "home"
@@ -432,14 +429,7 @@ async def test_a_token_refresh_is_counted(tmp_path: Path) -> None:
             timeouts={"connect": 5, "startup_wait": 5, "login": 20},
             telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
         )
-        login = subprocess.run(
-            [sys.executable, "-m", "mcp_bridge", "login", "secure", "--config", str(config)],
-            env=bridge_env(home, env),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        login = run_cli(home, "login", "secure", "--config", str(config), env=env, timeout=120)
         assert login.returncode == 0, login.stderr
         async with bridge_client(config, home, env=env) as client:
             assert (await _call(client, "secure__echo", {"text": "a"}, None))["content"][0]["text"] == "secure: a"

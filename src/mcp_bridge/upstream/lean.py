@@ -95,8 +95,13 @@ class _Conn:
         return not readable  # readable: closed, or sent something nobody asked for
 
     async def close(self) -> None:
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await self.raw.aclose()
+        await _close(self.raw)
+
+
+async def _close(stream: anyio.abc.ByteStream) -> None:
+    """Close a connection's socket, even in a cancelled scope (under TLS: without a close_notify)."""
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await stream.aclose()
 
 
 class _Short(Exception):
@@ -214,7 +219,7 @@ class LeanPool:
                             standard_compatible=False,
                         )
                     except BaseException:
-                        await _Conn(raw, raw).close()
+                        await _close(raw)
                         raise
         except TimeoutError:
             raise NotSent("ConnectTimeout: timed out") from None

@@ -34,7 +34,7 @@ import anyio.abc
 import anyio.lowlevel
 import httpx2
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT, coerce_request_id
@@ -344,6 +344,44 @@ async def call_direct(
     return _Raw.model_validate(outcome, by_name=False).root
 
 
+_AnswerSend = MemoryObjectSendStream[dict[str, Any] | types.ErrorData]
+_AnswerReceive = MemoryObjectReceiveStream[dict[str, Any] | types.ErrorData]
+
+
+def _exchange(
+    wire: Wire,
+    message: types.JSONRPCRequest,
+    metadata: ClientMessageMetadata,
+    progress: ProgressFnT | None,
+    on_log: LogSink | None,
+    *,
+    inline: bool = False,
+) -> tuple[_AnswerSend, _AnswerReceive, _Answer, RequestContext]:
+    """What one POST of ``message`` reports to: the answer's stream (send, receive), the :class:`_Answer` the
+    transport's code writes to in the session's stead, and the transport's request context around it."""
+    send, receive = anyio.create_memory_object_stream[dict[str, Any] | types.ErrorData](1)
+    answer = _Answer(cast(int, message.id), send, wire.inbound, progress, on_log, inline=inline)
+    context = RequestContext(
+        client=wire.http,
+        session_id=wire.transport.session_id,
+        session_message=SessionMessage(message, metadata=metadata),
+        metadata=metadata,
+        read_stream_writer=cast(Any, answer),  # it takes what the transport sends: see _Answer.send
+    )
+    return send, receive, answer, context
+
+
+async def _given_up(
+    session: ClientSession, request_id: int, reason: str, *, modern: bool, post: _InFlightPost | None, shield: bool
+) -> None:
+    """A call the caller stopped waiting for (cancelled, or timed out): at 2026-07-28 its POST is aborted (the lean
+    way's connection is closed with the caller's scope already), in the handshake era the server is told."""
+    if not modern:
+        await _cancel_upstream(session, request_id, reason, shield=shield)
+    elif post is not None:
+        post.scope.cancel()
+
+
 async def _by_transport(
     wire: Wire,
     session: ClientSession,
@@ -356,15 +394,7 @@ async def _by_transport(
 ) -> dict[str, Any] | types.ErrorData:
     """The call POSTed by the session's transport, in its task group, as its own POSTs are."""
     request_id = cast(int, message.id)
-    send, receive = anyio.create_memory_object_stream[dict[str, Any] | types.ErrorData](1)
-    answer = _Answer(request_id, send, wire.inbound, progress, on_log)
-    context = RequestContext(
-        client=wire.http,
-        session_id=wire.transport.session_id,
-        session_message=SessionMessage(message, metadata=metadata),
-        metadata=metadata,
-        read_stream_writer=cast(Any, answer),  # it takes what the transport sends: see _Answer.send
-    )
+    send, receive, answer, context = _exchange(wire, message, metadata, progress, on_log)
     # The POST runs in an abort scope the transport knows by the request id, as its own POSTs do: at 2026-07-28
     # aborting it is the request's cancellation (and a cancel the session sends for this id aborts it too).
     post = _InFlightPost(scope=anyio.CancelScope(), modern=modern)
@@ -385,18 +415,12 @@ async def _by_transport(
             except anyio.EndOfStream:  # the POST failed, or the connection is closing
                 raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
     except anyio.get_cancelled_exc_class():
-        if modern:
-            post.scope.cancel()
-        else:
-            await _cancel_upstream(session, request_id, "caller cancelled", shield=True)
+        await _given_up(session, request_id, "caller cancelled", modern=modern, post=post, shield=True)
         raise
     finally:
         answer.progress = answer.on_log = None
     assert clock.cancelled_caught
-    if modern:
-        post.scope.cancel()
-    else:
-        await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
+    await _given_up(session, request_id, f"timed out after {read_timeout}s", modern=modern, post=post, shield=False)
     raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {message.method!r} timed out")
 
 
@@ -426,15 +450,7 @@ async def _by_lean(
     comes back is handled by the transport's own code, as on its way. ``None``: not sent, or answered with a status
     that means the transport's way must send it (a redirect, or an auth challenge for the auth flow to answer)."""
     request_id = cast(int, message.id)
-    send, receive = anyio.create_memory_object_stream[dict[str, Any] | types.ErrorData](1)
-    answer = _Answer(request_id, send, wire.inbound, progress, on_log, inline=True)
-    context = RequestContext(
-        client=wire.http,
-        session_id=wire.transport.session_id,
-        session_message=SessionMessage(message, metadata=metadata),
-        metadata=metadata,
-        read_stream_writer=cast(Any, answer),
-    )
+    send, receive, answer, context = _exchange(wire, message, metadata, progress, on_log, inline=True)
     try:
         with send, receive, anyio.move_on_after(read_timeout) as clock:
             try:
@@ -450,14 +466,12 @@ async def _by_lean(
             except anyio.WouldBlock:
                 return _NO_ANSWER  # the answer named another request (the transport's way says the same)
     except anyio.get_cancelled_exc_class():
-        if not modern:  # (at 2026-07-28 the POST's connection, closed, is the cancellation)
-            await _cancel_upstream(session, request_id, "caller cancelled", shield=True)
+        await _given_up(session, request_id, "caller cancelled", modern=modern, post=None, shield=True)
         raise
     finally:
         answer.progress = answer.on_log = None
     assert clock.cancelled_caught
-    if not modern:
-        await _cancel_upstream(session, request_id, f"timed out after {read_timeout}s", shield=False)
+    await _given_up(session, request_id, f"timed out after {read_timeout}s", modern=modern, post=None, shield=False)
     raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {message.method!r} timed out")
 
 
