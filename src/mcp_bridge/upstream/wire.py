@@ -341,7 +341,8 @@ async def call_direct(
         _methods.validate_server_result(method, version, outcome)
     if not (foreign := _later_revision_fields(method, version)).isdisjoint(outcome):
         outcome = {k: v for k, v in outcome.items() if k not in foreign}
-    return _Raw.model_validate(outcome, by_name=False).root
+    # send_request would validate it as _Raw (a dict with string keys): the transport's JSON-RPC response model did.
+    return outcome
 
 
 _AnswerSend = MemoryObjectSendStream[dict[str, Any] | types.ErrorData]
