@@ -193,3 +193,43 @@ async def test_an_sdk_ide_in_each_mode_gets_its_calls_answered_and_only_2026_07_
     # 2026-07-28: the first call takes the SDK's way (server/discover was answered before the SDK loaded, so its
     # envelope is not known yet), the other four the short way; the handshake era never takes it.
     assert _served(stderr_path.read_text()) == (4 if modern else 0)
+
+
+async def test_a_call_that_asks_is_answered_with_a_round_and_goes_on_for_the_retry(tmp_path: Path) -> None:
+    """On the short way the call runs in its request's own task (``HeldCalls.here``): when a handshake-era server
+    asks, the request is answered with the round while the call goes on; the IDE cancelling that (answered) request
+    no longer reaches the call, and the retry with the answer gets the call's result. The IDE declares elicitation
+    (its capabilities are its envelope's)."""
+    from asking import Asking
+    from hostile import serving
+
+    up = Asking()
+    envelope = {**_ENVELOPE, "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}}
+    config = write_config(
+        tmp_path / "config.yaml", {up.name: {"url": up.url, "allowed_tools": ["*"], "protocol": "legacy"}}
+    )
+    stderr_path = tmp_path / "stderr.log"
+    async with serving(up), bridge_process(config, tmp_path / "home", stderr_path) as proc:
+        buffer = [b""]
+        listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": envelope}}
+        await _exchange(proc, listing, buffer)
+        first = await _exchange(proc, _call(2, "asking__ask", {}, meta=envelope), buffer)
+        round_ = first[-1]["result"]
+        assert round_["resultType"] == "input_required", round_
+        [(key, question)] = round_["inputRequests"].items()
+        assert question["method"] == "elicitation/create"
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}
+        await proc.stdin.send((json.dumps(cancel) + "\n").encode())  # answered already: the held call goes on
+        await anyio.sleep(0.2)
+        answers = {key: {"action": "accept", "content": {"name": "Ada"}}}
+        retry = _call(3, "asking__ask", {}, meta=envelope, inputResponses=answers, requestState=round_["requestState"])
+        done = await _exchange(proc, retry, buffer)
+        await proc.stdin.aclose()
+        with anyio.fail_after(15):
+            rest = b"".join([buffer[0], *[chunk async for chunk in proc.stdout]])
+            assert await proc.wait() == 0
+    result = done[-1]["result"]
+    assert json.loads(result["content"][0]["text"])["answer"] == {"action": "accept", "content": {"name": "Ada"}}
+    every = [*first, *done, *(json.loads(line) for line in rest.splitlines() if line.strip())]
+    assert [m["id"] for m in every if "id" in m and "method" not in m] == [2, 3]  # each answered once
+    assert _served(stderr_path.read_text()) >= 1  # the first call took the short way

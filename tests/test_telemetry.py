@@ -410,6 +410,38 @@ async def test_a_call_answered_across_input_rounds_carries_the_bridges_span_to_t
     assert [m.get("traceparent") for m in up.metas] == [f"00-{trace_id}-{call.span_id}-01"] * len(up.metas)
 
 
+async def test_a_call_on_the_short_way_that_asks_ends_its_requests_span_with_the_round(tmp_path: Path) -> None:
+    """A 2026-07-28 IDE's ordinary call (the short way, ``ide.fastpath``: its envelope known from a list, nothing
+    else in its ``_meta``) to a handshake-era server that asks: the call goes on in the request's task after the
+    round answered the request, and the request's span ends with that answer, before the retry's begins."""
+    from mcp.client.session import ClientRequestContext
+
+    from asking import Asking
+
+    async def elicit(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        await anyio.sleep(0.05)  # the IDE takes a moment to answer: the call is held meanwhile
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    up = Asking()
+    with Receiver() as receiver:
+        config = write_config(
+            tmp_path / "config.yaml",
+            {up.name: {"url": up.url, "allowed_tools": ["*"], "protocol": "legacy"}},
+            telemetry={"enabled": True, "endpoint": receiver.endpoint, "metrics_interval": 1},
+        )
+        async with (
+            serving(up),
+            bridge_client(config, tmp_path / "home", mode="2026-07-28", elicitation_callback=elicit) as client,
+        ):
+            await client.session.list_tools()
+            called = await client.call_tool("asking__ask", {})
+            assert json.loads(called.content[0].text)["answer"]["content"] == {"name": "Ada"}  # type: ignore[union-attr]
+        await _until(lambda: len(receiver.named("tools/call asking__ask")) == 2, "the spans")
+    first, retry = sorted(receiver.named("tools/call asking__ask"), key=lambda span: span.start_ns)
+    assert first.end_ns <= retry.start_ns
+    assert "requestState" not in str(first.attributes)
+
+
 async def test_a_token_refresh_is_counted(tmp_path: Path) -> None:
     """An OAuth server whose access tokens live 5 s (the real authorization server of the tests): after a login, the
     serving bridge refreshes the expired token on its own, and ``mcp_bridge.oauth.token_refreshes`` counts it."""

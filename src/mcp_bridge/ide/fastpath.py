@@ -69,7 +69,8 @@ def enabled() -> bool:
 
 
 class _Traced:
-    """What the telemetry middleware reads of a request (as of the SDK's request context)."""
+    """What the telemetry middleware reads of a request (as of the SDK's request context); ``end_early``: set by the
+    middleware, ends the request's span when a round answered it (the call goes on)."""
 
     method = "tools/call"
 
@@ -78,6 +79,24 @@ class _Traced:
         self.params = params
         self.meta = params.get("_meta")
         self.protocol_version = self.meta.get(types.PROTOCOL_VERSION_META_KEY) if isinstance(self.meta, dict) else None
+        self.end_early: Callable[[], None] | None = None
+
+
+class _Request:
+    """One IDE request taken the short way: whether the IDE cancelled it, whether it has been answered."""
+
+    __slots__ = ("answered", "cancelled", "id", "key", "traced")
+
+    def __init__(self, request_id: Any) -> None:
+        self.id = request_id
+        self.key = coerce_request_id(request_id)
+        self.cancelled = False
+        self.answered = False
+        self.traced: _Traced | None = None
+
+
+_DETACHED: dict[str, Any] = {}
+"""``_call``'s result when a round answered the request (the call went on, its outcome for the IDE's retry)."""
 
 
 class FastCalls:
@@ -90,8 +109,8 @@ class FastCalls:
         self._front = front
         self._stdout = stdout
         self._done = done
-        self._running: dict[Any, tuple[anyio.CancelScope, list[bool]]] = {}
-        """coerced request id -> (its scope, [cancelled by the IDE])"""
+        self._running: dict[Any, tuple[anyio.CancelScope, _Request]] = {}
+        """coerced request id -> (its scope, the request)"""
         self._runner: Any = ServerRunner(front.server, cast(Any, None), None) if AVAILABLE else None
         self.served = 0
         """Requests taken the short way (logged when the IDE's connection ends)."""
@@ -129,49 +148,76 @@ class FastCalls:
         tasks = self._front.tasks
         assert tasks is not None, "serve_stdio sets the task group"
         scope = anyio.CancelScope()
-        self._running[coerce_request_id(message.id)] = (scope, [False])
+        request = _Request(message.id)
+        self._running[request.key] = (scope, request)
         self.served += 1
-        tasks.start_soon(self._run, message, scope)
+        tasks.start_soon(self._run, message, request, scope)
 
     def cancel(self, params: Mapping[str, Any] | None) -> None:
         """The IDE's ``notifications/cancelled``: a call of ours it names is cancelled, and never answered."""
         request_id = cancelled_request_id_from_params(params)
         if request_id is None or (running := self._running.get(coerce_request_id(request_id))) is None:
             return
-        running[1][0] = True
+        running[1].cancelled = True
         running[0].cancel()
 
-    async def _run(self, message: types.JSONRPCRequest, scope: anyio.CancelScope) -> None:
-        key = coerce_request_id(message.id)
-        cancelled = self._running[key][1]
+    async def _run(self, message: types.JSONRPCRequest, request: _Request, scope: anyio.CancelScope) -> None:
         answer: types.JSONRPCResponse | types.JSONRPCError | None = None
-        answering = False
         try:
             with scope:
                 try:
                     params = cast(dict[str, Any], message.params)
                     if self._traced is None:
-                        result = await self._call(message.id, params)
+                        result = await self._call(request, params)
                     else:
-                        request = _Traced(message.id, params)
-                        result = await self._traced(request, lambda _ctx: self._call(message.id, params))
-                    answer = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+                        request.traced = _Traced(message.id, params)
+                        result = await self._traced(request.traced, lambda _ctx: self._call(request, params))
+                    if result is not _DETACHED:
+                        answer = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
                 except Exception as exc:
-                    error = handler_exception_to_error_data(exc) or modern_error_data(exc)
-                    answer = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
-            if answer is not None and not cancelled[0]:
-                answering = True  # a write cut short may still have delivered it: never a second answer
+                    answer = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=_error_data(exc))
+            if answer is not None and not request.cancelled and not request.answered:
+                request.answered = True  # a write cut short may still have delivered it: never a second answer
                 await self._send(answer)
         except anyio.get_cancelled_exc_class():
             # The bridge is shutting down: answer so that the IDE is not left waiting (as the SDK does).
-            if not cancelled[0] and not answering:
+            if not request.cancelled and not request.answered:
+                request.answered = True
                 closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
                 with anyio.move_on_after(_SHUTDOWN_WRITE_SECONDS, shield=True):
                     await self._send(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=closed))
             raise
         finally:
-            self._running.pop(key, None)
-            self._done(message.id)
+            self._settle(request)
+
+    def _settle(self, request: _Request) -> None:
+        """The request is answered (or cancelled unanswered), unless a round answered it (which told so)."""
+        if self._running.get(request.key, (None, None))[1] is request:
+            del self._running[request.key]
+            self._done(request.id)
+
+    async def _answer_round(self, request: _Request, version: str, make: Callable[[], dict[str, Any]]) -> bool:
+        """A held call's first question: its request answered with the round (``make``), unless the IDE cancelled
+        it or it was answered meanwhile; from then on the call is the retries' (:meth:`HeldCalls.here`)."""
+        if request.cancelled or request.answered:
+            return False
+        request.answered = True
+        answer: types.JSONRPCResponse | types.JSONRPCError
+        try:
+            shaped = self._runner._serialize("tools/call", version, finish(version, make()))
+            answer = types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=dict(shaped))
+        except Exception as exc:
+            answer = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=_error_data(exc))
+        if request.traced is not None and request.traced.end_early is not None:
+            request.traced.end_early()
+        # From now on a cancellation of this request no longer reaches the call (as with a task of its own).
+        if self._running.get(request.key, (None, None))[1] is request:
+            del self._running[request.key]
+        try:
+            await self._send(answer)
+        finally:
+            self._done(request.id)
+        return True
 
     async def _send(self, message: types.JSONRPCMessage) -> None:
         try:
@@ -179,7 +225,7 @@ class FastCalls:
         except OSError:
             log.debug("front.fast_answer_dropped")  # the IDE's side is closed
 
-    async def _call(self, request_id: Any, params: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, request: _Request, params: dict[str, Any]) -> dict[str, Any]:
         """What ``Front._call_tool`` (and ``_asking``, for a first request of 2026-07-28) do with the call."""
         front = self._front
         envelope = front.envelope
@@ -227,9 +273,24 @@ class FastCalls:
                 ASKING.reset(asking)
 
         assert front.tasks is not None
-        result = await front.held.start(front.tasks, "tools/call", name, held, relay_log)
+        # In this task: a call that asks nothing (the usual one) needs no task of its own (HeldCalls.here).
+        answered, result = await front.held.here(
+            front.tasks,
+            "tools/call",
+            name,
+            held,
+            lambda make: self._answer_round(request, version, make),
+            relay_log,
+        )
+        if not answered:
+            return _DETACHED
         shaped: dict[str, Any] = self._runner._serialize("tools/call", version, finish(version, result))
         return dict(shaped)
 
     async def _notify(self, method: str, params: dict[str, Any] | None) -> None:
         await self._send(types.JSONRPCNotification(jsonrpc="2.0", method=method, params=params))
+
+
+def _error_data(exc: Exception) -> types.ErrorData:
+    """The error the SDK's way answers an exception with."""
+    return handler_exception_to_error_data(exc) or modern_error_data(exc)

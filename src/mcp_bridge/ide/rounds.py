@@ -84,6 +84,10 @@ class HeldCall:
     round_log: LogSink | None = None
     """Relays a log message to the IDE request of the current round, while it is open."""
 
+    on_ask: Callable[[], None] | None = None
+    """Run at the first question of a call held in its request's own task (:meth:`HeldCalls.here`): answers that
+    request with the round."""
+
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
         """A server's log message during a held call goes to the IDE request of the round in progress (the SDK
         sends it only at or above the level that request asked for); between rounds no IDE request is open, and the
@@ -100,6 +104,9 @@ class HeldCall:
         question = self.questions[key] = _Question(request)
         self.asked.set()
         self.woken.set()
+        if self.on_ask is not None:
+            on_ask, self.on_ask = self.on_ask, None
+            on_ask()
         with anyio.move_on_after(self.ttl) as waited:
             await question.answered.wait()
         if waited.cancelled_caught:
@@ -149,6 +156,54 @@ class HeldCalls:
 
         tasks.start_soon(run)
         return await self._next(call)
+
+    async def here(
+        self,
+        tasks: anyio.abc.TaskGroup,
+        method: str,
+        subject: str,
+        work: Callable[[HeldCall], Awaitable[Any]],
+        answer: Callable[[Callable[[], dict[str, Any]]], Awaitable[bool]],
+        log: LogSink | None = None,
+    ) -> tuple[bool, Any]:
+        """:meth:`start` without a task of its own: ``work`` runs in the caller's task (the IDE request's), which
+        spares the common call, one that asks nothing, a task and a hand-over. When the call asks, the IDE's request
+        is answered with the round in a task of its own (from ``tasks``), while the call goes on here: ``answer`` is
+        given what makes the round (it raises :class:`MCPError` when none can be held) and says whether it answered
+        the request (not when the request was cancelled or answered meanwhile); later rounds are the retries'
+        (:meth:`resume`), and the call's outcome is theirs. Returns ``(True, result)`` when no round answered the
+        request (the call's exception, if any, is raised), ``(False, None)`` when one did."""
+        call = HeldCall(subject=subject, method=method, ttl=self.ttl, round_log=log)
+        detached = False
+
+        async def first_round() -> None:
+            nonlocal detached
+            await anyio.lowlevel.checkpoint()  # questions asked together go in one round
+
+            def make() -> dict[str, Any]:
+                call.round_log = None  # this IDE request is answered now
+                return self._round(call)
+
+            detached = await answer(make)
+
+        def on_ask() -> None:
+            tasks.start_soon(first_round)
+
+        call.on_ask = on_ask
+        with call.cancel:  # a retry the IDE cancels cancels the call (as in start)
+            try:
+                call.result = await work(call)
+            except BaseException as exc:
+                call.failure = exc  # a round answered the request: a retry takes it
+                if not detached or isinstance(exc, anyio.get_cancelled_exc_class()):
+                    raise
+            finally:
+                call.on_ask = None
+                call.outcome.set()
+                call.woken.set()
+        if detached:
+            return False, None
+        return True, call.result
 
     async def resume(
         self, state: str, method: str, subject: str, responses: dict[str, Any] | None, log: LogSink | None = None

@@ -391,16 +391,30 @@ class Live(Hooks):
             span = _Span(f"{method} {target}" if target else method, SpanKind.SERVER, attributes, _parse(ctx.meta))
             token = _current.set(span)
             start = time.perf_counter()
+            ended = False
+            if hasattr(ctx, "end_early"):  # the short way's request: a round may answer it while its call goes on
+
+                def end_early() -> None:
+                    nonlocal ended
+                    if not ended:
+                        ended = True
+                        finish(span)
+                        measure(duration, "record", time.perf_counter() - start, measured)
+
+                ctx.end_early = end_early
             try:
                 return await call_next(ctx)
             except BaseException as exc:  # the JSON-RPC error's code, as the conventions have it
-                span.error = measured["error.type"] = attributes["error.type"] = _error_type(exc)
-                if (code := getattr(getattr(exc, "error", None), "code", None)) is not None:
-                    attributes["rpc.response.status_code"] = str(code)
+                if not ended:
+                    span.error = measured["error.type"] = attributes["error.type"] = _error_type(exc)
+                    if (code := getattr(getattr(exc, "error", None), "code", None)) is not None:
+                        attributes["rpc.response.status_code"] = str(code)
                 raise
             finally:
                 _current.reset(token)
-                if early and (answered := early.pop((method, ctx.request_id), None)) is not None:
+                if ended:
+                    pass
+                elif early and (answered := early.pop((method, ctx.request_id), None)) is not None:
                     # answered before the SDK was loaded (and fed to it since): the times it was read and answered at
                     span.start = answered.start_ns
                     attributes["mcp_bridge.answered_early"] = True
