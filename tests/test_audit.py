@@ -275,6 +275,44 @@ def test_a_call_left_open_by_a_dead_bridge_ships_as_interrupted(tmp_path: Path) 
     spool.close()
 
 
+_EARLIER_SCHEMA = """
+CREATE TABLE events (id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, payload TEXT NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0, lease_owner INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT);
+CREATE TABLE usage (tool TEXT PRIMARY KEY, calls INTEGER NOT NULL, last REAL NOT NULL);
+INSERT INTO events (id, state, created, payload) VALUES ('mcpb-0', 'open', 1.0, '{"id":"mcpb-0"}');
+INSERT INTO usage VALUES ('a__old', 5, 1.0);
+"""
+
+
+def test_completed_calls_count_as_their_rows_are_written_also_in_a_spool_of_an_earlier_release(
+    tmp_path: Path,
+) -> None:
+    """Search mode lists the most used tools directly: a completed call counts once, in the same statement as its
+    row (the spool's trigger), a failed or open one not at all; an earlier release's spool gets the column and keeps
+    its rows and counts; a row written the earlier release's way (no ``used``) is not counted again."""
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        db.executescript(_EARLIER_SCHEMA)
+    spool = Spool(tmp_path / "audit.db")
+    for i, (tool, status) in enumerate([("a__x", "Completed"), ("a__y", "Completed"), ("a__x", "Completed")]):
+        event = {"id": f"mcpb-{i + 1}", "kind": "call", "status": "In Progress"}
+        spool.put(event, closed=False)
+        spool.put({**event, "status": status}, closed=True, used=tool)
+    spool.put({"id": "mcpb-9", "kind": "call", "status": "In Progress"}, closed=False)
+    spool.put({"id": "mcpb-9", "kind": "call", "status": "Failed"}, closed=True)
+    assert spool.most_used(10) == ["a__old", "a__x", "a__y"]
+    with sqlite3.connect(tmp_path / "audit.db") as db:  # an earlier release's bridge, sharing the file
+        db.execute(
+            "INSERT INTO events (id, state, created, payload) VALUES ('mcpb-10', 'closed', 2.0, '{}') "
+            "ON CONFLICT(id) DO UPDATE SET state = excluded.state, payload = excluded.payload, lease_until = 0"
+        )
+        db.execute("UPDATE usage SET calls = calls + 1 WHERE tool = 'a__y'")  # (it counts in its own statement)
+        counts = dict(db.execute("SELECT tool, calls FROM usage").fetchall())
+    assert counts == {"a__old": 5, "a__x": 2, "a__y": 2}
+    assert spool.stats().in_progress == 1 and spool.stats().pending == 6  # the earlier open row kept
+    spool.close()
+
+
 def test_redacted_arguments_never_carry_secret_values() -> None:
     args = {"query": "x" * 1000, "api_key": "k-123", "nested": {"Authorization": "Bearer abc", "password": "pw"}}
     got = redact(args)

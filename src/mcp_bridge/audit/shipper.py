@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from mcp_bridge import telemetry
+from mcp_bridge.audit.spool import MAX_BATCH
 from mcp_bridge.audit.trail import AuditTrail
 from mcp_bridge.backoff import Backoff
 from mcp_bridge.logs import clean, get_logger
@@ -70,6 +71,9 @@ class Shipper:
         self.blueprint = blueprint
         self.interrupted_after = interrupted_after
         self.shipped = 0
+        self._error_noted = True
+        """Whether the spool may hold a shipping error to clear at the next success (one from an earlier run, say):
+        a batch shipped while none is noted costs no write for it."""
 
     async def run(self) -> None:
         """Ship forever (until cancelled); back off while Port fails."""
@@ -83,12 +87,13 @@ class Shipper:
                 await anyio.sleep(backoff.next())
                 continue
             backoff.reset()
-            if not sent:
+            if sent < MAX_BATCH:  # (a full batch: more may be waiting, shipped at once)
                 with anyio.move_on_after(5.0):  # also picks up other processes' events and stale open calls
                     await self.trail.wake.wait()
                 self.trail.wake = anyio.Event()
                 # The calls of a burst go in one request, not one request each: a request to Port costs the bridge
                 # about a millisecond of CPU, which a busy IDE's next call would wait for (bench/peers.py, with Port).
+                # After a partial batch too: what arrived while it was being sent waits for more to go with it.
                 await anyio.sleep(LINGER_SECONDS)
 
     async def ship_once(self) -> int:
@@ -103,18 +108,21 @@ class Shipper:
             response = await self.client.bulk_upsert(self.blueprint, [to_entity(e) for e in batch])
         except BaseException as exc:  # failed or interrupted: the batch is claimable again at once
             why = str(exc) if isinstance(exc, PortError) else f"shipping interrupted ({type(exc).__name__})"
+            self._error_noted = True
             self.spool.release(ids, clean(why))
             raise
         data = response.json() if response.content else {}
         failed = {str(err.get("identifier")) for err in (data.get("errors") or []) if isinstance(err, dict)}
         if response.status_code == 207 or failed:
+            self._error_noted = True
             reasons = "; ".join(str(err.get("message") or err.get("error")) for err in data.get("errors") or [])[:500]
             self.spool.release([i for i in ids if i in failed], f"Port rejected some events: {reasons}")
             log.warning("audit.partial", shipped=len(ids) - len(failed), failed=len(failed))
         done = [i for i in ids if i not in failed]
         self.spool.ack(done)
-        if not failed:
+        if not failed and self._error_noted:
             self.spool.note_success()
+            self._error_noted = False
         self.shipped += len(done)
         return len(done)
 

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS events (
     lease_until REAL NOT NULL DEFAULT 0,
     lease_owner INTEGER NOT NULL DEFAULT 0,  -- pid of the shipper holding the lease
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    used TEXT                     -- a completed call's tool (exposed name): counted in usage as the row is written
 );
 -- The shipper's batch: closed rows in id order (lease filtered inline). Leased rows only, for the lease checks: a
 -- put() writes no entry there, so a call's two commits touch the table and one index.
@@ -56,14 +57,21 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Kept when the events themselves have been shipped.
 CREATE TABLE IF NOT EXISTS usage (tool TEXT PRIMARY KEY, calls INTEGER NOT NULL, last REAL NOT NULL);
 """
-_USED = (
-    "INSERT INTO usage (tool, calls, last) VALUES (?, 1, ?) "
-    "ON CONFLICT(tool) DO UPDATE SET calls = calls + 1, last = excluded.last"
+_COUNT_USE = (
+    "BEGIN INSERT INTO usage (tool, calls, last) VALUES (new.used, 1, new.created) "
+    "ON CONFLICT(tool) DO UPDATE SET calls = calls + 1, last = excluded.last; END"
 )
+_TRIGGERS = f"""
+-- A completed call counts where its row is written, in the same statement (one commit on the call's path). Bridges
+-- of earlier releases never set `used` (they count in a transaction of their own).
+CREATE TRIGGER IF NOT EXISTS events_used_insert AFTER INSERT ON events WHEN new.used IS NOT NULL {_COUNT_USE};
+CREATE TRIGGER IF NOT EXISTS events_used_update AFTER UPDATE OF used ON events WHEN new.used IS NOT NULL {_COUNT_USE};
+"""
 
 _PUT = (
-    "INSERT INTO events (id, state, created, payload) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT(id) DO UPDATE SET state = excluded.state, payload = excluded.payload, lease_until = 0"
+    "INSERT INTO events (id, state, created, payload, used) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(id) DO UPDATE SET state = excluded.state, payload = excluded.payload, lease_until = 0, "
+    "used = excluded.used"
 )
 
 _COMPANIONS = ("", "-wal", "-shm")
@@ -108,6 +116,9 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, tuple[int, int]]:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=10000")
         db.executescript(_SCHEMA)
+        if "used" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:  # a spool of an earlier release
+            db.execute("ALTER TABLE events ADD COLUMN used TEXT")
+        db.executescript(_TRIGGERS)
         st = os.stat(path)
         for suffix in _COMPANIONS:  # older spools were not always created private
             p = Path(f"{path}{suffix}")
@@ -208,17 +219,13 @@ class Spool:
     # ------------------------------------------------------------------ writers (the call path)
 
     def put(self, event: dict[str, Any], *, closed: bool, used: str | None = None) -> None:
-        """Insert or replace one event: one small commit (with one more use of the tool named ``used``)."""
+        """Insert or replace one event: one small commit (with one more use of the tool named ``used``, counted by
+        the spool's trigger in the same statement)."""
         now = time.time()
-        row = (event["id"], "closed" if closed else "open", now, json.dumps(event, separators=(",", ":")))
+        row = (event["id"], "closed" if closed else "open", now, json.dumps(event, separators=(",", ":")), used)
 
         def write(db: sqlite3.Connection) -> None:
-            if used is None:
-                db.execute(_PUT, row)
-                return
-            with _transaction(db):
-                db.execute(_PUT, row)
-                db.execute(_USED, (used, now))
+            db.execute(_PUT, row)
 
         self._run(write)
         if self._moved():  # moved aside (`audit reset`) while being written: the event belongs in the new spool

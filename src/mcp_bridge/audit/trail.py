@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -108,6 +108,12 @@ class Event:
     id: str = field(default_factory=new_event_id)
     asked_at: float = field(default_factory=time.time)
     replied_at: float | None = None
+    _asked_iso: str = field(default="", init=False, repr=False, compare=False)
+
+    def _asked(self) -> str:
+        """``asked_at`` written out (once: the start's record and the end's both carry it)."""
+        self._asked_iso = _iso(self.asked_at)
+        return self._asked_iso
 
     def to_record(self, context: Mapping[str, Any]) -> dict[str, Any]:
         duration = round((self.replied_at - self.asked_at) * 1000, 3) if self.replied_at else None
@@ -123,15 +129,30 @@ class Event:
             "error": clean(self.error) if self.error else None,
             "error_class": self.error_class,
             "detail": self.detail,
-            "asked_at": _iso(self.asked_at),
+            "asked_at": self._asked_iso or self._asked(),
             "replied_at": _iso(self.replied_at) if self.replied_at else None,
             "duration_ms": duration,
             **context,
         }
 
 
+_SECONDS: dict[int, str] = {}
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``ts`` as UTC ISO 8601 to the millisecond (``...T12:00:00.123Z``): what ``datetime.fromtimestamp(ts, UTC)
+    .isoformat(timespec="milliseconds")`` writes (microseconds rounded, then cut to milliseconds), at a third of its
+    cost (twice a call on the call's path); the whole seconds are kept for the next events."""
+    whole = math.floor(ts)
+    micros = round((ts - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    head = _SECONDS.get(whole)
+    if head is None:
+        if len(_SECONDS) >= 64:
+            _SECONDS.clear()
+        head = _SECONDS[whole] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{head}.{micros // 1000:03d}Z"
 
 
 class JsonlCopy:
