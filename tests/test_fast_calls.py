@@ -29,6 +29,7 @@ _ENVELOPE = {
 }
 
 
+_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 _OTHER = {"io.modelcontextprotocol/clientInfo": {"name": "x", "version": "1"}}
 
 
@@ -57,10 +58,12 @@ _SCRIPT: list[dict[str, Any]] = [
     _call(13, "alpha__echo", {"text": "back"}, meta=_OTHER),
     _call(14, "alpha__echo", {"text": "answers"}, inputResponses={}),
     _call(15, "alpha__echo", {"text": "odd meta"}, meta={"example.com/trace": "t1"}),
+    # the short way again: a traced IDE's W3C trace context (forwarded to the server, as the SDK's way does)
+    _call(16, "alpha__meta", {}, meta={"traceparent": _TRACEPARENT, "tracestate": "k=v"}),
 ]
-_FAST = 7
-"""Calls of the script that take the short way: 2-8 (not 13: the SDK accepted its envelope with 11, but then the
-original one again with 12)."""
+_FAST = 8
+"""Calls of the script that take the short way: 2-8 and 16 (not 13: the SDK accepted its envelope with 11, but then
+the original one again with 12)."""
 
 
 @pytest.fixture
@@ -128,6 +131,7 @@ async def test_the_short_way_answers_as_the_sdks_way_line_for_line(tmp_path: Pat
     progress = [m["params"] for m in by_id[6] if m.get("method") == "notifications/progress"]
     assert [p["progress"] for p in progress] == [1, 2] and {p["progressToken"] for p in progress} == {"p6"}
     assert by_id[12][-1]["error"]["code"] == -32602
+    assert by_id[16][-1]["result"]["_meta"]["example.com/traceparent"] == _TRACEPARENT
     audited = {  # every call audited, the same way
         name: [
             (e["exposed_name"], e["status"], e["error_class"], e["arguments_digest"])

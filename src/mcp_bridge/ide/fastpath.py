@@ -43,6 +43,9 @@ except ImportError:  # pragma: no cover - another SDK release
 
 log = get_logger("mcp_bridge.ide.front")
 
+TRACE_CONTEXT = ("traceparent", "tracestate")
+"""W3C trace context an IDE may send in ``_meta``: forwarded to the server as the SDK's way forwards it (the
+bridge's own span's in its stead when telemetry is on), so a traced IDE keeps the short way."""
 _PARAMS = frozenset({"name", "arguments", "_meta"})
 _META = frozenset(
     {
@@ -51,6 +54,7 @@ _META = frozenset(
         types.CLIENT_CAPABILITIES_META_KEY,
         types.LOG_LEVEL_META_KEY,
         "progressToken",
+        *TRACE_CONTEXT,
     }
 )
 _LOG_LEVELS = frozenset({"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"})
@@ -142,6 +146,8 @@ class FastCalls:
             token = meta["progressToken"]
             if isinstance(token, bool) or not isinstance(token, str | int):
                 return False
+        if any(not isinstance(meta[key], str) for key in TRACE_CONTEXT if key in meta):
+            return False
         return coerce_request_id(message.id) not in self._running
 
     def start(self, message: types.JSONRPCRequest) -> None:
@@ -237,7 +243,9 @@ class FastCalls:
         front.bridge.declare_ide_capabilities(envelope.parsed)
         token = meta.get("progressToken")
         level = meta.get(types.LOG_LEVEL_META_KEY)
-        forwarded = {types.LOG_LEVEL_META_KEY: level} if level is not None else None
+        forwarded = {key: meta[key] for key in TRACE_CONTEXT if key in meta}  # as Front._call_tool forwards them
+        if level is not None:
+            forwarded[types.LOG_LEVEL_META_KEY] = level
         allowed = allowed_log_levels(version, meta)
 
         async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -260,7 +268,7 @@ class FastCalls:
             return front.bridge.call_tool(
                 name,
                 arguments,
-                meta=forwarded,
+                meta=forwarded or None,
                 progress=relay_progress if token is not None else None,
                 inputs=inputs,
             )

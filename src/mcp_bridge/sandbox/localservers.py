@@ -220,7 +220,10 @@ def build_server(
         return {"content": _text(f"failed: {args.get('message', 'no reason')}"), "isError": True}
 
     async def meta(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
-        return {"content": _text("with meta"), "_meta": {"example.com/origin": name, "n": 1}}
+        sent = {"example.com/origin": name, "n": 1}
+        if isinstance(traced := (ctx.meta or {}).get("traceparent"), str):
+            sent["example.com/traceparent"] = traced  # the trace context the call came with
+        return {"content": _text("with meta"), "_meta": sent}
 
     async def slow(ctx: ServerRequestContext[Any], args: dict[str, Any]) -> Any:
         steps, delay = int(args.get("steps", 3)), float(args.get("delay", 0.05))
