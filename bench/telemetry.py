@@ -11,14 +11,18 @@ upstream (``mcp_bridge.sandbox.localservers``), the same ``echo`` call as ``benc
 * off: ``telemetry`` absent (nothing of OpenTelemetry's SDK is loaded);
 * on: ``telemetry: {enabled: true, endpoint: ...}`` to a live collector: a subprocess of this file
   (``--collector PORT``) that answers every OTLP/HTTP POST with 200 and an empty protobuf answer;
+* on, not propagated: the same with ``propagate: false`` (no trace context goes to the server: what the server's
+  handling of it costs is the difference from ``on``);
 * on, collector refused: the endpoint is a port nobody listens on;
 * on, collector silent: a subprocess of this file (``--silent PORT``) accepts connections and never answers.
 
 Per era and path: connect, 20 warm-up calls, then ``--calls`` sequential calls per round, each answer checked; the
-path order rotates every round. Values are medians across rounds of each round's p50/p90; the overhead is a path's
-p50 minus off's p50 in the same run; CPU per call is the bridge process's user + system time over a round (Linux
-``/proc``, the export thread included) divided by the calls. Also, per path: spawn → first call answered (one
-sample, the telemetry start included). It prints one markdown table and appends it to ``bench/RESULTS.md``.
+paths take turns every 25 calls within a round (the order rotating), so that the machine's drift within a round
+(other processes, clock frequency) falls on every path alike. Values are medians across rounds of each round's
+p50/p90; the overhead is a path's p50 minus off's p50 in the same run; CPU per call is the bridge process's user +
+system time over a round (Linux ``/proc``, the export thread included) divided by the calls. Also, per path: spawn →
+first call answered (one sample, the telemetry start included). It prints one markdown table and appends it to
+``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ if TYPE_CHECKING:
     from common import Upstream
 
 TARGET_OVERHEAD_US = 50.0
-PATHS = ("off", "on", "on, collector refused", "on, collector silent")
+BLOCK = 25
+"""Calls a path makes before the next path's turn (within a round)."""
+PATHS = ("off", "on", "on, not propagated", "on, collector refused", "on, collector silent")
 
 
 # ---------------------------------------------------------------------------------------------- collectors
@@ -101,7 +107,7 @@ def tree_cpu(pid: int) -> float:
 
 
 async def run_era(
-    era: str, upstream: Upstream, work: Path, calls: int, rounds: int, endpoints: dict[str, str | None]
+    era: str, upstream: Upstream, work: Path, calls: int, rounds: int, sections: dict[str, dict[str, Any] | None]
 ) -> EraResult:
     from contextlib import AsyncExitStack
 
@@ -123,10 +129,10 @@ async def run_era(
     async with AsyncExitStack() as stack:
         clients: dict[str, Any] = {}
         pids: dict[str, int] = {}
-        for i, (path, endpoint) in enumerate(endpoints.items()):
+        for i, (path, section) in enumerate(sections.items()):
             extra: dict[str, Any] = {}
-            if endpoint is not None:
-                extra["telemetry"] = {"enabled": True, "endpoint": endpoint}
+            if section is not None:
+                extra["telemetry"] = section
             config = write_config(work / f"{era}-{i}.yaml", [upstream], **extra)
             before = set(own_children())
             t0 = time.perf_counter()
@@ -140,15 +146,27 @@ async def run_era(
                 raise RuntimeError(f"{path} connected at {clients[path].protocol_version}, not {era}")
             await timed_calls(clients[path].session, tool, WARMUP_CALLS, upstream.name)
         names = list(clients)
+        blocks = max(1, calls // BLOCK)
         for r in range(rounds):
-            for path in names[r % len(names) :] + names[: r % len(names)]:
+            # The paths take turns every BLOCK calls (in an order that rotates), so that a drift of the machine's
+            # speed within a round (other processes, frequency) falls on every path alike.
+            samples: dict[str, list[float]] = {path: [] for path in names}
+            bridge_cpu = dict.fromkeys(names, 0.0)
+            server_cpu = dict.fromkeys(names, 0.0)
+            for b in range(blocks):
+                turn = (r + b) % len(names)
+                for path in names[turn:] + names[:turn]:
+                    n = calls // blocks + (1 if b < calls % blocks else 0)
+                    cpu0, server0 = tree_cpu(pids[path]), tree_cpu(upstream.proc.pid)
+                    samples[path] += await timed_calls(clients[path].session, tool, n, upstream.name)
+                    bridge_cpu[path] += tree_cpu(pids[path]) - cpu0
+                    server_cpu[path] += tree_cpu(upstream.proc.pid) - server0
+            for path in names:
                 res = result.paths[path]
-                cpu0, server0 = tree_cpu(pids[path]), tree_cpu(upstream.proc.pid)
-                samples = await timed_calls(clients[path].session, tool, calls, upstream.name)
-                res.bridge_cpu.append(ms(tree_cpu(pids[path]) - cpu0) / calls)
-                res.server_cpu.append(ms(tree_cpu(upstream.proc.pid) - server0) / calls)
-                res.p50.append(ms(percentile(samples, 50)))
-                res.p90.append(ms(percentile(samples, 90)))
+                res.bridge_cpu.append(ms(bridge_cpu[path]) / calls)
+                res.server_cpu.append(ms(server_cpu[path]) / calls)
+                res.p50.append(ms(percentile(samples[path], 50)))
+                res.p90.append(ms(percentile(samples[path], 90)))
                 print(
                     f"  {era} round {r + 1}/{rounds} {path:24}: p50 {res.p50[-1]:.3f} ms  p90 {res.p90[-1]:.3f} ms",
                     file=sys.stderr,
@@ -165,7 +183,6 @@ async def hooks_in_process(endpoint: str, calls: int, rounds: int) -> dict[str, 
     from types import SimpleNamespace
 
     import anyio
-    import httpx2
     import mcp_types as types
 
     from common import percentile
@@ -190,7 +207,8 @@ async def hooks_in_process(endpoint: str, calls: int, rounds: int) -> dict[str, 
                 meta: dict[str, Any] = {}
                 hooks.inject(meta)
                 body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"_meta": meta}})
-                hooks.http(httpx2.Request("POST", "http://127.0.0.1:1/mcp", content=body.encode()))
+                headers = {"content-type": "application/json", "content-length": str(len(body))}
+                hooks.headers(headers)  # the direct call's headers, written by the bridge (upstream/lean.py)
             hooks.finished(event)
             return {}
 
@@ -258,9 +276,11 @@ def render(
         "",
         machine_line(load_start) + (f"; {quiet}" if quiet else ""),
         f"- per era: an SDK client in that era's mode, one local upstream that speaks only that era; {calls} "
-        f"sequential `echo` calls per path per round, {rounds} rounds rotating the path order, {WARMUP_CALLS} "
+        f"sequential `echo` calls per path per round, the paths taking turns every {BLOCK} calls (the order "
+        f"rotating), {rounds} rounds, {WARMUP_CALLS} "
         "warm-up calls per path; values are medians across rounds of each round's p50/p90",
         "- off = no `telemetry`; on = `telemetry: {enabled: true, endpoint}` to a local collector that answers 200; "
+        "not propagated = on with `propagate: false` (no trace context to the server); "
         "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans and measurements are "
         "queued by the call and exported by the bridge's daemon threads (spans every 5 s or per 2,048), metrics "
         "every 60 s",
@@ -288,8 +308,8 @@ def render(
     off, on = med(hooks["off"]), med(hooks["on"])
     verdicts.append(
         f"- in process, the event loop's CPU for the hooks of one call (a span for the IDE's request and one for the "
-        f"server's, `_meta` and header, the audit's end and four measurements; with an httpx request built, as the "
-        f"call does): {off:.1f} µs with telemetry off, {on:.1f} µs on, "
+        f"server's, `_meta` and header, the audit's end and four measurements; the body and headers built, as the "
+        f"direct call does): {off:.1f} µs with telemetry off, {on:.1f} µs on, "
         f"**{on - off:+.1f} µs** (p50 of {calls} calls 1 ms apart, median of {rounds} rounds; off: "
         f"{spread(hooks['off'], '.1f')}; on: {spread(hooks['on'], '.1f')}) — target ≤ {TARGET_OVERHEAD_US:g} µs "
         f"{verdict(on - off <= TARGET_OVERHEAD_US)}"
@@ -351,15 +371,17 @@ def main() -> int:
                 proc = subprocess.Popen([sys.executable, __file__, flag, str(port)], start_new_session=True)
                 sides.append(proc)
                 wait_port(port, proc)
-            endpoints: dict[str, str | None] = {
+            live = f"http://127.0.0.1:{collector}"
+            sections: dict[str, dict[str, Any] | None] = {
                 "off": None,
-                "on": f"http://127.0.0.1:{collector}",
-                "on, collector refused": f"http://127.0.0.1:{free_port()}",
-                "on, collector silent": f"http://127.0.0.1:{silent}",
+                "on": {"enabled": True, "endpoint": live},
+                "on, not propagated": {"enabled": True, "endpoint": live, "propagate": False},
+                "on, collector refused": {"enabled": True, "endpoint": f"http://127.0.0.1:{free_port()}"},
+                "on, collector silent": {"enabled": True, "endpoint": f"http://127.0.0.1:{silent}"},
             }
             for era in eras:
                 (local,) = procs.start_upstreams([f"local{era[:4]}"], ["--era", ERAS[era][1]])
-                results[era] = anyio.run(run_era, era, local, work, args.calls, args.rounds, endpoints)
+                results[era] = anyio.run(run_era, era, local, work, args.calls, args.rounds, sections)
             hooks = anyio.run(hooks_in_process, f"http://127.0.0.1:{collector}", args.calls, args.rounds)
         except KeyboardInterrupt:
             print("interrupted; cleaning up", file=sys.stderr)

@@ -149,6 +149,25 @@ async def test_spans_and_metrics_reach_the_collector_with_the_ides_trace_carried
     assert SECRET_ARGUMENT not in _all_values(receiver)
 
 
+async def test_with_propagate_off_no_trace_context_reaches_the_server_not_even_the_ides(tmp_path: Path) -> None:
+    """``telemetry.propagate: false``: the spans are exported as ever, but neither the bridge's trace context nor
+    the one the IDE sent goes to the server, in ``_meta`` or in a header, on the direct way and the session's."""
+    upstream = _upstream()
+    traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint, propagate=False)
+        async with serving(upstream), bridge_client(config, tmp_path / "home") as client:
+            await client.session.send_request(types.ListToolsRequest(), Raw)
+            result = await _call(client, "h__echo", {}, {"traceparent": traceparent, "tracestate": "k=v"})
+            assert result["content"][0]["text"] == "h ran echo"
+            prompt = types.GetPromptRequest(params=types.GetPromptRequestParams(name="h__greet"))
+            await client.session.send_request(prompt, Raw)
+        await _until(lambda: receiver.named("tools/call echo"), "the spans, flushed when the bridge stops")
+    assert receiver.named("tools/call h__echo") and receiver.named("prompts/get greet")
+    assert upstream.metas and all("traceparent" not in m and "tracestate" not in m for m in upstream.metas)
+    assert upstream.posts and all(p.traceparent is None for p in upstream.posts)
+
+
 async def test_arguments_in_spans_only_with_full_audit_arguments(tmp_path: Path) -> None:
     upstream = _upstream()
     with Receiver() as receiver:

@@ -24,7 +24,7 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.exceptions import MCPError
 
-from mcp_bridge import risk
+from mcp_bridge import risk, telemetry
 from mcp_bridge.audit.shipper import Shipper
 from mcp_bridge.audit.spoolcheck import instructions_note
 from mcp_bridge.audit.trail import AuditTrail, Event, redact
@@ -981,6 +981,8 @@ def _text_result(text: str, error: bool = False) -> dict[str, Any]:
 
 
 def _forwarded_key(key: object, modern: bool) -> bool:
+    if key in ("traceparent", "tracestate"):
+        return telemetry.hooks.propagate  # (telemetry.propagate: false sends none, not the IDE's either)
     return not str(key).startswith(RESERVED_META) or (modern and key == types.LOG_LEVEL_META_KEY)
 
 

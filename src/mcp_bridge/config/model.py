@@ -458,6 +458,10 @@ class TelemetryConfig(_Model):
     """More resource attributes (beside ``OTEL_RESOURCE_ATTRIBUTES``); ``user.email`` comes from ``user.email``."""
     metrics_interval: float = Field(default=60, ge=1, le=3600)
     """Seconds between metric exports."""
+    propagate: bool = True
+    """Send the trace context to the servers (``traceparent``/``tracestate`` in a request's ``_meta`` and HTTP
+    headers), so that their spans join the bridge's traces; ``false``: none is sent, not the IDE's either (trace
+    ids of the organisation's stay inside it; the servers then skip the context's handling too)."""
 
     @field_validator("endpoint")
     @classmethod

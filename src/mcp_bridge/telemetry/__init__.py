@@ -26,6 +26,8 @@ class Hooks:
     """What the bridge tells telemetry; this base does nothing (telemetry off)."""
 
     active = False
+    propagate = True
+    """Whether trace context goes to the servers (``telemetry.propagate``): an IDE's own with telemetry off."""
 
     def front_middleware(self) -> Callable[..., Any] | None:
         """A middleware for the IDE-facing server (a span per IDE request), or ``None``."""
@@ -49,6 +51,10 @@ class Hooks:
 
     def http(self, request: Any) -> None:
         """An HTTP request to a server: its ``traceparent`` header from the one its JSON-RPC body carries."""
+
+    def headers(self, headers: MutableMapping[str, str]) -> None:
+        """The headers of a request to a server that the bridge writes itself (the direct ``tools/call``): its
+        ``traceparent`` (and ``tracestate``) header, the current span's, as :meth:`inject` put it in the body."""
 
     def finished(self, event: Any) -> None:
         """An audit event of an IDE request ended (outcome, server, tool): the span's attributes and the metrics."""

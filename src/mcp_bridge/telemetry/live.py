@@ -101,6 +101,7 @@ class _Span:
         "end",
         "error",
         "events",
+        "header",
         "kind",
         "name",
         "parent_id",
@@ -123,11 +124,14 @@ class _Span:
             self.remote_parent = not isinstance(parent, _Span)
         self.events: list[tuple[int, str, dict[str, Any]]] = []
         self.error: str | None = None
+        self.header = ""
         self.start = time.time_ns()
         self.end = 0
 
     def traceparent(self) -> str:
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+        if not self.header:  # (the request's _meta and its HTTP header both carry it)
+            self.header = f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+        return self.header
 
     # a child's parent: (trace id, span id, sampled, trace state)
     def __iter__(self) -> Iterator[Any]:
@@ -157,7 +161,8 @@ class _Request:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         span = self.span
         if exc is not None:
-            span.error = self._measured["error.type"] = span.attributes["error.type"] = _error_type(exc)
+            span.error = span.attributes["error.type"] = _error_type(exc)
+            self._measured = {**self._measured, "error.type": span.error}  # (the template is shared)
         if self._otel is not None:
             otel_context.detach(self._otel)  # type: ignore[arg-type]
         _current.reset(self._token)
@@ -254,6 +259,19 @@ def _target(method: str, params: Any) -> tuple[str | None, dict[str, Any]]:
     return None, {}
 
 
+def _target_name(method: str, params: Any) -> str | None:
+    """What :func:`_target` names, without its attributes: the key of a request's attribute template."""
+    key = "name" if method in ("tools/call", "prompts/get") else "uri" if method.startswith("resources/") else None
+    if key is None:
+        return None
+    value = params.get(key) if isinstance(params, dict) else getattr(params, key, None)
+    return value if isinstance(value, str) else None if value is None else str(value)
+
+
+_TEMPLATES = 1024
+"""Attribute templates kept per kind (requests of the IDE, requests to servers, audit outcomes); past it, forgotten."""
+
+
 def _error_type(exc: BaseException) -> str:
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)
@@ -289,6 +307,7 @@ class Live(Hooks):
     def __init__(self, settings: Settings, *, version: str) -> None:
         config = settings.telemetry
         self.arguments = settings.audit.arguments == "full"
+        self.propagate = settings.telemetry.propagate
         attributes: dict[str, Any] = {"service.version": version, **config.resource_attributes}
         if not os.environ.get("OTEL_SERVICE_NAME"):
             attributes["service.name"] = config.service_name
@@ -341,6 +360,10 @@ class Live(Hooks):
         self._early: dict[tuple[str, Any], Any] = {}
         """``initialize``/``server/discover`` answered before the SDK loaded, by (method, id), until the SDK sees it."""
         self._addresses: dict[str, dict[str, Any]] = {}
+        self._client_templates: dict[tuple[Any, ...], tuple[str, dict[str, Any], dict[str, Any]]] = {}
+        self._outcomes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._keys: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
+        """A measurement's attributes (most are templates, shared) -> their sorted items, the aggregation's key."""
         self._states: dict[str, str] = {}
         self._spans: collections.deque[_Span] = collections.deque()
         self._measures: collections.deque[tuple[Any, str, float, dict[str, Any]]] = collections.deque()
@@ -375,20 +398,33 @@ class Live(Hooks):
 
     def front_middleware(self) -> Any:
         finish, measure, duration, early = self._finish, self._measure, self.server_duration, self._early
+        templates: dict[tuple[str, str | None, str | None], tuple[str, dict[str, Any], dict[str, Any]]] = {}
+
+        def template(method: str, params: Any, version: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+            """A request's span name, its attributes but the request id, and its measurement's attributes (the same
+            for every call of one tool in one protocol version: made once)."""
+            key = (method, _target_name(method, params), version)
+            found = templates.get(key)
+            if found is None:
+                target, attributes = _target(method, params)
+                attributes["mcp.method.name"] = method
+                if version:
+                    attributes["mcp.protocol.version"] = version
+                measured = dict(attributes)
+                measured.pop("mcp.resource.uri", None)
+                attributes["network.transport"] = "pipe"
+                if len(templates) >= _TEMPLATES:
+                    templates.clear()
+                found = templates[key] = (f"{method} {target}" if target else method, attributes, measured)
+            return found
 
         async def traced(ctx: Any, call_next: Any) -> Any:
             if ctx.request_id is None:  # notifications are not traced
                 return await call_next(ctx)
             method = ctx.method
-            target, attributes = _target(method, ctx.params)
-            attributes["mcp.method.name"] = method
-            if ctx.protocol_version:
-                attributes["mcp.protocol.version"] = ctx.protocol_version
-            measured = dict(attributes)
-            measured.pop("mcp.resource.uri", None)
-            attributes["jsonrpc.request.id"] = str(ctx.request_id)
-            attributes["network.transport"] = "pipe"
-            span = _Span(f"{method} {target}" if target else method, SpanKind.SERVER, attributes, _parse(ctx.meta))
+            name, base, measured = template(method, ctx.params, ctx.protocol_version)
+            attributes = {**base, "jsonrpc.request.id": str(ctx.request_id)}
+            span = _Span(name, SpanKind.SERVER, attributes, _parse(ctx.meta))
             token = _current.set(span)
             start = time.perf_counter()
             ended = False
@@ -406,7 +442,8 @@ class Live(Hooks):
                 return await call_next(ctx)
             except BaseException as exc:  # the JSON-RPC error's code, as the conventions have it
                 if not ended:
-                    span.error = measured["error.type"] = attributes["error.type"] = _error_type(exc)
+                    span.error = attributes["error.type"] = _error_type(exc)
+                    measured = {**measured, "error.type": span.error}
                     if (code := getattr(getattr(exc, "error", None), "code", None)) is not None:
                         attributes["rpc.response.status_code"] = str(code)
                 raise
@@ -447,18 +484,26 @@ class Live(Hooks):
 
     def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
-        target, attributes = _target(method, getattr(request, "params", None))
-        attributes["mcp.method.name"] = method
-        attributes["mcp_bridge.server"] = server
-        if era:
-            attributes["mcp.protocol.version"] = era
-        measured = dict(attributes)
-        measured.pop("mcp.resource.uri", None)
-        attributes["network.protocol.name"] = "http"
-        if url:
-            attributes.update(self._address(url))
-        span = _Span(f"{method} {target}" if target else method, SpanKind.CLIENT, attributes, _current.get())
-        return _Request(self, span, measured, method != "tools/call")
+        params = getattr(request, "params", None)
+        key = (server, method, _target_name(method, params), era, url)
+        found = self._client_templates.get(key)
+        if found is None:  # made once per server, tool and era (as the IDE's requests' templates)
+            target, attributes = _target(method, params)
+            attributes["mcp.method.name"] = method
+            attributes["mcp_bridge.server"] = server
+            if era:
+                attributes["mcp.protocol.version"] = era
+            measured = dict(attributes)
+            measured.pop("mcp.resource.uri", None)
+            attributes["network.protocol.name"] = "http"
+            if url:
+                attributes.update(self._address(url))
+            if len(self._client_templates) >= _TEMPLATES:
+                self._client_templates.clear()
+            found = self._client_templates[key] = (f"{method} {target}" if target else method, attributes, measured)
+        name, base, measured = found
+        span = _Span(name, SpanKind.CLIENT, dict(base), _current.get())
+        return _Request(self, span, measured, self.propagate and method != "tools/call")
 
     def _address(self, url: str) -> dict[str, Any]:
         found = self._addresses.get(url)
@@ -489,6 +534,10 @@ class Live(Hooks):
             span.events.append((time.time_ns(), name, {k: v for k, v in attributes.items() if v is not None}))
 
     def inject(self, meta: MutableMapping[str, Any]) -> None:
+        if not self.propagate:  # none goes to the server, not the IDE's either
+            meta.pop("traceparent", None)
+            meta.pop("tracestate", None)
+            return
         span = _current.get()
         if span is not None:
             meta["traceparent"] = span.traceparent()
@@ -496,6 +545,18 @@ class Live(Hooks):
                 meta["tracestate"] = span.trace_state
             else:
                 meta.pop("tracestate", None)
+
+    def headers(self, headers: MutableMapping[str, str]) -> None:
+        span = _current.get()
+        if span is None:
+            return
+        session = headers.get("mcp-session-id")
+        if session is not None and span.kind is SpanKind.CLIENT:  # a handshake-era session (as in http)
+            span.attributes["mcp.session.id"] = session
+        if self.propagate and "traceparent" not in headers:
+            headers["traceparent"] = span.traceparent()
+            if span.trace_state:
+                headers["tracestate"] = span.trace_state
 
     def http(self, request: Any) -> None:
         if request.method != "POST":
@@ -506,7 +567,7 @@ class Live(Hooks):
             span = _current.get()
             if span is not None and span.kind is SpanKind.CLIENT:
                 span.attributes["mcp.session.id"] = session
-        if "traceparent" in headers:
+        if "traceparent" in headers or not self.propagate:
             return
         try:
             body: bytes = request.content
@@ -523,14 +584,21 @@ class Live(Hooks):
 
     def finished(self, event: Any) -> None:
         if event.kind in ("call", "prompt_get", "resource_read", "completion", "resource_subscribe"):
-            attributes = {
-                "mcp_bridge.server": event.server or "",
-                "mcp_bridge.tool": event.tool or event.exposed_name or "",
-                "mcp_bridge.outcome": event.status,
-                "mcp_bridge.kind": event.kind,
-            }
-            if event.error_class:
-                attributes["error.type"] = event.error_class
+            tool = event.tool or event.exposed_name or ""
+            key = (event.server or "", tool, event.status, event.kind, event.error_class)
+            attributes = self._outcomes.get(key)
+            if attributes is None:  # shared by the events of one outcome: never changed once made
+                attributes = {
+                    "mcp_bridge.server": key[0],
+                    "mcp_bridge.tool": key[1],
+                    "mcp_bridge.outcome": event.status,
+                    "mcp_bridge.kind": event.kind,
+                }
+                if event.error_class:
+                    attributes["error.type"] = event.error_class
+                if len(self._outcomes) >= _TEMPLATES:
+                    self._outcomes.clear()
+                self._outcomes[key] = attributes
             span = _current.get()
             if span is not None:
                 span.attributes.update(attributes)
@@ -592,9 +660,17 @@ class Live(Hooks):
 
     def _drain_measures(self) -> None:
         bounds = otlp.HISTOGRAM_BOUNDS
+        keys = self._keys
         while self._measures:
             instrument, _how, value, attributes = self._measures.popleft()
-            key = tuple(sorted(attributes.items()))
+            known = keys.get(id(attributes))
+            if known is not None and known[0] is attributes:
+                key = known[1]
+            else:
+                key = tuple(sorted(attributes.items()))
+                if len(keys) >= _TEMPLATES * 4:
+                    keys.clear()
+                keys[id(attributes)] = (attributes, key)
             points = self._points.setdefault(instrument, {})
             if instrument.kind == "histogram":
                 state = points.get(key)

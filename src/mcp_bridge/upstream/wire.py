@@ -476,15 +476,6 @@ async def _by_lean(
     raise MCPError(code=types.REQUEST_TIMEOUT, message=f"Request {message.method!r} timed out")
 
 
-class _Outgoing:
-    """What the telemetry's ``http`` hook reads of a request (as of an ``httpx2.Request``)."""
-
-    method = "POST"
-
-    def __init__(self, headers: dict[str, str], content: bytes) -> None:
-        self.headers, self.content = headers, content
-
-
 async def _lean_post(
     transport: StreamableHTTPTransport, pool: LeanPool, ctx: RequestContext, credentials: dict[str, str]
 ) -> bool:
@@ -500,7 +491,7 @@ async def _lean_post(
     headers.update(credentials)
     data = message.model_dump(by_alias=True, mode="json", exclude_unset=True)
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()  # as httpx2's json=
-    telemetry.hooks.http(_Outgoing(headers, body))  # the traceparent header (telemetry on), as the transport adds it
+    telemetry.hooks.headers(headers)  # the traceparent header (telemetry on), as the transport adds it
     try:
         response = await pool.post(headers, body, ctx.client)
     except NotSent as exc:
