@@ -151,16 +151,19 @@ async def run_era(
             # The paths take turns every BLOCK calls (in an order that rotates), so that a drift of the machine's
             # speed within a round (other processes, frequency) falls on every path alike.
             samples: dict[str, list[float]] = {path: [] for path in names}
-            bridge_cpu = dict.fromkeys(names, 0.0)
+            # A bridge's CPU over the whole round: its export threads work when they will, in other paths' turns too
+            # (the others are idle then but for their own threads). The server's, in each path's turns.
+            bridge_cpu = {path: -tree_cpu(pids[path]) for path in names}
             server_cpu = dict.fromkeys(names, 0.0)
             for b in range(blocks):
                 turn = (r + b) % len(names)
                 for path in names[turn:] + names[:turn]:
                     n = calls // blocks + (1 if b < calls % blocks else 0)
-                    cpu0, server0 = tree_cpu(pids[path]), tree_cpu(upstream.proc.pid)
+                    server0 = tree_cpu(upstream.proc.pid)
                     samples[path] += await timed_calls(clients[path].session, tool, n, upstream.name)
-                    bridge_cpu[path] += tree_cpu(pids[path]) - cpu0
                     server_cpu[path] += tree_cpu(upstream.proc.pid) - server0
+            for path in names:
+                bridge_cpu[path] += tree_cpu(pids[path])
             for path in names:
                 res = result.paths[path]
                 res.bridge_cpu.append(ms(bridge_cpu[path]) / calls)
@@ -284,7 +287,8 @@ def render(
         "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans and measurements are "
         "queued by the call and exported by the bridge's daemon threads (spans every 5 s or per 2,048), metrics "
         "every 60 s",
-        "- CPU µs/call: the bridge process (its export threads included), and the upstream server's (an SDK server: "
+        "- CPU µs/call: the bridge process over the whole round (its export threads included), and the upstream "
+        "server's in the path's turns (an SDK server: "
         "with telemetry on it gets trace context in `_meta` and a `traceparent` header), median across rounds; first "
         "call: spawn → the first `echo` answered, one sample",
         "",
