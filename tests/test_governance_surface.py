@@ -240,6 +240,27 @@ async def test_confirm_destructive_asks_the_user_before_a_call_of_a_tool_that_ma
         assert "the user" in echo[0]["error"]
 
 
+async def test_a_call_the_user_declines_does_not_count_against_the_rate_limit(tmp_path: Path) -> None:
+    """``rate_limit: 1`` and ``confirm: all``: the user declines the first call (it never goes to the server), so
+    the next one, accepted, is within the limit and runs; the one after it is past the limit."""
+    actions = ["decline", "accept"]
+
+    async def elicit(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        action = actions.pop(0) if actions else "accept"
+        return types.ElicitResult(action=action, content={} if action == "accept" else None)  # type: ignore[arg-type]
+
+    with upstream_pair(tmp_path, "k") as up:
+        server = {"url": up["alpha"].url, "allowed_tools": ["echo"], "confirm": "all", "rate_limit": 1}
+        cfg = write_config(tmp_path / "config.yaml", {"alpha": server})
+        async with bridge_client(cfg, tmp_path / "home", elicitation_callback=elicit) as client:
+            with pytest.raises(MCPError, match="declined"):
+                await client.call_tool("alpha__echo", {"text": "no"})
+            got = await client.call_tool("alpha__echo", {"text": "yes"})
+            assert isinstance(got.content[0], types.TextContent) and got.content[0].text == "alpha: yes"
+            with pytest.raises(MCPError, match="rate_limit"):
+                await client.call_tool("alpha__echo", {"text": "again"})
+
+
 async def test_confirm_without_elicitation_in_the_ide_is_denied_saying_why(tmp_path: Path) -> None:
     with upstream_pair(tmp_path, "k") as up:
         cfg = _confirm_config(tmp_path, up["alpha"].url, "all")

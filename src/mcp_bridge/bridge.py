@@ -8,6 +8,7 @@ one server's failure stays with that server.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import threading
@@ -504,8 +505,14 @@ class Bridge:
                     raise
                 entry = await self._route_tool(exposed)
             found.append(entry)
-            self._rate_check(entry)
-            await self._confirm(entry, arguments)
+            counted = self._rate_check(entry)
+            try:
+                await self._confirm(entry, arguments)
+            except BaseException:  # declined, cancelled or not asked: the call never went, so it does not count
+                if counted is not None:
+                    with contextlib.suppress(ValueError):
+                        self._calls[entry.server].remove(counted)
+                raise
             return entry.server, entry.original
 
         async def send(upstream: Upstream) -> dict[str, Any]:
@@ -737,12 +744,13 @@ class Bridge:
             raise PolicyDenied(entry.exposed, reason, server=entry.server, tool=entry.original)
         log.info("bridge.call_confirmed", tool=entry.exposed)
 
-    def _rate_check(self, entry: ToolEntry) -> None:
-        """``rate_limit`` (calls per minute to the server): a call past it is denied at once, with when to retry."""
+    def _rate_check(self, entry: ToolEntry) -> float | None:
+        """``rate_limit`` (calls per minute to the server): a call past it is denied at once, with when to retry;
+        one within it is counted (its time, returned; ``None``: the server has no limit)."""
         server = self.catalog.allowlist.servers.get(entry.server)
         limit = server.rate_limit if server is not None else None
         if limit is None:
-            return
+            return None
         now = time.monotonic()
         recent = self._calls.setdefault(entry.server, collections.deque())
         while recent and now - recent[0] >= 60.0:
@@ -756,6 +764,7 @@ class Bridge:
                 tool=entry.original,
             )
         recent.append(now)
+        return now
 
     async def _find_tools(self, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
         """``find_tools`` (search mode): the best matches among the tools the IDE may call, as JSON text and as
