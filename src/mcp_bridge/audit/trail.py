@@ -10,6 +10,7 @@ copy, when configured, and the log).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -108,12 +109,11 @@ class Event:
     id: str = field(default_factory=new_event_id)
     asked_at: float = field(default_factory=time.time)
     replied_at: float | None = None
-    _asked_iso: str = field(default="", init=False, repr=False, compare=False)
 
-    def _asked(self) -> str:
+    @functools.cached_property
+    def _asked_iso(self) -> str:
         """``asked_at`` written out (once: the start's record and the end's both carry it)."""
-        self._asked_iso = _iso(self.asked_at)
-        return self._asked_iso
+        return _iso(self.asked_at)
 
     def to_record(self, context: Mapping[str, Any]) -> dict[str, Any]:
         duration = round((self.replied_at - self.asked_at) * 1000, 3) if self.replied_at else None
@@ -129,7 +129,7 @@ class Event:
             "error": clean(self.error) if self.error else None,
             "error_class": self.error_class,
             "detail": self.detail,
-            "asked_at": self._asked_iso or self._asked(),
+            "asked_at": self._asked_iso,
             "replied_at": _iso(self.replied_at) if self.replied_at else None,
             "duration_ms": duration,
             **context,

@@ -198,9 +198,15 @@ class FastCalls:
 
     def _settle(self, request: _Request) -> None:
         """The request is answered (or cancelled unanswered), unless a round answered it (which told so)."""
-        if self._running.get(request.key, (None, None))[1] is request:
-            del self._running[request.key]
+        if self._release(request):
             self._done(request.id)
+
+    def _release(self, request: _Request) -> bool:
+        """Forget the request (the IDE's cancel no longer reaches it), unless it was already; whether it was not."""
+        if self._running.get(request.key, (None, None))[1] is not request:
+            return False
+        del self._running[request.key]
+        return True
 
     async def _answer_round(self, request: _Request, version: str, make: Callable[[], dict[str, Any]]) -> bool:
         """A held call's first question: its request answered with the round (``make``), unless the IDE cancelled
@@ -216,9 +222,7 @@ class FastCalls:
             answer = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=_error_data(exc))
         if request.traced is not None and request.traced.end_early is not None:
             request.traced.end_early()
-        # From now on a cancellation of this request no longer reaches the call (as with a task of its own).
-        if self._running.get(request.key, (None, None))[1] is request:
-            del self._running[request.key]
+        self._release(request)  # a cancel of this request no longer reaches the call (as with a task of its own)
         try:
             await self._send(answer)
         finally:

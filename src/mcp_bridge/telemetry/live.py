@@ -33,7 +33,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -271,6 +271,49 @@ def _target_name(method: str, params: Any) -> str | None:
 _TEMPLATES = 1024
 """Attribute templates kept per kind (requests of the IDE, requests to servers, audit outcomes); past it, forgotten."""
 
+_Template = tuple[str, dict[str, Any], dict[str, Any]]
+"""A request's span name, its span's attributes (but the request id), its measurement's attributes."""
+
+
+def _kept(cache: dict[Any, Any], key: Any, make: Callable[[], Any], limit: int = _TEMPLATES) -> Any:
+    """``cache[key]``, made by ``make`` the first time (the cache forgotten when it holds ``limit``)."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= limit:
+            cache.clear()
+        found = cache[key] = make()
+    return found
+
+
+def _template(
+    method: str, params: Any, version: str | None, shared: dict[str, Any], span_only: dict[str, Any]
+) -> _Template:
+    """The template of a request (:data:`_Template`): the semantic conventions' attributes of its method and target,
+    ``shared`` on both the span and the measurement, ``span_only`` on the span (the measurement leaves out the
+    resource URI too: one series per URI would be unbounded)."""
+    target, attributes = _target(method, params)
+    attributes["mcp.method.name"] = method
+    attributes.update(shared)
+    if version:
+        attributes["mcp.protocol.version"] = version
+    measured = dict(attributes)
+    measured.pop("mcp.resource.uri", None)
+    attributes.update(span_only)
+    return f"{method} {target}" if target else method, attributes, measured
+
+
+def _outcome(server: str, tool: str, status: str, kind: str, error_class: str | None) -> dict[str, Any]:
+    """The attributes of an audit event's outcome, on its request's span and on ``mcp_bridge.call.duration``."""
+    attributes = {
+        "mcp_bridge.server": server,
+        "mcp_bridge.tool": tool,
+        "mcp_bridge.outcome": status,
+        "mcp_bridge.kind": kind,
+    }
+    if error_class:
+        attributes["error.type"] = error_class
+    return attributes
+
 
 def _error_type(exc: BaseException) -> str:
     error = getattr(exc, "error", None)
@@ -398,31 +441,18 @@ class Live(Hooks):
 
     def front_middleware(self) -> Any:
         finish, measure, duration, early = self._finish, self._measure, self.server_duration, self._early
-        templates: dict[tuple[str, str | None, str | None], tuple[str, dict[str, Any], dict[str, Any]]] = {}
-
-        def template(method: str, params: Any, version: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-            """A request's span name, its attributes but the request id, and its measurement's attributes (the same
-            for every call of one tool in one protocol version: made once)."""
-            key = (method, _target_name(method, params), version)
-            found = templates.get(key)
-            if found is None:
-                target, attributes = _target(method, params)
-                attributes["mcp.method.name"] = method
-                if version:
-                    attributes["mcp.protocol.version"] = version
-                measured = dict(attributes)
-                measured.pop("mcp.resource.uri", None)
-                attributes["network.transport"] = "pipe"
-                if len(templates) >= _TEMPLATES:
-                    templates.clear()
-                found = templates[key] = (f"{method} {target}" if target else method, attributes, measured)
-            return found
+        templates: dict[tuple[str, str | None, str | None], _Template] = {}
+        pipe = {"network.transport": "pipe"}
 
         async def traced(ctx: Any, call_next: Any) -> Any:
             if ctx.request_id is None:  # notifications are not traced
                 return await call_next(ctx)
-            method = ctx.method
-            name, base, measured = template(method, ctx.params, ctx.protocol_version)
+            method, params, version = ctx.method, ctx.params, ctx.protocol_version
+            name, base, measured = _kept(  # the same for every call of one tool in one protocol version
+                templates,
+                (method, _target_name(method, params), version),
+                lambda: _template(method, params, version, {}, pipe),
+            )
             attributes = {**base, "jsonrpc.request.id": str(ctx.request_id)}
             span = _Span(name, SpanKind.SERVER, attributes, _parse(ctx.meta))
             token = _current.set(span)
@@ -485,23 +515,17 @@ class Live(Hooks):
     def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
         params = getattr(request, "params", None)
-        key = (server, method, _target_name(method, params), era, url)
-        found = self._client_templates.get(key)
-        if found is None:  # made once per server, tool and era (as the IDE's requests' templates)
-            target, attributes = _target(method, params)
-            attributes["mcp.method.name"] = method
-            attributes["mcp_bridge.server"] = server
-            if era:
-                attributes["mcp.protocol.version"] = era
-            measured = dict(attributes)
-            measured.pop("mcp.resource.uri", None)
-            attributes["network.protocol.name"] = "http"
-            if url:
-                attributes.update(self._address(url))
-            if len(self._client_templates) >= _TEMPLATES:
-                self._client_templates.clear()
-            found = self._client_templates[key] = (f"{method} {target}" if target else method, attributes, measured)
-        name, base, measured = found
+        name, base, measured = _kept(  # made once per server, tool and era (as the IDE's requests' templates)
+            self._client_templates,
+            (server, method, _target_name(method, params), era, url),
+            lambda: _template(
+                method,
+                params,
+                era,
+                {"mcp_bridge.server": server},
+                {"network.protocol.name": "http", **(self._address(url) if url else {})},
+            ),
+        )
         span = _Span(name, SpanKind.CLIENT, dict(base), _current.get())
         return _Request(self, span, measured, self.propagate and method != "tools/call")
 
@@ -584,21 +608,14 @@ class Live(Hooks):
 
     def finished(self, event: Any) -> None:
         if event.kind in ("call", "prompt_get", "resource_read", "completion", "resource_subscribe"):
-            tool = event.tool or event.exposed_name or ""
-            key = (event.server or "", tool, event.status, event.kind, event.error_class)
-            attributes = self._outcomes.get(key)
-            if attributes is None:  # shared by the events of one outcome: never changed once made
-                attributes = {
-                    "mcp_bridge.server": key[0],
-                    "mcp_bridge.tool": key[1],
-                    "mcp_bridge.outcome": event.status,
-                    "mcp_bridge.kind": event.kind,
-                }
-                if event.error_class:
-                    attributes["error.type"] = event.error_class
-                if len(self._outcomes) >= _TEMPLATES:
-                    self._outcomes.clear()
-                self._outcomes[key] = attributes
+            key = (
+                event.server or "",
+                event.tool or event.exposed_name or "",
+                event.status,
+                event.kind,
+                event.error_class,
+            )
+            attributes = _kept(self._outcomes, key, lambda: _outcome(*key))  # shared: never changed once made
             span = _current.get()
             if span is not None:
                 span.attributes.update(attributes)
