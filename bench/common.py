@@ -285,6 +285,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live threads so far, seconds, in nanoseconds' resolution (Linux
+    ``/proc/<pid>/task/*/schedstat``; :func:`cpu_seconds` counts clock ticks of 10 ms, too coarse for a difference of
+    microseconds a call over a block of calls). Threads that have exited are not counted; 0.0 where unreadable."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 async def wait_idle(pid: int, window: float = 1.0, busy: float = 0.05, timeout: float = 120.0) -> float:
     """Wait until a process used at most ``busy`` of a core over ``window`` seconds; its CPU seconds by then."""
     with anyio.fail_after(timeout):

@@ -2,7 +2,8 @@
 
 Run from the repository root (needs the ``otel`` extra, which ``.[test]`` includes)::
 
-    .venv/bin/python bench/telemetry.py [--calls 1000] [--rounds 3] [--eras 2026-07-28,2025-11-25] [--no-write]
+    .venv/bin/python bench/telemetry.py [--calls 1000] [--rounds 3] [--eras 2026-07-28,2025-11-25]
+        [--paths on,not-propagated,refused,silent] [--no-write]
 
 Issue 20's target: with telemetry on, at most 50 µs more per call at p50 (spans batched), and an unreachable
 collector never slows or fails a call. Paths, each a ``mcp-bridge serve`` subprocess over stdio with one local
@@ -16,12 +17,16 @@ upstream (``mcp_bridge.sandbox.localservers``), the same ``echo`` call as ``benc
 * on, collector refused: the endpoint is a port nobody listens on;
 * on, collector silent: a subprocess of this file (``--silent PORT``) accepts connections and never answers.
 
-Per era and path: connect, 20 warm-up calls, then ``--calls`` sequential calls per round, each answer checked; the
-paths take turns every 25 calls within a round (the order rotating), so that the machine's drift within a round
-(other processes, clock frequency) falls on every path alike. Values are medians across rounds of each round's
-p50/p90; the overhead is a path's p50 minus off's p50 in the same run; CPU per call is the bridge process's user +
-system time over a round (Linux ``/proc``, the export thread included) divided by the calls. Also, per path: spawn →
-first call answered (one sample, the telemetry start included). It prints one markdown table and appends it to
+Per era and round: a fresh bridge per path (a process's own luck, where its memory lies and which core it shares,
+weighs on all its calls: it is drawn anew each round, as ``bench/peers.py`` does), connect, 20 warm-up calls, then
+``--calls`` sequential calls per path, each answer checked; the paths take turns every 25 calls (the order rotating),
+so that the machine's drift within a round (other processes, clock frequency) falls on every path alike. Values are
+medians across rounds of each round's p50/p90; a path's overhead is the median across rounds of its p50 less off's
+in the same round (paired). CPU per call: the bridge's threads over the round (``/proc/<pid>/task/*/schedstat``,
+nanoseconds; the export threads included) divided by the calls, and the server's a call in a path's turns (the
+median turn: a garbage collection falls on one). After the paths, the server alone: the same call posted straight to
+it with and without trace context, what its handling of the trace context costs without the bridge. Also, per path:
+spawn → first call answered (the telemetry start included). It prints one markdown table and appends it to
 ``bench/RESULTS.md``.
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import random
 import socket
 import sys
 import time
@@ -43,8 +49,16 @@ if TYPE_CHECKING:
 
 TARGET_OVERHEAD_US = 50.0
 BLOCK = 25
+WARMUP = 50
 """Calls a path makes before the next path's turn (within a round)."""
-PATHS = ("off", "on", "on, not propagated", "on, collector refused", "on, collector silent")
+PATHS = {
+    "off": "off",
+    "on": "on",
+    "not-propagated": "on, not propagated",
+    "refused": "on, collector refused",
+    "silent": "on, collector silent",
+}
+"""The paths, by their ``--paths`` key."""
 
 
 # ---------------------------------------------------------------------------------------------- collectors
@@ -91,19 +105,131 @@ class PathResult:
     p90: list[float] = field(default_factory=list)
     bridge_cpu: list[float] = field(default_factory=list)
     server_cpu: list[float] = field(default_factory=list)
-    """The upstream server's CPU per call (it parses what the bridge sends it: with telemetry on, trace context)."""
-    first_call_ms: float = 0.0
+    """The upstream server's CPU per call (it parses what the bridge sends it: with telemetry on, trace context): per
+    round, the median of the path's turns."""
+    first_call_ms: list[float] = field(default_factory=list)
+    """Spawn → the first call answered, per round."""
 
 
 @dataclass
 class EraResult:
     paths: dict[str, PathResult] = field(default_factory=dict)
+    share: ServerShare | None = None
 
 
 def tree_cpu(pid: int) -> float:
-    from common import cpu_seconds, process_tree
+    """CPU seconds of a process and its descendants (their live threads, nanosecond resolution)."""
+    from common import process_tree, threads_cpu_seconds
 
-    return sum(cpu_seconds(p) for p in process_tree(pid))
+    return sum(threads_cpu_seconds(p) for p in process_tree(pid))
+
+
+# ---------------------------------------------------------------------------------------------- the server's share
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@dataclass
+class ServerShare:
+    """What an SDK server's handling of trace context costs a call, measured without the bridge: p50 and the
+    server's CPU per call, with and without trace context, per round."""
+
+    plain_p50: list[float] = field(default_factory=list)
+    traced_p50: list[float] = field(default_factory=list)
+    plain_cpu: list[float] = field(default_factory=list)
+    traced_cpu: list[float] = field(default_factory=list)
+
+
+def server_share(era: str, upstream: Upstream, calls: int, rounds: int) -> ServerShare:
+    """The same ``echo`` call posted straight to ``upstream`` over two keep-alive HTTP connections (``http.client``:
+    no SDK client in the way), one without trace context and one with it as the bridge sends it (``traceparent`` in
+    ``_meta`` and as an HTTP header), taking turns every :data:`BLOCK` calls. At 2025-11-25 each connection has its
+    own session (``initialize``, ``notifications/initialized``); at 2026-07-28 each request carries the era's
+    ``_meta``, as the bridge's do."""
+    import http.client
+
+    from common import percentile
+
+    modern = era != "2025-11-25"
+    base_headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    era_meta: dict[str, Any] = {}
+    if modern:
+        base_headers.update({"mcp-protocol-version": era, "mcp-method": "tools/call", "mcp-name": "echo"})
+        era_meta = {
+            "io.modelcontextprotocol/protocolVersion": era,
+            "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+
+    def post(conn: http.client.HTTPConnection, headers: dict[str, str], message: dict[str, Any]) -> bytes:
+        conn.request("POST", "/mcp", json.dumps(message, separators=(",", ":")).encode(), headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"{upstream.name} answered {response.status}: {data[:200]!r}")
+        if modern is False and response.getheader("mcp-session-id"):
+            headers["mcp-session-id"] = response.getheader("mcp-session-id") or ""
+        return data
+
+    ways: dict[str, tuple[http.client.HTTPConnection, dict[str, str], dict[str, Any]]] = {}
+    for way in ("plain", "traced"):
+        conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=30)
+        headers = dict(base_headers)
+        meta = dict(era_meta)
+        if way == "traced":
+            meta = {"traceparent": TRACEPARENT, **meta}
+            headers["traceparent"] = TRACEPARENT
+        if not modern:
+            hello = {"protocolVersion": era, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
+            post(conn, headers, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
+            headers["mcp-protocol-version"] = era
+            post(conn, headers, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        ways[way] = (conn, headers, meta)
+    ids = iter(range(1, 1 << 40))
+    expected = f'"{upstream.name}: m"'.encode()
+
+    def timed(way: str, n: int) -> list[float]:
+        conn, headers, meta = ways[way]
+        samples = []
+        for _ in range(n):
+            params: dict[str, Any] = {"name": "echo", "arguments": {"text": "m"}}
+            if way == "traced":  # a span of its own each time, as the bridge's
+                traceparent = f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-01"
+                headers["traceparent"] = traceparent
+                params["_meta"] = {**meta, "traceparent": traceparent}
+            elif meta:
+                params["_meta"] = meta
+            t0 = time.perf_counter()
+            data = post(conn, headers, {"jsonrpc": "2.0", "id": next(ids), "method": "tools/call", "params": params})
+            samples.append(time.perf_counter() - t0)
+            if b'"isError":true' in data or expected not in data:
+                raise RuntimeError(f"{upstream.name} answered unexpectedly: {data[:200]!r}")
+        return samples
+
+    share = ServerShare()
+    for way in ways:
+        timed(way, WARMUP)
+    blocks = max(1, calls // BLOCK)
+    for r in range(rounds):
+        samples: dict[str, list[float]] = {"plain": [], "traced": []}
+        cpu: dict[str, list[float]] = {"plain": [], "traced": []}
+        for b in range(blocks):
+            for way in ("plain", "traced") if (r + b) % 2 == 0 else ("traced", "plain"):
+                server0 = tree_cpu(upstream.proc.pid)
+                samples[way] += timed(way, BLOCK)
+                cpu[way].append((tree_cpu(upstream.proc.pid) - server0) / BLOCK)
+        share.plain_p50.append(percentile(samples["plain"], 50) * 1000)
+        share.traced_p50.append(percentile(samples["traced"], 50) * 1000)
+        share.plain_cpu.append(percentile(cpu["plain"], 50) * 1000)
+        share.traced_cpu.append(percentile(cpu["traced"], 50) * 1000)
+        print(
+            f"  {era} round {r + 1}/{rounds} server alone: p50 {share.plain_p50[-1]:.3f} ms without trace context, "
+            f"{share.traced_p50[-1]:.3f} ms with it",
+            file=sys.stderr,
+        )
+    for conn, _headers, _meta in ways.values():
+        conn.close()
+    return share
 
 
 async def run_era(
@@ -124,50 +250,54 @@ async def run_era(
     )
 
     mode = ERAS[era][0]
-    result = EraResult()
+    result = EraResult(paths={path: PathResult() for path in sections})
     tool = f"{upstream.name}__echo"
-    async with AsyncExitStack() as stack:
-        clients: dict[str, Any] = {}
-        pids: dict[str, int] = {}
-        for i, (path, section) in enumerate(sections.items()):
-            extra: dict[str, Any] = {}
-            if section is not None:
-                extra["telemetry"] = section
-            config = write_config(work / f"{era}-{i}.yaml", [upstream], **extra)
-            before = set(own_children())
-            t0 = time.perf_counter()
-            clients[path] = await stack.enter_async_context(
-                bridge_client_in(config, work / f"home-{era}-{i}", work / f"bridge-{era}-{i}.stderr.log", mode)
-            )
-            await call_echo(clients[path].session, tool, "first")
-            result.paths[path] = PathResult(first_call_ms=ms(time.perf_counter() - t0))
-            (pids[path],) = set(own_children()) - before
-            if clients[path].protocol_version != era:
-                raise RuntimeError(f"{path} connected at {clients[path].protocol_version}, not {era}")
-            await timed_calls(clients[path].session, tool, WARMUP_CALLS, upstream.name)
-        names = list(clients)
-        blocks = max(1, calls // BLOCK)
-        for r in range(rounds):
+    names = list(sections)
+    blocks = max(1, calls // BLOCK)
+    for r in range(rounds):
+        # A fresh bridge per path and round: a process's own luck (where its memory lies, which core it shares with
+        # whom) can weigh on all of its calls, so it is drawn anew each round, as bench/peers.py does.
+        async with AsyncExitStack() as stack:
+            clients: dict[str, Any] = {}
+            pids: dict[str, int] = {}
+            for i, (path, section) in enumerate(sections.items()):
+                extra: dict[str, Any] = {}
+                if section is not None:
+                    extra["telemetry"] = section
+                config = write_config(work / f"{era}-{i}.yaml", [upstream], **extra)
+                before = set(own_children())
+                t0 = time.perf_counter()
+                clients[path] = await stack.enter_async_context(
+                    bridge_client_in(
+                        config, work / f"home-{era}-{i}-{r}", work / f"bridge-{era}-{i}-{r}.stderr.log", mode
+                    )
+                )
+                await call_echo(clients[path].session, tool, "first")
+                result.paths[path].first_call_ms.append(ms(time.perf_counter() - t0))
+                (pids[path],) = set(own_children()) - before
+                if clients[path].protocol_version != era:
+                    raise RuntimeError(f"{path} connected at {clients[path].protocol_version}, not {era}")
+                await timed_calls(clients[path].session, tool, WARMUP_CALLS, upstream.name)
             # The paths take turns every BLOCK calls (in an order that rotates), so that a drift of the machine's
             # speed within a round (other processes, frequency) falls on every path alike.
             samples: dict[str, list[float]] = {path: [] for path in names}
             # A bridge's CPU over the whole round: its export threads work when they will, in other paths' turns too
             # (the others are idle then but for their own threads). The server's, in each path's turns.
             bridge_cpu = {path: -tree_cpu(pids[path]) for path in names}
-            server_cpu = dict.fromkeys(names, 0.0)
+            server_cpu: dict[str, list[float]] = {path: [] for path in names}
             for b in range(blocks):
                 turn = (r + b) % len(names)
                 for path in names[turn:] + names[:turn]:
                     n = calls // blocks + (1 if b < calls % blocks else 0)
                     server0 = tree_cpu(upstream.proc.pid)
                     samples[path] += await timed_calls(clients[path].session, tool, n, upstream.name)
-                    server_cpu[path] += tree_cpu(upstream.proc.pid) - server0
+                    server_cpu[path].append((tree_cpu(upstream.proc.pid) - server0) / n)
             for path in names:
                 bridge_cpu[path] += tree_cpu(pids[path])
             for path in names:
                 res = result.paths[path]
                 res.bridge_cpu.append(ms(bridge_cpu[path]) / calls)
-                res.server_cpu.append(ms(server_cpu[path]) / calls)
+                res.server_cpu.append(ms(percentile(server_cpu[path], 50)))
                 res.p50.append(ms(percentile(samples[path], 50)))
                 res.p90.append(ms(percentile(samples[path], 90)))
                 print(
@@ -245,16 +375,23 @@ def render(
     load_start: str,
     quiet: str,
 ) -> str:
-    from common import WARMUP_CALLS, machine_line, markdown_table, med, spread, title_line, verdict
+    from common import WARMUP_CALLS, machine_line, markdown_table, med, percentile, spread, title_line, verdict
 
     rows = []
     verdicts = []
     for era, result in results.items():
         off = result.paths["off"]
-        o50, o90, ocpu, oserver = med(off.p50), med(off.p90), med(off.bridge_cpu), med(off.server_cpu)
+        o50 = med(off.p50)
+
+        def paired(values: list[float], offs: list[float]) -> float:
+            """µs: the median across rounds of a round's value less off's in the same round (ms)."""
+            return med([(a - b) * 1000 for a, b in zip(values, offs, strict=True)])
+
         for path, res in result.paths.items():
             p50, p90, cpu, server = med(res.p50), med(res.p90), med(res.bridge_cpu), med(res.server_cpu)
-            over = (p50 - o50) * 1000
+            # paired: the paths' turns interleave within a round, so a round's difference is free of the drift
+            # between rounds (on this machine a round's p50 can move by 0.3 ms)
+            over, over90 = paired(res.p50, off.p50), paired(res.p90, off.p90)
             rows.append(
                 [
                     era,
@@ -263,17 +400,40 @@ def render(
                     f"{p90:.3f}",
                     f"{p50 / o50:.3f}x",
                     "—" if path == "off" else f"{over:+.0f}",
-                    f"{cpu:.3f}" + ("" if path == "off" else f" ({(cpu - ocpu) * 1000:+.0f} µs)"),
-                    f"{server:.3f}" + ("" if path == "off" else f" ({(server - oserver) * 1000:+.0f} µs)"),
-                    f"{res.first_call_ms:.0f}",
+                    f"{cpu:.3f}" + ("" if path == "off" else f" ({paired(res.bridge_cpu, off.bridge_cpu):+.0f} µs)"),
+                    f"{server:.3f}" + ("" if path == "off" else f" ({paired(res.server_cpu, off.server_cpu):+.0f} µs)"),
+                    f"{med(res.first_call_ms):.0f}",
                     spread(res.p50),
                 ]
             )
             if path != "off":
+                each = sorted((a - b) * 1000 for a, b in zip(res.p50, off.p50, strict=True))
+                quartiles = f"{percentile(each, 25):+.0f} to {percentile(each, 75):+.0f} µs" if len(each) >= 4 else ""
                 verdicts.append(
-                    f"- {era}, {path}: {over:+.0f} µs per call at p50 (p90 {(p90 - o90) * 1000:+.0f} µs) — target "
-                    f"≤ {TARGET_OVERHEAD_US:g} µs {verdict(over <= TARGET_OVERHEAD_US)}"
+                    f"- {era}, {path}: {over:+.0f} µs per call at p50 (p90 {over90:+.0f} µs"
+                    + (f"; the rounds' middle half {quartiles}" if quartiles else "")
+                    + f") — target ≤ {TARGET_OVERHEAD_US:g} µs {verdict(over <= TARGET_OVERHEAD_US)}"
                 )
+        share = result.share
+        if share is not None:
+            added, added_cpu = paired(share.traced_p50, share.plain_p50), paired(share.traced_cpu, share.plain_cpu)
+            rows.append(
+                [era, "server alone, without trace context", f"{med(share.plain_p50):.3f}", "", "", "", "",
+                 f"{med(share.plain_cpu):.3f}", "", spread(share.plain_p50)]
+            )  # fmt: skip
+            rows.append(
+                [era, "server alone, with trace context", f"{med(share.traced_p50):.3f}", "", "", f"{added:+.0f}", "",
+                 f"{med(share.traced_cpu):.3f} ({added_cpu:+.0f} µs)", "", spread(share.traced_p50)]
+            )  # fmt: skip
+            line = (
+                f"- {era}, the server's handling of the trace context alone (no bridge: the same call posted straight "
+                f"to it with and without `_meta.traceparent` and the header): {added:+.0f} µs at p50, its CPU "
+                f"{added_cpu:+.0f} µs a call"
+            )
+            if "on" in result.paths:
+                own = paired(result.paths["on"].p50, off.p50) - added
+                line += f"; `on` less that: the bridge's own {own:+.0f} µs"
+            verdicts.append(line)
     lines = [
         title_line(started, "telemetry on and off (`bench/telemetry.py`)"),
         "",
@@ -281,7 +441,9 @@ def render(
         f"- per era: an SDK client in that era's mode, one local upstream that speaks only that era; {calls} "
         f"sequential `echo` calls per path per round, the paths taking turns every {BLOCK} calls (the order "
         f"rotating), {rounds} rounds, {WARMUP_CALLS} "
-        "warm-up calls per path; values are medians across rounds of each round's p50/p90",
+        "warm-up calls per path, a fresh bridge per path and round; values are medians across rounds of each round's "
+        "p50/p90; a path's overhead is the "
+        "median across rounds of its p50 less off's in the same round",
         "- off = no `telemetry`; on = `telemetry: {enabled: true, endpoint}` to a local collector that answers 200; "
         "not propagated = on with `propagate: false` (no trace context to the server); "
         "refused = nothing listens at the endpoint; silent = it accepts and never answers. Spans and measurements are "
@@ -289,8 +451,13 @@ def render(
         "every 60 s",
         "- CPU µs/call: the bridge process over the whole round (its export threads included), and the upstream "
         "server's in the path's turns (an SDK server: "
-        "with telemetry on it gets trace context in `_meta` and a `traceparent` header), median across rounds; first "
-        "call: spawn → the first `echo` answered, one sample",
+        "with telemetry on it gets trace context in `_meta` and a `traceparent` header) a call in a path's turn, the "
+        f"median of its turns of {BLOCK} calls (a garbage collection falls on one turn), from the threads' "
+        "`/proc/<pid>/task/*/schedstat` (nanoseconds); medians across rounds; first "
+        "call: spawn → the first `echo` answered, median across rounds",
+        "- server alone: after the paths, the same upstream answers the same `echo` posted straight to it over two "
+        f"keep-alive connections (`http.client`, no SDK client), one without trace context and one with it as the "
+        f"bridge sends it, taking turns every {BLOCK} calls; {calls} calls each per round",
         "",
     ]
     table = markdown_table(
@@ -354,12 +521,21 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per path per round (default 1000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, rotating the path order (default 3)")
     parser.add_argument("--eras", default="2026-07-28,2025-11-25", help="protocol eras (default both)")
+    parser.add_argument(
+        "--paths",
+        default=",".join(list(PATHS)[1:]),
+        help=f"paths besides off (always run), comma-separated (default all: {','.join(list(PATHS)[1:])})",
+    )
     add_common_args(parser)
     args = parser.parse_args()
     try:
         eras = parse_eras(args.eras)
     except ValueError as exc:
         parser.error(f"--eras: {exc}")
+    keys = ["off", *(p.strip() for p in args.paths.split(",") if p.strip() and p.strip() != "off")]
+    if unknown := [p for p in keys if p not in PATHS]:
+        parser.error(f"--paths: unknown {', '.join(unknown)} (known: {', '.join(PATHS)})")
+    wanted = {PATHS[p] for p in keys}
     install_signal_handlers()
     quiet = quiet_note(args)
     started = dt.datetime.now(dt.UTC)
@@ -383,9 +559,11 @@ def main() -> int:
                 "on, collector refused": {"enabled": True, "endpoint": f"http://127.0.0.1:{free_port()}"},
                 "on, collector silent": {"enabled": True, "endpoint": f"http://127.0.0.1:{silent}"},
             }
+            sections = {path: section for path, section in sections.items() if path in wanted}
             for era in eras:
                 (local,) = procs.start_upstreams([f"local{era[:4]}"], ["--era", ERAS[era][1]])
                 results[era] = anyio.run(run_era, era, local, work, args.calls, args.rounds, sections)
+                results[era].share = server_share(era, local, args.calls, args.rounds)
             hooks = anyio.run(hooks_in_process, f"http://127.0.0.1:{collector}", args.calls, args.rounds)
         except KeyboardInterrupt:
             print("interrupted; cleaning up", file=sys.stderr)
