@@ -302,6 +302,13 @@ def threads_cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+async def wait_logged(path: Path, needle: str, timeout: float = 60.0) -> None:
+    """Wait until a log file (a bridge's stderr) has a line with ``needle`` in it."""
+    with anyio.fail_after(timeout):
+        while not (path.exists() and needle in path.read_text(encoding="utf-8", errors="replace")):
+            await anyio.sleep(0.05)
+
+
 async def wait_idle(pid: int, window: float = 1.0, busy: float = 0.05, timeout: float = 120.0) -> float:
     """Wait until a process used at most ``busy`` of a core over ``window`` seconds; its CPU seconds by then."""
     with anyio.fail_after(timeout):

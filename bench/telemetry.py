@@ -246,6 +246,8 @@ async def run_era(
         own_children,
         percentile,
         timed_calls,
+        wait_idle,
+        wait_logged,
         write_config,
     )
 
@@ -278,6 +280,11 @@ async def run_era(
                 if clients[path].protocol_version != era:
                     raise RuntimeError(f"{path} connected at {clients[path].protocol_version}, not {era}")
                 await timed_calls(clients[path].session, tool, WARMUP_CALLS, upstream.name)
+            for i, pid in enumerate(pids.values()):
+                # A bridge collects and freezes its start's heap a moment after it settles (serve.heap_frozen): before
+                # it, a full collection of 20-80 ms fell on one path's calls. Each is then quiet before the round.
+                await wait_logged(work / f"bridge-{era}-{i}-{r}.stderr.log", "serve.heap_frozen")
+                await wait_idle(pid, window=0.3, busy=0.02)
             # The paths take turns every BLOCK calls (in an order that rotates), so that a drift of the machine's
             # speed within a round (other processes, frequency) falls on every path alike.
             samples: dict[str, list[float]] = {path: [] for path in names}
