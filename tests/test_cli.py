@@ -100,6 +100,85 @@ def test_call_of_a_denied_or_unknown_tool_exits_1_with_a_reason(
     assert unknown.returncode == 1 and "unknown tool" in unknown.stderr
 
 
+def _confirming_config(tmp_path: Path, alpha: LocalUpstream) -> Path:
+    return write_config(tmp_path / "confirm.yaml", {"alpha": {**alpha.server_config(["echo"]), "confirm": "all"}})
+
+
+def _in_a_terminal(tmp_path: Path, args: list[str], env: dict[str, str], answer: bytes) -> tuple[int, str]:
+    """``mcp-bridge ARGS`` with its stdin, stdout and stderr on a pseudo-terminal, as a person runs it: ``answer`` is
+    typed once the ``[y/N]`` prompt shows. Its exit code and all it wrote to the terminal."""
+    import os
+    import select
+
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcp_bridge", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=bridge_env(tmp_path / "home", env),
+        close_fds=True,
+    )
+    os.close(follower)
+    seen = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the other side closed (Linux: EIO)
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not answered and b"[y/N]" in seen:
+                os.write(leader, answer)
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    assert answered, seen.decode(errors="replace")
+    return code, seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("answer", [b"y\n", b"n\n", b"\n"])
+def test_call_in_a_terminal_asks_the_confirm_question_there(
+    tmp_path: Path, alpha: LocalUpstream, answer: bytes
+) -> None:
+    """A server whose ``confirm`` holds the call back: ``mcp-bridge call`` run by a person at a terminal asks them
+    there (what, on which server, with what) and runs it only on ``y``; Enter alone is no."""
+    config = _confirming_config(tmp_path, alpha)
+    args = ["call", "alpha__echo", "--args", '{"text": "asked first"}', "--config", str(config)]
+    code, seen = _in_a_terminal(tmp_path, args, alpha.env(), answer)
+    assert "Run tool 'echo' on server 'alpha'?" in seen
+    assert 'Arguments: {"text": "asked first"}' in seen
+    if answer == b"y\n":
+        assert code == 0, seen
+        assert "alpha: asked first" in seen  # the result, on stdout
+    else:
+        assert code == 1, seen
+        assert "declined" in seen and "alpha: asked first" not in seen
+
+
+def test_call_without_a_terminal_is_denied_by_confirm_saying_how_to_be_asked(
+    tmp_path: Path, alpha: LocalUpstream
+) -> None:
+    """No terminal (a script, a pipe) and no IDE: a call that ``confirm`` holds back is denied, never run unasked,
+    and the message says where it can be asked."""
+    config = _confirming_config(tmp_path, alpha)
+    done = run(tmp_path, "call", "alpha__echo", "--args", '{"text": "x"}', "--config", str(config), env=alpha.env())
+    assert done.returncode == 1
+    assert "confirm" in done.stderr and "in a terminal" in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
 @pytest.mark.parametrize("bad", ["[1", '"text"', "[1, 2]"])
 def test_call_with_bad_args_is_a_usage_error(tmp_path: Path, config: Path, alpha: LocalUpstream, bad: str) -> None:
     done = run(tmp_path, "call", "alpha__echo", "--args", bad, "--config", str(config), env=alpha.env())

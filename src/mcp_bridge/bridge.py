@@ -117,6 +117,9 @@ class Bridge:
         self._changes_recv: MemoryObjectReceiveStream[set[str]]
         self._changes_send, self._changes_recv = anyio.create_memory_object_stream[set[str]](64)
         self.client_name: str | None = None
+        self.confirm_in_terminal: Callable[[str], Awaitable[bool]] | None = None
+        """``mcp-bridge call`` in a terminal: asks the person at it the ``confirm`` question (``True``: they accept),
+        where there is no IDE to ask."""
         self.ide_capabilities = ide_capabilities
         self._watchers: dict[tuple[str, str], collections.Counter[str]] = {}
         """(server, URI it knows) → the URIs the IDE subscribed to it by (each with how many subscriptions)."""
@@ -723,9 +726,15 @@ class Bridge:
             entry.server, entry.original, title if isinstance(title, str) else None, summary(redact(arguments)), why
         )
         asker = ASKING.get()
+        if asker is None and self.confirm_in_terminal is not None:  # mcp-bridge call, in a terminal
+            assert isinstance(request.params, types.ElicitRequestFormParams)
+            if not await self.confirm_in_terminal(request.params.message):
+                raise PolicyDenied(entry.exposed, "the user declined it", server=entry.server, tool=entry.original)
+            log.info("bridge.call_confirmed", tool=entry.exposed, by="terminal")
+            return
         refusal = Offer.of(self.ide_capabilities, allow_sampling=False).refusal(request)
         if asker is None:
-            refusal = "there is no IDE to ask (run it from the IDE)"
+            refusal = "there is no IDE to ask (run it from the IDE, or `mcp-bridge call` in a terminal)"
         if refusal is not None or asker is None:
             raise PolicyDenied(
                 entry.exposed,

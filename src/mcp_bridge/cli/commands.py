@@ -8,7 +8,15 @@ import time
 from typing import Any
 
 from mcp_bridge import risk, telemetry
-from mcp_bridge.cli.output import UsageError, err, out, out_json, print_table
+from mcp_bridge.cli.output import (
+    UsageError,
+    err,
+    out,
+    out_json,
+    print_table,
+    stderr_is_a_terminal,
+    stdin_is_a_terminal,
+)
 from mcp_bridge.config import LoadedConfig, OAuthAuth, home_dir
 from mcp_bridge.errors import BridgeError
 
@@ -284,6 +292,8 @@ async def call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if not isinstance(arguments, dict):
         raise UsageError('--args must be a JSON object, e.g. \'{"query": "x"}\'')
     bridge = Bridge(loaded, home_dir(), auth_env=no_browser(loaded))
+    if stdin_is_a_terminal() and stderr_is_a_terminal():  # a person at a terminal: confirm asks them
+        bridge.confirm_in_terminal = ask_in_terminal
     async with bridge.running():
         await settle(bridge, loaded)
         try:
@@ -296,6 +306,22 @@ async def call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             raise
     out_json(result, indent=2, ensure_ascii=False)
     return 1 if result.get("isError") else 0
+
+
+async def ask_in_terminal(question: str) -> bool:
+    """A server's ``confirm`` question, asked on the terminal (stderr, then a line from stdin): ``y`` or ``yes``
+    runs the call; anything else, or the end of input, does not."""
+    import sys
+
+    import anyio
+
+    def ask() -> bool:
+        err(question)
+        sys.stderr.write("Run it? [y/N] ")
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+    return await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
 
 
 async def settle(bridge: Any, loaded: LoadedConfig) -> None:

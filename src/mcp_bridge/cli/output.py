@@ -55,3 +55,10 @@ def stdin_is_a_terminal() -> bool:
         return os.isatty(0)
     except OSError:
         return False
+
+
+def stderr_is_a_terminal() -> bool:
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
