@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 TARGET_OVERHEAD_US = 50.0
 BLOCK = 25
-WARMUP = 50
 """Calls a path makes before the next path's turn (within a round)."""
 PATHS = {
     "off": "off",
@@ -126,8 +125,6 @@ def tree_cpu(pid: int) -> float:
 
 # ---------------------------------------------------------------------------------------------- the server's share
 
-TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
 
 @dataclass
 class ServerShare:
@@ -148,7 +145,7 @@ def server_share(era: str, upstream: Upstream, calls: int, rounds: int) -> Serve
     ``_meta``, as the bridge's do."""
     import http.client
 
-    from common import percentile
+    from common import WARMUP_CALLS, percentile
 
     modern = era != "2025-11-25"
     base_headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -167,37 +164,34 @@ def server_share(era: str, upstream: Upstream, calls: int, rounds: int) -> Serve
         data = response.read()
         if response.status >= 300:
             raise RuntimeError(f"{upstream.name} answered {response.status}: {data[:200]!r}")
-        if modern is False and response.getheader("mcp-session-id"):
+        if not modern and response.getheader("mcp-session-id"):
             headers["mcp-session-id"] = response.getheader("mcp-session-id") or ""
         return data
 
-    ways: dict[str, tuple[http.client.HTTPConnection, dict[str, str], dict[str, Any]]] = {}
+    ways: dict[str, tuple[http.client.HTTPConnection, dict[str, str]]] = {}
     for way in ("plain", "traced"):
         conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=30)
         headers = dict(base_headers)
-        meta = dict(era_meta)
-        if way == "traced":
-            meta = {"traceparent": TRACEPARENT, **meta}
-            headers["traceparent"] = TRACEPARENT
         if not modern:
             hello = {"protocolVersion": era, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
             post(conn, headers, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
             headers["mcp-protocol-version"] = era
             post(conn, headers, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-        ways[way] = (conn, headers, meta)
+        ways[way] = (conn, headers)
     ids = iter(range(1, 1 << 40))
     expected = f'"{upstream.name}: m"'.encode()
 
     def timed(way: str, n: int) -> list[float]:
-        conn, headers, meta = ways[way]
+        conn, headers = ways[way]
         samples = []
         for _ in range(n):
             params: dict[str, Any] = {"name": "echo", "arguments": {"text": "m"}}
+            meta = era_meta
             if way == "traced":  # a span of its own each time, as the bridge's
                 traceparent = f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-01"
                 headers["traceparent"] = traceparent
-                params["_meta"] = {**meta, "traceparent": traceparent}
-            elif meta:
+                meta = {"traceparent": traceparent, **era_meta}
+            if meta:
                 params["_meta"] = meta
             t0 = time.perf_counter()
             data = post(conn, headers, {"jsonrpc": "2.0", "id": next(ids), "method": "tools/call", "params": params})
@@ -208,7 +202,7 @@ def server_share(era: str, upstream: Upstream, calls: int, rounds: int) -> Serve
 
     share = ServerShare()
     for way in ways:
-        timed(way, WARMUP)
+        timed(way, WARMUP_CALLS)
     blocks = max(1, calls // BLOCK)
     for r in range(rounds):
         samples: dict[str, list[float]] = {"plain": [], "traced": []}
@@ -227,7 +221,7 @@ def server_share(era: str, upstream: Upstream, calls: int, rounds: int) -> Serve
             f"{share.traced_p50[-1]:.3f} ms with it",
             file=sys.stderr,
         )
-    for conn, _headers, _meta in ways.values():
+    for conn, _headers in ways.values():
         conn.close()
     return share
 
@@ -390,9 +384,13 @@ def render(
         off = result.paths["off"]
         o50 = med(off.p50)
 
+        def differences(values: list[float], offs: list[float]) -> list[float]:
+            """µs: each round's value less off's in the same round (ms)."""
+            return [(a - b) * 1000 for a, b in zip(values, offs, strict=True)]
+
         def paired(values: list[float], offs: list[float]) -> float:
-            """µs: the median across rounds of a round's value less off's in the same round (ms)."""
-            return med([(a - b) * 1000 for a, b in zip(values, offs, strict=True)])
+            """µs: the median across rounds of :func:`differences`."""
+            return med(differences(values, offs))
 
         for path, res in result.paths.items():
             p50, p90, cpu, server = med(res.p50), med(res.p90), med(res.bridge_cpu), med(res.server_cpu)
@@ -414,7 +412,7 @@ def render(
                 ]
             )
             if path != "off":
-                each = sorted((a - b) * 1000 for a, b in zip(res.p50, off.p50, strict=True))
+                each = differences(res.p50, off.p50)
                 quartiles = f"{percentile(each, 25):+.0f} to {percentile(each, 75):+.0f} µs" if len(each) >= 4 else ""
                 verdicts.append(
                     f"- {era}, {path}: {over:+.0f} µs per call at p50 (p90 {over90:+.0f} µs"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -311,8 +312,6 @@ async def call(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 async def ask_in_terminal(question: str) -> bool:
     """A server's ``confirm`` question, asked on the terminal (stderr, then a line from stdin): ``y`` or ``yes``
     runs the call; anything else, or the end of input, does not."""
-    import sys
-
     import anyio
 
     def ask() -> bool:

@@ -50,15 +50,16 @@ def run(func: Callable[..., Awaitable[int]], *args: Any) -> int:
     return anyio.run(func, *args)
 
 
-def stdin_is_a_terminal() -> bool:
+def _is_a_terminal(fd: int) -> bool:
     try:
-        return os.isatty(0)
+        return os.isatty(fd)
     except OSError:
         return False
+
+
+def stdin_is_a_terminal() -> bool:
+    return _is_a_terminal(0)
 
 
 def stderr_is_a_terminal() -> bool:
-    try:
-        return os.isatty(2)
-    except OSError:
-        return False
+    return _is_a_terminal(2)
