@@ -3,11 +3,15 @@
 Run from the repository root (needs the ``otel`` extra, which ``.[test]`` includes)::
 
     .venv/bin/python bench/telemetry.py [--calls 1000] [--rounds 3] [--eras 2026-07-28,2025-11-25]
-        [--paths on,not-propagated,refused,silent] [--no-write]
+        [--paths on,not-propagated,refused,silent] [--upstream untraced|sdk] [--no-write]
 
 Issue 20's target: with telemetry on, at most 50 µs more per call at p50 (spans batched), and an unreachable
 collector never slows or fails a call. Paths, each a ``mcp-bridge serve`` subprocess over stdio with one local
-upstream (``mcp_bridge.sandbox.localservers``), the same ``echo`` call as ``bench/floor.py``:
+upstream (``mcp_bridge.sandbox.localservers``), the same ``echo`` call as ``bench/floor.py``. The upstream is, by
+default, an SDK server without the OpenTelemetry middleware the SDK puts on every server (``--untraced``): it passes
+the trace context over, so that on less off is what telemetry costs the bridge. An SDK server as shipped
+(``--upstream sdk``) reads the context the bridge sends it and opens a span parented by it, its own telemetry, at a
+cost of its own: "server alone" below measures it.
 
 * off: ``telemetry`` absent (nothing of OpenTelemetry's SDK is loaded);
 * on: ``telemetry: {enabled: true, endpoint: ...}`` to a live collector: a subprocess of this file
@@ -25,7 +29,8 @@ medians across rounds of each round's p50/p90; a path's overhead is the median a
 in the same round (paired). CPU per call: the bridge's threads over the round (``/proc/<pid>/task/*/schedstat``,
 nanoseconds; the export threads included) divided by the calls, and the server's a call in a path's turns (the
 median turn: a garbage collection falls on one). After the paths, the server alone: the same call posted straight to
-it with and without trace context, what its handling of the trace context costs without the bridge. Also, per path:
+it with and without trace context, what its handling of the trace context costs without the bridge (an SDK server as
+shipped, a second upstream when the paths' is untraced). Also, per path:
 spawn → first call answered (the telemetry start included). It prints one markdown table and appends it to
 ``bench/RESULTS.md``.
 """
@@ -58,6 +63,12 @@ PATHS = {
     "silent": "on, collector silent",
 }
 """The paths, by their ``--paths`` key."""
+UPSTREAMS = {
+    "untraced": "an SDK server without the SDK's OpenTelemetry middleware: it passes the trace context over, so on "
+    "less off is the bridge's own",
+    "sdk": "an SDK server as shipped: its OpenTelemetry middleware reads the trace context and opens a span of its own",
+}
+"""The paths' upstream, by ``--upstream``."""
 
 
 # ---------------------------------------------------------------------------------------------- collectors
@@ -375,6 +386,7 @@ def render(
     started: dt.datetime,
     load_start: str,
     quiet: str,
+    upstream: str,
 ) -> str:
     from common import WARMUP_CALLS, machine_line, markdown_table, med, percentile, spread, title_line, verdict
 
@@ -431,19 +443,26 @@ def render(
                  f"{med(share.traced_cpu):.3f} ({added_cpu:+.0f} µs)", "", spread(share.traced_p50)]
             )  # fmt: skip
             line = (
-                f"- {era}, the server's handling of the trace context alone (no bridge: the same call posted straight "
-                f"to it with and without `_meta.traceparent` and the header): {added:+.0f} µs at p50, its CPU "
-                f"{added_cpu:+.0f} µs a call"
+                f"- {era}, an SDK server's own handling of the trace context, alone (no bridge: the same call posted "
+                f"straight to an SDK server as shipped, with and without `_meta.traceparent` and the header): "
+                f"{added:+.0f} µs at p50, its CPU {added_cpu:+.0f} µs a call"
             )
             if "on" in result.paths:
-                own = paired(result.paths["on"].p50, off.p50) - added
-                line += f"; `on` less that: the bridge's own {own:+.0f} µs"
+                on_over = paired(result.paths["on"].p50, off.p50)
+                if upstream == "untraced":
+                    line += (
+                        f"; end to end through the bridge to such a server, `on` and that: {on_over + added:+.0f} µs"
+                    )
+                else:
+                    line += f"; `on` less that: the bridge's own {on_over - added:+.0f} µs"
             verdicts.append(line)
+    alone = "an SDK server as shipped (a second upstream)" if upstream == "untraced" else "the same upstream"
     lines = [
         title_line(started, "telemetry on and off (`bench/telemetry.py`)"),
         "",
         machine_line(load_start) + (f"; {quiet}" if quiet else ""),
-        f"- per era: an SDK client in that era's mode, one local upstream that speaks only that era; {calls} "
+        "- per era: an SDK client in that era's mode, one local upstream that speaks only that era "
+        f"({UPSTREAMS[upstream]}); {calls} "
         f"sequential `echo` calls per path per round, the paths taking turns every {BLOCK} calls (the order "
         f"rotating), {rounds} rounds, {WARMUP_CALLS} "
         "warm-up calls per path, a fresh bridge per path and round; values are medians across rounds of each round's "
@@ -455,12 +474,12 @@ def render(
         "queued by the call and exported by the bridge's daemon threads (spans every 5 s or per 2,048), metrics "
         "every 60 s",
         "- CPU µs/call: the bridge process over the whole round (its export threads included), and the upstream "
-        "server's in the path's turns (an SDK server: "
-        "with telemetry on it gets trace context in `_meta` and a `traceparent` header) a call in a path's turn, the "
+        "server's in the path's turns (with telemetry on it gets trace context in `_meta` and a `traceparent` "
+        "header) a call in a path's turn, the "
         f"median of its turns of {BLOCK} calls (a garbage collection falls on one turn), from the threads' "
         "`/proc/<pid>/task/*/schedstat` (nanoseconds); medians across rounds; first "
         "call: spawn → the first `echo` answered, median across rounds",
-        "- server alone: after the paths, the same upstream answers the same `echo` posted straight to it over two "
+        f"- server alone: after the paths, {alone} answers the same `echo` posted straight to it over two "
         f"keep-alive connections (`http.client`, no SDK client), one without trace context and one with it as the "
         f"bridge sends it, taking turns every {BLOCK} calls; {calls} calls each per round",
         "",
@@ -531,6 +550,13 @@ def main() -> int:
         default=",".join(list(PATHS)[1:]),
         help=f"paths besides off (always run), comma-separated (default all: {','.join(list(PATHS)[1:])})",
     )
+    parser.add_argument(
+        "--upstream",
+        choices=("untraced", "sdk"),
+        default="untraced",
+        help="the paths' upstream: an SDK server without its OpenTelemetry middleware (default: it passes trace "
+        "context over), or as shipped (it reads the context and opens a span of its own)",
+    )
     add_common_args(parser)
     args = parser.parse_args()
     try:
@@ -565,10 +591,14 @@ def main() -> int:
                 "on, collector silent": {"enabled": True, "endpoint": f"http://127.0.0.1:{silent}"},
             }
             sections = {path: section for path, section in sections.items() if path in wanted}
+            untraced = args.upstream == "untraced"
             for era in eras:
-                (local,) = procs.start_upstreams([f"local{era[:4]}"], ["--era", ERAS[era][1]])
+                era_flag = ["--era", ERAS[era][1]]
+                (local,) = procs.start_upstreams([f"local{era[:4]}"], era_flag + (["--untraced"] if untraced else []))
                 results[era] = anyio.run(run_era, era, local, work, args.calls, args.rounds, sections)
-                results[era].share = server_share(era, local, args.calls, args.rounds)
+                # the server alone is an SDK server as shipped: what its own handling of the trace context costs
+                (shipped,) = procs.start_upstreams([f"sdk{era[:4]}"], era_flag) if untraced else (local,)
+                results[era].share = server_share(era, shipped, args.calls, args.rounds)
             hooks = anyio.run(hooks_in_process, f"http://127.0.0.1:{collector}", args.calls, args.rounds)
         except KeyboardInterrupt:
             print("interrupted; cleaning up", file=sys.stderr)
@@ -578,7 +608,7 @@ def main() -> int:
             for proc in sides:
                 kill_group(proc.pid)
                 proc.wait(5)
-    table = render(results, hooks, args.calls, args.rounds, started, load_start, quiet)
+    table = render(results, hooks, args.calls, args.rounds, started, load_start, quiet, args.upstream)
     append_results(table, not args.no_write)
     print(f"total runtime {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return 0

@@ -438,6 +438,7 @@ def build_app(
     hostile: bool = False,
     hostile_listing: bool = False,
     era: Era = "both",
+    untraced: bool = False,
 ) -> ASGIApp:
     state = _State(name)
     server = build_server(
@@ -449,6 +450,8 @@ def build_app(
         hostile=hostile,
         hostile_listing=hostile_listing,
     )
+    if untraced:  # without the span middleware the SDK puts on every server (it reads each request's trace context)
+        server.middleware[:] = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
     app: ASGIApp = server.streamable_http_app(host="127.0.0.1")
     app = EraGate(app, era)
     app = CountConnections(app, state)
@@ -485,6 +488,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extra-tools", type=int, default=0, metavar="N", help="add N tools tool_0001.. (benchmarks)")
     parser.add_argument(
         "--echo-delay", type=float, default=0.0, metavar="SECONDS", help="echo answers after SECONDS (benchmarks)"
+    )
+    parser.add_argument(
+        "--untraced",
+        action="store_true",
+        help="without the SDK's OpenTelemetry middleware: trace context is passed over, not read (benchmarks)",
     )
     oauth = parser.add_argument_group("OAuth", "run the OAuth-protected variant (see mcp_bridge.sandbox.oauth_server)")
     oauth.add_argument("--oauth", action="store_true", help="be an auto-approving OAuth server protecting /mcp")
@@ -525,6 +533,7 @@ def main(argv: list[str] | None = None) -> None:
             hostile=args.hostile,
             hostile_listing=args.hostile_listing,
             era=args.era,
+            untraced=args.untraced,
         )
     anyio.run(serve, app, args.port)
 
