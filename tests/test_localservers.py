@@ -14,7 +14,7 @@ from mcp.client.subscriptions import ToolsListChanged
 from mcp.shared.exceptions import MCPError
 
 from harness import LocalUpstream, Raw, direct_client
-from mcp_bridge.sandbox.localservers import LIST_TTL_MS, build_server
+from mcp_bridge.sandbox.localservers import LIST_TTL_MS, build_server, without_sdk_spans
 
 
 async def _list(client: Client) -> list[dict[str, Any]]:
@@ -130,3 +130,35 @@ def _mcp_error(exc: BaseException) -> MCPError:
         exc = exc.exceptions[0]
     assert isinstance(exc, MCPError), exc
     return exc
+
+
+def _trace_reporting_server() -> Any:
+    """A server whose one tool answers the trace id its handler runs in (the current OpenTelemetry span's)."""
+    from mcp.server.context import ServerRequestContext
+    from mcp.server.lowlevel import Server
+    from opentelemetry import trace
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
+        trace_id = trace.get_current_span().get_span_context().trace_id
+        result = {"content": [{"type": "text", "text": f"{trace_id:032x}"}]}
+        return {**result, "resultType": "complete"} if ctx.protocol_version == "2026-07-28" else result
+
+    return Server("t", on_call_tool=call_tool)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["legacy", "auto", "2026-07-28"])
+async def test_without_sdk_spans_the_trace_context_is_passed_over(mode: str) -> None:
+    """``--untraced`` (bench/telemetry.py): the SDK's span middleware, as shipped, runs the handler in the caller's
+    trace (it reads ``_meta.traceparent``); without it the context is not read, and nothing else changes."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    params = types.CallToolRequestParams(
+        name="t", arguments={}, _meta={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    )
+    shipped, stripped = _trace_reporting_server(), without_sdk_spans(_trace_reporting_server())
+    assert len(stripped.middleware) == len(shipped.middleware) - 1
+    seen = []
+    for server in (shipped, stripped):
+        async with Client(server, mode=mode) as client:  # type: ignore[arg-type]
+            seen.append((await client.session.send_request(types.CallToolRequest(params=params), Raw)).root)
+    assert [answer["content"][0]["text"] for answer in seen] == [trace_id, "0" * 32]

@@ -428,6 +428,15 @@ async def _json_reply(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def without_sdk_spans(server: Server[Any]) -> Server[Any]:
+    """``server`` without the OpenTelemetry middleware the SDK puts on every server, which reads each request's trace
+    context (``_meta.traceparent``) and opens a span parented by it: the context is then passed over, unread
+    (``--untraced``, for ``bench/telemetry.py``: what telemetry costs the bridge, apart from what it costs a server
+    that traces)."""
+    server.middleware[:] = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
+    return server
+
+
 def build_app(
     name: str,
     *,
@@ -450,8 +459,8 @@ def build_app(
         hostile=hostile,
         hostile_listing=hostile_listing,
     )
-    if untraced:  # without the span middleware the SDK puts on every server (it reads each request's trace context)
-        server.middleware[:] = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
+    if untraced:
+        without_sdk_spans(server)
     app: ASGIApp = server.streamable_http_app(host="127.0.0.1")
     app = EraGate(app, era)
     app = CountConnections(app, state)
