@@ -119,10 +119,14 @@ class _Span:
         if parent is None:
             self.trace_id = random.getrandbits(128) or 1
             self.parent_id, self.remote_parent, self.sampled, self.trace_state = 0, False, True, ""
+        elif isinstance(parent, _Span):  # a span of this bridge (its ids read as they are: the call's hot path)
+            self.trace_id, self.parent_id, self.sampled = parent.trace_id, parent.span_id, parent.sampled
+            self.trace_state, self.remote_parent = parent.trace_state, False
         else:
             self.trace_id, self.parent_id, self.sampled, self.trace_state = parent
-            self.remote_parent = not isinstance(parent, _Span)
-        self.events: list[tuple[int, str, dict[str, Any]]] = []
+            self.remote_parent = True
+        self.events: Sequence[tuple[int, str, dict[str, Any]]] = ()
+        """Its events (a list once it has one: most spans have none)."""
         self.error: str | None = None
         self.header = ""
         self.start = time.time_ns()
@@ -133,12 +137,9 @@ class _Span:
             self.header = f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
         return self.header
 
-    # a child's parent: (trace id, span id, sampled, trace state)
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.trace_id, self.span_id, self.sampled, self.trace_state))
-
 
 _Parent = tuple[int, int, bool, str] | _Span
+"""A span's parent: one of this bridge's, or the IDE's (trace id, span id, sampled, trace state)."""
 
 
 class _Request:
@@ -448,11 +449,11 @@ class Live(Hooks):
             if ctx.request_id is None:  # notifications are not traced
                 return await call_next(ctx)
             method, params, version = ctx.method, ctx.params, ctx.protocol_version
-            name, base, measured = _kept(  # the same for every call of one tool in one protocol version
-                templates,
-                (method, _target_name(method, params), version),
-                lambda: _template(method, params, version, {}, pipe),
-            )
+            key = (method, _target_name(method, params), version)
+            template = templates.get(key)  # the same for every call of one tool in one protocol version
+            if template is None:
+                template = _kept(templates, key, lambda: _template(method, params, version, {}, pipe))
+            name, base, measured = template
             attributes = {**base, "jsonrpc.request.id": str(ctx.request_id)}
             span = _Span(name, SpanKind.SERVER, attributes, _parse(ctx.meta))
             token = _current.set(span)
@@ -515,17 +516,21 @@ class Live(Hooks):
     def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
         params = getattr(request, "params", None)
-        name, base, measured = _kept(  # made once per server, tool and era (as the IDE's requests' templates)
-            self._client_templates,
-            (server, method, _target_name(method, params), era, url),
-            lambda: _template(
-                method,
-                params,
-                era,
-                {"mcp_bridge.server": server},
-                {"network.protocol.name": "http", **(self._address(url) if url else {})},
-            ),
-        )
+        key = (server, method, _target_name(method, params), era, url)
+        template = self._client_templates.get(key)  # made once per server, tool and era (as the IDE's requests')
+        if template is None:
+            template = _kept(
+                self._client_templates,
+                key,
+                lambda: _template(
+                    method,
+                    params,
+                    era,
+                    {"mcp_bridge.server": server},
+                    {"network.protocol.name": "http", **(self._address(url) if url else {})},
+                ),
+            )
+        name, base, measured = template
         span = _Span(name, SpanKind.CLIENT, dict(base), _current.get())
         return _Request(self, span, measured, self.propagate and method != "tools/call")
 
@@ -555,7 +560,8 @@ class Live(Hooks):
     def note(self, name: str, **attributes: Any) -> None:
         span = _current.get()
         if span is not None:
-            span.events.append((time.time_ns(), name, {k: v for k, v in attributes.items() if v is not None}))
+            event = (time.time_ns(), name, {k: v for k, v in attributes.items() if v is not None})
+            span.events = [*span.events, event]
 
     def inject(self, meta: MutableMapping[str, Any]) -> None:
         if not self.propagate:  # none goes to the server, not the IDE's either
@@ -615,7 +621,9 @@ class Live(Hooks):
                 event.kind,
                 event.error_class,
             )
-            attributes = _kept(self._outcomes, key, lambda: _outcome(*key))  # shared: never changed once made
+            attributes = self._outcomes.get(key)  # shared: never changed once made
+            if attributes is None:
+                attributes = _kept(self._outcomes, key, lambda: _outcome(*key))
             span = _current.get()
             if span is not None:
                 span.attributes.update(attributes)
