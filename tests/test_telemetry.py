@@ -546,3 +546,31 @@ async def test_the_exporters_public_export_gives_the_collector_the_same(tmp_path
             k: v for k, v in sdk_metrics.items() if k[0] == key
         }, key
     assert {k[0] for k in direct_metrics} == {k[0] for k in sdk_metrics}
+
+
+def test_measurements_aggregate_whole_across_the_drains_yields() -> None:
+    """The metrics thread yields the interpreter lock every 512 measurements while it aggregates: none is lost or
+    counted twice across those yields (a histogram's count and sum, a counter's total, per attribute set)."""
+    from mcp_bridge.config import Settings
+    from mcp_bridge.telemetry.live import _MEASURES_CHUNK, Live
+
+    settings = Settings.model_validate({"telemetry": {"enabled": True, "endpoint": f"http://127.0.0.1:{free_port()}"}})
+    live = Live(settings, version="test")
+    try:
+        n = _MEASURES_CHUNK * 3 + 7
+        a, b = {"mcp_bridge.server": "a"}, {"mcp_bridge.server": "b"}
+        with live._points_lock:  # (the thread's own drain waits for this one)
+            for i in range(n):
+                live._measure(live.client_duration, "record", 0.001 * (i % 3), a if i % 2 else b)
+                live.count("audit.ship_failures")
+            live._drain_measures()
+            histogram = live._points[live.client_duration]
+            counter = live._points[live._counters["audit.ship_failures"]]
+        by_server = {dict(key)["mcp_bridge.server"]: state for key, state in histogram.items()}
+        assert by_server["a"][0] + by_server["b"][0] == n
+        assert by_server["a"][0] == n // 2
+        assert by_server["a"][1] + by_server["b"][1] == pytest.approx(sum(0.001 * (i % 3) for i in range(n)))
+        assert list(counter.values()) == [n]
+        assert not live._measures
+    finally:
+        live.shutdown(0.5)
