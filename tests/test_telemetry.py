@@ -574,3 +574,28 @@ def test_measurements_aggregate_whole_across_the_drains_yields() -> None:
         assert not live._measures
     finally:
         live.shutdown(0.5)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "env", "traces", "metrics"),
+    [
+        ("http://collector:4318", {}, "http://collector:4318/v1/traces", "http://collector:4318/v1/metrics"),
+        ("http://collector:4318/otlp/", {}, "http://collector:4318/otlp/v1/traces", "http://collector:4318/otlp/v1/metrics"),
+        # a query stays a query: the signal's path goes after the URL's path, not into the query
+        ("https://c/otlp?tenant=a", {}, "https://c/otlp/v1/traces?tenant=a", "https://c/otlp/v1/metrics?tenant=a"),
+        ("http://collector:4318/#x", {}, "http://collector:4318/v1/traces", "http://collector:4318/v1/metrics"),
+        (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://gw/o?t=b"}, "https://gw/o/v1/traces?t=b", "https://gw/o/v1/metrics?t=b"),
+        # a signal's own variable is used as it is; the other signal keeps the default
+        (None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://gw/t?x=1"}, "https://gw/t?x=1", "http://localhost:4318/v1/metrics"),
+        (None, {}, "http://localhost:4318/v1/traces", "http://localhost:4318/v1/metrics"),
+    ],
+)  # fmt: skip
+def test_each_signal_goes_under_the_base_urls_path(
+    endpoint: str | None, env: dict[str, str], traces: str, metrics: str
+) -> None:
+    from mcp_bridge import telemetry
+    from mcp_bridge.config import Settings
+
+    config = Settings.model_validate({"telemetry": {"enabled": True, "endpoint": endpoint}}).telemetry
+    assert telemetry.signal_endpoint(config, "traces", env) == traces
+    assert telemetry.signal_endpoint(config, "metrics", env) == metrics

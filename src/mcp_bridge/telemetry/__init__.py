@@ -126,12 +126,18 @@ def signal_endpoint(config: TelemetryConfig, signal: str, env: Mapping[str, str]
     else the OTLP/HTTP default."""
     env = os.environ if env is None else env
     if config.endpoint:
-        return config.endpoint.rstrip("/") + f"/v1/{signal}"
+        return _under(config.endpoint, signal)
     own = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
     if own:
         return own
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
-    return base.rstrip("/") + f"/v1/{signal}"
+    return _under(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318", signal)
+
+
+def _under(base: str, signal: str) -> str:
+    """``base`` with the signal's path (``/v1/traces``) after its own path: a query stays a query (appended to the
+    string, the path would land inside it), a fragment is dropped."""
+    parts = urlsplit(base)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + f"/v1/{signal}", parts.query, ""))
 
 
 def shown(url: str) -> str:
