@@ -599,3 +599,26 @@ def test_each_signal_goes_under_the_base_urls_path(
     config = Settings.model_validate({"telemetry": {"enabled": True, "endpoint": endpoint}}).telemetry
     assert telemetry.signal_endpoint(config, "traces", env) == traces
     assert telemetry.signal_endpoint(config, "metrics", env) == metrics
+
+
+@pytest.mark.usefixtures("ide_mode")
+@pytest.mark.parametrize("tracestate", ["k=v\r\nx-injected: 1", "k=v\x00", "k=\u00e9t\u00e9", "k=v\tw"])
+async def test_a_tracestate_that_is_no_header_value_is_dropped_and_the_call_goes_on(
+    tmp_path: Path, tracestate: str
+) -> None:
+    """The IDE's ``tracestate`` goes to the server in ``_meta`` and as an HTTP header: one with a line break, a NUL, a
+    tab or a non-ASCII character is not a W3C tracestate (nor a header value), and is dropped, as the W3C spec says of
+    an invalid one; the call, and the trace (its ``traceparent``), go on."""
+    upstream = _upstream()
+    trace_id = secrets.token_hex(16)
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream), bridge_client(config, tmp_path / "home") as client:
+            meta = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "tracestate": tracestate}
+            result = await _call(client, "h__echo", {}, meta)
+            assert result["content"][0]["text"] == "h ran echo", result
+    calls = [m for m in upstream.metas if "traceparent" in m]
+    assert calls and all(m["traceparent"].split("-")[1] == trace_id and "tracestate" not in m for m in calls)
+    assert [p.traceparent.split("-")[1] for p in upstream.posts if p.method == "tools/call" and p.traceparent] == [
+        trace_id
+    ]

@@ -345,7 +345,10 @@ def _parse(meta: Any) -> tuple[int, int, bool, str] | None:
     if not trace_id or not span_id:
         return None
     state = meta.get("tracestate")
-    return trace_id, span_id, bool(int(flags, 16) & 1), state if isinstance(state, str) and len(state) <= 512 else ""
+    # a tracestate goes on as an HTTP header too: one that is not printable ASCII (a line break, a NUL, a tab, a
+    # non-ASCII letter) is no W3C tracestate, and is dropped as the spec says of an invalid one (the trace goes on)
+    valid = isinstance(state, str) and len(state) <= 512 and state.isascii() and state.isprintable()
+    return trace_id, span_id, bool(int(flags, 16) & 1), state if valid else ""
 
 
 class Live(Hooks):
