@@ -69,6 +69,8 @@ class Hostile:
     ttl_ms: int = 0
     """``ttlMs`` of its lists at 2026-07-28."""
     posts: list[Post] = field(default_factory=list)
+    fail_calls: list[MCPError] = field(default_factory=list)
+    """Errors its next calls raise (the first, then the next...), before they are recorded."""
     session: Any = None
     """The server session of the last handshake-era request: where :meth:`announce` sends."""
     bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
@@ -125,6 +127,8 @@ def _build(state: Hostile) -> Server[Any]:
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> Any:
         seen(ctx)
+        if state.fail_calls:
+            raise state.fail_calls.pop(0)
         state.calls.append((params.name, dict(params.arguments or {})))
         state.metas.append(dict(ctx.meta or {}))
         return complete(ctx, {"content": [{"type": "text", "text": f"{state.name} ran {params.name}"}]})

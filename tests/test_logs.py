@@ -87,3 +87,21 @@ def test_on_a_terminal_log_lines_show_control_characters_escaped() -> None:
     assert "library says \\x1b[31mred\\x00" in text and "\\x1b[5m" in text
     assert "\x07" not in text and "\x00" not in text and "\u202e" not in text
     assert "\x1b]" not in text and "\x1b[31mred" not in text and "\x1b[5m" not in text and "\x1b[41m" not in text
+
+
+def test_a_long_text_value_is_cut_after_its_secrets_are_masked() -> None:
+    """A server's error message may be megabytes: a logged text keeps 4,096 characters and says how many it left
+    out; a secret that straddles the cut is masked first, so not even its head is written."""
+    from mcp_bridge.logs import LOG_TEXT
+
+    secret = "straddling-secret-" + "s" * 40
+    register_secrets([secret])
+    stream = io.StringIO()
+    configure("info", stream=stream)
+    text = "x" * (LOG_TEXT - 10) + secret + "y" * 100_000
+    get_logger("t").info("event", error=text)
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert len(line["error"]) < LOG_TEXT + 100
+    assert line["error"].startswith("x" * (LOG_TEXT - 10) + "***")
+    assert line["error"].endswith(f"… ({len(text) - len(secret) + 3 - LOG_TEXT} more characters)")
+    assert "straddling" not in stream.getvalue()

@@ -622,3 +622,22 @@ async def test_a_tracestate_that_is_no_header_value_is_dropped_and_the_call_goes
     assert [p.traceparent.split("-")[1] for p in upstream.posts if p.method == "tools/call" and p.traceparent] == [
         trace_id
     ]
+
+
+@pytest.mark.usefixtures("ide_mode")
+async def test_a_servers_endless_error_message_is_cut_where_it_is_a_retrys_reason(tmp_path: Path) -> None:
+    """A server that says it lost the session, at great length: the call is sent again and answered; the retry's
+    reason (the server's message) is cut to 1,024 characters in the span's event and in the bridge's log."""
+    upstream = _upstream()
+    upstream.fail_calls.append(MCPError(types.INVALID_REQUEST, "Session not found: " + "x" * 200_000))
+    stderr = tmp_path / "bridge.stderr"
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream), bridge_client(config, tmp_path / "home", stderr_path=stderr) as client:
+            result = await _call(client, "h__echo", {}, None)
+            assert result["content"][0]["text"] == "h ran echo", result
+        await _until(lambda: receiver.named("tools/call echo"), "the call's span")
+    (span,) = receiver.named("tools/call echo")
+    reasons = [attributes["reason"] for name, attributes in span.events if name == "retry"]
+    assert reasons and reasons[0].startswith("Session not found: xxx") and len(reasons[0]) <= 1024, reasons
+    assert "x" * 1025 not in stderr.read_text(encoding="utf-8", errors="replace")

@@ -63,9 +63,14 @@ def clean(text: str) -> str:
     return text
 
 
+LOG_TEXT = 4096
+"""Characters a logged text value keeps (a server's error message is as long as it likes); the rest is counted."""
+
+
 def _clean_value(value: Any) -> Any:
     if isinstance(value, str):
-        return clean(value)
+        text = clean(value)  # masked whole first: a cut could leave a secret's head where the mask would not match
+        return text if len(text) <= LOG_TEXT else text[:LOG_TEXT] + f"… ({len(text) - LOG_TEXT} more characters)"
     if isinstance(value, dict):
         return {k: _clean_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -319,6 +319,16 @@ def _outcome(server: str, tool: str, status: str, kind: str, error_class: str | 
     return attributes
 
 
+_EVENT_TEXT = 1024
+"""Characters an event's text attribute keeps (a retry's reason is a server's error message, as long as it likes)."""
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _EVENT_TEXT:
+        return value[: _EVENT_TEXT - 1] + "…"
+    return value
+
+
 def _error_type(exc: BaseException) -> str:
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)
@@ -566,8 +576,8 @@ class Live(Hooks):
     def note(self, name: str, **attributes: Any) -> None:
         span = _current.get()
         if span is not None:
-            event = (time.time_ns(), name, {k: v for k, v in attributes.items() if v is not None})
-            span.events = [*span.events, event]
+            kept = {k: _bounded(v) for k, v in attributes.items() if v is not None}
+            span.events = [*span.events, (time.time_ns(), name, kept)]
 
     def inject(self, meta: MutableMapping[str, Any]) -> None:
         if not self.propagate:  # none goes to the server, not the IDE's either

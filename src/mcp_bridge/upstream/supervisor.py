@@ -113,6 +113,10 @@ async def _ssl_context() -> ssl.SSLContext:
         return _ssl
 
 
+_REASON_CHARS = 1024
+"""Characters of a server's error message kept where it is the reason of a retry (the log, the span's event)."""
+
+
 def _session_gone(exc: MCPError) -> bool:
     """The server no longer knows our session (it restarted): it rejected the request without running it."""
     msg = exc.error.message.lower()
@@ -884,9 +888,11 @@ class Upstream:
                 if code == NOT_SENT or _session_gone(exc):
                     # Never reached the server (no connection), or the server rejected the session before running
                     # the request: reconnect and try again.
-                    log.info("upstream.retry_unsent", server=self.name, attempt=attempt + 1, reason=exc.error.message)
+                    # a server's error message, as long as it likes (masked whole, then cut)
+                    reason = clean(exc.error.message)[:_REASON_CHARS]
+                    log.info("upstream.retry_unsent", server=self.name, attempt=attempt + 1, reason=reason)
                     self.request_recycle(session)  # withdrawn: the next round waits for the new session
-                    telemetry.hooks.note("retry", reason=clean(exc.error.message), attempt=attempt + 1)
+                    telemetry.hooks.note("retry", reason=reason, attempt=attempt + 1)
                     continue
                 if code == types.REQUEST_TIMEOUT:
                     raise UpstreamTimeout(self.name, f"timed out: no answer within {timeout:g}s") from None
