@@ -183,3 +183,54 @@ async def test_a_call_to_a_dead_server_fails_fast_instead_of_waiting_out_the_bac
                 await raw_call(client, "dead__x")
             assert time.monotonic() - started < 1.5
             assert "dead" in err.value.error.message and "not reachable" in err.value.error.message
+
+
+@pytest.mark.usefixtures("ide_mode")
+@pytest.mark.parametrize(
+    "code",
+    [-32000, -32001, -32099, -32098],
+    ids=["sdk-connection-closed", "sdk-timeout", "bridge-not-sent", "bridge-http-error"],
+)
+async def test_a_servers_error_with_a_code_the_bridge_or_sdk_uses_itself_is_the_servers(
+    tmp_path: Path, code: int
+) -> None:
+    """Codes the SDK (-32000 a closed connection, -32001 a timeout) and the bridge (-32099 never sent, -32098 an HTTP
+    failure) use for their own errors lie in the range JSON-RPC leaves to servers, and -32000 is many servers' code
+    for any failure. A server answering with one is the server's answer: its message reaches the IDE, the call is
+    not sent again (never-sent is re-sent: the server would run it twice), and the session is kept."""
+    from hostile import Hostile, serving, tool
+
+    upstream = Hostile("h", tools=[tool("echo", "Echo.")])
+    upstream.fail_calls.append(MCPError(code, "the server's own failure"))
+    config = write_config(tmp_path / "config.yaml", {"h": upstream.server_config()})
+    async with serving(upstream), bridge_client(config, tmp_path / "home") as client:
+        with pytest.raises(MCPError) as failed:
+            await raw_call(client, "h__echo", {})
+        assert "the server's own failure" in failed.value.error.message, failed.value.error
+        assert [p.method for p in upstream.posts].count("tools/call") == 1  # not sent again
+        posts = len(upstream.posts)
+        result = await raw_call(client, "h__echo", {})
+        assert result["content"][0]["text"] == "h ran echo"
+        # the next call went on the same session: no handshake or discovery in between
+        assert [p.method for p in upstream.posts[posts:]] == ["tools/call"], upstream.methods()[posts:]
+
+
+def test_the_bridges_and_the_sdks_own_errors_are_told_from_a_servers_by_their_shape() -> None:
+    import mcp_types as types
+
+    from mcp_bridge.upstream.own_errors import MARK, local_data, ours
+    from mcp_bridge.upstream.transport import NOT_SENT
+
+    closed, timeout = types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT
+    assert ours(MCPError(closed, "Connection closed"), closed)
+    assert ours(MCPError(closed, "SSE stream failed: the event exceeded the limit"), closed)
+    assert ours(MCPError(closed, "SSE stream ended without a response"), closed)
+    assert ours(MCPError(timeout, "Request 'tools/call' timed out"), timeout)
+    assert ours(MCPError(NOT_SENT, "could not connect: refused", local_data()), NOT_SENT)
+    # a server's answers with those codes
+    assert not ours(MCPError(closed, "Internal error"), closed)
+    assert not ours(MCPError(closed, "Connection closed", {"detail": 1}), closed)  # the SDK's carry no data
+    assert not ours(MCPError(timeout, "the database timed out"), timeout)
+    assert not ours(MCPError(NOT_SENT, "could not connect: refused"), NOT_SENT)
+    assert not ours(MCPError(NOT_SENT, "could not connect", {MARK: "a-guess"}), NOT_SENT)
+    assert not ours(MCPError(closed, "Connection closed"), timeout)  # another code

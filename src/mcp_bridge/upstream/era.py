@@ -33,6 +33,7 @@ from mcp_bridge.errors import UpstreamError
 from mcp_bridge.files import read_json_object, write_private_json
 from mcp_bridge.logs import get_logger
 from mcp_bridge.upstream.http_errors import HTTP_ERROR
+from mcp_bridge.upstream.own_errors import ours
 
 log = get_logger(__name__)
 
@@ -150,7 +151,7 @@ def era_refusal(exc: MCPError, *, modern: bool, first: bool) -> bool:
         return True
     if not modern and code == types.HEADER_MISMATCH:
         return True
-    if code == HTTP_ERROR:
+    if ours(exc, HTTP_ERROR):
         data = exc.error.data
         return isinstance(data, dict) and data.get("httpStatus") in (400, 404, 405)
     return False

@@ -19,6 +19,8 @@ import json
 import httpx2
 import mcp_types as types
 
+from mcp_bridge.upstream.own_errors import local_error
+
 HTTP_ERROR = -32098
 """Internal JSON-RPC code: the server answered at the HTTP level with an error status (the message says which)."""
 
@@ -62,7 +64,7 @@ async def explain_http_error(request: httpx2.Request, response: httpx2.Response)
     else:
         hint = "the server refused the request"
     message = f"the URL answered HTTP {status} ({reason}): {hint}"
-    error = {"code": HTTP_ERROR, "message": message, "data": {"httpStatus": status}}
+    error = local_error(HTTP_ERROR, message, {"httpStatus": status})
     return httpx2.Response(status, json={"jsonrpc": "2.0", "id": None, "error": error}, request=request)
 
 

@@ -72,6 +72,7 @@ from mcp_bridge.upstream.era import (
 )
 from mcp_bridge.upstream.http_errors import HTTP_ERROR, explain_not_mcp
 from mcp_bridge.upstream.inputs import ASKING, Asker, Gate, Offer, OfferingSession, drive, screen
+from mcp_bridge.upstream.own_errors import ours
 from mcp_bridge.upstream.transport import NOT_SENT, GuardedTransport, coalescing
 from mcp_bridge.upstream.wire import Wire, call_direct, open_wire, send_raw
 
@@ -545,7 +546,7 @@ class Upstream:
             with anyio.fail_after(self.timeouts.connect):
                 await send_raw(session, types.PingRequest())
         except MCPError as exc:
-            if exc.error.code in (NOT_SENT, types.CONNECTION_CLOSED) or _session_gone(exc):
+            if ours(exc, NOT_SENT) or ours(exc, types.CONNECTION_CLOSED) or _session_gone(exc):
                 raise UpstreamUnavailable(self.name, f"keepalive failed: {exc.error.message}") from None
             # Any other JSON-RPC error (say, ping not implemented) still proves the server is alive.
         except TimeoutError:
@@ -885,7 +886,7 @@ class Upstream:
                     await self._relist(session, _TOOLS)
                     telemetry.hooks.note("retry", reason="header mismatch", attempt=attempt + 1)
                     continue
-                if code == NOT_SENT or _session_gone(exc):
+                if ours(exc, NOT_SENT) or _session_gone(exc):
                     # Never reached the server (no connection), or the server rejected the session before running
                     # the request: reconnect and try again.
                     # a server's error message, as long as it likes (masked whole, then cut)
@@ -894,14 +895,14 @@ class Upstream:
                     self.request_recycle(session)  # withdrawn: the next round waits for the new session
                     telemetry.hooks.note("retry", reason=reason, attempt=attempt + 1)
                     continue
-                if code == types.REQUEST_TIMEOUT:
+                if ours(exc, types.REQUEST_TIMEOUT):
                     raise UpstreamTimeout(self.name, f"timed out: no answer within {timeout:g}s") from None
-                if code == types.CONNECTION_CLOSED:
+                if ours(exc, types.CONNECTION_CLOSED):
                     self.request_recycle(session)
                     raise UpstreamUnavailable(
                         self.name, "connection lost while the request was in flight (it may have run; not retried)"
                     ) from None
-                if code == HTTP_ERROR:  # an HTTP failure, not the server's JSON-RPC answer (http_errors)
+                if ours(exc, HTTP_ERROR):  # an HTTP failure, not the server's JSON-RPC answer (http_errors)
                     raise UpstreamError(self.name, exc.error.message) from None
                 if (not_mcp := explain_not_mcp(code, exc.error.message)) is not None:
                     raise UpstreamError(self.name, not_mcp) from None
@@ -971,7 +972,7 @@ def describe_error(exc: BaseException) -> str:
         exc = _find(exc, BridgeError) or exc.exceptions[0]
     if isinstance(exc, UpstreamError):
         text = str(exc).split(": ", 1)[-1]
-    elif isinstance(exc, MCPError) and exc.error.code in (NOT_SENT, HTTP_ERROR):
+    elif isinstance(exc, MCPError) and (ours(exc, NOT_SENT) or ours(exc, HTTP_ERROR)):
         text = exc.error.message
     elif isinstance(exc, MCPError) and (not_mcp := explain_not_mcp(exc.error.code, exc.error.message)):
         text = not_mcp

@@ -20,6 +20,7 @@ import httpx2
 
 from mcp_bridge import telemetry
 from mcp_bridge.upstream.http_errors import AnswerTooLarge, explain_http_error, http_error_to_explain
+from mcp_bridge.upstream.own_errors import local_error
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """The largest message (one SSE event) taken from a server. The SDK's default, 1 MiB, is a tools/list of about 2,000
@@ -50,7 +51,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
             if request.method != "POST":
                 raise
             message = f"could not connect: {type(exc).__name__}: {exc}"
-            body = {"jsonrpc": "2.0", "id": None, "error": {"code": NOT_SENT, "message": message}}
+            body = {"jsonrpc": "2.0", "id": None, "error": local_error(NOT_SENT, message)}
             return httpx2.Response(503, json=body, request=request)
         kind = response.headers.get("content-type", "") if request.method == "POST" else ""
         if kind.startswith("text/event-stream"):

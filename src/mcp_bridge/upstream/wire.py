@@ -50,6 +50,7 @@ from mcp_bridge.logs import get_logger
 from mcp_bridge.upstream.http_errors import explain_http_error, http_error_to_explain
 from mcp_bridge.upstream.inputs import LogSink, complete_by_default
 from mcp_bridge.upstream.lean import LeanPool, Lost, NotSent
+from mcp_bridge.upstream.own_errors import local_data
 from mcp_bridge.upstream.transport import MAX_MESSAGE_BYTES, NOT_SENT, Capped
 
 log = get_logger(__name__)
@@ -495,7 +496,7 @@ async def _lean_post(
     try:
         response = await pool.post(headers, body, ctx.client)
     except NotSent as exc:
-        error = types.ErrorData(code=NOT_SENT, message=f"could not connect: {exc}")
+        error = types.ErrorData(code=NOT_SENT, message=f"could not connect: {exc}", data=local_data())
         await ctx.read_stream_writer.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
         return True
     if response is None:
