@@ -549,29 +549,44 @@ async def test_the_exporters_public_export_gives_the_collector_the_same(tmp_path
 
 
 def test_measurements_aggregate_whole_across_the_drains_yields() -> None:
-    """The metrics thread yields the interpreter lock every 512 measurements while it aggregates: none is lost or
-    counted twice across those yields (a histogram's count and sum, a counter's total, per attribute set)."""
+    """The export thread yields the interpreter lock every 256 records while it drains: no measurement is lost or
+    counted twice across those yields (a histogram's count and sum, a counter's total, per attribute set), whether
+    queued loose or derived from a span (a request's duration, the call's outcome)."""
+    from opentelemetry.trace import SpanKind
+
     from mcp_bridge.config import Settings
-    from mcp_bridge.telemetry.live import _MEASURES_CHUNK, Live
+    from mcp_bridge.telemetry.live import _DRAIN_CHUNK, Live, _Span
 
     settings = Settings.model_validate({"telemetry": {"enabled": True, "endpoint": f"http://127.0.0.1:{free_port()}"}})
     live = Live(settings, version="test")
     try:
-        n = _MEASURES_CHUNK * 3 + 7
+        n = _DRAIN_CHUNK * 3 + 7
         a, b = {"mcp_bridge.server": "a"}, {"mcp_bridge.server": "b"}
+        template = ("tools/call t", {"mcp.method.name": "tools/call"}, {"mcp.method.name": "tools/call"})
+        outcome = {"mcp_bridge.outcome": "Completed"}
         with live._points_lock:  # (the thread's own drain waits for this one)
             for i in range(n):
                 live._measure(live.client_duration, "record", 0.001 * (i % 3), a if i % 2 else b)
                 live.count("audit.ship_failures")
-            live._drain_measures()
+                span = _Span(SpanKind.SERVER, template, None)
+                span.outcome, span.call_seconds = outcome, 0.002
+                live._finish(span, span.start + 1_000_000 * (i % 2))
+            live._drain()
             histogram = live._points[live.client_duration]
             counter = live._points[live._counters["audit.ship_failures"]]
+            served = live._points[live.server_duration]
+            calls = live._points[live.call_duration]
         by_server = {dict(key)["mcp_bridge.server"]: state for key, state in histogram.items()}
         assert by_server["a"][0] + by_server["b"][0] == n
         assert by_server["a"][0] == n // 2
         assert by_server["a"][1] + by_server["b"][1] == pytest.approx(sum(0.001 * (i % 3) for i in range(n)))
         assert list(counter.values()) == [n]
-        assert not live._measures
+        ((_, (count, total, *_)),) = served.items()
+        assert (count, total) == (n, pytest.approx(0.001 * (n // 2)))
+        ((key, (count, total, *_)),) = calls.items()
+        assert dict(key) == outcome and (count, total) == (n, pytest.approx(0.002 * n))
+        assert not live._queue
+        assert len(live._encoded) + sum(p[2] for p in live._payloads) == n  # every span encoded, none twice
     finally:
         live.shutdown(0.5)
 

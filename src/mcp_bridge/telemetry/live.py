@@ -12,13 +12,17 @@ request's ``_meta`` (both eras) and in the HTTP ``traceparent`` header. Argument
 
 The cost on a call is kept to recording: the SDK's own spans, metric instruments and OTLP encoder cost about
 60-100 µs a span, 20 µs a measurement and 80 µs a span's encoding on the 2-core machine of ``bench/telemetry.py``,
-more than issue 20's 50 µs a call for two spans and three measurements. So a call records its spans as small
-:class:`_Span` objects (W3C ids made here) and its measurements as tuples, appended to queues; daemon threads encode
-the spans (:mod:`.otlp`, by hand) and export them in batches of up to 512, every second or sooner when 512 wait, and
-aggregate the measurements (:class:`_Instrument`: cumulative histograms, counters, gauges) and export them every
-``telemetry.metrics_interval``. A queue that is full (a collector down for long) drops, and counts
-(``mcp_bridge.telemetry.dropped``); a collector that cannot be reached costs those threads their timeout, never a
-call, and the log says so (the 1st, 2nd, 4th, 8th... time).
+more than issue 20's 50 µs a call for two spans and three measurements. So a call records each span as one small
+:class:`_Span` (W3C ids made here; its attributes a shared template of its method, target and protocol version plus
+what is its own), and nothing else: the measurements of a request (its duration, the call's outcome) are derived
+from its span by the export thread, which is also where the span's attributes are put together. A finished span goes
+on one queue (with the few loose measurements: state changes, counters, gauges); a daemon thread drains it every
+second (or sooner when 2,048 wait), aggregates the measurements (:class:`_Instrument`: cumulative histograms,
+counters, gauges) and encodes the spans (:mod:`.otlp`, by hand, each template's attributes encoded once); a second
+daemon thread POSTs what the first hands it: the spans in batches of up to 2,048, every 5 seconds or sooner when
+2,048 wait, and the metrics every ``telemetry.metrics_interval``. A queue that is full (the process swamped) or a
+collector that cannot take what waits drops, and counts (``mcp_bridge.telemetry.dropped``); a collector that cannot be
+reached costs the sending thread its timeout, never a call, and the log says so (the 1st, 2nd, 4th, 8th... time).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -71,20 +75,21 @@ _TIMEOUT_VARIABLES = (
 )
 _TRACEPARENT = b'"traceparent":"'
 _TRACESTATE = b'"tracestate":"'
-_MAX_QUEUE = 8192
-"""Spans (and, apart, measurements) waiting for the export threads; past it new ones are dropped and counted."""
+_MAX_QUEUE = 16384
+"""Finished spans and loose measurements waiting for the export thread; past it new ones are dropped and counted."""
 _BATCH = 2048
-"""Spans a request holds at most; this many waiting wake the span thread before its delay is out."""
+"""Spans a request holds at most; this many waiting wake the export thread before its second is out."""
 _SPAN_DELAY_SECONDS = 5.0
-"""Between span exports: each POST costs the thread a few ms of interpreter time (the exporter's HTTP client), so
-few large ones (the SDK's batch processor waits 5 s too)."""
-_MEASURE_DELAY_SECONDS = 1.0
-_CHUNK = 128
-"""Spans encoded between two yields of the interpreter lock (``time.sleep(0)``): the event loop never waits for a
-whole batch's encoding."""
-_MEASURES_CHUNK = 512
-"""Measurements aggregated between two yields of the interpreter lock: a second's worth of back-to-back calls is some
-3,000 (2-3 ms of the thread's time), which the event loop would otherwise wait for whole."""
+"""Between span exports: each POST costs the sending thread a few ms of interpreter time (the exporter's HTTP
+client), so few large ones (the SDK's batch processor waits 5 s too)."""
+_DRAIN_DELAY_SECONDS = 1.0
+_DRAIN_CHUNK = 256
+"""Records (spans and measurements) taken between two yields of the interpreter lock (``time.sleep(0)``): a second's
+worth of back-to-back calls is some 2,000 spans (a few ms of the thread's time), which the event loop would otherwise
+wait for whole."""
+_MAX_PAYLOADS = 8
+"""Encoded span batches waiting for the sending thread (a collector that does not answer): past it, the oldest is
+dropped and counted."""
 _HEX = frozenset("0123456789abcdef")
 _FED_TO_THE_SDK = ("initialize", "server/discover")
 """Requests ``serve`` answers early and feeds to the SDK all the same (it drops the SDK's second answer)."""
@@ -94,30 +99,37 @@ EXPORT_SWITCH = "MCP_BRIDGE_TELEMETRY_EXPORT"
 clients (a diagnostic; what happens by itself where those clients are not there)."""
 
 _current: contextvars.ContextVar[_Span | None] = contextvars.ContextVar("mcp_bridge_span", default=None)
+_clock = time.perf_counter_ns
+"""The spans' clock (monotonic); :attr:`Live.anchor` makes its readings wall-clock times."""
 
 
 class _Span:
-    """One span as a call records it; made into the SDK's ``ReadableSpan`` by the export thread."""
+    """One span as a call records it: ids, times and references to shared attributes; its attributes are put
+    together, and its measurements derived, by the export thread (:meth:`Live._drain`)."""
 
     __slots__ = (
-        "attributes",
+        "call_seconds",
         "end",
         "error",
         "events",
+        "extra",
         "header",
         "kind",
-        "name",
+        "outcome",
         "parent_id",
+        "raised",
         "remote_parent",
+        "request_id",
         "sampled",
         "span_id",
         "start",
+        "template",
         "trace_id",
         "trace_state",
     )
 
-    def __init__(self, name: str, kind: SpanKind, attributes: dict[str, Any], parent: _Parent | None) -> None:
-        self.name, self.kind, self.attributes = name, kind, attributes
+    def __init__(self, kind: SpanKind, template: _Template, parent: _Parent | None) -> None:
+        self.kind, self.template = kind, template
         self.span_id = random.getrandbits(64) or 1
         if parent is None:
             self.trace_id = random.getrandbits(128) or 1
@@ -130,10 +142,27 @@ class _Span:
             self.remote_parent = True
         self.events: Sequence[tuple[int, str, dict[str, Any]]] = ()
         """Its events (a list once it has one: most spans have none)."""
+        self.extra: dict[str, Any] | None = None
+        """Attributes of its own (a session id, arguments, an error's code), beside the template's."""
+        self.outcome: dict[str, Any] | None = None
+        """The audit's outcome (:func:`_outcome`, shared), once its event ended."""
+        self.call_seconds: float | None = None
+        """The audit event's duration (``mcp_bridge.call.duration``), with :attr:`outcome`."""
+        self.request_id: Any = None
         self.error: str | None = None
+        """Its ``error.type`` (and status): what it raised, or the audit's error class."""
+        self.raised: str | None = None
+        """The ``error.type`` of what it raised (its duration's measurement carries it)."""
         self.header = ""
-        self.start = time.time_ns()
+        self.start = _clock()
         self.end = 0
+
+    def own(self) -> dict[str, Any]:
+        """:attr:`extra`, made the first time."""
+        extra = self.extra
+        if extra is None:
+            extra = self.extra = {}
+        return extra
 
     def traceparent(self) -> str:
         if not self.header:  # (the request's _meta and its HTTP header both carry it)
@@ -149,29 +178,26 @@ class _Request:
     """Around one request to a server: its ``CLIENT`` span is the current one (and, on the session's way, the
     OpenTelemetry context the SDK's dispatcher injects into ``_meta``: the direct ``tools/call`` injects its own)."""
 
-    __slots__ = ("_live", "_measured", "_otel", "_session_way", "_start", "_token", "span")
+    __slots__ = ("_live", "_otel", "_session_way", "_token", "span")
 
-    def __init__(self, live: Live, span: _Span, measured: dict[str, Any], session_way: bool) -> None:
-        self._live, self.span, self._measured, self._session_way = live, span, measured, session_way
+    def __init__(self, live: Live, span: _Span, session_way: bool) -> None:
+        self._live, self.span, self._session_way = live, span, session_way
         self._otel: object = None
 
     def __enter__(self) -> _Span:
         self._token = _current.set(self.span)
         if self._session_way:
             self._otel = otel_context.attach(set_span_in_context(NonRecordingSpan(_span_context(self.span))))
-        self._start = time.perf_counter()
         return self.span
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         span = self.span
         if exc is not None:
-            span.error = span.attributes["error.type"] = _error_type(exc)
-            self._measured = {**self._measured, "error.type": span.error}  # (the template is shared)
+            span.error = span.raised = _error_type(exc)
         if self._otel is not None:
             otel_context.detach(self._otel)  # type: ignore[arg-type]
         _current.reset(self._token)
         self._live._finish(span)
-        self._live._measure(self._live.client_duration, "record", time.perf_counter() - self._start, self._measured)
 
 
 class _Dropped:
@@ -275,8 +301,10 @@ def _target_name(method: str, params: Any) -> str | None:
 _TEMPLATES = 1024
 """Attribute templates kept per kind (requests of the IDE, requests to servers, audit outcomes); past it, forgotten."""
 
-_Template = tuple[str, dict[str, Any], dict[str, Any]]
-"""A request's span name, its span's attributes (but the request id), its measurement's attributes."""
+_Template = tuple[str, dict[str, Any], dict[str, Any] | None]
+"""A span's name, its attributes (but its own: :attr:`_Span.extra`), its duration's measurement's attributes (a
+request's; ``None``: no measurement, a span of the bridge's own). Shared by every span of one kind of request, never
+changed once made."""
 
 
 def _kept(cache: dict[Any, Any], key: Any, make: Callable[[], Any], limit: int = _TEMPLATES) -> Any:
@@ -413,6 +441,7 @@ class Live(Hooks):
         )
         self._points: dict[_Instrument, dict[tuple[tuple[str, Any], ...], Any]] = {}
         self._points_lock = threading.Lock()
+        """Held by the export thread while it drains and encodes (and by :meth:`shutdown`)."""
         self._started_ns = time.time_ns()
         self._exported_at = time.monotonic()
         self.interval = config.metrics_interval
@@ -425,13 +454,25 @@ class Live(Hooks):
         self._keys: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
         """A measurement's attributes (most are templates, shared) -> their sorted items, the aggregation's key."""
         self._states: dict[str, str] = {}
-        self._spans: collections.deque[_Span] = collections.deque()
-        self._measures: collections.deque[tuple[Any, str, float, dict[str, Any]]] = collections.deque()
+        self.anchor = time.time_ns() - _clock()
+        """Wall-clock time less the spans' clock (:data:`_clock`)."""
+        self._queue: collections.deque[_Span | tuple[Any, str, float, dict[str, Any]]] = collections.deque()
+        """Finished spans and loose measurements, for the export thread."""
+        self._encoded: list[bytes | ReadableSpan] = []
+        """Spans drained and encoded (or, the public way, made the SDK's), until their batch is handed on."""
+        self._blocks: dict[tuple[int, int, str | None], tuple[Any, Any, bytes]] = {}
+        """(template's attributes, outcome, error) -> their encoded attributes (the dicts kept, so that their ids stay
+        theirs)."""
+        self._spans_at = time.monotonic()
+        self._payloads: collections.deque[tuple[str, Any, int]] = collections.deque()
+        """What waits for the sending thread: (``spans`` or ``metrics``, the encoded request or the SDK's objects,
+        the spans it holds)."""
         self._wake = threading.Event()
+        self._send_wake = threading.Event()
         self._stopping = False
         self._threads = [
-            threading.Thread(target=self._export_spans, name="telemetry-spans", daemon=True),
-            threading.Thread(target=self._apply_measures, name="telemetry-metrics", daemon=True),
+            threading.Thread(target=self._export, name="telemetry-export", daemon=True),
+            threading.Thread(target=self._sender, name="telemetry-send", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -440,26 +481,26 @@ class Live(Hooks):
     # ------------------------------------------------------------------ recording (on the event loop)
 
     def _finish(self, span: _Span, end: int = 0) -> None:
-        span.end = end or time.time_ns()
-        if not span.sampled:
-            return
-        if len(self._spans) >= _MAX_QUEUE:
+        span.end = end or _clock()
+        queue = self._queue
+        if len(queue) >= _MAX_QUEUE:
             self.dropped.failed("spans", 1, "(queue full)")
             return
-        self._spans.append(span)
-        if len(self._spans) >= _BATCH:
+        queue.append(span)
+        if len(queue) >= _BATCH:
             self._wake.set()
 
     def _measure(self, instrument: Any, how: str, value: float, attributes: dict[str, Any]) -> None:
-        if len(self._measures) >= _MAX_QUEUE * 2:
+        if len(self._queue) >= _MAX_QUEUE:
             self.dropped.failed("measurements", 1, "(queue full)")
             return
-        self._measures.append((instrument, how, value, attributes))
+        self._queue.append((instrument, how, value, attributes))
 
     def front_middleware(self) -> Any:
-        finish, measure, duration, early = self._finish, self._measure, self.server_duration, self._early
+        finish, early, anchor = self._finish, self._early, self.anchor
         templates: dict[tuple[str, str | None, str | None], _Template] = {}
         pipe = {"network.transport": "pipe"}
+        server = SpanKind.SERVER
 
         async def traced(ctx: Any, call_next: Any) -> Any:
             if ctx.request_id is None:  # notifications are not traced
@@ -469,44 +510,31 @@ class Live(Hooks):
             template = templates.get(key)  # the same for every call of one tool in one protocol version
             if template is None:
                 template = _kept(templates, key, lambda: _template(method, params, version, {}, pipe))
-            name, base, measured = template
-            attributes = {**base, "jsonrpc.request.id": str(ctx.request_id)}
-            span = _Span(name, SpanKind.SERVER, attributes, _parse(ctx.meta))
+            meta = ctx.meta
+            span = _Span(server, template, _parse(meta) if meta else None)
+            span.request_id = ctx.request_id
             token = _current.set(span)
-            start = time.perf_counter()
-            ended = False
             if hasattr(ctx, "end_early"):  # the short way's request: a round may answer it while its call goes on
-
-                def end_early() -> None:
-                    nonlocal ended
-                    if not ended:
-                        ended = True
-                        finish(span)
-                        measure(duration, "record", time.perf_counter() - start, measured)
-
-                ctx.end_early = end_early
+                ctx.end_early = lambda: span.end or finish(span)
             try:
                 return await call_next(ctx)
             except BaseException as exc:  # the JSON-RPC error's code, as the conventions have it
-                if not ended:
-                    span.error = attributes["error.type"] = _error_type(exc)
-                    measured = {**measured, "error.type": span.error}
+                if not span.end:
+                    span.error = span.raised = _error_type(exc)
                     if (code := getattr(getattr(exc, "error", None), "code", None)) is not None:
-                        attributes["rpc.response.status_code"] = str(code)
+                        span.own()["rpc.response.status_code"] = str(code)
                 raise
             finally:
                 _current.reset(token)
-                if ended:
+                if span.end:
                     pass
                 elif early and (answered := early.pop((method, ctx.request_id), None)) is not None:
                     # answered before the SDK was loaded (and fed to it since): the times it was read and answered at
-                    span.start = answered.start_ns
-                    attributes["mcp_bridge.answered_early"] = True
-                    finish(span, answered.end_ns)
-                    measure(duration, "record", max(0, answered.end_ns - answered.start_ns) / 1e9, measured)
+                    span.start = answered.start_ns - anchor
+                    span.own()["mcp_bridge.answered_early"] = True
+                    finish(span, max(answered.end_ns - anchor, span.start))
                 else:
                     finish(span)
-                    measure(duration, "record", time.perf_counter() - start, measured)
 
         return traced
 
@@ -518,16 +546,11 @@ class Live(Hooks):
             measured: dict[str, Any] = {"mcp.method.name": answer.method}
             if version:
                 measured["mcp.protocol.version"] = version
-            attributes = {
-                **measured,
-                "jsonrpc.request.id": str(answer.request_id),
-                "network.transport": "pipe",
-                "mcp_bridge.answered_early": True,
-            }
-            span = _Span(answer.method, SpanKind.SERVER, attributes, _parse(answer.trace))
-            span.start = answer.start_ns
-            self._finish(span, answer.end_ns)
-            self._measure(self.server_duration, "record", max(0, answer.end_ns - answer.start_ns) / 1e9, measured)
+            attributes = {**measured, "network.transport": "pipe", "mcp_bridge.answered_early": True}
+            span = _Span(SpanKind.SERVER, (answer.method, attributes, measured), _parse(answer.trace))
+            span.request_id = answer.request_id
+            span.start = answer.start_ns - self.anchor
+            self._finish(span, max(answer.end_ns - self.anchor, span.start))
 
     def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
@@ -546,9 +569,8 @@ class Live(Hooks):
                     {"network.protocol.name": "http", **(self._address(url) if url else {})},
                 ),
             )
-        name, base, measured = template
-        span = _Span(name, SpanKind.CLIENT, dict(base), _current.get())
-        return _Request(self, span, measured, self.propagate and method != "tools/call")
+        span = _Span(SpanKind.CLIENT, template, _current.get())
+        return _Request(self, span, self.propagate and method != "tools/call")
 
     def _address(self, url: str) -> dict[str, Any]:
         found = self._addresses.get(url)
@@ -565,7 +587,7 @@ class Live(Hooks):
 
     @contextlib.contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[Any]:
-        span = _Span(name, SpanKind.INTERNAL, attributes, _current.get())
+        span = _Span(SpanKind.INTERNAL, (name, attributes, None), _current.get())
         token = _current.set(span)
         try:
             yield span
@@ -577,7 +599,7 @@ class Live(Hooks):
         span = _current.get()
         if span is not None:
             kept = {k: _bounded(v) for k, v in attributes.items() if v is not None}
-            span.events = [*span.events, (time.time_ns(), name, kept)]
+            span.events = [*span.events, (_clock() + self.anchor, name, kept)]
 
     def inject(self, meta: MutableMapping[str, Any]) -> None:
         if not self.propagate:  # none goes to the server, not the IDE's either
@@ -598,7 +620,7 @@ class Live(Hooks):
             return
         session = headers.get("mcp-session-id")
         if session is not None and span.kind is SpanKind.CLIENT:  # a handshake-era session (as in http)
-            span.attributes["mcp.session.id"] = session
+            span.own()["mcp.session.id"] = session
         if self.propagate and "traceparent" not in headers:
             headers["traceparent"] = span.traceparent()
             if span.trace_state:
@@ -612,7 +634,7 @@ class Live(Hooks):
         if session is not None:  # a handshake-era session: the request's span says which (semantic conventions)
             span = _current.get()
             if span is not None and span.kind is SpanKind.CLIENT:
-                span.attributes["mcp.session.id"] = session
+                span.own()["mcp.session.id"] = session
         if "traceparent" in headers or not self.propagate:
             return
         try:
@@ -640,15 +662,19 @@ class Live(Hooks):
             attributes = self._outcomes.get(key)  # shared: never changed once made
             if attributes is None:
                 attributes = _kept(self._outcomes, key, lambda: _outcome(*key))
+            seconds = None if event.replied_at is None else max(0.0, event.replied_at - event.asked_at)
             span = _current.get()
-            if span is not None:
-                span.attributes.update(attributes)
+            if span is not None and not span.end:  # (one a round ended early is on its way to the collector)
+                if span.call_seconds is not None and span.outcome is not None:  # a second event: the first's
+                    self._measure(self.call_duration, "record", span.call_seconds, span.outcome)
+                span.outcome = attributes
+                span.call_seconds = seconds
                 if event.error_class:
                     span.error = span.error or event.error_class
                 if self.arguments and event.arguments is not None:
-                    span.attributes["gen_ai.tool.call.arguments"] = clean(json.dumps(event.arguments, default=str))
-            if event.replied_at is not None:
-                self._measure(self.call_duration, "record", max(0.0, event.replied_at - event.asked_at), attributes)
+                    span.own()["gen_ai.tool.call.arguments"] = clean(json.dumps(event.arguments, default=str))
+            elif seconds is not None:
+                self._measure(self.call_duration, "record", seconds, attributes)
 
     def upstream_state(self, server: str, state: str) -> None:
         previous = self._states.get(server)
@@ -691,49 +717,147 @@ class Live(Hooks):
 
     # ------------------------------------------------------------------ exporting (in the threads)
 
-    def _apply_measures(self) -> None:
+    def _export(self) -> None:
+        """The export thread: every second (or when 2,048 wait), drain the queue; hand the spans on every 5 s (or
+        when 2,048 are encoded) and the metrics every ``telemetry.metrics_interval``."""
         while not self._stopping:
-            time.sleep(_MEASURE_DELAY_SECONDS)
-            with self._points_lock:
-                self._drain_measures()
-                if time.monotonic() - self._exported_at >= self.interval:
-                    self._export_metrics()
+            self._wake.wait(_DRAIN_DELAY_SECONDS)
+            self._wake.clear()
+            try:
+                with self._points_lock:
+                    self._drain()
+                    now = time.monotonic()
+                    if len(self._encoded) >= _BATCH or (self._encoded and now - self._spans_at >= _SPAN_DELAY_SECONDS):
+                        self._hand_spans()
+                    if now - self._exported_at >= self.interval:
+                        self._hand_metrics()
+            except Exception as exc:  # the thread's boundary: a record it cannot take is lost, never the thread
+                log.warning("telemetry.export_error", error=clean(str(exc))[:1024])
 
-    def _drain_measures(self) -> None:
-        bounds = otlp.HISTOGRAM_BOUNDS
-        keys = self._keys
-        taken = 0
-        while self._measures:
+    def _drain(self) -> None:
+        """Take what the calls queued: each span's measurements aggregated and, if sampled, the span encoded."""
+        queue, taken = self._queue, 0
+        direct = self._post_spans is not None
+        while queue:
             taken += 1
-            if taken % _MEASURES_CHUNK == 0:
+            if taken % _DRAIN_CHUNK == 0:
                 time.sleep(0)  # let the event loop have the interpreter lock
-            instrument, _how, value, attributes = self._measures.popleft()
-            known = keys.get(id(attributes))
-            if known is not None and known[0] is attributes:
-                key = known[1]
-            else:
-                key = tuple(sorted(attributes.items()))
-                if len(keys) >= _TEMPLATES * 4:
-                    keys.clear()
-                keys[id(attributes)] = (attributes, key)
-            points = self._points.setdefault(instrument, {})
-            if instrument.kind == "histogram":
-                state = points.get(key)
-                if state is None:
-                    state = points[key] = [0, 0.0, value, value, [0] * (len(bounds) + 1)]
-                state[0] += 1
-                state[1] += value
-                state[2] = min(state[2], value)
-                state[3] = max(state[3], value)
-                state[4][bisect.bisect_left(bounds, value)] += 1
-            elif instrument.kind == "counter":
-                points[key] = points.get(key, 0) + value
-            else:
-                points[key] = value
+            item = queue.popleft()
+            if type(item) is not _Span:
+                self._aggregate(*item)  # type: ignore[misc]
+                continue
+            span = item
+            measured = span.template[2]
+            if measured is not None:
+                if span.raised:
+                    measured = {**measured, "error.type": span.raised}
+                instrument = self.server_duration if span.kind is SpanKind.SERVER else self.client_duration
+                self._aggregate(instrument, "record", max(0, span.end - span.start) / 1e9, measured)
+            if span.call_seconds is not None and span.outcome is not None:
+                self._aggregate(self.call_duration, "record", span.call_seconds, span.outcome)
+            if span.sampled:
+                self._encoded.append(self._encode(span) if direct else self._readable(span))
+                if len(self._encoded) >= _BATCH:
+                    self._hand_spans()
 
-    def _export_metrics(self) -> None:
-        """Every metric so far (cumulative since the start), in one OTLP request through the exporter's HTTP client
-        (or its public ``export()``: :func:`_direct`)."""
+    def _aggregate(self, instrument: _Instrument, how: str, value: float, attributes: dict[str, Any]) -> None:
+        keys = self._keys
+        known = keys.get(id(attributes))  # (most attributes are templates, shared: sorted once)
+        if known is not None and known[0] is attributes:
+            key = known[1]
+        else:
+            key = tuple(sorted(attributes.items()))
+            if len(keys) >= _TEMPLATES * 4:
+                keys.clear()
+            keys[id(attributes)] = (attributes, key)
+        points = self._points.get(instrument)
+        if points is None:
+            points = self._points[instrument] = {}
+        if instrument.kind == "histogram":
+            state = points.get(key)
+            if state is None:
+                state = points[key] = [0, 0.0, value, value, [0] * (len(otlp.HISTOGRAM_BOUNDS) + 1)]
+            state[0] += 1
+            state[1] += value
+            if value < state[2]:
+                state[2] = value
+            if value > state[3]:
+                state[3] = value
+            state[4][bisect.bisect_left(otlp.HISTOGRAM_BOUNDS, value)] += 1
+        elif instrument.kind == "counter":
+            points[key] = points.get(key, 0) + value
+        else:
+            points[key] = value
+
+    def attributes(self, span: _Span) -> dict[str, Any]:
+        """A span's attributes: its template's, the outcome's, its own, its error's type."""
+        attributes = {**span.template[1]}
+        if span.outcome:
+            attributes.update(span.outcome)
+        if span.request_id is not None:
+            attributes["jsonrpc.request.id"] = str(span.request_id)
+        if span.extra:
+            attributes.update(span.extra)
+        if span.error:
+            attributes["error.type"] = span.error
+        return attributes
+
+    def _encode(self, span: _Span) -> bytes:
+        """A span in OTLP's protobuf (:mod:`.otlp`); the attributes of its template, outcome and error encoded once
+        for all the spans that share them."""
+        template, outcome, error = span.template[1], span.outcome, span.error
+        if span.kind is SpanKind.INTERNAL:  # its attributes are its own (a wait for a connection)
+            block = otlp.key_values(9, {**template, **({"error.type": error} if error else {})})
+        else:
+            key = (id(template), id(outcome), error)
+            known = self._blocks.get(key)
+            if known is not None and known[0] is template and known[1] is outcome:
+                block = known[2]
+            else:
+                merged = {**template, **(outcome or {})}
+                if error:
+                    merged["error.type"] = error
+                block = otlp.key_values(9, merged)
+                if len(self._blocks) >= _TEMPLATES * 4:
+                    self._blocks.clear()
+                self._blocks[key] = (template, outcome, block)
+        own = span.extra
+        if span.request_id is not None:
+            own = {"jsonrpc.request.id": str(span.request_id), **(own or {})}
+        if own:
+            if error:  # (an error's type is the block's)
+                own.pop("error.type", None)
+            block += otlp.key_values(9, own)
+        anchor = self.anchor
+        return otlp.span(
+            trace_id=span.trace_id,
+            span_id=span.span_id,
+            parent_id=span.parent_id,
+            trace_state=span.trace_state,
+            name=span.template[0],
+            kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
+            start=span.start + anchor,
+            end=span.end + anchor,
+            attributes=block,
+            events=span.events,
+            error=error is not None,
+        )
+
+    def _hand_spans(self) -> None:
+        """The spans encoded so far, as one request, to the sending thread."""
+        batch, self._encoded = self._encoded, []
+        self._spans_at = time.monotonic()
+        if not batch:
+            return
+        if self._post_spans is None:
+            self._hand(("spans", batch, len(batch)))
+        else:
+            data = otlp.request(self.resource_attributes, ("mcp-bridge", self.version), cast(list[bytes], batch))
+            self._hand(("spans", data, len(batch)))
+
+    def _hand_metrics(self) -> None:
+        """Every metric so far (cumulative since the start), encoded (or the SDK's objects), to the sending thread;
+        a batch of metrics still waiting there is replaced (this one holds it all)."""
         self._exported_at = time.monotonic()
         now = time.time_ns()
         dropped = self.dropped
@@ -742,14 +866,61 @@ class Live(Hooks):
             (("mcp_bridge.signal", "metrics"),): dropped.measurements + dropped.metric_batches,
         }
         try:
-            if self._post_metrics is None:
-                ok = self._export_metrics_public(now)
-            else:
-                ok = bool(self._post_metrics(self._encode_metrics(now)).success)
+            data = self._metrics_public(now) if self._post_metrics is None else self._encode_metrics(now)
         except Exception:  # the export thread's boundary: count it
+            self.dropped.failed("metrics", 1, signal_endpoint(self.config, "metrics"))
+            return
+        waiting = next((p for p in self._payloads if p[0] == "metrics"), None)
+        if waiting is not None:
+            with contextlib.suppress(ValueError):  # (the sending thread took it meanwhile)
+                self._payloads.remove(waiting)
+        self._hand(("metrics", data, 0))
+
+    def _hand(self, payload: tuple[str, Any, int]) -> None:
+        payloads = self._payloads
+        if len(payloads) >= _MAX_PAYLOADS:
+            oldest = next((p for p in payloads if p[0] == "spans"), None)
+            if oldest is not None:
+                with contextlib.suppress(ValueError):  # (the sending thread took it meanwhile)
+                    payloads.remove(oldest)
+                    self.dropped.failed("spans", oldest[2], "(send queue full)")
+        payloads.append(payload)
+        self._send_wake.set()
+
+    def _sender(self) -> None:
+        """The sending thread: POST what the export thread handed on, in order."""
+        while not self._stopping:
+            self._send_wake.wait(_DRAIN_DELAY_SECONDS)
+            self._send_wake.clear()
+            self._send_all()
+
+    def _send_all(self) -> None:
+        while self._payloads:
+            try:
+                what, data, n = self._payloads.popleft()
+            except IndexError:  # (the shutdown's thread took it)
+                return
+            self._post(what, data, n)
+
+    def _post(self, what: str, data: Any, n: int) -> None:
+        """POST one request through the exporter's HTTP client (its headers, compression, retries and timeout), or
+        the SDK's objects through its public ``export()`` (:func:`_direct`), counting what fails."""
+        if what == "spans" and self._post_spans is None:
+            self.exporter.export(data)  # (it counts what fails: _SpanExporter)
+            return
+        try:
+            if what == "spans":
+                ok = bool(self._post_spans(data).success)
+            elif self._post_metrics is None:
+                from opentelemetry.sdk.metrics.export import MetricExportResult
+
+                ok = self.metric_exporter.export(data) is MetricExportResult.SUCCESS
+            else:
+                ok = bool(self._post_metrics(data).success)
+        except Exception:  # the sending thread's boundary: drop, count, go on
             ok = False
         if not ok:
-            self.dropped.failed("metrics", 1, signal_endpoint(self.config, "metrics"))
+            self.dropped.failed(what, n or 1, signal_endpoint(self.config, "traces" if what == "spans" else what))
 
     def _encode_metrics(self, now: int) -> bytes:
         encoded = []
@@ -766,15 +937,14 @@ class Live(Hooks):
             encoded.append(otlp.metric(instrument.name, instrument.unit, instrument.description, data))
         return otlp.metrics_request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
 
-    def _export_metrics_public(self, now: int) -> bool:
-        """The same metrics as the SDK's objects, through the exporter's public ``export()``."""
+    def _metrics_public(self, now: int) -> Any:
+        """The same metrics as the SDK's objects (``MetricsData``), for the exporter's public ``export()``."""
         from opentelemetry.sdk.metrics.export import (
             AggregationTemporality,
             Gauge,
             Histogram,
             HistogramDataPoint,
             Metric,
-            MetricExportResult,
             MetricsData,
             NumberDataPoint,
             ResourceMetrics,
@@ -799,59 +969,7 @@ class Live(Hooks):
                 data = Sum(numbers, cumulative, True) if instrument.kind == "counter" else Gauge(numbers)
             metrics.append(Metric(instrument.name, instrument.description, instrument.unit, data))
         scope = ScopeMetrics(self.scope, metrics, "")
-        request = MetricsData([ResourceMetrics(self.resource, [scope], "")])
-        return self.metric_exporter.export(request) is MetricExportResult.SUCCESS
-
-    def _export_spans(self) -> None:
-        while not self._stopping:
-            self._wake.wait(_SPAN_DELAY_SECONDS)
-            self._wake.clear()
-            self._drain_spans()
-
-    def _drain_spans(self) -> None:
-        while self._spans:
-            batch: list[_Span] = []
-            while self._spans and len(batch) < _BATCH:
-                batch.append(self._spans.popleft())
-            self._send(batch)
-
-    def _send(self, batch: list[_Span]) -> None:
-        """Encode a batch (:mod:`.otlp`) and POST it through the exporter's HTTP client (its headers, compression,
-        retries and timeout); or, as the SDK's spans, through its public ``export()`` (:func:`_direct`), which counts
-        what fails (:class:`_SpanExporter`)."""
-        post = self._post_spans
-        if post is None:
-            self.exporter.export([self._readable(span) for span in batch])
-            return
-        encoded = []
-        for at in range(0, len(batch), _CHUNK):
-            if at:
-                time.sleep(0)  # let the event loop have the interpreter lock between chunks
-            for span in batch[at : at + _CHUNK]:
-                if span.error:
-                    span.attributes.setdefault("error.type", span.error)
-                encoded.append(
-                    otlp.span(
-                        trace_id=span.trace_id,
-                        span_id=span.span_id,
-                        parent_id=span.parent_id,
-                        trace_state=span.trace_state,
-                        name=span.name,
-                        kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
-                        start=span.start,
-                        end=span.end,
-                        attributes=span.attributes,
-                        events=span.events,
-                        error=span.error is not None,
-                    )
-                )
-        data = otlp.request(self.resource_attributes, ("mcp-bridge", self.version), encoded)
-        try:
-            ok = bool(post(data).success)
-        except Exception:  # the export thread's boundary: drop, count, go on
-            ok = False
-        if not ok:
-            self.dropped.failed("spans", len(batch), signal_endpoint(self.config, "traces"))
+        return MetricsData([ResourceMetrics(self.resource, [scope], "")])
 
     def _readable(self, span: _Span) -> ReadableSpan:
         flags = TraceFlags(TraceFlags.SAMPLED)
@@ -860,19 +978,17 @@ class Live(Hooks):
         if span.parent_id:
             parent = SpanContext(span.trace_id, span.parent_id, span.remote_parent, flags, state)
         status = Status(StatusCode.ERROR) if span.error else Status(StatusCode.UNSET)
-        if span.error:
-            span.attributes.setdefault("error.type", span.error)
         return ReadableSpan(
-            name=span.name,
+            name=span.template[0],
             context=_span_context(span),
             parent=parent,
             resource=self.resource,
-            attributes=span.attributes,
+            attributes=self.attributes(span),
             events=[Event(name, attributes, timestamp=at) for at, name, attributes in span.events],
             kind=span.kind,
             status=status,
-            start_time=span.start,
-            end_time=span.end,
+            start_time=span.start + self.anchor,
+            end_time=span.end + self.anchor,
             instrumentation_scope=self.scope,
         )
 
@@ -881,13 +997,15 @@ class Live(Hooks):
         collector that does not answer never holds the exit)."""
         self._stopping = True
         self._wake.set()
+        self._send_wake.set()
 
         def stop() -> None:
-            with contextlib.suppress(Exception):
-                self._drain_spans()
             with contextlib.suppress(Exception), self._points_lock:
-                self._drain_measures()
-                self._export_metrics()
+                self._drain()
+                self._hand_spans()
+                self._hand_metrics()
+            with contextlib.suppress(Exception):
+                self._send_all()
 
         thread = threading.Thread(target=stop, name="telemetry-shutdown", daemon=True)
         thread.start()

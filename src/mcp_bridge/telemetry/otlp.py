@@ -108,11 +108,12 @@ def span(
     kind: int,
     start: int,
     end: int,
-    attributes: Mapping[str, Any],
+    attributes: Mapping[str, Any] | bytes,
     events: Iterable[tuple[int, str, Mapping[str, Any]]],
     error: bool,
 ) -> bytes:
-    """One ``Span`` (``kind``: the protobuf's, 1 internal, 2 server, 3 client)."""
+    """One ``Span`` (``kind``: the protobuf's, 1 internal, 2 server, 3 client; ``attributes``: or their encoding,
+    :func:`key_values` in field 9)."""
     parts = [_TRACE_ID, trace_id.to_bytes(16, "big"), _SPAN_ID, span_id.to_bytes(8, "big")]
     if trace_state:
         parts.append(_ld(3, trace_state.encode("ascii", "replace")))
@@ -126,7 +127,7 @@ def span(
         _U64.pack(start),
         _END,
         _U64.pack(end),
-        key_values(9, attributes),
+        attributes if isinstance(attributes, bytes) else key_values(9, attributes),
     )
     for at, event_name, event_attributes in events:
         event = _fixed64(1, at) + _ld(2, event_name.encode("utf-8", "replace")) + key_values(3, event_attributes)
