@@ -503,8 +503,8 @@ def render(
     off, on = med(hooks["off"]), med(hooks["on"])
     verdicts.append(
         f"- in process, the event loop's CPU for the hooks of one call (a span for the IDE's request and one for the "
-        f"server's, `_meta` and header, the audit's end and four measurements; the body and headers built, as the "
-        f"direct call does): {off:.1f} µs with telemetry off, {on:.1f} µs on, "
+        f"server's, `_meta` and header, the audit's end, whose measurements the export thread derives from the spans; "
+        f"the body and headers built, as the direct call does): {off:.1f} µs with telemetry off, {on:.1f} µs on, "
         f"**{on - off:+.1f} µs** (p50 of {calls} calls 1 ms apart, median of {rounds} rounds; off: "
         f"{spread(hooks['off'], '.1f')}; on: {spread(hooks['on'], '.1f')}) — target ≤ {TARGET_OVERHEAD_US:g} µs "
         f"{verdict(on - off <= TARGET_OVERHEAD_US)}"
