@@ -591,6 +591,38 @@ def test_measurements_aggregate_whole_across_the_drains_yields() -> None:
         live.shutdown(0.5)
 
 
+def test_a_collector_that_never_answers_holds_at_most_eight_batches_and_the_rest_are_counted() -> None:
+    """The sending thread waits on a collector that never answers; the export thread goes on handing it span batches:
+    eight wait at most, and past that the oldest waiting is dropped and counted (metrics: one batch waits, the latest,
+    which holds everything so far)."""
+    from mcp_bridge.config import Settings
+    from mcp_bridge.telemetry.live import _MAX_PAYLOADS, Live
+
+    with SilentServer() as silent:
+        settings = Settings.model_validate(
+            {"telemetry": {"enabled": True, "endpoint": f"http://127.0.0.1:{silent.port}"}}
+        )
+        live = Live(settings, version="test")
+        try:
+            live._hand(("spans", b"", 1))
+            deadline = time.monotonic() + 10
+            while live._payloads and time.monotonic() < deadline:  # the sending thread took it, and waits
+                time.sleep(0.01)
+            assert not live._payloads
+            for n in range(2, _MAX_PAYLOADS + 4):  # batches of 2, 3, ... spans
+                live._hand(("spans", b"", n))
+            with live._points_lock:
+                live._hand_metrics()
+                live._hand_metrics()
+            waiting = [(what, n) for what, _, n in live._payloads]
+            assert waiting[-1] == ("metrics", 0) and waiting.count(("metrics", 0)) == 1
+            assert len(waiting) == _MAX_PAYLOADS
+            assert waiting[0] == ("spans", 5)  # 2 and 3 dropped for newer batches, 4 for the metrics
+            assert live.dropped.spans == 2 + 3 + 4
+        finally:
+            live.shutdown(0.2)
+
+
 @pytest.mark.parametrize(
     ("endpoint", "env", "traces", "metrics"),
     [
