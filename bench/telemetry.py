@@ -500,14 +500,15 @@ def render(
         rows,
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     )
-    off, on = med(hooks["off"]), med(hooks["on"])
+    hooks_off, hooks_on = med(hooks["off"]), med(hooks["on"])
     verdicts.append(
         f"- in process, the event loop's CPU for the hooks of one call (a span for the IDE's request and one for the "
         f"server's, `_meta` and header, the audit's end, whose measurements the export thread derives from the spans; "
-        f"the body and headers built, as the direct call does): {off:.1f} µs with telemetry off, {on:.1f} µs on, "
-        f"**{on - off:+.1f} µs** (p50 of {calls} calls 1 ms apart, median of {rounds} rounds; off: "
+        f"the body and headers built, as the direct call does): {hooks_off:.1f} µs with telemetry off, "
+        f"{hooks_on:.1f} µs on, **{hooks_on - hooks_off:+.1f} µs** (p50 of {calls} calls 1 ms apart, median of "
+        f"{rounds} rounds; off: "
         f"{spread(hooks['off'], '.1f')}; on: {spread(hooks['on'], '.1f')}) — target ≤ {TARGET_OVERHEAD_US:g} µs "
-        f"{verdict(on - off <= TARGET_OVERHEAD_US)}"
+        f"{verdict(hooks_on - hooks_off <= TARGET_OVERHEAD_US)}"
     )
     return "\n".join([*lines, *table, "", *verdicts]) + "\n"
 

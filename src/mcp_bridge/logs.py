@@ -63,6 +63,11 @@ def clean(text: str) -> str:
     return text
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: cut, its trailing space dropped, and an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 LOG_TEXT = 4096
 """Characters a logged text value keeps (a server's error message is as long as it likes); the rest is counted."""
 

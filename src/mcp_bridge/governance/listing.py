@@ -22,6 +22,7 @@ from mcp_bridge.config import Settings
 from mcp_bridge.governance import budget
 from mcp_bridge.governance.catalog import Catalog, ToolEntry
 from mcp_bridge.governance.search import Doc, ToolIndex, doc
+from mcp_bridge.logs import cut
 
 FIND_TOOLS = "find_tools"
 CALL_TOOL = "call_tool"
@@ -32,10 +33,6 @@ _DESCRIBED_SERVERS = 40
 """At most this many servers are named in ``find_tools``' description (the rest as a count)."""
 _ABOUT_CHARS = 120
 """A server's description is cut to this in ``find_tools``' description (``tools/list`` stays under 8 KB)."""
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class ToolList:
@@ -134,7 +131,7 @@ class ToolList:
         for name in sorted(servers)[:_DESCRIBED_SERVERS]:
             server = servers[name]
             about = (server.description or server.title or "").strip().splitlines()
-            lines.append(f"- {name}" + (f": {_cut(about[0], _ABOUT_CHARS)}" if about else ""))
+            lines.append(f"- {name}" + (f": {cut(about[0], _ABOUT_CHARS)}" if about else ""))
         if len(servers) > _DESCRIBED_SERVERS:
             lines.append(f"- and {len(servers) - _DESCRIBED_SERVERS} more")
         return "\n".join(lines) or "- (no servers are approved for you yet)"

@@ -61,7 +61,7 @@ from opentelemetry.trace import (
 )
 
 from mcp_bridge.config import Settings
-from mcp_bridge.logs import clean, get_logger
+from mcp_bridge.logs import clean, cut, get_logger
 from mcp_bridge.telemetry import Hooks, otlp, signal_endpoint
 
 log = get_logger(__name__)
@@ -352,9 +352,7 @@ _EVENT_TEXT = 1024
 
 
 def _bounded(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > _EVENT_TEXT:
-        return value[: _EVENT_TEXT - 1] + "…"
-    return value
+    return cut(value, _EVENT_TEXT) if isinstance(value, str) else value
 
 
 def _error_type(exc: BaseException) -> str:
