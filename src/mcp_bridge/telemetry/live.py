@@ -99,8 +99,10 @@ EXPORT_SWITCH = "MCP_BRIDGE_TELEMETRY_EXPORT"
 clients (a diagnostic; what happens by itself where those clients are not there)."""
 
 _current: contextvars.ContextVar[_Span | None] = contextvars.ContextVar("mcp_bridge_span", default=None)
-_clock = time.perf_counter_ns
-"""The spans' clock (monotonic); :attr:`Live.anchor` makes its readings wall-clock times."""
+_clock = time.time_ns
+"""The spans' clock, the wall clock as OpenTelemetry dates spans (a monotonic clock stops while a laptop sleeps: its
+readings, anchored once, would date every later span that much in the past); a request's duration is its span's
+end less its start (never below 0)."""
 
 
 class _Span:
@@ -452,8 +454,6 @@ class Live(Hooks):
         self._keys: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
         """A measurement's attributes (most are templates, shared) -> their sorted items, the aggregation's key."""
         self._states: dict[str, str] = {}
-        self.anchor = time.time_ns() - _clock()
-        """Wall-clock time less the spans' clock (:data:`_clock`)."""
         self._queue: collections.deque[_Span | tuple[Any, str, float, dict[str, Any]]] = collections.deque()
         """Finished spans and loose measurements, for the export thread."""
         self._encoded: list[bytes | ReadableSpan] = []
@@ -495,7 +495,7 @@ class Live(Hooks):
         self._queue.append((instrument, how, value, attributes))
 
     def front_middleware(self) -> Any:
-        finish, early, anchor = self._finish, self._early, self.anchor
+        finish, early = self._finish, self._early
         templates: dict[tuple[str, str | None, str | None], _Template] = {}
         pipe = {"network.transport": "pipe"}
         server = SpanKind.SERVER
@@ -528,9 +528,9 @@ class Live(Hooks):
                     pass
                 elif early and (answered := early.pop((method, ctx.request_id), None)) is not None:
                     # answered before the SDK was loaded (and fed to it since): the times it was read and answered at
-                    span.start = answered.start_ns - anchor
+                    span.start = answered.start_ns
                     span.own()["mcp_bridge.answered_early"] = True
-                    finish(span, max(answered.end_ns - anchor, span.start))
+                    finish(span, max(answered.end_ns, span.start))
                 else:
                     finish(span)
 
@@ -547,8 +547,8 @@ class Live(Hooks):
             attributes = {**measured, "network.transport": "pipe", "mcp_bridge.answered_early": True}
             span = _Span(SpanKind.SERVER, (answer.method, attributes, measured), _parse(answer.trace))
             span.request_id = answer.request_id
-            span.start = answer.start_ns - self.anchor
-            self._finish(span, max(answer.end_ns - self.anchor, span.start))
+            span.start = answer.start_ns
+            self._finish(span, max(answer.end_ns, span.start))
 
     def upstream(self, server: str, request: Any, era: str | None, url: str | None) -> _Request:
         method = getattr(request, "method", "request")
@@ -597,7 +597,7 @@ class Live(Hooks):
         span = _current.get()
         if span is not None:
             kept = {k: _bounded(v) for k, v in attributes.items() if v is not None}
-            span.events = [*span.events, (_clock() + self.anchor, name, kept)]
+            span.events = [*span.events, (_clock(), name, kept)]
 
     def inject(self, meta: MutableMapping[str, Any]) -> None:
         if not self.propagate:  # none goes to the server, not the IDE's either
@@ -826,7 +826,6 @@ class Live(Hooks):
             if error:  # (an error's type is the block's)
                 own.pop("error.type", None)
             block += otlp.key_values(9, own)
-        anchor = self.anchor
         return otlp.span(
             trace_id=span.trace_id,
             span_id=span.span_id,
@@ -834,8 +833,8 @@ class Live(Hooks):
             trace_state=span.trace_state,
             name=span.template[0],
             kind=span.kind.value + 1,  # the protobuf's SpanKind counts from UNSPECIFIED
-            start=span.start + anchor,
-            end=span.end + anchor,
+            start=span.start,
+            end=max(span.end, span.start),  # (a wall clock set back during the request)
             attributes=block,
             events=span.events,
             error=error is not None,
@@ -985,8 +984,8 @@ class Live(Hooks):
             events=[Event(name, attributes, timestamp=at) for at, name, attributes in span.events],
             kind=span.kind,
             status=status,
-            start_time=span.start + self.anchor,
-            end_time=span.end + self.anchor,
+            start_time=span.start,
+            end_time=max(span.end, span.start),
             instrumentation_scope=self.scope,
         )
 
