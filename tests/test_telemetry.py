@@ -459,6 +459,8 @@ async def test_a_call_on_the_short_way_that_asks_ends_its_requests_span_with_the
     first, retry = sorted(receiver.named("tools/call asking__ask"), key=lambda span: span.start_ns)
     assert first.end_ns <= retry.start_ns
     assert "requestState" not in str(first.attributes)
+    # the call went on in the first request's task: its outcome is that request's, on the span ended with the round
+    assert first.attributes["mcp_bridge.outcome"] == "Completed" and first.attributes["mcp_bridge.tool"] == "ask"
 
 
 async def test_a_token_refresh_is_counted(tmp_path: Path) -> None:

@@ -119,6 +119,7 @@ class _Span:
         "kind",
         "outcome",
         "parent_id",
+        "queued",
         "raised",
         "remote_parent",
         "request_id",
@@ -156,6 +157,8 @@ class _Span:
         self.raised: str | None = None
         """The ``error.type`` of what it raised (its duration's measurement carries it)."""
         self.header = ""
+        self.queued = False
+        """On its way to the export thread: nothing of it changes from then on."""
         self.start = _clock()
         self.end = 0
 
@@ -170,6 +173,12 @@ class _Span:
         if not self.header:  # (the request's _meta and its HTTP header both carry it)
             self.header = f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
         return self.header
+
+
+def _end_early(span: _Span) -> None:
+    """A request a round answered while its call goes on: its span ends now (and is queued when the call is done)."""
+    if not span.end:
+        span.end = _clock()
 
 
 _Parent = tuple[int, int, bool, str] | _Span
@@ -480,6 +489,7 @@ class Live(Hooks):
 
     def _finish(self, span: _Span, end: int = 0) -> None:
         span.end = end or _clock()
+        span.queued = True
         queue = self._queue
         if len(queue) >= _MAX_QUEUE:
             self.dropped.failed("spans", 1, "(queue full)")
@@ -513,7 +523,7 @@ class Live(Hooks):
             span.request_id = ctx.request_id
             token = _current.set(span)
             if hasattr(ctx, "end_early"):  # the short way's request: a round may answer it while its call goes on
-                ctx.end_early = lambda: span.end or finish(span)
+                ctx.end_early = lambda: _end_early(span)
             try:
                 return await call_next(ctx)
             except BaseException as exc:  # the JSON-RPC error's code, as the conventions have it
@@ -524,8 +534,8 @@ class Live(Hooks):
                 raise
             finally:
                 _current.reset(token)
-                if span.end:
-                    pass
+                if span.end:  # a round answered it: it ended then, and goes now, with the call's outcome
+                    finish(span, span.end)
                 elif early and (answered := early.pop((method, ctx.request_id), None)) is not None:
                     # answered before the SDK was loaded (and fed to it since): the times it was read and answered at
                     span.start = answered.start_ns
@@ -662,7 +672,7 @@ class Live(Hooks):
                 attributes = _kept(self._outcomes, key, lambda: _outcome(*key))
             seconds = None if event.replied_at is None else max(0.0, event.replied_at - event.asked_at)
             span = _current.get()
-            if span is not None and not span.end:  # (one a round ended early is on its way to the collector)
+            if span is not None and not span.queued:
                 if span.call_seconds is not None and span.outcome is not None:  # a second event: the first's
                     self._measure(self.call_duration, "record", span.call_seconds, span.outcome)
                 span.outcome = attributes
