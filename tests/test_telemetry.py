@@ -674,6 +674,39 @@ async def test_a_tracestate_that_is_no_header_value_is_dropped_and_the_call_goes
 
 
 @pytest.mark.usefixtures("ide_mode")
+async def test_a_servers_endless_tool_name_is_cut_in_the_spans_and_metrics(tmp_path: Path) -> None:
+    """A server lists a tool whose name is 5,000 characters long (what its HTTP server still takes in the
+    ``Mcp-Name`` header): the IDE calls it (under its short exposed name) and the server is sent its whole name, but
+    the spans and metrics carry it cut to 256 characters: the span names, ``gen_ai.tool.name`` and ``mcp_bridge.tool``
+    (and nothing exported holds the whole name)."""
+    long_name = "n" * 5_000
+    upstream = Hostile("h", tools=[tool("echo", "Echo."), tool(long_name, "A name without end.")])
+    with Receiver() as receiver:
+        config = _config(tmp_path, upstream, receiver.endpoint)
+        async with serving(upstream), bridge_client(config, tmp_path / "home") as client:
+            listed = (await client.session.send_request(types.ListToolsRequest(), Raw)).root["tools"]
+            (exposed,) = [t["name"] for t in listed if t["name"] != "h__echo"]
+            assert len(exposed) <= 64
+            result = await _call(client, exposed, {}, None)
+            assert result["content"][0]["text"] == f"h ran {long_name}", str(result)[:200]
+        await _until(
+            lambda: [s for s in receiver.spans if s.name.startswith("tools/call")] and receiver.metrics,
+            "the call's spans and metrics",
+        )
+    calls = [s for s in receiver.spans if s.name.startswith("tools/call")]
+    assert {s.name for s in calls} == {f"tools/call {exposed}", "tools/call " + "n" * 255 + "…"}, [
+        s.name[:80] for s in calls
+    ]
+    (client_span,) = [s for s in calls if s.name != f"tools/call {exposed}"]
+    assert client_span.attributes["gen_ai.tool.name"] == "n" * 255 + "…"
+    (server_span,) = [s for s in calls if s.name == f"tools/call {exposed}"]
+    assert server_span.attributes["mcp_bridge.tool"] == "n" * 255 + "…"
+    assert "n" * 257 not in _all_values(receiver)
+    await _until(lambda: "mcp_bridge.call.duration" in receiver.metrics, "the call's duration")
+    assert "n" * 257 not in _all_values(receiver)
+
+
+@pytest.mark.usefixtures("ide_mode")
 async def test_a_servers_endless_error_message_is_cut_where_it_is_a_retrys_reason(tmp_path: Path) -> None:
     """A server that says it lost the session, at great length: the call is sent again and answered; the retry's
     reason (the server's message) is cut to 1,024 characters in the span's event and in the bridge's log."""

@@ -278,8 +278,18 @@ class _Instrument:
         self.name, self.kind, self.unit, self.description = name, kind, unit, description
 
 
+_NAME_TEXT = 256
+"""Characters a name or id keeps in a span's name and attributes (a tool's or prompt's name, a session id, a request
+id): a hostile server's tool of 100,000 characters would otherwise be sent whole in every span of every call."""
+_URI_TEXT = 1024
+"""Characters a resource URI keeps (``mcp.resource.uri``)."""
+_ARGUMENTS_TEXT = 4096
+"""Characters the arguments keep (``gen_ai.tool.call.arguments``, with ``audit.arguments: full``)."""
+
+
 def _target(method: str, params: Any) -> tuple[str | None, dict[str, Any]]:
-    """A request's target (tool or prompt name, resource URI) and its semantic-convention attributes."""
+    """A request's target (tool or prompt name, resource URI, cut: :data:`_NAME_TEXT`, :data:`_URI_TEXT`) and its
+    semantic-convention attributes."""
 
     def get(key: str) -> Any:
         return params.get(key) if isinstance(params, dict) else getattr(params, key, None)
@@ -287,26 +297,32 @@ def _target(method: str, params: Any) -> tuple[str | None, dict[str, Any]]:
     if method == "tools/call":
         name = get("name")
         if isinstance(name, str):
+            name = cut(name, _NAME_TEXT)
             return name, {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
     elif method == "prompts/get":
         name = get("name")
         if isinstance(name, str):
+            name = cut(name, _NAME_TEXT)
             return name, {"gen_ai.prompt.name": name}
     elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
         uri = get("uri")
         if uri is not None:
-            shown = clean(str(uri))  # a URI may carry a token in its query
+            shown = cut(clean(str(uri)), _URI_TEXT)  # a URI may carry a token in its query
             return shown, {"mcp.resource.uri": shown}
     return None, {}
 
 
 def _target_name(method: str, params: Any) -> str | None:
-    """What :func:`_target` names, without its attributes: the key of a request's attribute template."""
+    """What :func:`_target` names, without its attributes, cut as it is: the key of a request's attribute template
+    (the same template for two names that are the same once cut)."""
     key = "name" if method in ("tools/call", "prompts/get") else "uri" if method.startswith("resources/") else None
     if key is None:
         return None
     value = params.get(key) if isinstance(params, dict) else getattr(params, key, None)
-    return value if isinstance(value, str) else None if value is None else str(value)
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= _NAME_TEXT else cut(text, _NAME_TEXT if key == "name" else _URI_TEXT)
 
 
 _TEMPLATES = 1024
@@ -348,8 +364,8 @@ def _template(
 def _outcome(server: str, tool: str, status: str, kind: str, error_class: str | None) -> dict[str, Any]:
     """The attributes of an audit event's outcome, on its request's span and on ``mcp_bridge.call.duration``."""
     attributes = {
-        "mcp_bridge.server": server,
-        "mcp_bridge.tool": tool,
+        "mcp_bridge.server": cut(server, _NAME_TEXT),
+        "mcp_bridge.tool": cut(tool, _NAME_TEXT),
         "mcp_bridge.outcome": status,
         "mcp_bridge.kind": kind,
     }
@@ -628,7 +644,7 @@ class Live(Hooks):
             return
         session = headers.get("mcp-session-id")
         if session is not None and span.kind is SpanKind.CLIENT:  # a handshake-era session (as in http)
-            span.own()["mcp.session.id"] = session
+            span.own()["mcp.session.id"] = cut(session, _NAME_TEXT)
         if self.propagate and "traceparent" not in headers:
             headers["traceparent"] = span.traceparent()
             if span.trace_state:
@@ -642,7 +658,7 @@ class Live(Hooks):
         if session is not None:  # a handshake-era session: the request's span says which (semantic conventions)
             span = _current.get()
             if span is not None and span.kind is SpanKind.CLIENT:
-                span.own()["mcp.session.id"] = session
+                span.own()["mcp.session.id"] = cut(session, _NAME_TEXT)
         if "traceparent" in headers or not self.propagate:
             return
         try:
@@ -680,7 +696,8 @@ class Live(Hooks):
                 if event.error_class:
                     span.error = span.error or event.error_class
                 if self.arguments and event.arguments is not None:
-                    span.own()["gen_ai.tool.call.arguments"] = clean(json.dumps(event.arguments, default=str))
+                    arguments = clean(json.dumps(event.arguments, default=str))
+                    span.own()["gen_ai.tool.call.arguments"] = cut(arguments, _ARGUMENTS_TEXT)
             elif seconds is not None:
                 self._measure(self.call_duration, "record", seconds, attributes)
 
@@ -803,7 +820,7 @@ class Live(Hooks):
         if span.outcome:
             attributes.update(span.outcome)
         if span.request_id is not None:
-            attributes["jsonrpc.request.id"] = str(span.request_id)
+            attributes["jsonrpc.request.id"] = cut(str(span.request_id), _NAME_TEXT)
         if span.extra:
             attributes.update(span.extra)
         if span.error:
@@ -831,7 +848,7 @@ class Live(Hooks):
                 self._blocks[key] = (template, outcome, block)
         own = span.extra
         if span.request_id is not None:
-            own = {"jsonrpc.request.id": str(span.request_id), **(own or {})}
+            own = {"jsonrpc.request.id": cut(str(span.request_id), _NAME_TEXT), **(own or {})}
         if own:
             if error:  # (an error's type is the block's)
                 own.pop("error.type", None)
