@@ -568,7 +568,7 @@ def test_measurements_aggregate_whole_across_the_drains_yields() -> None:
         outcome = {"mcp_bridge.outcome": "Completed"}
         with live._points_lock:  # (the thread's own drain waits for this one)
             for i in range(n):
-                live._measure(live.client_duration, "record", 0.001 * (i % 3), a if i % 2 else b)
+                live._measure(live.client_duration, 0.001 * (i % 3), a if i % 2 else b)
                 live.count("audit.ship_failures")
                 span = _Span(SpanKind.SERVER, template, None)
                 span.outcome, span.call_seconds = outcome, 0.002

@@ -479,7 +479,7 @@ class Live(Hooks):
         self._keys: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
         """A measurement's attributes (most are templates, shared) -> their sorted items, the aggregation's key."""
         self._states: dict[str, str] = {}
-        self._queue: collections.deque[_Span | tuple[Any, str, float, dict[str, Any]]] = collections.deque()
+        self._queue: collections.deque[_Span | tuple[Any, float, dict[str, Any]]] = collections.deque()
         """Finished spans and loose measurements, for the export thread."""
         self._encoded: list[bytes | ReadableSpan] = []
         """Spans drained and encoded (or, the public way, made the SDK's), until their batch is handed on."""
@@ -514,11 +514,11 @@ class Live(Hooks):
         if len(queue) >= _BATCH:
             self._wake.set()
 
-    def _measure(self, instrument: Any, how: str, value: float, attributes: dict[str, Any]) -> None:
+    def _measure(self, instrument: Any, value: float, attributes: dict[str, Any]) -> None:
         if len(self._queue) >= _MAX_QUEUE:
             self.dropped.failed("measurements", 1, "(queue full)")
             return
-        self._queue.append((instrument, how, value, attributes))
+        self._queue.append((instrument, value, attributes))
 
     def front_middleware(self) -> Any:
         finish, early = self._finish, self._early
@@ -690,7 +690,7 @@ class Live(Hooks):
             span = _current.get()
             if span is not None and not span.queued:
                 if span.call_seconds is not None and span.outcome is not None:  # a second event: the first's
-                    self._measure(self.call_duration, "record", span.call_seconds, span.outcome)
+                    self._measure(self.call_duration, span.call_seconds, span.outcome)
                 span.outcome = attributes
                 span.call_seconds = seconds
                 if event.error_class:
@@ -699,24 +699,24 @@ class Live(Hooks):
                     arguments = clean(json.dumps(event.arguments, default=str))
                     span.own()["gen_ai.tool.call.arguments"] = cut(arguments, _ARGUMENTS_TEXT)
             elif seconds is not None:
-                self._measure(self.call_duration, "record", seconds, attributes)
+                self._measure(self.call_duration, seconds, attributes)
 
     def upstream_state(self, server: str, state: str) -> None:
         previous = self._states.get(server)
         if previous == state:
             return
         if previous is not None:
-            self._measure(self.state, "set", 0, {"mcp_bridge.server": server, "mcp_bridge.state": previous})
+            self._measure(self.state, 0, {"mcp_bridge.server": server, "mcp_bridge.state": previous})
             if state == "connecting":
-                self._measure(self.reconnects, "add", 1, {"mcp_bridge.server": server})
+                self._measure(self.reconnects, 1, {"mcp_bridge.server": server})
         self._states[server] = state
-        self._measure(self.state, "set", 1, {"mcp_bridge.server": server, "mcp_bridge.state": state})
+        self._measure(self.state, 1, {"mcp_bridge.server": server, "mcp_bridge.state": state})
 
     def count(self, name: str, **attributes: Any) -> None:
         counter = self._counters.get(name)
         if counter is None:
             counter = self._counters[name] = _Instrument(name, "counter")
-        self._measure(counter, "add", 1, {f"mcp_bridge.{k}": v for k, v in attributes.items()})
+        self._measure(counter, 1, {f"mcp_bridge.{k}": v for k, v in attributes.items()})
 
     async def watch(self, bridge: Any) -> None:
         """Sample the bridge's gauges (audit spool backlog, catalog size) on the event loop, once per export."""
@@ -729,8 +729,8 @@ class Live(Hooks):
             spool = bridge.audit.spool
             if spool is not None:
                 stats = spool.stats()
-                self._measure(self.spool_pending, "set", stats.pending, {})
-                self._measure(self.spool_dropped, "set", stats.dropped, {})
+                self._measure(self.spool_pending, stats.pending, {})
+                self._measure(self.spool_dropped, stats.dropped, {})
         except Exception as exc:  # a spool that cannot be read is the audit's to report
             log.debug("telemetry.spool_unreadable", error=str(exc))
         counts: dict[str, int] = {}
@@ -738,7 +738,7 @@ class Live(Hooks):
             if entry.denial is None and not entry.blocked:
                 counts[entry.server] = counts.get(entry.server, 0) + 1
         for server in bridge.upstreams:
-            self._measure(self.catalog_tools, "set", counts.get(server, 0), {"mcp_bridge.server": server})
+            self._measure(self.catalog_tools, counts.get(server, 0), {"mcp_bridge.server": server})
 
     # ------------------------------------------------------------------ exporting (in the threads)
 
@@ -757,7 +757,7 @@ class Live(Hooks):
                     if now - self._exported_at >= self.interval:
                         self._hand_metrics()
             except Exception as exc:  # the thread's boundary: a record it cannot take is lost, never the thread
-                log.warning("telemetry.export_error", error=clean(str(exc))[:1024])
+                log.warning("telemetry.export_error", error=str(exc))  # (the log masks and cuts it)
 
     def _drain(self) -> None:
         """Take what the calls queued: each span's measurements aggregated and, if sampled, the span encoded."""
@@ -777,15 +777,16 @@ class Live(Hooks):
                 if span.raised:
                     measured = {**measured, "error.type": span.raised}
                 instrument = self.server_duration if span.kind is SpanKind.SERVER else self.client_duration
-                self._aggregate(instrument, "record", max(0, span.end - span.start) / 1e9, measured)
+                self._aggregate(instrument, max(0, span.end - span.start) / 1e9, measured)
             if span.call_seconds is not None and span.outcome is not None:
-                self._aggregate(self.call_duration, "record", span.call_seconds, span.outcome)
+                self._aggregate(self.call_duration, span.call_seconds, span.outcome)
             if span.sampled:
                 self._encoded.append(self._encode(span) if direct else self._readable(span))
                 if len(self._encoded) >= _BATCH:
                     self._hand_spans()
 
-    def _aggregate(self, instrument: _Instrument, how: str, value: float, attributes: dict[str, Any]) -> None:
+    def _aggregate(self, instrument: _Instrument, value: float, attributes: dict[str, Any]) -> None:
+        """One measurement into its instrument's points (recorded, added or set, by the instrument's kind)."""
         keys = self._keys
         known = keys.get(id(attributes))  # (most attributes are templates, shared: sorted once)
         if known is not None and known[0] is attributes:
@@ -831,8 +832,8 @@ class Live(Hooks):
         """A span in OTLP's protobuf (:mod:`.otlp`); the attributes of its template, outcome and error encoded once
         for all the spans that share them."""
         template, outcome, error = span.template[1], span.outcome, span.error
-        if span.kind is SpanKind.INTERNAL:  # its attributes are its own (a wait for a connection)
-            block = otlp.key_values(9, {**template, **({"error.type": error} if error else {})})
+        if span.kind is SpanKind.INTERNAL:  # its attributes are its own (a wait for a connection): none shared
+            block = otlp.key_values(9, self.attributes(span))
         else:
             key = (id(template), id(outcome), error)
             known = self._blocks.get(key)
@@ -846,13 +847,10 @@ class Live(Hooks):
                 if len(self._blocks) >= _TEMPLATES * 4:
                     self._blocks.clear()
                 self._blocks[key] = (template, outcome, block)
-        own = span.extra
-        if span.request_id is not None:
-            own = {"jsonrpc.request.id": cut(str(span.request_id), _NAME_TEXT), **(own or {})}
-        if own:
-            if error:  # (an error's type is the block's)
-                own.pop("error.type", None)
-            block += otlp.key_values(9, own)
+            if span.request_id is not None:
+                block += otlp.key_values(9, {"jsonrpc.request.id": cut(str(span.request_id), _NAME_TEXT)})
+            if span.extra:
+                block += otlp.key_values(9, span.extra)
         return otlp.span(
             trace_id=span.trace_id,
             span_id=span.span_id,
